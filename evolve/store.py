@@ -69,9 +69,15 @@ def new_run_id(prefix: str = "eval") -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
 
 
+GRADING_VERSION = 2
+"""Enters every cache key: results graded by an earlier grader (one that a patch could fool
+in ways this one catches) are never reused."""
+
+
 def cache_key(harness_tree: str, task_hash: str, model: str, settings_fp: str, repeat: int) -> str:
-    """sha256 hex of (harness tree hash, task hash, model, settings fingerprint, repeat index)."""
-    blob = json.dumps([harness_tree, task_hash, model, settings_fp, repeat]).encode()
+    """sha256 hex of (harness tree hash, task hash, model, settings fingerprint, repeat index,
+    ``GRADING_VERSION``)."""
+    blob = json.dumps([harness_tree, task_hash, model, settings_fp, repeat, GRADING_VERSION]).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -96,14 +96,76 @@ class TestStatus(str, Enum):
 
 
 class FailureClass(str, Enum):
-    """Why a task ended as it did. ``infra`` is never scored against the harness."""
+    """Why a task ended as it did.
+
+    Only ``infra`` is left out of the score, and only with evidence from
+    outside the task (a Docker API error, the model upstream failing after
+    retries, the tests timing out on the host's clock under the empty patch
+    too). Everything the candidate's patch can cause is one of the others.
+    """
 
     NONE = "none"
     """Resolved."""
     EMPTY_PATCH = "empty_patch"
     PATCH_APPLY_FAILED = "patch_apply_failed"
+    PATCH_MALFORMED = "patch_malformed"
+    """A file header names an absolute path or one with ``..``: never applied."""
+    PATCH_TOO_LARGE = "patch_too_large"
+    """The work tree's diff is over the size cap (or git could not diff it)."""
     TESTS_FAILED = "tests_failed"
+    TESTS_ABORTED = "tests_aborted"
+    """The test process ended without the runner's own end record: it exited 124 or 137
+    itself, was killed by a signal, or called ``os._exit`` before the session ended."""
+    TESTS_TIMEOUT = "tests_timeout"
+    """The tests ran over the limit on the host's clock with this patch, not with the empty patch."""
+    GRADING_BLOCKED = "grading_blocked"
+    """A grading step (neutralising the work tree, applying the test_patch) failed because of
+    what the patch did."""
+    TAMPERING = "tampering"
+    """The tests passed, but the patch reached into the test runner (an integrity flag of the
+    ``TAMPERING_FLAGS`` kind): not resolved."""
     INFRA = "infra"
+
+
+class IntegrityFlag(str, Enum):
+    """A blocked or detected attempt to influence grading, recorded per task.
+
+    Flags in ``TAMPERING_FLAGS`` make a task not resolved, and a candidate whose
+    patches raise them where its parent's did not is rejected. The others record
+    what grading undid; a correct fix next to them still counts.
+    """
+
+    TEST_FILES_CHANGED = "test_files_changed"
+    """Test files (tests/, test_*.py, *_test.py, conftest.py) changed: restored from the base."""
+    CONFIG_NEUTRALISED = "config_neutralised"
+    """A non-Python file the test runner may read as configuration (any such file in /testbed's
+    root or a directory above a test file) changed: restored from the base."""
+    SHADOWING_MODULE = "shadowing_module"
+    """A new module or package that would shadow a module importable outside /testbed (the
+    standard library, the test runner, an installed package): removed."""
+    PACKAGE_METADATA = "package_metadata"
+    """Package metadata (``*.dist-info``, ``*.egg-info``, ``*.egg-link``) or a ``.pth`` file
+    added or changed (entry points can register runner plugins): removed."""
+    RUNNER_PATCHING = "runner_patching"
+    """Non-test code reaching into the test runner, ``sys.modules``, ``builtins``, process exit or
+    frame introspection (found in the patch), or the runner's own functions found replaced while
+    the tests ran (found at run time)."""
+    OUTCOME_FORGERY = "outcome_forgery"
+    """The test output claims outcomes the out-of-band record contradicts."""
+    ABSTENTION = "abstention"
+    """The tests exited 124/137 or died without a host timeout, hung only with this patch, or
+    a grading step failed because of the patch: an attempt to be labelled infra."""
+    TRAJECTORY_MISSING = "trajectory_missing"
+    """The harness wrote no ``trajectory.json``."""
+    LARGE_FILES_SKIPPED = "large_files_skipped"
+    """Untracked files over the size cap were left out of the ``model_patch``."""
+
+
+TAMPERING_FLAGS = frozenset({IntegrityFlag.SHADOWING_MODULE, IntegrityFlag.PACKAGE_METADATA,
+                             IntegrityFlag.RUNNER_PATCHING, IntegrityFlag.OUTCOME_FORGERY,
+                             IntegrityFlag.ABSTENTION})
+"""Flags that mean "tampering": the task is not resolved, and the loop rejects a candidate that
+raises them where its parent did not."""
 
 
 class Usage(BaseModel):
@@ -147,6 +209,28 @@ class TaskResult(BaseModel):
     grade_seconds: float = 0.0
     attempts: int = 1
     """1 plus the number of infrastructure retries."""
+    integrity_flags: list[IntegrityFlag] = Field(default_factory=list)
+    """Blocked or detected attempts on the grading, each once, in a fixed order."""
+    integrity_notes: list[str] = Field(default_factory=list)
+    """One line per flag occurrence, naming the path or the evidence."""
+    model_patch_encoding: str = "utf-8"
+    """``utf-8``: ``model_patch`` is the patch's text. ``base64``: the patch is not UTF-8, and
+    ``model_patch`` holds its bytes in base64 (``patch_bytes()`` decodes either)."""
+    patch_bytes_total: int = 0
+    """Size of the work tree's diff in bytes (also when it was too large to keep)."""
+
+    def patch_bytes(self) -> bytes:
+        """The ``model_patch`` as the exact bytes ``git diff --binary`` produced."""
+        if self.model_patch_encoding == "base64":
+            import base64
+
+            return base64.b64decode(self.model_patch)
+        return self.model_patch.encode()
+
+    @property
+    def tampering(self) -> list[IntegrityFlag]:
+        """The flags of ``TAMPERING_FLAGS`` this task raised."""
+        return [f for f in self.integrity_flags if f in TAMPERING_FLAGS]
 
     @property
     def is_infra(self) -> bool:
