@@ -1,25 +1,47 @@
 """Grading a model_patch in a fresh sandbox the harness never touched.
 
-Steps, following the SWE-bench harness:
-1. Make the task's snapshot in a new container.
-2. Apply the ``model_patch`` with ``git apply``, falling back to ``patch --fuzz``.
-3. Restore test files to their base content (files the ``test_patch`` or the
-   task's tests name, and test-like files the model patch touched, such as
-   ``conftest.py``), so editing tests gains nothing; then apply ``test_patch``.
-4. Run the test command on the files holding FAIL_TO_PASS and PASS_TO_PASS.
-5. Resolved iff every FAIL_TO_PASS and PASS_TO_PASS test passed (PASSED or
-   XFAIL, the SWE-bench rule). A nonzero
-   test exit with no parsed failure counts every test as failed (SWE-bench #620:
-   a conftest must not fake PASSED lines).
+Steps, following the SWE-bench harness and going further where an evolving
+candidate would find a way around it:
 
-Steps 2 to 4 run as one root-only script inside the sandbox (the sandbox
-user's steps under ``setpriv``), which prints each step's outcome between
-marker lines carrying a random nonce; the tests cannot see the nonce (it is
-in a root-only file), so they cannot fake a step's outcome.
+1. Refuse a malformed patch (a file header naming an absolute path or one with
+   ``..``) before anything runs: ``patch_malformed``.
+2. Make the task's snapshot in a new container and apply the ``model_patch``
+   as the sandbox user: ``git apply``, then ``--3way``, then ``patch --fuzz``.
+3. Neutralise the work tree (``sandbox/scripts/grade_neutralise.py``, as root
+   with ``python3 -I``): every change is sorted by what the file is (test
+   infrastructure, package metadata, compiled or shadowing modules, files the
+   runner reads as configuration, links) and all but source changes are
+   restored from the base tree, each recorded as an ``IntegrityFlag``. Added
+   uses of the runner, ``sys.modules``, builtins, frames or process exit in
+   source files are reported (``runner_patching``): detected, not prevented.
+4. Apply ``test_patch`` and run the tests as the sandbox user. Outcomes are
+   read out of band: evolve's pytest plugin (``sandbox/scripts/grade_plugin.py``,
+   under a per-run module name) writes them, with a per-run nonce, to a file
+   descriptor root opened on a root-only file; it also watches the runner's
+   own functions and reports any that were replaced. The console output is
+   parsed too, and a claim it makes that the record contradicts is flagged.
+5. Resolved iff every FAIL_TO_PASS and PASS_TO_PASS test passed (PASSED or
+   XFAIL, the SWE-bench rule) and no ``TAMPERING_FLAGS`` flag was raised. A
+   nonzero test exit with no failed test counts every test as failed
+   (SWE-bench #620).
+
+Infra must be earned. Only these are ``InfraError``: Docker failing; the tests
+running over the limit on the clock when the empty patch's tests do too; a
+``test_patch`` that does not apply even with the empty patch. The rest is the
+candidate's: tests that exit 124/137 or die without running over
+(``tests_aborted``), that hang only with this patch (``tests_timeout``), a
+grading step the patch broke (``grading_blocked``). The empty patch's grade
+comes from ``baseline``, a callable the caller memoizes per task.
+
+The script prints each step's outcome between marker lines carrying a random
+nonce the tests cannot see; what root prints after the tests (which are dead
+by then) comes last, so only the last markers count.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import posixpath
 import re
@@ -27,32 +49,42 @@ import secrets
 import shlex
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from importlib import resources
+from pathlib import Path
 from typing import Callable
 
 from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
-from evolve.testbed import (_GIT, _SHADOW_GIT, NO_TOOLS, PRIVATE, TESTBED, UNPACK, kill_all_script, prepare_testbed,
+from evolve.testbed import (_GIT, NO_TOOLS, PRIVATE, SHADOW, TESTBED, UNPACK, kill_all_script, prepare_testbed,
                             sandbox_ids, snapshot, unpack_failure, user_prefix)
 from evolve.testlog import parse_pytest_report, status_of
-from evolve.types import FailureClass, Task, TestStatus
+from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TestStatus
 
 DEFAULT_TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider"
 _PATCH_FILE = "/tmp/evolve/model.patch"
 _TEST_PATCH_FILE = "/tmp/evolve/test.patch"
 _SCRIPT = f"{PRIVATE}/grade.sh"
 _STEP_LOG = f"{PRIVATE}/step.log"
-_TEST_LIKE = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$"
-                        r"|(^|/)(pytest\.ini|tox\.ini)$")
+_NEUTRALISE = f"{PRIVATE}/neutralise.py"
+_NEUTRAL_SPEC = f"{PRIVATE}/neutral.json"
+_PLUGIN_SRC = f"{PRIVATE}/plugin.py"
+_CHANNEL = f"{PRIVATE}/channel.jsonl"
 APPLY_TIMEOUT_S = 120
-RESTORE_TIMEOUT_S = 60
+NEUTRALISE_TIMEOUT_S = 300
 TEST_OUTPUT_BYTES = 4_000_000
 """Test output kept (head and tail)."""
+CHANNEL_BYTES = 8_000_000
+"""Out-of-band records read back (after dropping lines without the nonce)."""
+_FRAMES_BYTES = 4_000_000
+"""Bound on what root prints after the tests (compressed records, base64)."""
 _STEPS_OUTPUT_BYTES = 131_072
 """Bound on what the script prints before the tests run (step logs are cut to their tail)."""
 _RESET = f"{_GIT} checkout -q -- . && {_GIT} clean -fdq"
+_OVER_S = 1.0
+"""A test run that ends within this many seconds of its limit, killed, ran over."""
 
 
 def _apply_cmds(path: str) -> list[str]:
@@ -72,16 +104,121 @@ class Grade:
     test_output: str = ""
     apply_log: str = ""
     seconds: float = 0.0
+    flags: list[IntegrityFlag] = field(default_factory=list)
+    """Blocked or detected attempts on the grading (see ``IntegrityFlag``)."""
+    notes: list[str] = field(default_factory=list)
+    """One line per flag occurrence: the path or the evidence."""
+    channel: bool = False
+    """The outcomes came from evolve's out-of-band record (a pytest run), not the console."""
+
+    def flag(self, flag: IntegrityFlag, note: str) -> None:
+        if flag not in self.flags:
+            self.flags.append(flag)
+        self.notes.append(note)
 
 
-def patch_paths(diff: str) -> list[str]:
-    """Paths a unified diff touches (both sides of renames), in order, without duplicates."""
-    paths: list[str] = []
-    for line in diff.splitlines():
-        m = re.match(r"^(?:---|\+\+\+) (?:[ab]/)?(.+?)(?:\t.*)?$", line)
-        if m and m.group(1) != "/dev/null" and m.group(1) not in paths:
-            paths.append(m.group(1))
-    return paths
+Baseline = Callable[[], Grade]
+"""Grades the task's empty patch (memoized by the caller); raises ``InfraError`` as ``grade`` does."""
+
+
+# -- patches as bytes: header paths only ----------------------------------------------------------
+
+_HUNK = re.compile(rb"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+
+
+def _unquote(name: bytes) -> bytes:
+    """A C-quoted git path (``"a/t\\tx"``) as bytes; others unchanged."""
+    if not name.startswith(b'"') or not name.endswith(b'"') or len(name) < 2:
+        return name
+    body, out, i = name[1:-1], bytearray(), 0
+    simple = {ord("n"): 10, ord("t"): 9, ord('"'): 34, ord("\\"): 92, ord("a"): 7, ord("b"): 8,
+              ord("f"): 12, ord("r"): 13, ord("v"): 11}
+    while i < len(body):
+        c = body[i]
+        if c == 92 and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in simple:
+                out.append(simple[nxt])
+                i += 2
+                continue
+            if 48 <= nxt <= 55:
+                out.append(int(body[i + 1:i + 4], 8) & 0xFF)
+                i += 4
+                continue
+        out.append(c)
+        i += 1
+    return bytes(out)
+
+
+def patch_paths(diff: bytes | str) -> list[str]:
+    """Paths a unified (or git) diff names in its file headers, in order, without duplicates.
+
+    Lines inside hunks are skipped by counting each hunk's lines, so a ``+++`` line
+    of content is never taken for a header. Prefixes ``a/`` and ``b/`` are removed;
+    C-quoted names are decoded (as bytes, shown with ``surrogateescape``).
+    """
+    data = diff.encode("utf-8", "surrogateescape") if isinstance(diff, str) else diff
+    names: list[bytes] = []
+    lines = data.split(b"\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _HUNK.match(line)
+        if m:
+            old = int(m.group(1)) if m.group(1) is not None else 1
+            new = int(m.group(2)) if m.group(2) is not None else 1
+            i += 1
+            while i < len(lines) and (old > 0 or new > 0):
+                body = lines[i]
+                if body.startswith(b"\\"):
+                    i += 1
+                    continue
+                tag = body[:1]
+                if tag == b"-":
+                    old -= 1
+                elif tag == b"+":
+                    new -= 1
+                else:  # context (a blank line is a context line whose space was stripped)
+                    old -= 1
+                    new -= 1
+                i += 1
+            continue
+        if line.startswith(b"diff --git "):
+            rest = line[len(b"diff --git "):]
+            if rest.startswith(b'"'):
+                end = rest.index(b'"', 1) + 1 if b'"' in rest[1:] else len(rest)
+                names += [_unquote(rest[:end]), _unquote(rest[end:].strip())]
+            else:
+                half = (len(rest) - 1) // 2
+                if rest[half:half + 1] == b" ":
+                    names += [rest[:half], rest[half + 1:]]
+        for head in (b"--- ", b"+++ ", b"rename from ", b"rename to ", b"copy from ", b"copy to "):
+            if line.startswith(head):
+                name = line[len(head):]
+                name = _unquote(name) if name.startswith(b'"') else name.split(b"\t", 1)[0]
+                names.append(name)
+        i += 1
+    out: list[str] = []
+    for raw in names:
+        name = raw.rstrip(b"\r")
+        if name == b"/dev/null" or not name:
+            continue
+        if name[:2] in (b"a/", b"b/"):
+            name = name[2:]
+        text = name.decode("utf-8", "surrogateescape")
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def malformed(diff: bytes | str) -> str | None:
+    """Why ``diff`` must not be applied, or None: a header path that is absolute or climbs
+    with ``..`` (checked before and after removing the ``a/``/``b/`` prefix)."""
+    for path in patch_paths(diff):
+        parts = path.split("/")
+        if path.startswith("/") or ".." in parts or posixpath.normpath(path).startswith(".."):
+            return f"file header names {path!r}: absolute paths and '..' are not allowed"
+    return None
 
 
 def test_files(task: Task) -> list[str]:
@@ -94,64 +231,19 @@ def test_files(task: Task) -> list[str]:
     return files
 
 
-def protected_paths(task: Task, model_patch: str) -> list[str]:
-    """Paths restored to their base content before the tests run."""
-    paths = patch_paths(task.test_patch) + test_files(task)
-    paths += [p for p in patch_paths(model_patch) if _TEST_LIKE.search(p)]
-    return sorted(set(paths))
-
-
-def touched_paths(diff: str) -> set[str] | None:
-    """Every path applying ``diff`` with ``-p1`` (``git apply``, ``patch``) can change: a superset
-    built from all its header lines (each name as given and without its first component; every
-    split of a ``diff --git`` line). None when a name is quoted (then take every path)."""
-    raw: set[str] = set()
-    for line in diff.splitlines():
-        for head in ("--- ", "+++ ", "rename from ", "rename to ", "copy from ", "copy to ", "Index: "):
-            if line.startswith(head):
-                name = line[len(head):]
-                if name.startswith('"'):
-                    return None
-                raw.add(name.split("\t", 1)[0] if head in ("--- ", "+++ ") else name)
-        if line.startswith("diff --git "):
-            rest = line[len("diff --git "):]
-            if '"' in rest:
-                return None
-            for i, c in enumerate(rest):
-                if c == " ":
-                    raw.update((rest[:i], rest[i + 1:]))
-    paths: set[str] = set()
-    for name in raw:
-        if name and name != "/dev/null":
-            paths.add(posixpath.normpath(name))
-            if "/" in name.strip("/"):
-                paths.add(posixpath.normpath(name.lstrip("/").split("/", 1)[1]))
-    return paths
-
-
-def to_restore(task: Task, model_patch: str) -> list[str]:
-    """The protected paths the model patch can have changed: in a fresh sandbox the others still
-    hold their base content, so restoring them would change nothing."""
-    paths = protected_paths(task, model_patch)
-    touched = touched_paths(model_patch) if model_patch.strip() else set()
-    if touched is None or any(p.startswith("/") or ".." in p.split("/") for p in paths):
-        return paths
-
-    def hit(p: str) -> bool:
-        p = posixpath.normpath(p)
-        return any(p == t or t.startswith(p + "/") or p.startswith(t + "/") or p in (".", "/") for t in touched)
-    return [p for p in paths if hit(p)]
-
-
 def _test_cmd(task: Task) -> str:
     return f"cd {TESTBED} && {task.test_cmd or DEFAULT_TEST_CMD} " + " ".join(map(shlex.quote, test_files(task)))
 
 
-def _patch_entries(ids: tuple[int, int], files: dict[str, str]) -> bytes:
+def _script_file(name: str) -> bytes:
+    return resources.files("evolve.sandbox").joinpath("scripts", name).read_bytes()
+
+
+def _patch_entries(ids: tuple[int, int], files: dict[str, bytes]) -> bytes:
     uid, gid = ids
     entries = [tar_entry("tmp/evolve", uid=uid, gid=gid, mode=0o755)]
     for path, diff in files.items():
-        entries.append(tar_entry(path.lstrip("/"), diff.encode(), uid=uid, gid=gid))
+        entries.append(tar_entry(path.lstrip("/"), diff, uid=uid, gid=gid))
     return b"".join(entries)
 
 
@@ -216,52 +308,81 @@ class PreparedGrader:
             box.close(background=True)
 
 
-def grade(sandbox: Sandbox, task: Task, repo_dir: Path | None, model_patch: str,
-          settings: EvalSettings) -> Grade:
-    """Grade ``model_patch`` for ``task`` in ``sandbox`` (a fresh, started container).
+def grade(sandbox: Sandbox, task: Task, repo_dir: Path | None, model_patch: bytes | str,
+          settings: EvalSettings, baseline: Baseline | None = None) -> Grade:
+    """Grade ``model_patch`` (bytes; text is encoded as UTF-8) for ``task`` in ``sandbox``, a fresh,
+    started container, following the module's steps.
 
-    One command (as root) unpacks the snapshot, both patches and the grading
-    script from its standard input and runs the script (``_grade_script``).
+    ``baseline`` grades the empty patch; it is asked only when the candidate's run
+    ends in what could be infrastructure (tests over the limit, a ``test_patch``
+    that does not apply, no record from the runner). Without it such an ending is
+    taken as infrastructure, which is right only for the empty patch itself.
 
     Raises:
-        InfraError: Docker failed, or the test run timed out (``kind="grader_timeout"``).
+        InfraError: Docker failed (``"docker"``); the tests ran over the limit with the empty
+            patch too (``"grader_timeout"``); the ``test_patch`` does not apply even with the
+            empty patch (``"eval_set"``).
     """
     start = time.monotonic()
+    patch = model_patch.encode("utf-8", "surrogateescape") if isinstance(model_patch, str) else model_patch
+    bad = malformed(patch) if patch.strip() else None
+    if bad is not None:
+        g = Grade(False, FailureClass.PATCH_MALFORMED, apply_log=bad, seconds=time.monotonic() - start)
+        return g
     ids = sandbox_ids(sandbox)
-    if ids is None:
-        return _grade_plain(sandbox, task, repo_dir, model_patch, settings, start)
-    if repo_dir is not None:
+    nonce, token = secrets.token_hex(16), secrets.token_hex(8)
+    plugin = f"evolve_grade_{token}"
+    if ids is not None and repo_dir is not None:
         snap = snapshot(repo_dir, task.base_commit, *ids)
         base, entries = snap.sha, snap.entries
     else:
-        base, entries = prepare_testbed(sandbox, task, None), b""
-    paths = to_restore(task, model_patch)
-    nonce = secrets.token_hex(16)
-    patches = {_TEST_PATCH_FILE: task.test_patch}
-    if model_patch.strip():
-        patches[_PATCH_FILE] = model_patch
-    script = _grade_script(nonce, ids, base, task, bool(model_patch.strip()), paths, settings.test_timeout_s)
-    archive = (entries + _patch_entries(ids, patches)
-               + tar_entry(_SCRIPT.lstrip("/"), script.encode(), mode=0o700) + TAR_TRAILER)
+        base, entries = prepare_testbed(sandbox, task, None if ids is not None else repo_dir), b""
+    patches = {_TEST_PATCH_FILE: task.test_patch.encode("utf-8", "surrogateescape")}
+    if patch.strip():
+        patches[_PATCH_FILE] = patch
+    spec = {"base": base, "shadow": SHADOW, "testbed": TESTBED, "test_files": test_files(task),
+            "test_patch_paths": patch_paths(task.test_patch)}
+    script = _grade_script(nonce, plugin, ids, task, bool(patch.strip()), settings.test_timeout_s)
+    archive = (entries + _patch_entries(ids or (0, 0), patches)
+               + tar_entry(_SCRIPT.lstrip("/"), script.encode(), mode=0o700)
+               + tar_entry(_NEUTRALISE.lstrip("/"), _script_file("grade_neutralise.py"), mode=0o600)
+               + tar_entry(_NEUTRAL_SPEC.lstrip("/"), json.dumps(spec).encode(), mode=0o600)
+               + tar_entry(_PLUGIN_SRC.lstrip("/"), _script_file("grade_plugin.py"), mode=0o600)
+               + TAR_TRAILER)
     budget = (settings.test_timeout_s + 2 * len(_apply_cmds("")) * 2 * (APPLY_TIMEOUT_S + 5)
-              + len(paths) * (RESTORE_TIMEOUT_S + 5) + 120)
-    res = sandbox.exec(f"{UNPACK}exec sh {_SCRIPT}", timeout_s=budget, user="root", stdin=archive,
-                       max_output=TEST_OUTPUT_BYTES + 2 * _STEPS_OUTPUT_BYTES)
-    if res.output.startswith(NO_TOOLS):  # an image without GNU tar or util-linux's setpriv
-        return _grade_plain(sandbox, task, repo_dir, model_patch, settings, start)
-    error = unpack_failure(res.output)
-    if error is not None and f"\n{nonce} " not in res.output:
-        raise InfraError("docker", f"could not copy the snapshot in: {error}")
-    return _outcome(res, nonce, task, model_patch, paths, settings, start)
+              + NEUTRALISE_TIMEOUT_S + 180)
+    max_output = TEST_OUTPUT_BYTES + 2 * (_STEPS_OUTPUT_BYTES + _FRAMES_BYTES)
+    res = None
+    if ids is not None:
+        res = sandbox.exec(f"{UNPACK}exec sh {_SCRIPT}", timeout_s=budget, user="root", stdin=archive,
+                           max_output=max_output)
+        error = unpack_failure(res.output)
+        if error is not None and f"\n{nonce} " not in res.output:
+            raise InfraError("docker", f"could not copy the snapshot in: {error}")
+    if res is None or res.output.startswith(NO_TOOLS):
+        # An image without GNU tar or util-linux's setpriv (or without a numeric sandbox user): the
+        # same steps, copied in by the engine; the tests then run as the image's own user.
+        sandbox.put_archive(archive)
+        script = _grade_script(nonce, plugin, None, task, bool(patch.strip()), settings.test_timeout_s)
+        sandbox.put_archive(tar_entry(_SCRIPT.lstrip("/"), script.encode(), mode=0o700) + TAR_TRAILER)
+        res = sandbox.exec(f"exec sh {_SCRIPT}", timeout_s=budget, user="root", max_output=max_output)
+    g = _outcome(res, nonce, task, patch, settings, baseline)
+    g.seconds = time.monotonic() - start
+    return g
 
 
-def _grade_script(nonce: str, ids: tuple[int, int], base: str, task: Task, apply_model: bool,
-                  paths: list[str], test_timeout_s: float) -> str:
+def _grade_script(nonce: str, plugin: str, ids: tuple[int, int] | None, task: Task, apply_model: bool,
+                  test_timeout_s: float) -> str:
     """The grading steps as one shell script run as root; see ``_outcome`` for what it prints.
-    It is a root-only file, so the tests cannot learn the nonce."""
-    user = user_prefix(ids)
-    q_base = shlex.quote(base)
+    It is a root-only file, so the tests cannot learn the nonce. With ``ids`` None the steps
+    run as root (images without setpriv)."""
+    user = user_prefix(ids) if ids is not None else ""
+    owner = f"{ids[0]}:{ids[1]}" if ids is not None else "0:0"
     lines = [f"N={nonce}", f"L={_STEP_LOG}", "mark() { printf '\\n%s %s\\n' \"$N\" \"$*\"; }",
+             "frame() { printf '\\n%s frame %s ' \"$N\" \"$1\"; python3 -I -c "
+             + shlex.quote("import base64,sys,zlib; d=sys.stdin.buffer.read(); "
+                           "sys.stdout.write(base64.b64encode(zlib.compress(d)).decode())")
+             + "; printf '\\n'; }",
              f"cd {TESTBED} || exit 1"]
 
     def apply(tag: str, path: str) -> None:
@@ -282,112 +403,233 @@ def _grade_script(nonce: str, ids: tuple[int, int], base: str, task: Task, apply
 
     if apply_model:
         apply("model", _PATCH_FILE)
-    for i, p in enumerate(paths):
-        q = shlex.quote(p)
-        restore = (f"if {_SHADOW_GIT} cat-file -e {q_base}:{q} 2>/dev/null; "
-                   f"then {_SHADOW_GIT} checkout {q_base} -- {q}; else rm -rf {TESTBED}/{q}; fi")
-        lines.append(f"{{ {restore}; }} > \"$L\" 2>&1 || {{ mark restore-failed {i}; tail -c 2000 \"$L\"; "
-                     "mark end; exit 0; }")
+    lines += [
+        "mark neutralise",
+        f"timeout --kill-after=5 {NEUTRALISE_TIMEOUT_S} python3 -I {_NEUTRALISE} {_NEUTRAL_SPEC} "
+        f"> {PRIVATE}/neutral.out 2> \"$L\"",
+        "rc=$?",
+        "if [ $rc != 0 ]; then tail -c 2000 \"$L\"; mark neutralise-failed $rc; exit 0; fi",
+        f"frame neutral < {PRIVATE}/neutral.out"]
     if task.test_patch.strip():
         apply("test", _TEST_PATCH_FILE)
-    lines += ["mark tests",
-              f"timeout --kill-after=5 {max(1, math.ceil(test_timeout_s))} {user} sh -c {shlex.quote(_test_cmd(task))}",
-              "rc=$?",
-              # Whatever the tests left running (holding the output open, say) ends here.
-              kill_all_script(),
-              "mark exit $rc"]
+    # evolve's plugin goes into the site-packages of the Pythons the tests may use, under a name
+    # nobody can guess; its channel is fd 3, opened here on a root-only file.
+    sites = ("import site,sys; print('\\n'.join(getattr(site,'getsitepackages',lambda:[])() "
+             "+ [p for p in sys.path if p.endswith('-packages')]))")
+    lines += [
+        "installed=0",
+        f"for py in python3 python; do command -v $py > /dev/null 2>&1 && $py -I -c {shlex.quote(sites)} "
+        "2>/dev/null; done | sort -u > \"$L\"",
+        "while IFS= read -r d; do [ -d \"$d\" ] && [ ! -L \"$d\" ] && "
+        f"cp {_PLUGIN_SRC} \"$d/{plugin}.py\" && chmod 644 \"$d/{plugin}.py\" && installed=1; done < \"$L\"",
+        "CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1",
+        "printf '%s' \"$N\" > \"$CH/t\"",
+        f"chown -R {owner} \"$CH\" && chmod 700 \"$CH\" && chmod 600 \"$CH/t\"",
+        f": > {_CHANNEL}",
+        "mark tests",
+        "read t0 rest < /proc/uptime",
+        f"timeout --kill-after=5 {max(1, math.ceil(test_timeout_s))} {user} env "
+        f"PYTEST_ADDOPTS=\"-p {plugin}${{PYTEST_ADDOPTS:+ $PYTEST_ADDOPTS}}\" EVOLVE_GRADE_CHANNEL=\"3 $CH/t\" "
+        f"sh -c {shlex.quote(_test_cmd(task))} 3> {_CHANNEL}",
+        "rc=$?",
+        "read t1 rest < /proc/uptime",
+        # Whatever the tests left running (holding the output open, say) ends here.
+        kill_all_script(),
+        "mark exit $rc $t0 $t1 $installed",
+        f"grep -F \"\\\"n\\\": \\\"$N\\\"\" {_CHANNEL} | head -c {CHANNEL_BYTES} | "
+        "{ frame channel; }",
+        "mark end"]
     return "\n".join(lines) + "\n"
 
 
-def _outcome(res, nonce: str, task: Task, model_patch: str, paths: list[str], settings: EvalSettings,
-             start: float) -> Grade:
-    """Read what the grading script printed: ``<nonce> <marker>`` lines, each followed by its text."""
-    parts = re.split(rf"\n{nonce} ([^\n]*)\n", res.output)
+def _frames(text: str, nonce: str) -> dict[str, bytes]:
+    """The frames root printed after the tests: ``{name: payload}``."""
+    out: dict[str, bytes] = {}
+    for m in re.finditer(rf"\n{nonce} frame (\w+) ([A-Za-z0-9+/=]*)\n", text):
+        try:
+            out[m.group(1)] = zlib.decompress(base64.b64decode(m.group(2), validate=True))
+        except (ValueError, zlib.error) as e:
+            raise InfraError("docker", f"unreadable grading record {m.group(1)}: {e}") from None
+    return out
+
+
+def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
+             baseline: Baseline | None) -> Grade:
+    """Read what the grading script printed: ``<nonce> <marker>`` lines, each followed by its text,
+    and the frames. The tests' output is everything between the ``tests`` marker and the *last*
+    ``exit`` marker, so markers the tests print (should they learn the nonce) are just output."""
+    out = res.output
+    has_patch = bool(patch.strip())
+    exits = [m for m in re.finditer(rf"\n{nonce} exit (-?\d+) (\S+) (\S+) (\d)\n", out)]
+    before = out[:exits[-1].start()] if exits else out
+    tests_at = before.find(f"\n{nonce} tests\n")
+    steps = before[:tests_at] if tests_at >= 0 else before
+    parts = re.split(rf"\n{nonce} ([^\n]*)\n", steps)
     marks = list(zip(parts[1::2], parts[2::2]))
     log: list[str] = []
-    pending = output = ""
-    tests_ran = False
+    pending = ""
+    g = Grade(False, FailureClass.TESTS_FAILED)
     for i, (mark, text) in enumerate(marks):
         words = mark.split()
         if words[0] == "apply":
             pending = _apply_cmds(_PATCH_FILE if words[1] == "model" else _TEST_PATCH_FILE)[int(words[2])]
         elif words[0] == "rc":
-            out = marks[i - 1][1] if i else ""
-            log.append(f"$ {pending}\n(exit {words[1]})\n{out[-2000:]}")
+            prev = marks[i - 1][1] if i else ""
+            log.append(f"$ {pending}\n(exit {words[1]})\n{prev[-2000:]}")
         elif words[0] == "model-patch-failed":
-            return Grade(False, FailureClass.PATCH_APPLY_FAILED, apply_log="\n".join(log),
-                         seconds=time.monotonic() - start)
-        elif words[0] == "restore-failed":
-            raise InfraError("docker", f"could not restore {paths[int(words[1])]}: {text[-300:]}")
+            return Grade(False, FailureClass.PATCH_APPLY_FAILED, apply_log="\n".join(log))
+        elif words[0] == "neutralise-failed":
+            detail = marks[i - 1][1][-500:] if i else ""
+            if not has_patch:
+                raise InfraError("docker", f"could not neutralise the base tree: {detail}")
+            g = Grade(False, FailureClass.GRADING_BLOCKED, apply_log="\n".join(log))
+            g.flag(IntegrityFlag.ABSTENTION, f"neutralising the work tree failed after this patch: {detail}")
+            return g
+        elif words[0] == "frame" and len(words) >= 2 and words[1] == "neutral":
+            pass
         elif words[0] == "test-patch-failed":
-            raise InfraError("eval_set", f"the task's test_patch does not apply to base_commit: {log[-1]}")
-        elif words[0] == "tests":
-            tests_ran = True
-            output = text
-        elif words[0] == "exit":
-            return _graded(task, model_patch, output, int(words[1]), log, settings, start)
-    if res.exit_code is None and tests_ran:
-        raise InfraError("grader_timeout", f"tests ran over {settings.test_timeout_s:.0f}s")
-    raise InfraError("docker", f"the grading script failed (exit {res.exit_code}): {res.output[-500:]}")
+            message = f"the task's test_patch does not apply to base_commit: {log[-1] if log else ''}"
+            if not has_patch or baseline is None:
+                raise InfraError("eval_set", message)
+            baseline()  # raises InfraError("eval_set") when the empty patch fails the same way
+            g = Grade(False, FailureClass.GRADING_BLOCKED, apply_log="\n".join(log))
+            g.flag(IntegrityFlag.ABSTENTION, "the test_patch does not apply after this patch (it does without it)")
+            return g
+    frames = _frames(out[exits[-1].end() - 1:] if exits else "", nonce)
+    neutral = re.search(rf"\n{nonce} frame neutral ([A-Za-z0-9+/=]*)\n", steps)
+    if neutral:
+        report = json.loads(zlib.decompress(base64.b64decode(neutral.group(1))))
+        for name, note in report["findings"]:
+            g.flag(IntegrityFlag(name), note)
+    if not exits:
+        if res.exit_code is None:
+            raise InfraError("docker", f"the grading script did not finish in time: {out[-300:]}")
+        raise InfraError("docker", f"the grading script failed (exit {res.exit_code}): {out[-500:]}")
+    m = exits[-1]
+    rc, elapsed, installed = int(m.group(1)), _seconds(m.group(3)) - _seconds(m.group(2)), m.group(4) == "1"
+    output = before[tests_at + len(f"\n{nonce} tests\n"):] if tests_at >= 0 else ""
+    g.apply_log, g.test_output = "\n".join(log), output
+    return _judge(g, task, patch, rc, elapsed, installed, output, frames.get("channel", b""), nonce, settings,
+                  baseline)
 
 
-def _graded(task: Task, model_patch: str, output: str, exit_code: int | None, log: list[str],
-            settings: EvalSettings, start: float) -> Grade:
-    if exit_code is None or exit_code in (124, 137):
-        raise InfraError("grader_timeout", f"tests ran over {settings.test_timeout_s:.0f}s")
-    report = parse_pytest_report(output)
-    if exit_code != 0 and not any(s in (TestStatus.FAILED, TestStatus.ERROR) for s in report.values()):
-        # Nonzero exit, yet nothing failed: don't trust any PASSED line.
-        report = {t: TestStatus.FAILED if s is TestStatus.PASSED else s for t, s in report.items()}
-        log.append(f"test command exited {exit_code} with no failed test parsed: no test counts as passed")
-    f2p = {t: status_of(report, t) for t in task.FAIL_TO_PASS}
-    p2p = {t: status_of(report, t) for t in task.PASS_TO_PASS}
-    resolved = all(s.passing for s in [*f2p.values(), *p2p.values()])
-    if resolved:
-        failure = FailureClass.NONE
-    elif not model_patch.strip():
-        failure = FailureClass.EMPTY_PATCH
+def _seconds(uptime: str) -> float:
+    try:
+        return float(uptime)
+    except ValueError:
+        return 0.0
+
+
+def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installed: bool, output: str,
+           channel: bytes, nonce: str, settings: EvalSettings, baseline: Baseline | None) -> Grade:
+    has_patch = bool(patch.strip())
+    records = _records(channel, nonce)
+    started = any(r.get("t") == "start" for r in records)
+    ended = [r for r in records if r.get("t") == "end"]
+    limit = settings.test_timeout_s
+    if rc in (124, 137) and elapsed >= limit - _OVER_S:
+        # Ran over on the clock. Infra only if the empty patch's tests run over too.
+        if not has_patch or baseline is None:
+            raise InfraError("grader_timeout", f"tests ran over {limit:.0f}s (with the empty patch)"
+                             if not has_patch else f"tests ran over {limit:.0f}s")
+        baseline()  # raises InfraError("grader_timeout") when the empty patch runs over as well
+        g.failure_class = FailureClass.TESTS_TIMEOUT
+        g.flag(IntegrityFlag.ABSTENTION, f"tests ran over {limit:.0f}s with this patch, not with the empty patch")
+        return g
+    if rc in (124, 137) or rc >= 128 or (started and not ended):
+        why = (f"test process exited {rc} after {elapsed:.1f}s (limit {limit:.0f}s)" if rc
+               else f"test process exited 0 after {elapsed:.1f}s without the runner's end record")
+        g.failure_class = FailureClass.TESTS_ABORTED
+        if has_patch:
+            g.flag(IntegrityFlag.ABSTENTION if rc else IntegrityFlag.OUTCOME_FORGERY, why)
+        else:
+            g.notes.append(why)
+        return g
+    if installed and not started and has_patch and baseline is not None and baseline().channel:
+        g.failure_class = FailureClass.TESTS_ABORTED
+        g.flag(IntegrityFlag.OUTCOME_FORGERY, "the tests ran without evolve's record, which the empty patch's "
+                                              "run has")
+        return g
+    console = parse_pytest_report(output)
+    if started:
+        report, tampered = _from_records(records)
+        g.channel = True
+        for note in tampered:
+            g.flag(IntegrityFlag.RUNNER_PATCHING, note)
+        if ended and ended[-1].get("exitstatus") is not None and ended[-1]["exitstatus"] != rc:
+            g.flag(IntegrityFlag.OUTCOME_FORGERY, f"pytest ended with status {ended[-1]['exitstatus']} but the "
+                                                  f"process exited {rc}")
+        for test in task.FAIL_TO_PASS + task.PASS_TO_PASS:
+            said, real = status_of(console, test), status_of(report, test)
+            if said.passing and not real.passing:
+                g.flag(IntegrityFlag.OUTCOME_FORGERY, f"the output says {test} {said.value}; "
+                                                      f"evolve's record says {real.value}")
     else:
-        failure = FailureClass.TESTS_FAILED
-    return Grade(resolved, failure, f2p, p2p, output, "\n".join(log), time.monotonic() - start)
+        report = console
+        g.notes.append("outcomes read from the console: the test command did not load evolve's pytest plugin")
+    if rc != 0 and not any(s in (TestStatus.FAILED, TestStatus.ERROR) for s in report.values()):
+        # Nonzero exit, yet nothing failed: don't trust any PASSED line (SWE-bench #620).
+        report = {t: TestStatus.FAILED if s is TestStatus.PASSED else s for t, s in report.items()}
+        g.apply_log += f"\ntest command exited {rc} with no failed test: no test counts as passed"
+    g.FAIL_TO_PASS = {t: status_of(report, t) for t in task.FAIL_TO_PASS}
+    g.PASS_TO_PASS = {t: status_of(report, t) for t in task.PASS_TO_PASS}
+    passed = all(s.passing for s in [*g.FAIL_TO_PASS.values(), *g.PASS_TO_PASS.values()])
+    tampering = [f for f in g.flags if f in TAMPERING_FLAGS]
+    g.resolved = passed and not tampering
+    if g.resolved:
+        g.failure_class = FailureClass.NONE
+    elif passed:
+        g.failure_class = FailureClass.TAMPERING
+    elif not has_patch:
+        g.failure_class = FailureClass.EMPTY_PATCH
+    else:
+        g.failure_class = FailureClass.TESTS_FAILED
+    return g
 
 
-# -- sandboxes without a numeric non-root user: one command at a time ----------------------------
+def _records(channel: bytes, nonce: str) -> list[dict]:
+    out = []
+    for line in channel.splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and r.get("n") == nonce:
+            out.append(r)
+    return out
 
 
-def _grade_plain(sandbox: Sandbox, task: Task, repo_dir: Path | None, model_patch: str, settings: EvalSettings,
-                 start: float) -> Grade:
-    base = prepare_testbed(sandbox, task, repo_dir)
-    log: list[str] = []
-    if model_patch.strip():
-        if not _apply(sandbox, model_patch, _PATCH_FILE, log):
-            return Grade(False, FailureClass.PATCH_APPLY_FAILED, apply_log="\n".join(log),
-                         seconds=time.monotonic() - start)
-    _restore(sandbox, base, protected_paths(task, model_patch))
-    if task.test_patch.strip() and not _apply(sandbox, task.test_patch, _TEST_PATCH_FILE, log):
-        raise InfraError("eval_set", f"the task's test_patch does not apply to base_commit: {log[-1]}")
-    res = sandbox.exec(_test_cmd(task), timeout_s=settings.test_timeout_s, max_output=TEST_OUTPUT_BYTES)
-    if res.timed_out:
-        raise InfraError("grader_timeout", f"tests ran over {settings.test_timeout_s:.0f}s")
-    return _graded(task, model_patch, res.output, res.exit_code, log, settings, start)
-
-
-def _apply(sandbox: Sandbox, diff: str, path: str, log: list[str]) -> bool:
-    sandbox.put_files(str(PurePosixPath(path).parent), {PurePosixPath(path).name: diff})
-    for cmd in _apply_cmds(path):
-        res = sandbox.exec(f"cd {TESTBED} && {cmd}", timeout_s=APPLY_TIMEOUT_S)
-        log.append(f"$ {cmd}\n(exit {res.exit_code})\n{res.output[-2000:]}")
-        if res.exit_code == 0:
-            return True
-        sandbox.exec(f"cd {TESTBED} && {_RESET}", timeout_s=APPLY_TIMEOUT_S)
-    return False
-
-
-def _restore(sandbox: Sandbox, base: str, paths: list[str]) -> None:
-    for p in paths:
-        q = shlex.quote(p)
-        cmd = (f"if {_SHADOW_GIT} cat-file -e {base}:{q} 2>/dev/null; "
-               f"then {_SHADOW_GIT} checkout {base} -- {q}; else rm -rf {TESTBED}/{q}; fi")
-        res = sandbox.exec(cmd, timeout_s=RESTORE_TIMEOUT_S, user="root")
-        if res.exit_code != 0:
-            raise InfraError("docker", f"could not restore {p}: {res.output[-300:]}")
+def _from_records(records: list[dict]) -> tuple[dict[str, TestStatus], list[str]]:
+    """Per-test outcomes from the plugin's records, and the evidence of tampering found in them."""
+    status: dict[str, TestStatus] = {}
+    tampered: list[str] = []
+    worst = {TestStatus.PASSED: 0, TestStatus.XFAIL: 1, TestStatus.SKIPPED: 2, TestStatus.XPASS: 3,
+             TestStatus.FAILED: 4, TestStatus.ERROR: 5}
+    for r in records:
+        if r.get("t") == "tamper":
+            tampered.append("runner functions replaced while the tests ran: " + ", ".join(map(str, r.get("what", []))))
+        if r.get("t") != "report":
+            continue
+        nodeid, when, outcome, xfail = str(r.get("id")), r.get("when"), r.get("outcome"), bool(r.get("xfail"))
+        if when == "call":
+            if r.get("raised") is None:
+                tampered.append(f"{nodeid}: its result bypassed pytest's report hooks")
+                s = TestStatus.FAILED
+            elif outcome == "passed" and r.get("raised") and not xfail:
+                tampered.append(f"{nodeid}: the test raised, but its report says passed")
+                s = TestStatus.FAILED
+            elif outcome == "passed":
+                s = TestStatus.XPASS if xfail else TestStatus.PASSED
+            elif outcome == "skipped":
+                s = TestStatus.XFAIL if xfail else TestStatus.SKIPPED
+            else:
+                s = TestStatus.FAILED
+        elif outcome == "failed":
+            s = TestStatus.ERROR
+        elif outcome == "skipped" and when == "setup":
+            s = TestStatus.XFAIL if xfail else TestStatus.SKIPPED
+        else:
+            continue
+        if nodeid not in status or worst[s] > worst[status[nodeid]]:
+            status[nodeid] = s
+    return status, tampered

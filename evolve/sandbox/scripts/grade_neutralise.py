@@ -1,0 +1,378 @@
+"""Neutralise /testbed's test environment after the model patch, before the tests run.
+
+Run by root inside the grading container as ``python3 -I grade_neutralise.py SPEC.json``
+(``-I``: nothing in /testbed or the environment can be imported). SPEC holds
+``base`` (the base commit in the shadow repository), ``shadow`` (its git dir),
+``testbed``, ``test_files`` (the task's test files) and ``test_patch_paths``.
+
+It compares the whole work tree with the base tree (every file, no ignore
+rules: a ``__pycache__`` or ``*.egg-info`` left by a patch is seen too) and
+sorts every change into a class, by what the file *is*, not by a list of names:
+
+  test infrastructure  test files, ``conftest.py``, the test_patch's paths    -> restored, test_files_changed
+  package metadata     ``*.dist-info``, ``*.egg-info``, ``*.egg-link``, ``.pth`` -> removed, package_metadata
+  compiled modules     ``*.pyc`` / ``__pycache__`` (an unchecked-hash pyc
+                       replaces its source)                                 -> removed, shadowing_module
+  shadowing modules    a new module or package whose top-level name, seen
+                       from a directory that can be on ``sys.path`` (one
+                       that is not itself a package), is importable outside
+                       /testbed (standard library, runner, installed)       -> removed, shadowing_module
+  configuration        any non-Python file in /testbed's root or in a
+                       directory on the way to a test file: where pytest
+                       and Python look for configuration, whatever its name -> restored, config_neutralised
+  symbolic links       a new or changed link                                -> restored, config_neutralised
+  source               everything else                                       -> kept
+
+Kept Python sources are then scanned: a name that reaches into the test
+runner, ``sys.modules``, builtins, frames or process exit and that occurs
+more often than in the base file is reported (``runner_patching``).
+
+Prints one JSON object: ``{"findings": [[flag, note], ...], "reverted": [path, ...]}``.
+Exits 0, or 1 with a message on standard error when it cannot do its job.
+Standard library only, Python 3.6+: it runs with the image's python3.
+"""
+
+import ast
+import hashlib
+import json
+import os
+import pkgutil
+import re
+import shutil
+import stat
+import subprocess
+import sys
+
+TEST_LIKE = re.compile(r"(^|/)(tests?|testing)(/|$)|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
+METADATA = re.compile(r"(^|/)[^/]*\.(dist-info|egg-info|egg-link)(/|$)|\.pth$")
+COMPILED = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$")
+MODULE_FILE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\.py|\.pyw|(\.[A-Za-z0-9_-]+)*\.(so|pyd))$")
+ALWAYS_RESERVED = {"sitecustomize", "usercustomize", "pytest", "_pytest", "pluggy", "py", "conftest"}
+
+# What non-test code has no business reaching. Counted in the base file and in the patched file;
+# a name is reported when the patch adds uses of it.
+REACH_MODULES = {"pytest", "_pytest", "pluggy", "builtins", "__builtin__", "ctypes", "gc", "atexit",
+                 "signal", "faulthandler"}
+REACH_ATTRS = {
+    "sys": {"modules", "meta_path", "path_hooks", "path_importer_cache", "settrace", "setprofile",
+            "_getframe", "exit", "excepthook"},
+    "os": {"_exit", "kill", "killpg", "abort", "dup2", "closerange"},
+    "inspect": {"stack", "currentframe", "getouterframes", "getinnerframes", "trace"},
+    "threading": {"settrace", "setprofile"},
+    "importlib": {"import_module", "reload"},
+}
+REACH_ANY_ATTR = {"f_back", "f_globals", "f_locals", "f_builtins", "tb_frame", "gi_frame", "cr_frame",
+                  "__globals__", "__builtins__", "__subclasses__", "__code__", "__closure__"}
+REACH_NAMES = {"__builtins__", "__import__", "exec", "eval", "compile", "exit", "quit", "globals",
+               "breakpoint"}
+
+
+def git(spec, *args):
+    env = dict(os.environ, GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1")
+    cmd = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "safe.directory=*",
+           "--git-dir=" + spec["shadow"]] + list(args)
+    return subprocess.check_output(cmd, env=env)
+
+
+def base_tree(spec):
+    """{path: (mode, sha)} of the base commit."""
+    out = git(spec, "ls-tree", "-r", "-z", "--full-tree", spec["base"])
+    tree = {}
+    for entry in out.split(b"\0"):
+        if not entry:
+            continue
+        meta, _, path = entry.partition(b"\t")
+        mode, _kind, sha = meta.split()
+        tree[os.fsdecode(path)] = (mode.decode(), sha.decode())
+    return tree
+
+
+def blob_sha(data):
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def work_tree(root):
+    """{path: (mode, sha)} of every file and link under ``root``, no ignore rules, .git dirs left out.
+    Entries that are neither files nor links get mode "other"."""
+    tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != ".git" and not os.path.islink(os.path.join(dirpath, d))]
+        rel_dir = os.path.relpath(dirpath, root)
+        names = list(filenames) + [d for d in os.listdir(dirpath)
+                                   if os.path.islink(os.path.join(dirpath, d)) and d not in filenames]
+        for name in names:
+            if rel_dir == "." and name == ".git":
+                continue
+            full = os.path.join(dirpath, name)
+            rel = name if rel_dir == "." else rel_dir + "/" + name
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                tree[rel] = ("120000", blob_sha(os.fsencode(os.readlink(full))))
+            elif stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    digest = hashlib.sha1(b"blob %d\0" % st.st_size)
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+                mode = "100755" if st.st_mode & 0o111 else "100644"
+                tree[rel] = (mode, digest.hexdigest())
+            else:
+                tree[rel] = ("other", "")
+    return tree
+
+
+def importable_outside(testbed):
+    """Top-level module names Python finds without /testbed: builtin, standard library, installed."""
+    names = set(sys.builtin_module_names) | set(getattr(sys, "stdlib_module_names", ()))
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and not (entry + "/").startswith(testbed.rstrip("/") + "/"):
+            try:
+                names.update(m.name for m in pkgutil.iter_modules([entry]))
+            except OSError:
+                continue
+    return names | ALWAYS_RESERVED
+
+
+def is_package_dir(root, rel_dir, files):
+    return rel_dir != "" and (rel_dir + "/__init__.py") in files
+
+
+def top_level_names(path, files):
+    """The names under which ``path`` (a new file) could be imported as a top-level module or
+    package: seen from every directory above it that is not a package itself."""
+    parts = path.split("/")
+    names = set()
+    for i in range(len(parts)):
+        base_dir = "/".join(parts[:i])
+        if is_package_dir(None, base_dir, files):
+            continue  # a package's contents are imported under its name, never on their own
+        rest = parts[i:]
+        if len(rest) == 1:
+            m = MODULE_FILE.match(rest[0])
+            if m:
+                names.add(m.group(1))
+        elif re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", rest[0]):
+            pkg = (base_dir + "/" if base_dir else "") + rest[0]
+            if pkg + "/__init__.py" in files or any(pkg + "/__init__." + ext in files for ext in ("pyc", "so")):
+                names.add(rest[0])
+    return names
+
+
+def reach_counts(source):
+    """{marker: count} of the uses of what ``REACH_*`` name in Python ``source``; a file that
+    does not parse is scanned for the bare names instead."""
+    counts = {}
+
+    def add(marker):
+        counts[marker] = counts.get(marker, 0) + 1
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", source.decode("utf-8", "replace")):
+            if word in REACH_NAMES or word in REACH_MODULES or word in REACH_ANY_ATTR:
+                add(word)
+        return counts
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                if top in REACH_MODULES:
+                    add("import " + top)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top = node.module.split(".")[0]
+            if top in REACH_MODULES:
+                add("import " + top)
+            for alias in node.names:
+                if alias.name in REACH_ATTRS.get(top, ()):
+                    add(top + "." + alias.name)
+        elif isinstance(node, ast.Attribute):
+            if node.attr in REACH_ANY_ATTR:
+                add("." + node.attr)
+            if isinstance(node.value, ast.Name):
+                if node.attr in REACH_ATTRS.get(node.value.id, ()):
+                    add(node.value.id + "." + node.attr)
+                elif node.value.id == "sys" and node.attr in STREAMS and isinstance(node.ctx, ast.Store):
+                    add("sys." + node.attr + " = ...")
+        elif isinstance(node, ast.Name) and node.id in REACH_NAMES:
+            add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_ATTR \
+                and len(node.args) >= 2:
+            # getattr(sys, "modules"), getattr(os, name): attributes named by strings.
+            name = const_str(node.args[1])
+            owner = node.args[0].id if isinstance(node.args[0], ast.Name) else None
+            if name is not None and (name in REACH_ANY_ATTR or name in REACH_ATTRS.get(owner, ())
+                                     or any(name in attrs for attrs in REACH_ATTRS.values())):
+                add("%s(..., %r)" % (node.func.id, name))
+            elif name is None and owner in ("sys", "os", "builtins", "__builtins__", "pytest", "_pytest"):
+                add("%s(%s, <computed>)" % (node.func.id, owner))
+        else:
+            value = const_str(node)
+            if value is not None and (value in REACH_ANY_ATTR or value.split(".")[0] in ("_pytest", "pluggy")):
+                add(repr(value))
+    return counts
+
+
+STREAMS = {"stdout", "stderr", "__stdout__", "__stderr__"}
+DYNAMIC_ATTR = {"getattr", "setattr", "delattr", "hasattr"}
+
+
+def const_str(node):
+    """The string a node spells literally, or None (ast.Str before Python 3.8)."""
+    if isinstance(node, getattr(ast, "Constant", ())) and isinstance(getattr(node, "value", None), str):
+        return node.value
+    legacy = getattr(ast, "Str", None)
+    if legacy is not None and not isinstance(node, getattr(ast, "Constant", ())) and isinstance(node, legacy):
+        return node.s
+    return None
+
+
+class Neutraliser:
+    def __init__(self, spec):
+        self.spec = spec
+        self.root = spec["testbed"]
+        self.findings = []
+        self.reverted = []
+        st = os.stat(self.root)
+        self.owner = (st.st_uid, st.st_gid)
+
+    def flag(self, name, note):
+        self.findings.append([name, note])
+
+    def run(self):
+        base = base_tree(self.spec)
+        work = work_tree(self.root)
+        changed = sorted(p for p in set(base) | set(work) if base.get(p) != work.get(p)
+                         and base.get(p, ("",))[0] != "160000")
+        files = set(work)
+        test_dirs = set()
+        for t in list(self.spec["test_files"]) + list(self.spec["test_patch_paths"]):
+            parts = t.split("/")[:-1]
+            for i in range(len(parts) + 1):
+                test_dirs.add("/".join(parts[:i]))
+        test_patch_paths = set(self.spec["test_patch_paths"]) | set(self.spec["test_files"])
+        reserved = None
+        to_revert = []
+        for path in changed:
+            kind = "added" if path not in base else "deleted" if path not in work else "modified"
+            why = None
+            if METADATA.search(path):
+                why = ("package_metadata", "package metadata %s: %s" % (kind, path))
+            elif TEST_LIKE.search(path) or path in test_patch_paths or any(
+                    path.startswith(t + "/") for t in test_patch_paths):
+                why = ("test_files_changed", "test file %s: %s" % (kind, path))
+            elif COMPILED.search(path):
+                why = ("shadowing_module", "compiled module %s: %s" % (kind, path))
+            elif work.get(path, ("",))[0] == "120000" or base.get(path, ("",))[0] == "120000":
+                why = ("config_neutralised", "symbolic link %s: %s" % (kind, path))
+            elif work.get(path, ("",))[0] == "other":
+                why = ("config_neutralised", "special file %s: %s" % (kind, path))
+            elif kind == "added" and MODULE_FILE.match(path.rsplit("/", 1)[-1]):
+                if reserved is None:
+                    reserved = importable_outside(self.root)
+                hit = sorted(top_level_names(path, files) & reserved)
+                if hit:
+                    why = ("shadowing_module", "module %s shadows %s: %s" % (kind, ", ".join(hit), path))
+            parent = path.rsplit("/", 1)[0] if "/" in path else ""
+            if why is None and not path.endswith((".py", ".pyw")) and parent in test_dirs:
+                why = ("config_neutralised", "configuration %s: %s" % (kind, path))
+            if why is not None:
+                self.flag(*why)
+                to_revert.append(path)
+        for path in to_revert:
+            self.revert(path, base)
+        self.remove_new_empty_dirs(base)
+        for path in changed:
+            if path in to_revert or path not in work or not path.endswith((".py", ".pyw")):
+                continue
+            self.scan(path, base)
+        return {"findings": self.findings, "reverted": self.reverted}
+
+    # -- reverting, safely: no path is ever followed through a link ---------------------------
+
+    def full(self, path):
+        return os.path.join(self.root, *path.split("/"))
+
+    def clear(self, full):
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
+
+    def real_parents(self, path):
+        """Make every directory above ``path`` a real directory (a link or file there is removed)."""
+        parts = path.split("/")[:-1]
+        cur = self.root
+        for part in parts:
+            cur = os.path.join(cur, part)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                os.mkdir(cur)
+                os.chown(cur, *self.owner)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                self.clear(cur)
+                os.mkdir(cur)
+                os.chown(cur, *self.owner)
+
+    def revert(self, path, base):
+        full = self.full(path)
+        if path not in base:
+            self.real_parents(path)
+            self.clear(full)
+            self.reverted.append(path)
+            return
+        mode, sha = base[path]
+        data = git(self.spec, "cat-file", "blob", sha)
+        self.real_parents(path)
+        self.clear(full)
+        if mode == "120000":
+            os.symlink(os.fsdecode(data), full)
+            os.lchown(full, *self.owner)
+        else:
+            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                         0o755 if mode == "100755" else 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chown(full, *self.owner)
+            os.chmod(full, 0o755 if mode == "100755" else 0o644)
+        self.reverted.append(path)
+
+    def remove_new_empty_dirs(self, base):
+        base_dirs = {"/".join(p.split("/")[:i]) for p in base for i in range(1, p.count("/") + 1)}
+        for dirpath, dirnames, filenames in os.walk(self.root, topdown=False):
+            rel = os.path.relpath(dirpath, self.root)
+            if rel == "." or rel.split("/")[0] == ".git" or rel in base_dirs:
+                continue
+            if not os.listdir(dirpath) and not os.path.islink(dirpath):
+                os.rmdir(dirpath)
+
+    # -- reaching into the runner ------------------------------------------------------------
+
+    def scan(self, path, base):
+        with open(self.full(path), "rb") as f:
+            new = f.read(4_000_000)
+        old = git(self.spec, "cat-file", "blob", base[path][1]) if path in base else b""
+        before, after = reach_counts(old), reach_counts(new)
+        added = sorted(m for m, n in after.items() if n > before.get(m, 0))
+        if added:
+            self.flag("runner_patching", "%s: new use of %s" % (path, ", ".join(added)))
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        spec = json.load(f)
+    try:
+        result = Neutraliser(spec).run()
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.stderr.write("evolve: could not neutralise the work tree: %s\n" % e)
+        return 1
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
