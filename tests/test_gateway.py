@@ -16,6 +16,7 @@ import stat
 import subprocess
 import threading
 import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import pytest
 
 from evolve.config import Limits
 from evolve.errors import ModelError
-from evolve.gateway import Gateway, UnixHTTPConnection
+from evolve.gateway import (ADMIT_WAIT_S, EXCERPT_BYTES, IDLE_REAP_S, SUMMARY_LINE_BYTES, Gateway,
+                            UnixHTTPConnection)
 from evolve.models import LiteLLMBackend, backend_for
 from evolve.types import Usage
 
@@ -156,7 +158,7 @@ def provider():
 def test_success_response_usage_and_trace(make_gateway, scripted):
     gw = make_gateway(scripted, Limits(max_calls=5))
     sock = gw.socket_path
-    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o777
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o666
 
     status, out = call(gw, chat())
     assert status == 200, out
@@ -215,11 +217,17 @@ def test_health_models_and_unknown_routes(make_gateway, scripted):
     assert call(gw, None, "/health", "GET") == (200, {"ok": True})
     status, out = call(gw, None, "/v1/models", "GET")
     assert status == 200 and out["data"][0]["id"] == scripted.model and out["object"] == "list"
+    assert gw.usage.calls == 0 and trace(gw) == []  # the two read-only GETs are free
     status, out = call(gw, None, "/v1/nope", "GET")
     assert status == 404 and out["error"]["type"] == "not_found"
     status, out = call(gw, {"x": 1}, "/v1/completions")
-    assert status == 404
-    assert trace(gw) == []  # only chat calls are model calls
+    assert status == 404 and "POST /v1/completions" in out["error"]["message"]
+    status, out = call(gw, None, "/v1/chat/completions", "GET")
+    assert status == 405 and out["error"]["type"] == "method_not_allowed"
+    # Every other request counts toward the limits and is traced, with an excerpt of its body.
+    assert gw.usage.calls == 3 and gw.usage.errors == 3
+    assert [(r["call"], r["status"], r["request"]) for r in trace(gw)] == [
+        (1, 404, ""), (2, 404, '{"x": 1}'), (3, 405, "")]
 
 
 def test_chat_without_v1_prefix_and_chunked_body(make_gateway, scripted):
@@ -260,8 +268,9 @@ def test_call_limit_is_403_and_traced(make_gateway, scripted):
     assert out["error"]["type"] == "limit_exceeded" and "2 of 2 calls" in out["error"]["message"]
     assert gw.usage.calls == 2 and gw.usage.errors == 1
     last = trace(gw)[-1]
-    assert last["status"] == 403 and last["response"] is None
-    assert last["error"]["type"] == "limit_exceeded" and last["request"] == chat()
+    # Refused before its body is read: a summary line, no request or response.
+    assert last["status"] == 403 and last["summarized"] is True and "request" not in last
+    assert last["error"]["type"] == "limit_exceeded" and last["request_bytes"] == len(json.dumps(chat()))
     assert last["usage"] == {"prompt_tokens": 0, "completion_tokens": 0}
 
 
@@ -349,19 +358,16 @@ def test_concurrent_calls_never_exceed_the_call_limit(make_gateway, scripted):
     (json.dumps({"messages": []}).encode(), "'messages' is required"),
     (json.dumps(chat(stream=True)).encode(), "streaming"),
 ])
-def test_bad_requests_are_400_and_traced(make_gateway, scripted, body: bytes, needle: str):
+def test_bad_requests_are_400_counted_and_traced(make_gateway, scripted, body: bytes, needle: str):
     gw = make_gateway(scripted)
     status, out = call(gw, body)
     assert status == 400 and out["error"]["type"] == "invalid_request" and needle in out["error"]["message"]
-    assert gw.usage.calls == 0 and gw.usage.errors == 1
+    assert gw.usage.calls == 1 and gw.usage.errors == 1  # an invalid request counts like a call
     (line,) = trace(gw)
     assert line["status"] == 400 and line["error"]["type"] == "invalid_request"
-    if body:
-        try:
-            expected = json.loads(body, parse_constant=lambda c: 1 / 0)
-        except Exception:
-            expected = body[:65536].decode("utf-8", "replace")
-        assert line["request"] == expected
+    # Only an excerpt of the raw body, whatever it was.
+    assert line["request"] == body[:EXCERPT_BYTES].decode("utf-8", "replace")
+    assert line["request_bytes"] == len(body)
 
 
 # -- backend failures ----------------------------------------------------------------------------------
@@ -451,6 +457,322 @@ def test_backend_bug_is_500_and_server_keeps_serving(make_gateway, backend, need
     assert call(gw, None, "/health", "GET")[0] == 200
     assert len(gw.infra_errors) == 2 and all(needle in e for e in gw.infra_errors)
     assert gw.usage.calls == 2 and gw.usage.errors == 2 and [r["status"] for r in trace(gw)] == [500, 500]
+
+
+# -- flooding: every request counts, bodies and traces are capped, connections are capped ----------------
+
+
+def raw_exchange(gw: Gateway, data: bytes, timeout: float = 10) -> bytes:
+    """Send raw bytes over a new connection and return everything the gateway sends until it closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(gw.socket_path))
+        s.sendall(data)
+        got = b""
+        while True:
+            try:
+                piece = s.recv(65536)
+            except ConnectionResetError:  # closed with our unread bytes: what it sent was read first
+                break
+            if not piece:
+                break
+            got += piece
+    return got
+
+
+def answer_of(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def post_head(length: int, *extra: str) -> bytes:
+    lines = ["POST /v1/chat/completions HTTP/1.1", "Host: localhost", "Content-Type: application/json",
+             f"Content-Length: {length}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def test_every_request_counts_valid_or_not(make_gateway, scripted):
+    gw = make_gateway(scripted, Limits(max_calls=7, max_request_bytes=4096))
+    answers = [call(gw, b"{not json")[0], call(gw, {"model": "m"})[0], call(gw, chat(stream=True))[0],
+               call(gw, json.dumps(chat("x" * 5000)).encode())[0], call(gw, {"x": 1}, "/v1/embeddings")[0],
+               call(gw, None, "/health", "DELETE")[0],
+               answer_of(raw_exchange(gw, b"NOT AN HTTP REQUEST LINE AT ALL\r\n\r\n"))[0]]
+    assert answers == [400, 400, 400, 413, 404, 405, 400]
+    assert gw.usage.calls == 7 and gw.usage.errors == 7
+    # The limit is used up by invalid requests alone: a valid call is refused, the free GETs still answer.
+    status, out = call(gw, chat())
+    assert status == 403 and out["error"]["type"] == "limit_exceeded" and "7 of 7 calls" in out["error"]["message"]
+    assert call(gw, None, "/health", "GET")[0] == 200 and call(gw, None, "/v1/models", "GET")[0] == 200
+    lines = trace(gw)
+    assert [r["call"] for r in lines] == list(range(1, 9))
+    assert [r["status"] for r in lines] == answers + [403]
+    assert lines[6]["request"] == "NOT AN HTTP REQUEST LINE AT ALL\r\n" and "malformed" in lines[6]["error"]["message"]
+    assert gw.usage.calls == 7 and gw.usage.errors == 8
+
+
+def test_requests_past_the_limit_are_refused_without_reading_the_body(make_gateway, scripted):
+    gw = make_gateway(scripted, Limits(max_calls=1))
+    assert call(gw, chat())[0] == 200
+    tracemalloc.start()
+    try:
+        t0 = time.monotonic()
+        # Announces 1 GB and sends none of it: answered at once, the connection closed.
+        status, out = answer_of(raw_exchange(gw, post_head(10 ** 9)))
+        took = time.monotonic() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 403 and out["error"]["type"] == "limit_exceeded"
+    assert took < 2 and peak < 2_000_000
+    # With Expect: 100-continue the client is never asked for the body.
+    raw = raw_exchange(gw, post_head(10 ** 9, "Expect: 100-continue"))
+    assert raw.startswith(b"HTTP/1.1 403 ") and b"100 Continue" not in raw
+    # An ordinary client sending a body gets the answer (the body is read only to be thrown away).
+    status, out = call(gw, json.dumps(chat("y" * 100_000)).encode())
+    assert status == 403
+    assert gw.usage.calls == 1 and [r["status"] for r in trace(gw)] == [200, 403, 403, 403]
+    assert all("request" not in r for r in trace(gw)[1:])
+
+
+def test_body_over_the_cap_is_413_and_never_held_in_memory(make_gateway, scripted):
+    cap = 64 * 1024
+    gw = make_gateway(scripted, Limits(max_request_bytes=cap))
+    big = json.dumps(chat("z" * 30_000_000)).encode()  # made before tracing starts
+    tracemalloc.start()
+    try:
+        status, out = call(gw, big)  # an ordinary client: sends all 30 MB, then reads
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert status == 413 and out["error"]["type"] == "request_too_large"
+    message = out["error"]["message"]
+    assert f"is {len(big)} bytes" in message and f"limit of {cap} bytes" in message
+    assert "limits.max_request_bytes" in message and "send less" in message
+    assert peak < 5_000_000  # the gateway kept at most one 64 KiB piece at a time, never the body
+
+    # Announced over the cap with Expect: 100-continue: 413 at once, the body is never asked for.
+    raw = raw_exchange(gw, post_head(10 ** 8, "Expect: 100-continue"))
+    assert raw.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in raw and b"Connection: close" in raw
+
+    # Chunked (length unknown up front): read up to the cap, then refused.
+    conn = UnixHTTPConnection(gw.socket_path, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", iter([b"[" + b" " * 60_000] * 20),
+                     {"Content-Type": "application/json"}, encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413 and "goes on" in json.loads(resp.read())["error"]["message"]
+    finally:
+        conn.close()
+    # Just under the cap is served.
+    assert call(gw, json.dumps(chat("fixture-add " + "w" * (cap - 1000))).encode())[0] == 200
+
+    lines = trace(gw)
+    assert [r["status"] for r in lines] == [413, 413, 413, 200]
+    assert [r["request_bytes"] for r in lines[:2]] == [len(big), 10 ** 8]
+    assert lines[2]["request_bytes"] > cap
+    assert all(len(r["request"]) <= EXCERPT_BYTES for r in lines[:3])
+    assert gw.usage.calls == 4 and gw.usage.errors == 3
+
+
+def test_oversize_headers_are_431_and_counted(make_gateway, scripted):
+    gw = make_gateway(scripted)
+    headers = "".join(f"X-Pad-{i}: {'h' * 60_000}\r\n" for i in range(100)).encode()  # 6 MB of headers
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n"
+    send_errors: list[OSError] = []
+    tracemalloc.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(gw.socket_path))
+
+            def send() -> None:
+                try:
+                    s.sendall(request)
+                except OSError as e:  # the gateway answered and closed before taking it all
+                    send_errors.append(e)
+
+            sender = threading.Thread(target=send)
+            sender.start()
+            raw = b""
+            while True:
+                try:
+                    piece = s.recv(65536)
+                except ConnectionResetError:
+                    break
+                if not piece:
+                    break
+                raw += piece
+            sender.join(30)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    status, out = answer_of(raw)
+    assert status == 431 and out["error"]["type"] == "invalid_request" and "header block" in out["error"]["message"]
+    assert all(isinstance(e, (BrokenPipeError, ConnectionResetError)) for e in send_errors)
+    assert peak < 1_000_000
+    assert gw.usage.calls == 1 and trace(gw)[0]["status"] == 431
+
+
+def test_expect_100_continue_within_the_cap_is_served(make_gateway, scripted):
+    gw = make_gateway(scripted)
+    body = json.dumps(chat()).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(gw.socket_path))
+        s.sendall(post_head(len(body), "Expect: 100-continue"))
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"  # asked for the body only now
+        s.sendall(body)
+        resp = http.client.HTTPResponse(s)
+        resp.begin()
+        assert resp.status == 200 and json.loads(resp.read())["choices"][0]["message"]["content"]
+
+
+def test_invalid_request_lines_hold_only_an_excerpt(make_gateway, scripted):
+    gw = make_gateway(scripted)
+    body = b'{"messages": "' + b"q" * 3_000_000 + b'"}'  # valid JSON, not a chat request, 3 MB
+    assert call(gw, body)[0] == 400
+    assert call(gw, b"\xff" * 2_000_000)[0] == 400
+    raw_lines = gw.trace_path.read_bytes().splitlines()
+    assert len(raw_lines) == 2 and all(len(line) < 4 * EXCERPT_BYTES for line in raw_lines)
+    first = json.loads(raw_lines[0])
+    assert first["request"] == body[:EXCERPT_BYTES].decode() and first["request_bytes"] == len(body)
+
+
+def test_trace_cap_summarizes_every_call_past_it(make_gateway, scripted):
+    cap = 30_000
+    gw = make_gateway(scripted, Limits(max_trace_bytes=cap, max_calls=12))
+    for _ in range(10):
+        assert call(gw, chat("fixture-add " + "p" * 8000))[0] == 200
+    assert call(gw, b"!" * 100_000)[0] == 400
+    assert call(gw, {"y": 1}, "/" + "v" * 5000)[0] == 404  # a long error message, cut in the summary
+    refused = [call(gw, chat())[0] for _ in range(5)]
+    assert refused == [403] * 5
+    gw.close()
+
+    data = gw.trace_path.read_bytes()
+    lines = [json.loads(line) for line in data.splitlines()]
+    calls = [r for r in lines if "call" in r]
+    notes = [r for r in lines if "note" in r]
+    # Each counted request has exactly one line, full or summarized; the refused ones past the cap none.
+    assert [r["call"] for r in calls] == list(range(1, 13))
+    full = [r for r in calls if not r.get("summarized")]
+    summaries = [r for r in calls if r.get("summarized")]
+    assert 1 <= len(full) <= 3 and len(full) + len(summaries) == 12
+    assert sum(len(json.dumps(r, ensure_ascii=False)) + 1 for r in full) <= cap
+    for r in summaries:
+        assert "request" not in r and "response" not in r
+        assert {"call", "ts", "latency_s", "status", "usage", "cost_usd", "request_bytes", "response_bytes"} <= set(r)
+    assert all(len(line) < SUMMARY_LINE_BYTES for line in data.splitlines() if b'"summarized"' in line)
+    ok = [r for r in summaries if r["status"] == 200]
+    assert ok and all(r["usage"]["prompt_tokens"] > 0 and r["request_bytes"] > 8000 and r["error"] is None
+                      for r in ok)
+    assert summaries[-2]["error"]["type"] == "invalid_request" and summaries[-2]["request_bytes"] == 100_000
+    assert summaries[-1]["error"]["type"] == "not_found"
+    # The usage in the lines still adds up.
+    assert sum(r["usage"]["prompt_tokens"] for r in calls) == gw.usage.prompt_tokens
+    assert [n["note"] for n in notes] == ["trace_cap_reached", "not_traced"]
+    assert lines.index(notes[0]) == len(full) and notes[0]["max_trace_bytes"] == cap
+    assert notes[1]["refused_requests"] == 5 and notes[1]["refused_connections"] == 0
+    assert len(data) <= cap + 12 * SUMMARY_LINE_BYTES + 2 * SUMMARY_LINE_BYTES
+
+
+def test_connection_cap_answers_excess_connections_at_once_without_threads(make_gateway, provider):
+    p = provider(200, OK_BODY, delay_s=3.0)
+    gw = make_gateway(p.backend(), Limits(max_connections=2))
+    results: list[int] = []
+    busy = [threading.Thread(target=lambda: results.append(call(gw, chat())[0])) for _ in range(2)]
+    for t in busy:
+        t.start()
+    deadline = time.monotonic() + 10
+    while p.hits < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert p.hits == 2  # both connections are busy with a model call
+    threads_before = threading.active_count()
+    socks = []
+    body = json.dumps(chat()).encode()
+    t0 = time.monotonic()
+    for _ in range(8):  # a burst of connections, each sending a request
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(str(gw.socket_path))
+        s.sendall(post_head(len(body)) + body)
+        socks.append(s)
+    assert threading.active_count() == threads_before  # no thread was started for any of them
+    for s in socks:
+        raw = b""
+        while True:
+            try:
+                piece = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not piece:
+                break
+            raw += piece
+        s.close()
+        status, out = answer_of(raw)
+        assert status == 429 and out["error"]["type"] == "too_many_connections"
+        assert "limits.max_connections" in out["error"]["message"] and "2 connections" in out["error"]["message"]
+    assert time.monotonic() - t0 < 8 * ADMIT_WAIT_S + 2  # each answered within the admission wait
+    assert gw.refused_connections == 8
+    for t in busy:
+        t.join(30)
+    assert results == [200, 200]
+    # Connections over the cap are not requests: nothing was counted or traced for them.
+    assert gw.usage.calls == 2 and len(trace(gw)) == 2
+    assert call(gw, None, "/health", "GET")[0] == 200  # served again once the calls are done
+
+
+def test_idle_keep_alive_connections_make_room(make_gateway, scripted):
+    gw = make_gateway(scripted, Limits(max_connections=2))
+    idle = [UnixHTTPConnection(gw.socket_path, timeout=10) for _ in range(2)]
+    for conn in idle:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read() == b'{"ok": true}'
+    time.sleep(IDLE_REAP_S + 0.3)
+    # Both slots are held by idle keep-alive connections: a new one takes the place of the idlest.
+    assert call(gw, chat())[0] == 200
+    assert gw.refused_connections == 0
+    closed = 0
+    for conn in idle:
+        try:
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+        except (http.client.HTTPException, OSError):
+            closed += 1
+        conn.close()
+    assert closed >= 1
+
+
+def test_trace_readers_stream(tmp_path):
+    from evolve.analyze import _calls
+    from evolve.digest import TRACE_LINE_BYTES, trace_records
+
+    path = tmp_path / "trace.jsonl"
+    response = {"choices": [{"message": {"content": "the answer"}}]}
+    with open(path, "w") as f:
+        for call_no in range(1, 4):
+            rec = {"call": call_no, "status": 200, "request": {"messages": [{"content": "m" * 12 * TRACE_LINE_BYTES}]},
+                   "response": response, "error": None, "usage": {"prompt_tokens": 7, "completion_tokens": 1},
+                   "cost_usd": 0.0}
+            f.write(json.dumps(rec) + "\n")
+        for call_no in range(4, 2004):
+            f.write(json.dumps({"call": call_no, "status": 403, "summarized": True,
+                                "error": {"type": "limit_exceeded", "message": "no"}}) + "\n")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        records = list(trace_records(path))
+        text = _calls(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Never the whole file (over 36 MB), never a whole long line (12 MiB): a few lines' worth at most.
+    assert size > 36_000_000 and peak < 6 * TRACE_LINE_BYTES
+    assert len(records) == 2003
+    assert records[0]["truncated"] and records[0]["call"] == 1 and records[0]["response"] == response
+    assert records[0]["usage"]["prompt_tokens"] == 7
+    assert text.startswith("call 1 (7 prompt tokens): the answer")
+    assert "more trace lines left out" in text and text.count("\n") < 450
 
 
 # -- lifecycle --------------------------------------------------------------------------------------

@@ -124,7 +124,8 @@ class Sandbox:
         run_id: labels the container so a sweep can find it.
         limits: memory, CPU and pids limits.
         user: ``uid:gid`` the container runs as; None keeps the image's user.
-        mounts: host path -> container path bind mounts (read-write).
+        mounts: host path -> container path bind mounts, read-write; a container path ending in
+            ``:ro`` (``/evolve/gw:ro``) is mounted read-only at the path without the suffix.
 
     Raises:
         InfraError: ``kind="docker"`` when Docker fails to create or start it.
@@ -165,7 +166,8 @@ class Sandbox:
                 # with no capabilities, and the base image has no setuid binaries.
                 cap_drop=["NET_RAW", "MKNOD", "SYS_CHROOT", "AUDIT_WRITE", "SETFCAP", "NET_BIND_SERVICE"],
                 environment={"HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
-                volumes={h: {"bind": c, "mode": "rw"} for h, c in self.mounts.items()},
+                volumes={h: {"bind": c.removesuffix(":ro"), "mode": "ro" if c.endswith(":ro") else "rw"}
+                         for h, c in self.mounts.items()},
                 labels=run_labels(self.run_id),
             )
         except DockerException as e:
