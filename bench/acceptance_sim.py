@@ -20,10 +20,15 @@ The model
   case for re-running only discordant tasks: 10% of the tasks are reliably fixed
   (p < 0.1 -> c = 0.95) and exactly as much is lost as small partial breaks spread
   over all the other tasks that are not already ~0 (c_i = p_i (1 - s)).
+  ``0 abstaining`` is the abstention attack: the child is the parent (c_i = p_i)
+  but returns an infrastructure failure (``None``) instead of False on a share
+  ``--abstain`` of the runs it fails (a fresh draw on every ask, so a re-ask is a
+  second try). Dropping every repeat with infra would lose only its failures.
 * Caching like the real loop: a parent is kept for ``--children`` consecutive
   candidates (default 4) and its outcomes are cached by (task, repeat), so a
   parent run is fresh only the first time; child runs are always fresh.
-  Infrastructure failures (``None``) happen at ``--infra`` rate on both sides.
+  Infrastructure failures (``None``) happen at ``--infra`` rate on both sides;
+  one-sided ones are asked again ``--infra-reruns`` times (``cfg.infra_reruns``).
 
 Printed per scenario
 --------------------
@@ -86,7 +91,7 @@ def draw_parent(rng: np.random.Generator, n: int) -> np.ndarray:
 def draw_child(rng: np.random.Generator, p: np.ndarray, scenario: str, gain: float) -> np.ndarray | None:
     """Child probabilities with mean(c) - mean(p) == gain exactly, or None when unreachable."""
     n = len(p)
-    if scenario == "identical":
+    if scenario in ("identical", "abstain"):
         return p.copy()
     if scenario == "adversarial":
         cand = np.flatnonzero(p < 0.1)
@@ -122,6 +127,7 @@ SCENARIOS = [  # (label, kind, true gain)
     ("0 identical", "identical", 0.0),
     ("0 mixed", "mixed", 0.0),
     ("0 adversarial", "adversarial", 0.0),
+    ("0 abstaining", "abstain", 0.0),
     ("-10 harmful", "mixed", -0.10),
     ("+5", "mixed", 0.05),
     ("+10", "mixed", 0.10),
@@ -132,10 +138,10 @@ class SimEvaluate:
     """An EvaluateFn over known probabilities; the parent's outcomes are cached by (task, repeat)."""
 
     def __init__(self, ids: list[str], p: np.ndarray, c: np.ndarray, rng: np.random.Generator,
-                 parent_cache: dict, infra: float) -> None:
+                 parent_cache: dict, infra: float, abstain: float = 0.0) -> None:
         self.idx = {iid: k for k, iid in enumerate(ids)}
         self.prob = {"parent": p, "child": c}
-        self.rng, self.cache, self.infra = rng, parent_cache, infra
+        self.rng, self.cache, self.infra, self.abstain = rng, parent_cache, infra, abstain
         self.fresh = {"parent": 0, "child": 0}
 
     def __call__(self, who: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
@@ -150,6 +156,9 @@ class SimEvaluate:
                 out[iid] = None                  # infra failures are not cached: the next call retries
                 continue
             res = bool(self.rng.random() < self.prob[who][self.idx[iid]])
+            if who == "child" and not res and self.abstain and self.rng.random() < self.abstain:
+                out[iid] = None                  # the abstaining child passes a failure off as infra
+                continue
             if who == "parent":
                 self.cache[key] = res
             out[iid] = res
@@ -200,7 +209,8 @@ def simulate(proc: Procedure, label: str, kind: str, gain: float, args, trials: 
                 p = draw_parent(rng, args.tasks)
                 cache = {}
                 c = draw_child(rng, p, kind, gain)
-            ev = SimEvaluate(ids, p, c, np.random.default_rng(rng.integers(2**63)), cache, args.infra)
+            ev = SimEvaluate(ids, p, c, np.random.default_rng(rng.integers(2**63)), cache, args.infra,
+                             args.abstain if kind == "abstain" else 0.0)
             v = run_acceptance(ev, ids, proc.cfg, **proc.kwargs)
             a += v.accepted
             m += 1
@@ -269,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rerun", type=int, default=2, help="cfg.rerun_discordant")
     ap.add_argument("--children", type=int, default=4, help="candidates per parent (its runs are cached)")
     ap.add_argument("--infra", type=float, default=0.01, help="infrastructure-failure rate per run")
+    ap.add_argument("--infra-reruns", type=int, default=1, help="cfg.infra_reruns")
+    ap.add_argument("--abstain", type=float, default=0.5,
+                    help="'0 abstaining' row: share of its failed runs the child reports as infra")
     ap.add_argument("--stages", type=str, default="0.5,1", help="cumulative fractions, e.g. 0.5,1 or 1")
     ap.add_argument("--futility-z", type=float, default=0.0)
     ap.add_argument("--estimator", default="rao-blackwell", choices=["rao-blackwell", "mean"])
@@ -277,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     stages = tuple(float(s) for s in args.stages.split(","))
-    cfg = AcceptanceConfig(confidence=args.confidence, min_gain=args.min_gain, rerun_discordant=args.rerun)
+    cfg = AcceptanceConfig(confidence=args.confidence, min_gain=args.min_gain, rerun_discordant=args.rerun,
+                           infra_reruns=args.infra_reruns)
     main_proc = Procedure(f"configured: confidence {args.confidence}, min_gain {args.min_gain}, rerun_discordant "
-                          f"{args.rerun}, stages {stages}, futility_z {args.futility_z}, estimator {args.estimator}",
+                          f"{args.rerun}, infra_reruns {args.infra_reruns}, stages {stages}, "
+                          f"futility_z {args.futility_z}, estimator {args.estimator}",
                           cfg, dict(stages=stages, futility_z=args.futility_z, estimator=args.estimator))
     procs = [main_proc]
     if not args.no_variants:
@@ -296,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
     n = args.tasks
     print(f"acceptance_sim: {n} tasks, seed {args.seed}, "
-          f"{args.children} candidates per cached parent, infra rate {args.infra}")
+          f"{args.children} candidates per cached parent, infra rate {args.infra}, "
+          f"abstention {args.abstain} of the '0 abstaining' child's failures")
     print(f"full split: 2N = {2 * n} runs per generation (parent and child once on every task), "
           f"or N = {n} fresh runs if the parent's are cached.")
     print("columns: stopped = early futility stops; mean delta = the verdicts' delta in points (early stops "

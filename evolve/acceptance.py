@@ -42,7 +42,8 @@ Procedure (``run_acceptance``)
    a huge lattice. With R = 0 (d_i in {-1, 0, +1}) it is exactly the one-sided
    exact McNemar test (a binomial test on the discordant tasks, McNemar 1947);
    in general it is Fisher's randomization test for paired data.
-   **Accept iff p < 1 - confidence and mean(d) >= min_gain**; ``delta`` is
+   **Accept iff p < 1 - confidence and mean(d) >= min_gain** (and the infra check
+   below passes); ``delta`` is
    mean(d). ``parent_rate`` is the parent's repeat-0 resolve rate on the
    compared tasks (unbiased), ``child_rate = parent_rate + delta``. The interval
    is the paired t interval of mean(d) at two-sided level ``2*confidence - 1``:
@@ -70,7 +71,8 @@ Why re-running only the discordant tasks does not inflate false accepts
   the true net gain N(c - p) whatever mix of fixes and breaks produced it.
 * *Exact under the sharp null.* If the child behaves like the parent on every
   task (c_i = p_i), the whole procedure (which tasks get re-run, which repeats
-  infra drops, the stop) is symmetric in the two labels of each task, so each
+  infra drops, which infra is asked again or counted as a loss, the stop) is
+  symmetric in the two labels of each task, so each
   d_i is symmetric about 0, independently: the sign-flip null holds exactly and
   P(false accept) <= 1 - confidence for any number of tasks and any noise.
 * *Weak null* (fixes and breaks that cancel in expectation): sum(d_i) has mean
@@ -78,13 +80,41 @@ Why re-running only the discordant tasks does not inflate false accepts
   sum Var(d_i), so the test is valid in the normal approximation and leans
   conservative, as McNemar's does with heterogeneous pairs. The bench's null
   rows (identical, mixed, adversarial) stay at or below 5%.
-* *Infra failures* (None) never count against either side: a repeat where
-  either side had one is dropped from that task's pairs; a task without a
-  paired repeat 0 is left out (and not re-run). Unbiased as long as infra
-  failures do not depend on which harness ran (the evaluator retries them).
+* *Infra failures* (None; the evaluator has already retried them, and never
+  caches one). A repeat where **both** sides had one is dropped from the task's
+  pairs (a task without a paired repeat 0 is left out and not re-run). A repeat
+  where **one side only** had one is asked again for that side, up to
+  ``cfg.infra_reruns`` times: a real outcome from a re-ask is that side's
+  outcome; if the failure persists it counts as *not resolved* for that side.
+  And if the child has more one-sided infra failures than the parent beyond
+  chance (exact one-sided binomial test: under the sharp null each is the
+  child's or the parent's with probability 1/2, independently, since which
+  repeats are asked does not depend on the labels; p < 1 - confidence), the
+  child is rejected: infra must not depend on which harness ran, and this is
+  where it shows that it does.
+  - *Still exact.* All three rules look only at which side had the failure,
+    never at which side is the child, so they are label-symmetric and keep the
+    sharp-null argument above; the infra check can only turn an accept into a
+    reject. Genuine infra (rare after the evaluator's retries, and the same for
+    both harnesses) almost always recovers on the re-ask, costs either side the
+    same, and trips the check with probability at most 1 - confidence.
+  - *Abstention does not pay.* Dropping every repeat with infra (as before) let a
+    harness turn its likely failures into infra: they left the comparison, so a
+    child no better than its parent that abstains where it would fail never lost
+    a pair ("+20 pts, p=0.03, 5 fixed, 0 broken"). Now a failure passed off as
+    infra is a failure unless a re-ask resolves the task, and a re-ask is a
+    second try: alone it still pays a harness whose abstention is random (the
+    bench's "0 abstaining" row at ``--abstain 1``: 36% false accepts with the
+    re-ask alone, as many as dropping). The infra check closes that: a harness
+    can pass off only a few failures before it is rejected for them (with the
+    parent at none, 5 one-sided failures give p = 1/32), so the bench's
+    abstaining child is accepted no more often than a neutral one.
 * *Cached parent runs.* The loop re-uses the parent's cached outcomes. They
   helped the parent get accepted, so they lean lucky: that makes the next
-  comparison harder, never easier.
+  comparison harder, never easier. For the same reason one-sided infra falls
+  mostly on the child (a parent's infra was not cached, so it has had an earlier
+  try already): the infra loss rule and the infra check then lean against the
+  child, never for it.
 * *Not covered:* the rate is per verdict. A run of G generations of neutral
   candidates accepts at least one with probability up to 1 - (1 - alpha)^G.
 
@@ -110,7 +140,8 @@ from typing import Optional
 from evolve.config import AcceptanceConfig
 
 Outcome = Optional[bool]
-"""Resolved or not; None = infrastructure failure (excluded, never counted against anyone)."""
+"""Resolved or not; None = infrastructure failure: asked again if only one side had it (and then
+not resolved for that side if it persists), left out if both sides had it."""
 
 EvaluateFn = Callable[[str, list[str], int], Mapping[str, Outcome]]
 """``evaluate(who, instance_ids, repeat) -> {instance_id: resolved?}``; who is "parent" or "child".
@@ -127,7 +158,8 @@ MC_RESAMPLES = 100_000
 @dataclass(frozen=True)
 class TaskRecord:
     """One task's paired outcomes: ``parent[k]`` and ``child[k]`` come from the same repeat
-    ``repeats[k]``; repeats where either side had an infra failure are left out."""
+    ``repeats[k]``; repeats where both sides had an infra failure are left out, and an infra
+    failure on one side only that persisted is in the pairs as not resolved for that side."""
 
     instance_id: str
     parent: tuple[bool, ...]
@@ -135,7 +167,12 @@ class TaskRecord:
     repeats: tuple[int, ...] = ()
     """Repeat index of each pair (empty means 0, 1, 2, ...)."""
     dropped: int = 0
-    """Repeats left out because either side had an infrastructure failure."""
+    """Repeats left out because both sides had an infrastructure failure."""
+    one_sided_infra: tuple[int, int] = (0, 0)
+    """(parent, child): repeats where that side alone had an infrastructure failure when first asked."""
+    infra_losses: tuple[int, int] = (0, 0)
+    """(parent, child): of those, the ones that persisted after ``cfg.infra_reruns`` more asks, in the
+    pairs as not resolved for that side."""
 
     def __post_init__(self) -> None:
         if len(self.parent) != len(self.child):
@@ -222,6 +259,13 @@ class Verdict:
     """Tasks whose paired outcomes differ in at least one repeat."""
     tasks_total: int = 0
     """Tasks asked for (n_tasks is fewer after an early stop or infra failures)."""
+    one_sided_infra: tuple[int, int] = (0, 0)
+    """(parent, child): repeats where that side alone had an infra failure when first asked (all records)."""
+    infra_losses: tuple[int, int] = (0, 0)
+    """(parent, child): of those, the ones that persisted and count as not resolved for that side."""
+    infra_p_value: float = 1.0
+    """One-sided exact binomial p-value of "the child has more one-sided infra failures than the
+    parent", P(Bin(child + parent, 1/2) >= child); below 1 - confidence the child is rejected."""
 
 
 # -- the test -----------------------------------------------------------------------------------
@@ -308,10 +352,16 @@ def decide(records: list[TaskRecord], cfg: AcceptanceConfig, *, estimator: str =
     recs = [r for r in records if r.n > 0]
     alpha = 1.0 - cfg.confidence
     total = len(records) if tasks_total is None else tasks_total
+    one_sided = tuple(sum(r.one_sided_infra[k] for r in records) for k in (0, 1))
+    losses = tuple(sum(r.infra_losses[k] for r in records) for k in (0, 1))
+    # each one-sided infra failure is +1 (child) or -1 (parent); under the sharp null a fair coin each
+    infra_p = _signflip([1] * one_sided[1] + [-1] * one_sided[0], [1] * sum(one_sided), 0)
     base = dict(task_runs=task_runs, child_runs=child_runs, parent_runs=parent_runs, tasks_total=total,
-                records=list(records), stopped_early=stopped_early)
+                records=list(records), stopped_early=stopped_early, one_sided_infra=one_sided,
+                infra_losses=losses, infra_p_value=infra_p)
     if not recs:
-        return Verdict(accepted=False, reason="rejected: no task has a paired outcome (all infrastructure failures?)",
+        return Verdict(accepted=False, reason="rejected: no task has a paired outcome (infrastructure failures on "
+                                              "both sides?)",
                        parent_rate=0.0, child_rate=0.0, delta=0.0, ci_low=-1.0, ci_high=1.0, p_value=1.0,
                        n_tasks=0, fixed=[], broken=[], n_discordant=0, **base)
     n = len(recs)
@@ -327,11 +377,19 @@ def decide(records: list[TaskRecord], cfg: AcceptanceConfig, *, estimator: str =
     broken = [r.instance_id for r, (num, _) in zip(recs, fracs) if num < 0]
     significant = p < alpha
     big_enough = delta >= cfg.min_gain - 1e-12
-    accepted = significant and big_enough and not stopped_early
+    infra_skewed = infra_p < alpha
+    accepted = significant and big_enough and not stopped_early and not infra_skewed
     stats = f"child {_pts(delta)} [{level:.0%} CI {lo * 100:+.1f}, {hi * 100:+.1f}], p={p:.3g}"
     tail = f" over {n}/{total} tasks ({len(fixed)} fixed, {len(broken)} broken)"
+    if any(one_sided):
+        tail += (f"; infra on one side only: child {one_sided[1]}, parent {one_sided[0]} repeats, "
+                 f"{losses[1]} and {losses[0]} persisted (not resolved)")
     if stopped_early:
         reason = f"rejected early: {note}; {stats}{tail}"
+    elif infra_skewed:
+        reason = (f"rejected: infrastructure failures on the child's side only in {one_sided[1]} repeats, the "
+                  f"parent's in {one_sided[0]} (p={infra_p:.3g} < {alpha:.3g}): infra must not depend on the "
+                  f"harness; {stats}{tail}")
     elif accepted:
         gain = f", gain >= min {_pts(cfg.min_gain)}" if cfg.min_gain > 0 else ""
         reason = f"accepted: {stats} < {alpha:.3g}{gain}{tail}"
@@ -371,17 +429,25 @@ class _Pairs:
     child: list[bool] = field(default_factory=list)
     repeats: list[int] = field(default_factory=list)
     dropped: int = 0
+    one_sided: list[int] = field(default_factory=lambda: [0, 0])
+    losses: list[int] = field(default_factory=lambda: [0, 0])
 
-    def add(self, rep: int, p: Outcome, c: Outcome) -> None:
-        if p is None or c is None:
+    def add(self, rep: int, first: tuple[Outcome, Outcome], final: tuple[Outcome, Outcome]) -> None:
+        """One repeat's (parent, child) outcomes when first asked and after the one-sided infra
+        re-asks: both None is left out, one None that persisted is not resolved for that side."""
+        if first[0] is None and first[1] is None:
             self.dropped += 1
-        else:
-            self.parent.append(bool(p))
-            self.child.append(bool(c))
-            self.repeats.append(rep)
+            return
+        for k in (0, 1):
+            self.one_sided[k] += first[k] is None
+            self.losses[k] += final[k] is None
+        self.parent.append(bool(final[0]))
+        self.child.append(bool(final[1]))
+        self.repeats.append(rep)
 
     def record(self, iid: str) -> TaskRecord:
-        return TaskRecord(iid, tuple(self.parent), tuple(self.child), tuple(self.repeats), self.dropped)
+        return TaskRecord(iid, tuple(self.parent), tuple(self.child), tuple(self.repeats), self.dropped,
+                          tuple(self.one_sided), tuple(self.losses))
 
 
 def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: AcceptanceConfig, *,
@@ -392,9 +458,12 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
 
     Args:
         evaluate: runs (or looks up) evaluations; called as ``evaluate(who, ids, repeat)``,
-            the parent before the child, one call per side, stage and repeat.
+            the parent before the child, one call per side, stage and repeat, then again for the
+            ids whose outcome was an infra failure on that side only (at most ``cfg.infra_reruns``
+            more calls per side, stage and repeat). An infra result must not be cached: asking
+            again must run it again.
         instance_ids: the search split's tasks (duplicates are ignored).
-        cfg: confidence, min_gain and rerun_discordant.
+        cfg: confidence, min_gain, rerun_discordant and infra_reruns.
         stages: cumulative fractions of the tasks evaluated before each interim look;
             ``(1.0,)`` evaluates everything at once (no early stop).
         futility_z: after each stage but the last, reject if the standardized statistic
@@ -416,6 +485,21 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
         got = evaluate(who, list(batch), rep) or {}
         return {i: got.get(i) for i in batch}
 
+    def ask(batch: list[str], rep: int, pairs: dict[str, _Pairs]) -> None:
+        """Both sides on ``batch`` at repeat ``rep``, into ``pairs``. An infra failure on one side
+        only is asked again, up to ``cfg.infra_reruns`` times."""
+        first = {PARENT: call(PARENT, batch, rep), CHILD: call(CHILD, batch, rep)}
+        got = {who: dict(out) for who, out in first.items()}
+        for who, other in ((PARENT, CHILD), (CHILD, PARENT)):
+            for _ in range(cfg.infra_reruns):
+                again = [i for i in batch if got[who][i] is None and got[other][i] is not None]
+                if not again:
+                    break
+                got[who].update({i: o for i, o in call(who, again, rep).items() if o is not None})
+        for iid in batch:
+            pairs.setdefault(iid, _Pairs()).add(rep, (first[PARENT][iid], first[CHILD][iid]),
+                                                (got[PARENT][iid], got[CHILD][iid]))
+
     def verdict(records: list[TaskRecord], **kw) -> Verdict:
         return decide(records, cfg, estimator=estimator, task_runs=runs[PARENT] + runs[CHILD],
                       child_runs=runs[CHILD], parent_runs=runs[PARENT], tasks_total=len(order), **kw)
@@ -425,15 +509,10 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
     for k, end in enumerate(ends):
         batch = order[done:end]
         done = end
-        par, chi = call(PARENT, batch, 0), call(CHILD, batch, 0)
-        for iid in batch:
-            pairs[iid] = _Pairs()
-            pairs[iid].add(0, par[iid], chi[iid])
+        ask(batch, 0, pairs)
         rerun = [i for i in batch if pairs[i].parent and pairs[i].parent[0] != pairs[i].child[0]]
         for rep in range(1, cfg.rerun_discordant + 1):
-            par, chi = call(PARENT, rerun, rep), call(CHILD, rerun, rep)
-            for iid in rerun:
-                pairs[iid].add(rep, par[iid], chi[iid])
+            ask(rerun, rep, pairs)
         records = [pairs[i].record(i) for i in order[:done]]
         if k < len(ends) - 1 and futility_z is not None:
             z = z_score([r for r in records if r.n], estimator)

@@ -4,23 +4,28 @@ From each failed task of the harness's latest search evaluation it collects
 the gateway's record of model calls, the harness's trajectory and the test
 output, cuts each down to fit the optimizer's context (head, tail and error
 lines kept), and asks the optimizer for causes grouped into categories, each
-citing instance_ids.
+citing instance_ids. A failed task with integrity flags (tests or runner
+configuration restored, tampering detected) is shown with its flags and the
+note that tampering does not pay, so the plan does not try it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from evolve.digest import cut
+from evolve.digest import cut, trace_records
 from evolve.optimizer import Optimizer
 from evolve.prompting import render
 from evolve.replies import json_block
-from evolve.types import Task, TaskResult
+from evolve.types import IntegrityFlag, Task, TaskResult
 
 MAX_FAILURES = 8
 PER_PART_CHARS = 3000
+MAX_CALL_LINES = 400
+"""Lines of a trace's summary (one per request) kept for the analysis, first and last halves."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Failure:
     trajectory: str
     calls: str
     tests: str
+    integrity_flags: tuple[str, ...] = ()
+    """What grading undid or detected on this task (``IntegrityFlag`` values); empty when clean."""
 
 
 @dataclass
@@ -59,7 +66,8 @@ def collect_failures(results: list[TaskResult], entries: dict[str, Path], tasks:
             problem_statement=cut(tasks[r.instance_id].problem_statement, 1500),
             trajectory=cut(_trajectory(d / "trajectory.json"), PER_PART_CHARS),
             calls=cut(_calls(d / "trace.jsonl"), PER_PART_CHARS),
-            tests=cut(_read(d / "test_output.txt") or _read(d / "apply.log"), PER_PART_CHARS)))
+            tests=cut(_read(d / "test_output.txt") or _read(d / "apply.log"), PER_PART_CHARS),
+            integrity_flags=tuple(f.value for f in IntegrityFlag if f in r.integrity_flags)))
         if len(out) >= limit:
             break
     return out
@@ -77,8 +85,8 @@ def analyze(optimizer: Optimizer, failures: list[Failure]) -> Analysis:
     def build(scale: float) -> list[dict]:
         keep = failures[: max(1, int(len(failures) * scale))]
         size = int(PER_PART_CHARS * scale)
-        shrunk = [Failure(f.instance_id, f.failure_class, cut(f.problem_statement, size), cut(f.trajectory, size),
-                          cut(f.calls, size), cut(f.tests, size)) for f in keep]
+        shrunk = [replace(f, problem_statement=cut(f.problem_statement, size), trajectory=cut(f.trajectory, size),
+                          calls=cut(f.calls, size), tests=cut(f.tests, size)) for f in keep]
         return [{"role": "user", "content": render("analyze.j2", failures=shrunk)}]
 
     reply = optimizer.ask_fitting("analyze", build)
@@ -111,19 +119,34 @@ def _trajectory(path: Path) -> str:
 
 
 def _calls(path: Path) -> str:
-    lines = []
-    for raw in _read(path).splitlines():
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
+    """One line per request of the trace ``path``, read as a stream (``digest.trace_records``); at most
+    ``MAX_CALL_LINES`` lines, the first and the last half, with the number left out between them."""
+    head: list[str] = []
+    tail: deque[str] = deque(maxlen=MAX_CALL_LINES - MAX_CALL_LINES // 2)
+    left_out = 0
+    for rec in trace_records(path):
+        line = _call_line(rec)
+        if len(head) < MAX_CALL_LINES // 2:
+            head.append(line)
             continue
-        if rec.get("error"):
-            lines.append(f"call {rec.get('call')}: ERROR {rec['error']}")
-            continue
-        try:
-            text = rec["response"]["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            text = ""
-        lines.append(f"call {rec.get('call')} ({rec.get('usage', {}).get('prompt_tokens')} prompt tokens): "
-                     f"{str(text)[:600]}")
-    return "\n".join(lines)
+        if len(tail) == tail.maxlen:
+            left_out += 1
+        tail.append(line)
+    middle = [f"[... {left_out} more trace lines left out ...]"] if left_out else []
+    return "\n".join(head + middle + list(tail))
+
+
+def _call_line(rec: dict) -> str:
+    if "note" in rec:
+        return f"note: {str(rec.get('message'))[:600]}"
+    if rec.get("error"):
+        return f"call {rec.get('call')}: ERROR {str(rec['error'])[:600]}"
+    usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
+    if rec.get("summarized"):
+        return (f"call {rec.get('call')} ({usage.get('prompt_tokens')} prompt tokens): [summarized: trace cap "
+                f"reached; {rec.get('request_bytes')} bytes sent, {rec.get('response_bytes')} received]")
+    try:
+        text = rec["response"]["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        text = ""
+    return f"call {rec.get('call')} ({usage.get('prompt_tokens')} prompt tokens): {str(text)[:600]}"

@@ -85,7 +85,7 @@ def results_table(report: EvalReport) -> Table:
 
 
 def summary_table(report: EvalReport) -> Table:
-    """Totals: resolved rate over scored tasks, infra count, tokens, cost and time."""
+    """Totals: resolved rate over scored tasks, infra count, integrity flags, tokens, cost and time."""
     s = report.summary()
     table = Table(title="summary", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -95,6 +95,8 @@ def summary_table(report: EvalReport) -> Table:
         ("model", s["model"]),
         ("resolved", f"{s['resolved']}/{s['scored']} ({100 * s['resolve_rate']:.1f}%)"),
         ("infra failures (not scored)", str(s["infra"])),
+        ("integrity flags", ", ".join(f"{flag} {n}" for flag, n in s["integrity_flags"].items()) or "none"),
+        ("tampering (never resolved)", Text(f"{s['tampering']} tasks", "red bold" if s["tampering"] else "")),
         ("model calls", str(s["calls"])),
         ("tokens (prompt + completion)", f"{s['prompt_tokens']} + {s['completion_tokens']}"),
         ("cost", f"${s['cost_usd']:.4f}"),
@@ -129,16 +131,21 @@ _VERDICT_STYLE = {"accepted": "green", "rejected": "red", "refused": "yellow", "
 
 
 def generations_table(gens, title: str = "generations") -> Table:
-    """One row per generation: parent, hypothesis, score with interval, delta, verdict, cost, time."""
+    """One row per generation: parent, hypothesis, score with interval, delta, verdict, the candidate's
+    tasks with integrity flags (and its new tampering, which rejects it), cost, time."""
     table = Table(title=title, title_justify="left", expand=False)
     for col, just in (("gen", "right"), ("parent", "left"), ("hypothesis", "left"), ("score", "right"),
-                      ("delta [CI] pts", "right"), ("verdict", "left"), ("cost $", "right"), ("time", "right")):
+                      ("delta [CI] pts", "right"), ("verdict", "left"), ("flagged", "right"), ("cost $", "right"),
+                      ("time", "right")):
         table.add_column(col, justify=just, overflow="fold")
     for g in gens:
         ci = "" if g.ci_low is None else f" [{_pts(g.ci_low)}, {_pts(g.ci_high)}]"
         score = "-" if g.child_rate is None else f"{_pct(g.parent_rate)} -> {_pct(g.child_rate)}"
+        flagged = Text("-" if g.flagged_tasks is None else str(g.flagged_tasks))
+        if g.tampering:
+            flagged = Text(f"{g.flagged_tasks}, {len(g.tampering)} tampering", "red bold")
         table.add_row(str(g.gen), g.parent[:8], (g.hypothesis or g.reason or "")[:90], score,
-                      f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")),
+                      f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
     return table
 

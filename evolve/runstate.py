@@ -47,6 +47,12 @@ class GenerationRecord(BaseModel):
     task_runs: int = 0
     fixed: list[str] = Field(default_factory=list)
     broken: list[str] = Field(default_factory=list)
+    flagged_tasks: int | None = None
+    """The candidate's evaluated tasks with any integrity flag (None: not evaluated)."""
+    integrity_flags: dict[str, int] = Field(default_factory=dict)
+    """``{flag: the candidate's evaluated tasks raising it}``."""
+    tampering: list[str] = Field(default_factory=list)
+    """``"instance_id: flags"`` where the candidate tampered and its parent did not: rejected for it."""
     cost_usd: float = 0.0
     """Optimizer plus fresh solver spend of this generation (USD)."""
     seconds: float = 0.0

@@ -153,10 +153,10 @@ def test_noise_in_reruns_shrinks_a_lucky_task():
 # -- infra --------------------------------------------------------------------------------------
 
 
-def test_infra_failures_are_excluded_not_counted_against_anyone():
-    # parent infra on tasks 0..4 at repeat 0 (the child "resolves" them: must not count);
-    # child infra on task 10's repeat 1 (a discordant task): only that repeat is dropped;
-    # task 20 missing from the child's answer = infra
+def test_one_sided_infra_is_asked_again_then_counts_against_that_side():
+    # parent infra on tasks 0..4 at repeat 0, every time it is asked (the child resolves them);
+    # child infra on task 10's repeat 1 (a discordant task); task 20 missing from the child's
+    # answer = infra. Each is asked again once (infra_reruns=1), persists, and is a loss for its side.
     def parent(i, r):
         if idx(i) < 5 and r == 0:
             return None
@@ -175,24 +175,152 @@ def test_infra_failures_are_excluded_not_counted_against_anyone():
             return out
 
     ev = Missing(parent, child)
-    v = run_acceptance(ev, IDS, cfg(rerun_discordant=2), futility_z=None)
-    assert v.n_tasks == 40 - 5 - 1 and v.tasks_total == 40
+    v = run_acceptance(ev, IDS, cfg(rerun_discordant=2, infra_reruns=1), futility_z=None)
+    assert v.n_tasks == 40 and v.tasks_total == 40
     rec = {r.instance_id: r for r in v.records}
     for k in range(5):
-        assert rec[IDS[k]].n == 0 and rec[IDS[k]].dropped == 1
-        assert ev.runs("child", IDS[k]) == 1           # not discordant: not re-run
-    assert rec[IDS[20]].n == 0
+        assert rec[IDS[k]].parent == (False,) * 3 and rec[IDS[k]].child == (True,) * 3
+        assert rec[IDS[k]].infra_losses == (1, 0) and rec[IDS[k]].dropped == 0
+        assert ev.calls[("parent", IDS[k], 0)] == 2 and ev.calls[("child", IDS[k], 0)] == 1
+    assert ev.calls[("child", IDS[20], 0)] == 2 and rec[IDS[20]].child == (False,)
+    assert rec[IDS[20]].infra_losses == (0, 1) and not rec[IDS[20]].discordant
+    assert rec[IDS[10]].repeats == (0, 1, 2) and rec[IDS[10]].child == (True, False, True)
+    assert rec[IDS[10]].infra_losses == (0, 1) and rec[IDS[10]].diff == 1
+    assert ev.calls[("child", IDS[10], 1)] == 2 and ev.calls[("parent", IDS[10], 1)] == 1
+    assert sorted(v.fixed) == sorted(IDS[:5] + [IDS[10], IDS[11]]) and v.broken == [IDS[12]]
+    assert v.delta == pytest.approx(6 / 40)
+    assert v.one_sided_infra == (5, 2) and v.infra_losses == (5, 2)
+    assert v.task_runs == ev.runs() and v.child_runs == ev.runs("child")
+    assert "infra on one side only: child 2, parent 5 repeats" in v.reason
+
+
+def test_no_infra_reruns_counts_one_sided_infra_at_once():
+    ev = Scripted(lambda i, r: idx(i) < 3, lambda i, r: None if idx(i) < 3 else False)
+    v = run_acceptance(ev, IDS[:10], cfg(infra_reruns=0, rerun_discordant=0), futility_z=None)
+    assert max(ev.calls.values()) == 1
+    assert v.infra_losses == (0, 3) and sorted(v.broken) == IDS[:3] and v.n_tasks == 10
+
+
+def test_one_sided_infra_that_recovers_is_the_real_outcome():
+    # the child's first ask of tasks 3 and 8 (each repeat) is an infra failure, the next one
+    # resolves; the parent's first ask of task 5 fails the same way, the next one resolves.
+    flaky = {("child", IDS[3]), ("child", IDS[8]), ("parent", IDS[5])}
+
+    def outcome(who):
+        def fn(i, r):
+            if (who, i) in flaky and ev.calls[(who, i, r)] == 1:
+                return None
+            return who == "child" and idx(i) in (3, 8) or idx(i) == 5
+        return fn
+
+    ev = Scripted(outcome("parent"), outcome("child"))
+    v = run_acceptance(ev, IDS[:10], cfg(rerun_discordant=1, infra_reruns=1), futility_z=None)
+    rec = {r.instance_id: r for r in v.records}
+    for k in (3, 8):
+        assert rec[IDS[k]].child == (True, True) and rec[IDS[k]].parent == (False, False)
+        assert rec[IDS[k]].one_sided_infra == (0, 2) and rec[IDS[k]].infra_losses == (0, 0)
+        assert ev.calls[("child", IDS[k], 0)] == ev.calls[("child", IDS[k], 1)] == 2
+    assert rec[IDS[5]].parent == rec[IDS[5]].child == (True,) and rec[IDS[5]].one_sided_infra == (1, 0)
+    assert sorted(v.fixed) == [IDS[3], IDS[8]] and v.broken == []
+    assert v.infra_losses == (0, 0) and v.one_sided_infra == (1, 4)
+    assert v.infra_p_value == pytest.approx(6 / 32)       # P(Bin(5, 1/2) >= 4): not skewed
+    assert "infra must not depend" not in v.reason
+
+
+def test_both_sided_infra_is_dropped_and_not_asked_again():
+    # tasks 0..2: both sides infra at repeat 0; task 10: discordant, both sides infra at repeat 1
+    def parent(i, r):
+        return None if idx(i) < 3 and r == 0 or idx(i) == 10 and r == 1 else False
+
+    def child(i, r):
+        return None if idx(i) < 3 and r == 0 or idx(i) == 10 and r == 1 else idx(i) in (0, 1, 2, 10)
+
+    ev = Scripted(parent, child)
+    v = run_acceptance(ev, IDS, cfg(rerun_discordant=2), futility_z=None)
+    rec = {r.instance_id: r for r in v.records}
+    for k in range(3):
+        assert rec[IDS[k]].n == 0 and rec[IDS[k]].dropped == 1 and rec[IDS[k]].one_sided_infra == (0, 0)
+        assert ev.runs("parent", IDS[k]) == ev.runs("child", IDS[k]) == 1   # not asked again, not re-run
     assert rec[IDS[10]].repeats == (0, 2) and rec[IDS[10]].dropped == 1 and rec[IDS[10]].diff == 1
-    assert ev.runs("parent", IDS[10]) == ev.runs("child", IDS[10]) == 3
-    assert sorted(v.fixed) == [IDS[10], IDS[11]] and v.broken == [IDS[12]]
-    assert v.delta == pytest.approx(1 / 34)
-    assert IDS[0] not in v.fixed
+    assert ev.calls[("child", IDS[10], 1)] == ev.calls[("parent", IDS[10], 1)] == 1
+    assert v.n_tasks == 37 and v.fixed == [IDS[10]] and v.broken == []
+    assert v.one_sided_infra == v.infra_losses == (0, 0)
 
 
-def test_all_infra_rejects():
-    ev = Scripted(lambda i, r: None, lambda i, r: True)
+def _audit_abstainer():
+    """The audit's pattern: a child no better than its parent that returns infra exactly where it
+    would fail. Tasks 0..9 are flaky for both (each resolves every other repeat, the child on the
+    repeats the parent does not); 10..29 both always resolve; 30..39 both always fail."""
+    def parent(i, r):
+        k = idx(i)
+        return (k + r) % 2 == 1 if k < 10 else k < 30
+
+    def child(i, r):
+        k = idx(i)
+        solved = (k + r) % 2 == 0 if k < 10 else k < 30
+        return True if solved else None
+
+    return Scripted(parent, child)
+
+
+def test_abstaining_child_is_not_accepted():
+    # Dropping every repeat with infra (the old rule) gives exactly the audit's verdict:
+    # flaky even tasks keep only their child-won repeats 0 and 2, everything the child failed is gone.
+    old = [TaskRecord(IDS[k], (False, False), (True, True), (0, 2), dropped=1) for k in range(0, 10, 2)]
+    old += [TaskRecord(IDS[k], (), (), (), dropped=1) for k in range(1, 10, 2)]
+    old += [TaskRecord(IDS[k], (True,), (True,)) for k in range(10, 30)]
+    old += [TaskRecord(IDS[k], (), (), (), dropped=1) for k in range(30, 40)]
+    audit = decide(old, cfg())
+    assert audit.accepted and audit.reason.startswith("accepted: child +20.0 pts")
+    assert audit.p_value == pytest.approx(1 / 32) and "(5 fixed, 0 broken)" in audit.reason
+
+    for kw in (dict(stages=(1.0,)), {}):
+        ev = _audit_abstainer()
+        v = run_acceptance(ev, IDS, cfg(), **kw)
+        assert not v.accepted, v.reason
+        assert "0 broken" not in v.reason
+    # without the early stop, every task is compared, and the child's failures count as failures
+    v = run_acceptance(_audit_abstainer(), IDS, cfg(), stages=(1.0,))
+    assert v.n_tasks == 40 and v.delta == pytest.approx(0) and v.p_value > 0.05
+    assert sorted(v.fixed) == IDS[0:10:2] and sorted(v.broken) == IDS[1:10:2]
+    assert v.infra_losses[1] == v.one_sided_infra[1] > 0 and v.one_sided_infra[0] == 0
+    assert v.infra_p_value < 0.05 and "infra must not depend on the harness" in v.reason
+
+
+def test_child_that_retries_its_failures_through_infra_is_rejected():
+    # A re-ask is a second try: a child identical to its parent that reports every failure as
+    # infra, and resolves on the re-ask, wins every discordant pair. The paired test alone would
+    # accept it; the one-sided infra check rejects it.
+    def parent(i, r):
+        return (idx(i) + r) % 2 == 0
+
+    def child(i, r):
+        return True if ev.calls[("child", i, r)] > 1 or (idx(i) + r) % 2 == 0 else None
+
+    ev = Scripted(parent, child)
+    v = run_acceptance(ev, IDS[:20], cfg(), stages=(1.0,))
+    assert v.p_value < 0.05 and v.delta > 0 and v.broken == []
+    assert v.one_sided_infra == (0, 20) and v.infra_losses == (0, 0)
+    assert v.infra_p_value == pytest.approx(0.5 ** 20)
+    assert not v.accepted and v.reason.startswith("rejected: infrastructure failures on the child's side only")
+
+
+def test_infra_check_threshold():
+    wins = [TaskRecord(f"w{k}", (False,), (True,)) for k in range(12)]
+    few = [TaskRecord(f"i{k}", (True,), (True,), one_sided_infra=(0, 1)) for k in range(4)]
+    assert decide(wins + few, cfg()).accepted                           # 4 vs 0: p = 1/16
+    five = few + [TaskRecord("i4", (True,), (True,), one_sided_infra=(0, 1))]
+    v = decide(wins + five, cfg())
+    assert v.infra_p_value == pytest.approx(1 / 32) and not v.accepted  # 5 vs 0: p = 1/32
+    parent_side = [TaskRecord(f"p{k}", (True,), (True,), one_sided_infra=(1, 0)) for k in range(10)]
+    assert decide(wins + parent_side, cfg()).accepted                   # the parent's infra: not the child's
+
+
+def test_all_infra_on_both_sides_rejects():
+    ev = Scripted(lambda i, r: None, lambda i, r: None)
     v = run_acceptance(ev, IDS[:6], cfg())
     assert not v.accepted and v.n_tasks == 0 and "no task" in v.reason
+    assert ev.runs() == 12
 
 
 def test_empty_task_list_rejects():
