@@ -411,7 +411,8 @@ def _dry_run(cfg, tokens_per_task: int) -> None:
 def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                runs_dir: Path = typer.Option(Path("runs"), help="Runs folder."),
                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """The generations of a run: parent, hypothesis, score, delta, verdict, cost, time."""
+    """The generations of a run: parent, hypothesis, score, delta, verdict, tasks with integrity flags,
+    cost, time."""
     import json
 
     from evolve.report import generations_table, run_summary

@@ -19,11 +19,21 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_calls: int = Field(default=100, ge=1)
-    """Model calls per task."""
+    """Requests per task: every request to the gateway counts, valid or not (a malformed, oversize or
+    misrouted request as much as a model call); only ``GET /health`` and ``GET /v1/models`` are free."""
     max_tokens: int = Field(default=2_000_000, ge=1)
     """Prompt plus completion tokens per task."""
     max_cost_usd: float = Field(default=2.0, ge=0)
     """USD per task, priced by litellm (0 for unpriced local models)."""
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Bytes of one request body (default 4 MiB, about a 1M-token conversation of English text);
+    a larger body gets HTTP 413 and is never held in memory."""
+    max_trace_bytes: int = Field(default=20_000_000, ge=1024)
+    """Bytes of full lines in the task's trace.jsonl (default 20 MB); past it each counted request
+    still gets one summary line (under 1 KB: sizes, status, usage, cost, error type; no bodies)."""
+    max_connections: int = Field(default=8, ge=1)
+    """Connections open at once to the task's gateway; one more gets HTTP 429 and is closed
+    (after closing a keep-alive connection idle for a second or more, if there is one)."""
 
 
 class SandboxLimits(BaseModel):
@@ -170,6 +180,10 @@ class AcceptanceConfig(BaseModel):
     """Minimum gain in resolve rate (0.05 = 5 points) the child must show."""
     rerun_discordant: int = Field(default=2, ge=0)
     """Extra repeats of tasks whose outcome differs between parent and child."""
+    infra_reruns: int = Field(default=1, ge=0)
+    """Extra asks for a repeat where only one side had an infrastructure failure (the other
+    side's outcome is real). If that side's failure persists, it counts as not resolved for
+    that side; infra on both sides is left out. See ``evolve.acceptance``."""
     keep_rejected: bool = True
     """Keep branches of rolled-back candidates for inspection (else delete them)."""
 

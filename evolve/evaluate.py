@@ -16,7 +16,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
@@ -25,11 +25,31 @@ from evolve.config import EvalSettings
 from evolve.errors import ConfigError, InfraError, ModelError
 from evolve.evalsets.registry import EvalSet
 from evolve.harness import Harness
-from evolve.types import FailureClass, Task, TaskResult, Usage
+from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TaskResult, Usage
+
+if TYPE_CHECKING:
+    from evolve.grading import Grade
 
 MAX_ATTEMPTS = 3
 """Tries per phase before a task is labelled an infrastructure failure."""
 RETRY_PAUSE_S = 2.0
+
+
+def patch_fields(patch: bytes) -> dict:
+    """``TaskResult``'s ``model_patch`` and ``model_patch_encoding`` for the exact bytes ``patch``:
+    its text when it is UTF-8, else its base64 (``TaskResult.patch_bytes`` gives the bytes back)."""
+    try:
+        return {"model_patch": patch.decode("utf-8"), "model_patch_encoding": "utf-8"}
+    except UnicodeDecodeError:
+        import base64
+
+        return {"model_patch": base64.b64encode(patch).decode("ascii"), "model_patch_encoding": "base64"}
+
+
+def merge_flags(*groups) -> list[IntegrityFlag]:
+    """The integrity flags of ``groups``, each once, in the order ``IntegrityFlag`` defines them."""
+    raised = {IntegrityFlag(f) for group in groups for f in group}
+    return [f for f in IntegrityFlag if f in raised]
 
 
 class Progress(Protocol):
@@ -73,8 +93,20 @@ class EvalReport(BaseModel):
 
     @property
     def resolve_rate(self) -> float:
-        """Resolved / scored, in [0, 1]; 0 when nothing was scored."""
+        """Resolved / scored, in [0, 1]; 0 when nothing was scored. A task with a tampering
+        flag is scored and never resolved (the grader guarantees it)."""
         return self.resolved / len(self.scored) if self.scored else 0.0
+
+    @property
+    def integrity_flags(self) -> dict[str, int]:
+        """``{flag: results raising it}``, in the flags' declared order; flags never raised are left out."""
+        counts = {f.value: sum(f in r.integrity_flags for r in self.results) for f in IntegrityFlag}
+        return {k: n for k, n in counts.items() if n}
+
+    @property
+    def tampering(self) -> int:
+        """Results with at least one flag of ``TAMPERING_FLAGS`` (each one not resolved)."""
+        return sum(bool(r.tampering) for r in self.results)
 
     @property
     def usage(self) -> Usage:
@@ -89,6 +121,7 @@ class EvalReport(BaseModel):
                 "harness": self.harness, "harness_tree": self.harness_tree, "model": self.model,
                 "tasks": len(self.results), "scored": len(self.scored), "resolved": self.resolved,
                 "resolve_rate": self.resolve_rate, "infra": len(self.results) - len(self.scored),
+                "integrity_flags": self.integrity_flags, "tampering": self.tampering,
                 "cost_usd": u.cost_usd, "prompt_tokens": u.prompt_tokens,
                 "completion_tokens": u.completion_tokens, "calls": u.calls,
                 "seconds": self.seconds, "interrupted": self.interrupted}
@@ -136,6 +169,7 @@ class Evaluation:
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._results: list[TaskResult] = []
+        self._baselines: dict[str, tuple[threading.Lock, list]] = {}
         self._fresh = Usage()
 
     def _select(self, instance_ids: list[str] | None) -> list[Task]:
@@ -205,9 +239,11 @@ class Evaluation:
                             interrupted=interrupted, seconds=time.monotonic() - start,
                             fresh_usage=self._fresh)
         name = f"evolve:{self.harness.spec.name}@{self.harness.tree_hash[:12]}:{self.settings.model}"
+        # A patch that is not UTF-8 is written in base64, with its encoding (see store's layout).
         preds = "".join(
-            json.dumps({"instance_id": r.instance_id, "model_name_or_path": name,
-                              "model_patch": r.model_patch}) + "\n"
+            json.dumps({"instance_id": r.instance_id, "model_name_or_path": name, "model_patch": r.model_patch,
+                        **({} if r.model_patch_encoding == "utf-8"
+                           else {"model_patch_encoding": r.model_patch_encoding})}) + "\n"
             for r in report.results if r.repeat == 0 and not r.is_infra)
         store.atomic_write(self.run_dir / "predictions.jsonl", preds)
         store.atomic_write_json(self.run_dir / "summary.json", report.summary())
@@ -235,19 +271,21 @@ class Evaluation:
             self._record(cached, self.cache.entry(job.key), cached=True)
             return
         self.progress.started(job.task.instance_id, job.repeat)
-        try:
-            result, files = self._evaluate(client, backend, job)
-        except (_Cancelled, InfraError):
-            if self.stop.is_set():
-                return
-            raise
-        if result.is_infra:
-            entry = self.run_dir / "infra" / job.task.instance_id / f"r{job.repeat}"
-            for name, content in files.items():
-                store.atomic_write(entry / name, content)
-            store.atomic_write(entry / "result.json", result.model_dump_json(indent=2))
-        else:
-            entry = self.cache.put(result, files)
+        # The task's trace stays a file in `scratch` until it is stored: streamed, never read whole.
+        with tempfile.TemporaryDirectory(prefix="evolve-task-") as scratch:
+            try:
+                result, files = self._evaluate(client, backend, job, Path(scratch))
+            except (_Cancelled, InfraError):
+                if self.stop.is_set():
+                    return
+                raise
+            if result.is_infra:
+                entry = self.run_dir / "infra" / job.task.instance_id / f"r{job.repeat}"
+                for name, content in files.items():
+                    store.atomic_write(entry / name, content)
+                store.atomic_write(entry / "result.json", result.model_dump_json(indent=2))
+            else:
+                entry = self.cache.put(result, files)
         self._record(result, entry, cached=False)
 
     def _record(self, result: TaskResult, entry: Path, *, cached: bool) -> None:
@@ -259,7 +297,8 @@ class Evaluation:
             store.append_jsonl(self.run_dir / "results.jsonl", {**result.model_dump(mode="json"), "cached": cached})
         self.progress.finished(result, cached)
 
-    def _evaluate(self, client, backend, job: _Job) -> tuple[TaskResult, dict[str, str | bytes]]:
+    def _evaluate(self, client, backend, job: _Job,
+                  scratch: Path) -> tuple[TaskResult, dict[str, str | bytes | Path]]:
         from evolve.grading import PreparedGrader
         from evolve.sandbox.docker import Sandbox
 
@@ -270,50 +309,56 @@ class Evaluation:
         def sandbox(mounts: dict[str, str] | None = None) -> Sandbox:
             return Sandbox(client, image, run_id=self.run_id, limits=self.settings.sandbox, mounts=mounts)
 
-        files: dict[str, str | bytes] = {}
+        files: dict[str, str | bytes | Path] = {}
         base = dict(instance_id=task.instance_id, repeat=job.repeat, key=job.key)
         errors: list[str] = []
         # The grading sandbox starts while the harness runs; removed if unused.
         grader = PreparedGrader(sandbox)
         grader.start()
         try:
-            return self._phases(task, job, start, repo_dir, sandbox, grader, backend, base, errors, files)
+            return self._phases(task, job, start, repo_dir, sandbox, grader, backend, base, errors, files, scratch)
         finally:
             grader.discard()
 
     def _phases(self, task: Task, job: _Job, start: float, repo_dir, sandbox, grader, backend, base: dict,
-                errors: list[str], files: dict) -> tuple[TaskResult, dict[str, str | bytes]]:
+                errors: list[str], files: dict, scratch: Path) -> tuple[TaskResult, dict[str, str | bytes | Path]]:
         from evolve.grading import grade
         from evolve.runner import run_agent
 
         run = None
-        with tempfile.TemporaryDirectory(prefix="evolve-task-") as tmp:
-            scratch = Path(tmp)
-            for attempt in range(1, MAX_ATTEMPTS + 1):
-                self._check_stop()
-                trace = scratch / f"trace-{attempt}.jsonl"
-                try:
-                    run = run_agent(sandbox, task, repo_dir, self.harness, backend, self.settings, trace)
-                except InfraError as e:
-                    errors.append(f"agent attempt {attempt}: {e}")
-                    run = None
-                except ModelError:
-                    raise
-                if run is not None and run.infra_errors:
-                    errors.append(f"agent attempt {attempt}: gateway: {run.infra_errors[-1]}")
-                if trace.exists():
-                    files["trace.jsonl"] = trace.read_bytes()
-                if run is not None and not run.infra_errors:
-                    break
-                self._event("infra_retry", task.instance_id, job.repeat, errors[-1])
-                time.sleep(RETRY_PAUSE_S)
-            else:
-                return self._infra(base, errors, start, run), files
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            self._check_stop()
+            trace = scratch / f"trace-{attempt}.jsonl"
+            try:
+                run = run_agent(sandbox, task, repo_dir, self.harness, backend, self.settings, trace)
+            except InfraError as e:
+                errors.append(f"agent attempt {attempt}: {e}")
+                run = None
+            except ModelError:
+                raise
+            if run is not None and run.infra_errors:
+                errors.append(f"agent attempt {attempt}: gateway: {run.infra_errors[-1]}")
+            if trace.exists():
+                files["trace.jsonl"] = trace  # a Path: store copies it by streaming
+            if run is not None and not run.infra_errors:
+                break
+            self._event("infra_retry", task.instance_id, job.repeat, errors[-1])
+            time.sleep(RETRY_PAUSE_S)
+        else:
+            return self._infra(base, errors, start, run), files
         files.update({"model.patch": run.model_patch, "harness.log": run.harness_log})
         if run.trajectory is not None:
             files["trajectory.json"] = run.trajectory
-        agent = dict(model_patch=run.model_patch, harness_exit_code=run.exit_code,
-                     harness_timed_out=run.timed_out, usage=run.usage, agent_seconds=run.seconds)
+        agent = dict(**patch_fields(run.model_patch), patch_bytes_total=run.patch_bytes_total,
+                     harness_exit_code=run.exit_code, harness_timed_out=run.timed_out, usage=run.usage,
+                     agent_seconds=run.seconds)
+        flags, notes = list(run.flags), list(run.notes)
+        if run.patch_problem is not None:
+            # The candidate's doing (a huge diff, or one git cannot make): not graded, not infra.
+            notes.append(f"patch_too_large: {run.patch_problem}: not graded")
+            return TaskResult(**base, **agent, resolved=False, failure_class=FailureClass.PATCH_TOO_LARGE,
+                              integrity_flags=merge_flags(flags), integrity_notes=notes,
+                              seconds=time.monotonic() - start, attempts=1 + len(errors)), files
         for attempt in range(1, MAX_ATTEMPTS + 1):
             self._check_stop()
             box = None
@@ -322,7 +367,8 @@ class Evaluation:
                 if box is None:
                     box = sandbox()
                     box.start()
-                g = grade(box, task, repo_dir, run.model_patch, self.settings)
+                g = grade(box, task, repo_dir, run.model_patch, self.settings,
+                          baseline=lambda: self._baseline(task, repo_dir, sandbox))
                 break
             except InfraError as e:
                 errors.append(f"grade attempt {attempt}: {e}")
@@ -332,13 +378,43 @@ class Evaluation:
                 if box is not None:
                     box.close(background=True)
         else:
-            return self._infra(base, errors, start, run, **agent), files
+            return self._infra(base, errors, start, run, **agent, integrity_flags=merge_flags(flags),
+                               integrity_notes=notes), files
         files.update({"test_output.txt": g.test_output, "apply.log": g.apply_log})
+        if g.resolved and any(IntegrityFlag(f) in TAMPERING_FLAGS for f in flags):
+            # Tampering the agent phase caught (and left out of the patch) still costs the task.
+            g.resolved, g.failure_class = False, FailureClass.TAMPERING
         result = TaskResult(**base, **agent, resolved=g.resolved, failure_class=g.failure_class,
                             FAIL_TO_PASS=g.FAIL_TO_PASS, PASS_TO_PASS=g.PASS_TO_PASS,
                             grade_seconds=g.seconds, seconds=time.monotonic() - start,
-                            attempts=1 + len(errors))
+                            attempts=1 + len(errors), integrity_flags=merge_flags(flags, g.flags),
+                            integrity_notes=notes + list(g.notes))
         return result, files
+
+    def _baseline(self, task: Task, repo_dir, sandbox) -> Grade:
+        """The task's empty patch graded in a fresh sandbox, once per evaluation (whatever the
+        harness, so asked for by any candidate's grading that ended in what could be infra).
+
+        Raises:
+            InfraError: as ``grading.grade`` for the empty patch (a grader timeout or a broken
+                test_patch is then the task's, and the candidate's result is infra).
+        """
+        from evolve.grading import grade
+
+        with self._lock:
+            lock, memo = self._baselines.setdefault(task.instance_id, (threading.Lock(), []))
+        with lock:
+            if not memo:
+                try:
+                    with sandbox() as box:
+                        memo.append(grade(box, task, repo_dir, b"", self.settings))
+                except InfraError as e:
+                    if e.kind == "docker":
+                        raise  # retried by the caller; not remembered
+                    memo.append(e)
+            if isinstance(memo[0], InfraError):
+                raise memo[0]
+            return memo[0]
 
     def _infra(self, base: dict, errors: list[str], start: float, run, **agent) -> TaskResult:
         return TaskResult(**base, **agent, resolved=False, failure_class=FailureClass.INFRA,

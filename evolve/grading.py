@@ -423,7 +423,10 @@ def _grade_script(nonce: str, plugin: str, ids: tuple[int, int] | None, task: Ta
         "while IFS= read -r d; do [ -d \"$d\" ] && [ ! -L \"$d\" ] && "
         f"cp {_PLUGIN_SRC} \"$d/{plugin}.py\" && chmod 644 \"$d/{plugin}.py\" && installed=1; done < \"$L\"",
         "CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1",
-        "printf '%s' \"$N\" > \"$CH/t\"",
+        "{ printf '%s\\n' \"$N\"; python3 -I -c "
+        + shlex.quote("import json,os,sys; sys.stdout.buffer.write(b'\\0'.join(os.fsencode(p) "
+                      "for p in json.load(open(sys.argv[1]))['kept']))")
+        + f" {PRIVATE}/neutral.out; }} > \"$CH/t\"",
         f"chown -R {owner} \"$CH\" && chmod 700 \"$CH\" && chmod 600 \"$CH/t\"",
         f": > {_CHANNEL}",
         "mark tests",
@@ -442,14 +445,15 @@ def _grade_script(nonce: str, plugin: str, ids: tuple[int, int] | None, task: Ta
     return "\n".join(lines) + "\n"
 
 
-def _frames(text: str, nonce: str) -> dict[str, bytes]:
-    """The frames root printed after the tests: ``{name: payload}``."""
-    out: dict[str, bytes] = {}
+def _frames(text: str, nonce: str) -> dict[str, bytes | None]:
+    """The frames root printed: ``{name: payload}``, None for one that does not decode (cut off by
+    the output cap, say)."""
+    out: dict[str, bytes | None] = {}
     for m in re.finditer(rf"\n{nonce} frame (\w+) ([A-Za-z0-9+/=]*)\n", text):
         try:
             out[m.group(1)] = zlib.decompress(base64.b64decode(m.group(2), validate=True))
-        except (ValueError, zlib.error) as e:
-            raise InfraError("docker", f"unreadable grading record {m.group(1)}: {e}") from None
+        except (ValueError, zlib.error):
+            out[m.group(1)] = None
     return out
 
 
@@ -485,8 +489,6 @@ def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
             g = Grade(False, FailureClass.GRADING_BLOCKED, apply_log="\n".join(log))
             g.flag(IntegrityFlag.ABSTENTION, f"neutralising the work tree failed after this patch: {detail}")
             return g
-        elif words[0] == "frame" and len(words) >= 2 and words[1] == "neutral":
-            pass
         elif words[0] == "test-patch-failed":
             message = f"the task's test_patch does not apply to base_commit: {log[-1] if log else ''}"
             if not has_patch or baseline is None:
@@ -496,12 +498,28 @@ def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
             g.flag(IntegrityFlag.ABSTENTION, "the test_patch does not apply after this patch (it does without it)")
             return g
     frames = _frames(out[exits[-1].end() - 1:] if exits else "", nonce)
-    neutral = re.search(rf"\n{nonce} frame neutral ([A-Za-z0-9+/=]*)\n", steps)
-    if neutral:
-        report = json.loads(zlib.decompress(base64.b64decode(neutral.group(1))))
-        for name, note in report["findings"]:
-            g.flag(IntegrityFlag(name), note)
+    if exits and frames.get("channel", b"") is None:
+        frames["channel"] = b""  # unreadable: judged as a run without the runner's records
+    neutral = _neutral_report(_frames(steps, nonce).get("neutral", b"")) if exits or tests_at >= 0 else {}
+    if neutral is None:
+        # The tests ran, but what neutralising found cannot be read: never resolved on that.
+        if not has_patch:
+            raise InfraError("docker", "the grading script's neutraliser report is unreadable")
+        g = Grade(False, FailureClass.GRADING_BLOCKED, apply_log="\n".join(log))
+        g.flag(IntegrityFlag.ABSTENTION, "the neutraliser's report did not come back whole after this patch")
+        return g
+    for name, note in neutral.get("findings", []):
+        g.flag(IntegrityFlag(name), note)
     if not exits:
+        if tests_at >= 0 and has_patch and baseline is not None:
+            # The grading script died while the tests ran (out of memory, say): the candidate's
+            # doing unless the empty patch's run dies too (then ``baseline`` raises).
+            baseline()
+            g.failure_class = FailureClass.TESTS_ABORTED
+            g.test_output = before[tests_at:][-TEST_OUTPUT_BYTES // 2:]
+            g.flag(IntegrityFlag.ABSTENTION, f"the grading script died while the tests ran "
+                                             f"(exit {res.exit_code}); it does not with the empty patch")
+            return g
         if res.exit_code is None:
             raise InfraError("docker", f"the grading script did not finish in time: {out[-300:]}")
         raise InfraError("docker", f"the grading script failed (exit {res.exit_code}): {out[-500:]}")
@@ -511,6 +529,18 @@ def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
     g.apply_log, g.test_output = "\n".join(log), output
     return _judge(g, task, patch, rc, elapsed, installed, output, frames.get("channel", b""), nonce, settings,
                   baseline)
+
+
+def _neutral_report(payload: bytes | None) -> dict | None:
+    """The neutraliser's JSON report, or None if it is missing or does not parse."""
+    if not payload:
+        return None
+    try:
+        report = json.loads(payload)
+        findings = [(IntegrityFlag(name).value, str(note)) for name, note in report["findings"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return {**report, "findings": findings}
 
 
 def _seconds(uptime: str) -> float:

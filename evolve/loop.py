@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from evolve import lessons as lessons_log
@@ -34,6 +35,7 @@ from evolve.errors import EvolveError, HarnessError, InfraError, ModelError
 from evolve.evalsets.registry import EvalSet, load_evalset
 from evolve.evaluate import EvalReport, Evaluation, Progress
 from evolve.harness import Harness, resolve_harness
+from evolve.leakage import added_lines, task_leaks
 from evolve.lineage import Lineage
 from evolve.models import ContextWindowError, RequestError, UpstreamError
 from evolve.optimizer import Optimizer
@@ -41,6 +43,32 @@ from evolve.patch import patch
 from evolve.plan import PlanError, plan
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore
 from evolve.store import Cache, atomic_write, new_run_id, now_iso
+from evolve.types import IntegrityFlag, Task, TaskResult
+
+
+def new_tampering(parent_results: Iterable[TaskResult], child_results: Iterable[TaskResult]) -> list[str]:
+    """The child's tampering that the parent did not do: for each task where the child raised a flag
+    of ``TAMPERING_FLAGS`` that none of the parent's results for the same task raised, one
+    ``"instance_id: flag, flag"``, sorted by instance_id. A candidate with any is rejected."""
+    parent: dict[str, set[IntegrityFlag]] = {}
+    for r in parent_results:
+        parent.setdefault(r.instance_id, set()).update(r.tampering)
+    new: dict[str, set[IntegrityFlag]] = {}
+    for r in child_results:
+        extra = set(r.tampering) - parent.get(r.instance_id, set())
+        if extra:
+            new.setdefault(r.instance_id, set()).update(extra)
+    return [f"{iid}: {', '.join(f.value for f in IntegrityFlag if f in flags)}" for iid, flags in sorted(new.items())]
+
+
+def flag_counts(results: Iterable[TaskResult]) -> tuple[int, dict[str, int]]:
+    """(tasks with any integrity flag, ``{flag: tasks raising it}``), each instance_id counted once."""
+    by_task: dict[str, set[IntegrityFlag]] = {}
+    for r in results:
+        if r.integrity_flags:
+            by_task.setdefault(r.instance_id, set()).update(r.integrity_flags)
+    counts = {f.value: sum(f in flags for flags in by_task.values()) for f in IntegrityFlag}
+    return len(by_task), {k: n for k, n in counts.items() if n}
 
 
 class RunView:
@@ -210,6 +238,13 @@ class Loop:
             "Evolve-Run": self.run_id, "Evolve-Generation": str(gen), "Evolve-Parent": state.best,
             "Evolve-Files": ", ".join(outcome.changed_files)})
 
+        leaks = task_leaks(added_lines(files, self.lineage.tree_files(rec.candidate, self.harness_dir)),
+                           self._all_tasks())
+        if leaks:
+            rec.status, rec.reason = "refused", ("the change carries eval-set data, which would raise the score "
+                                                 "without improving the harness: " + "; ".join(leaks)[:500])
+            return
+
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
         problem = self._check(child_h, best_report, gen)
@@ -219,18 +254,25 @@ class Loop:
 
         self._step(state, rec, "evaluate")
         harnesses = {"parent": parent_h, "child": child_h}
+        seen: dict[str, list[TaskResult]] = {"parent": [], "child": []}
 
         def evaluate(who: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
             report = self._evaluate(harnesses[who], ids, repeat, f"g{gen:03d}-{who}-r{repeat}")
             solver_spent[0] += report.fresh_usage.cost_usd
+            seen[who].extend(report.results)
             return {r.instance_id: None if r.is_infra else r.resolved for r in report.results}
 
         verdict = run_acceptance(evaluate, self.search_ids, self.cfg.acceptance)
+        rec.flagged_tasks, rec.integrity_flags = flag_counts(seen["child"])
+        rec.tampering = new_tampering(seen["parent"], seen["child"])
         self._decide(state, rec, verdict)
 
     # -- pieces -----------------------------------------------------------------------
 
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
+        if rec.tampering:  # whatever the scores say
+            v = replace(v, accepted=False, reason=f"rejected: tampering its parent did not do on the same tasks "
+                                                  f"({'; '.join(rec.tampering)}); the paired test: {v.reason}")
         rec.parent_rate, rec.child_rate, rec.delta = v.parent_rate, v.child_rate, v.delta
         rec.ci_low, rec.ci_high, rec.p_value, rec.task_runs = v.ci_low, v.ci_high, v.p_value, v.task_runs
         rec.fixed, rec.broken, rec.reason = list(v.fixed), list(v.broken), v.reason
@@ -260,6 +302,10 @@ class Loop:
         self.store.event("generation_end", gen=rec.gen, status=rec.status, reason=rec.reason,
                          cost_usd=rec.cost_usd)
         self.view.verdict(state, rec)
+
+    def _all_tasks(self) -> list[Task]:
+        """Every task of the eval set, every split: the holdout's data must not leak in either."""
+        return [t for tasks in self.evalset.splits.values() for t in tasks]
 
     def _check(self, child: Harness, parent_report: EvalReport, gen: int) -> str | None:
         """Why the candidate can't be evaluated, or None: it must compile and run one smoke task cleanly."""

@@ -32,10 +32,10 @@ from evolve.gateway import Gateway
 from evolve.harness import Harness
 from evolve.models import ModelBackend
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry, tar_of
-from evolve.testbed import (INLINE_BYTES, MAX_PATCH_BYTES, NO_TOOLS, UNPACK, as_user, collect_script,
-                            extract_patch, prepare_testbed, print_collected_script, read_collected, reap_script,
-                            sandbox_ids, snapshot, unpack_failure)
-from evolve.types import Task, Usage
+from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, NO_TOOLS, UNPACK, TakenPatch, as_user,
+                            collect_script, prepare_testbed, print_collected_script, read_collected, reap_script,
+                            sandbox_ids, snapshot, take_patch, taken_patch, unpack_failure)
+from evolve.types import IntegrityFlag, Task, Usage
 
 HARNESS_LOG_BYTES = 5_000_000
 """Harness stdout+stderr kept per task; a harness printing more is cut off (SIGPIPE)."""
@@ -50,20 +50,48 @@ _MAX_OUTPUT = 2 * INLINE_BYTES + 1_000_000
 """The collect exec's output: markers, error messages, the collected files in base64."""
 _HARNESS_EXIT = "evolve-harness-exit"
 _COLLECTED = "evolve-collected"
+LARGE_FILES_NOTED = 20
+"""Left-out large files named one note each; the rest are counted in one more note."""
 
 
 @dataclass
 class AgentRun:
     """What one harness run left behind. Sizes are capped; seconds are wall-clock."""
 
-    model_patch: str
+    model_patch: bytes
+    """The ``git diff --binary`` output, byte for byte; empty when it was not kept (``patch_problem``)."""
     exit_code: int | None
+    """The entrypoint's exit status (128 + N when a signal N ended it), or None when unknown or
+    when it timed out."""
     timed_out: bool
+    """The harness ran up to ``harness_timeout_s`` by the clock (not guessed from an exit code)."""
     usage: Usage
     infra_errors: list[str] = field(default_factory=list)
     trajectory: bytes | None = None
     harness_log: str = ""
     seconds: float = 0.0
+    patch_bytes_total: int = 0
+    """The diff's size in bytes, also when it was too large to keep."""
+    patch_problem: str | None = None
+    """Why the diff was not kept (over ``MAX_PATCH_BYTES``, or git could not make it from what
+    the harness left): the task is then ``patch_too_large``, the candidate's failure, not infra."""
+    flags: list[IntegrityFlag] = field(default_factory=list)
+    """Agent-side integrity flags: ``large_files_skipped``, ``trajectory_missing``."""
+    notes: list[str] = field(default_factory=list)
+    """One line per flag occurrence (file names escaped as JSON strings)."""
+
+
+@dataclass
+class _Outputs:
+    """What the agent phase collected from the sandbox."""
+
+    taken: TakenPatch
+    exit_code: int | None
+    timed_out: bool
+    trajectory: bytes | None
+    harness_log: bytes
+    trajectory_too_large: bool = False
+    """The harness wrote a trajectory.json over ``TRAJECTORY_BYTES`` (then ``trajectory`` is None)."""
 
 
 def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harness,
@@ -86,9 +114,14 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
         ModelError: the model cannot be called at all (bad key, unknown model).
     """
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="evolve-gw-") as gw_dir:
-        Path(gw_dir).chmod(0o777)
-        gateway = Gateway(Path(gw_dir) / "gateway.sock", trace_path, backend, settings.limits)
+    with tempfile.TemporaryDirectory(prefix="evolve-gw-") as gw_root:
+        # Only the sandbox user and root reach the socket: its parent is private (0700, evolve's user),
+        # so no other host user can traverse to it, and `gw` (0711) holds nothing but the socket and is
+        # mounted read-only, so the harness can't put a file on the host through it.
+        gw_dir = Path(gw_root) / "gw"
+        gw_dir.mkdir(mode=0o711)
+        gw_dir.chmod(0o711)  # mkdir's mode is masked by the umask
+        gateway = Gateway(gw_dir / "gateway.sock", trace_path, backend, settings.limits)
         # Closing the gateway waits for its server loop; once no harness process is left it runs
         # while the outputs are copied out.
         closer = threading.Thread(target=gateway.close, name="evolve-gateway-close")
@@ -97,21 +130,77 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
             if closer.ident is None:
                 closer.start()
 
-        with gateway, sandbox_factory({gw_dir: "/evolve/gw"}) as sandbox:
+        with gateway, sandbox_factory({str(gw_dir): "/evolve/gw:ro"}) as sandbox:
             ids = sandbox_ids(sandbox)
             if ids is None:
-                patch, code, timed_out, trajectory, log = _run_plain(sandbox, task, repo_dir, harness, settings)
+                out = _run_plain(sandbox, task, repo_dir, harness, settings)
             else:
-                patch, code, timed_out, trajectory, log = _run_and_collect(sandbox, task, repo_dir, harness,
-                                                                           settings, ids, quiet)
+                out = _run_and_collect(sandbox, task, repo_dir, harness, settings, ids, quiet)
             sandbox.close(background=True)
         if closer.ident is not None:
             _wake(gateway.socket_path, closer)
             closer.join()
         if gateway.fatal_error is not None:
             raise gateway.fatal_error
-        return AgentRun(patch, code, timed_out, gateway.usage, list(gateway.infra_errors), trajectory,
-                        log.decode("utf-8", "replace"), time.monotonic() - start)
+        flags, notes = _integrity(out)
+        return AgentRun(out.taken.patch, out.exit_code, out.timed_out, gateway.usage, list(gateway.infra_errors),
+                        out.trajectory, out.harness_log.decode("utf-8", "replace"), time.monotonic() - start,
+                        out.taken.total_bytes, out.taken.problem, flags, notes)
+
+
+def _show(path: bytes) -> str:
+    """A file name as a JSON string: quotes, newlines and bytes that are not UTF-8 escaped."""
+    return json.dumps(path.decode("utf-8", "surrogateescape"))
+
+
+def _integrity(out: _Outputs) -> tuple[list[IntegrityFlag], list[str]]:
+    """The agent phase's integrity flags and notes."""
+    flags: list[IntegrityFlag] = []
+    notes: list[str] = []
+    taken = out.taken
+    if taken.large_files_count:
+        flags.append(IntegrityFlag.LARGE_FILES_SKIPPED)
+        for path, size in taken.large_files[:LARGE_FILES_NOTED]:
+            notes.append(f"large_files_skipped: {_show(path)} ({size} bytes) is untracked and over "
+                         f"{LARGE_UNTRACKED_BYTES} bytes: left out of the model_patch")
+        more = taken.large_files_count - min(len(taken.large_files), LARGE_FILES_NOTED)
+        if more > 0:
+            notes.append(f"large_files_skipped: {more} more untracked files over {LARGE_UNTRACKED_BYTES} bytes "
+                         "left out of the model_patch")
+    for path in taken.noise[:LARGE_FILES_NOTED]:
+        flag = (IntegrityFlag.PACKAGE_METADATA if b".egg-info/" in b"/" + path
+                else IntegrityFlag.SHADOWING_MODULE)
+        if flag not in flags:
+            flags.append(flag)
+        notes.append(f"{flag.value}: {_show(path)} is build output the harness re-included (a .gitignore "
+                     "negation): left out of the model_patch")
+    if out.trajectory is None:
+        if out.trajectory_too_large:
+            notes.append(f"trajectory.json is over the {TRAJECTORY_BYTES}-byte cap: not kept")
+        else:
+            flags.append(IntegrityFlag.TRAJECTORY_MISSING)
+            notes.append(f"trajectory_missing: the harness wrote no {_OUT}/trajectory.json")
+    return flags, notes
+
+
+def _ran_out(res, limit_s: float) -> bool:
+    """Whether an exec of the entrypoint under ``timeout`` ran up to ``limit_s`` by the host's clock:
+    a harness that exits 124 or 137 by itself, or is killed, before the limit did not time out."""
+    return res.exit_code is None or (res.exit_code in (124, 137) and res.seconds >= limit_s)
+
+
+def _outputs(taken: TakenPatch, files: dict[str, bytes], timed_out: bool, rc: int | None,
+             trajectory_too_large: bool = False) -> _Outputs:
+    """``_Outputs`` from the collected ``files`` (a trajectory over its cap counts as too large);
+    ``rc`` is the entrypoint's wrapper's exit status, used when it wrote no exit code."""
+    raw = files.get(".exit_code")
+    code = int(raw.strip()) if raw and raw.strip().lstrip(b"-").isdigit() else None
+    if code is None and not timed_out:
+        code = rc
+    trajectory = files.get("trajectory.json")
+    too_large = trajectory_too_large or (trajectory is not None and len(trajectory) > TRAJECTORY_BYTES)
+    return _Outputs(taken, code, timed_out, None if too_large else trajectory, files.get("harness.log", b""),
+                    too_large)
 
 
 def _wake(socket_path: Path, closer: threading.Thread, within_s: float = 0.3) -> None:
@@ -174,12 +263,13 @@ def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> byte
 
 
 def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harness: Harness,
-                     settings: EvalSettings, ids: tuple[int, int],
-                     on_quiet: Callable[[], None]) -> tuple[str, int | None, bool, bytes | None, bytes]:
+                     settings: EvalSettings, ids: tuple[int, int], on_quiet: Callable[[], None]) -> _Outputs:
     """Unpack the snapshot and the harness, run the entrypoint as the sandbox user, then (as root,
     in the same exec) kill whatever it left running and collect the patch and outputs. Falls back
     to ``Sandbox.restart`` when that exec could not finish the job. ``on_quiet`` is called once no
-    harness process is left.
+    harness process is left. The harness's run time is measured around ``timeout`` inside the
+    container (or, when that exec died, around the exec on the host): it timed out only when it ran
+    up to the limit.
 
     Raises:
         EvalSetError: the task's repo or commit does not exist.
@@ -194,8 +284,14 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
     timeout_s = max(1, math.ceil(settings.harness_timeout_s))
     collect = reap_script(ids) + collect_script(base, _OUTPUTS) + f"echo {_COLLECTED}\n" + print_collected_script()
     script = (f"{UNPACK}\n"
+              "t0=$(date +%s%N)\n"
               f"timeout --kill-after=5 {timeout_s} {as_user(ids, _entrypoint_cmd(harness))} "
-              f"< /dev/null > /dev/null 2>&1\necho {_HARNESS_EXIT} $?\n" + collect)
+              "< /dev/null > /dev/null 2>&1\n"
+              "rc=$?\n"
+              "t1=$(date +%s%N)\n"
+              # Milliseconds the harness ran, or -1 without a nanosecond clock.
+              "case \"$t0:$t1\" in *[!0-9:]*|:*|*:) ms=-1;; *) ms=$(( (t1 - t0) / 1000000 ));; esac\n"
+              f"echo {_HARNESS_EXIT} $rc $ms\n" + collect)
     res = sandbox.exec(script, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, user="root", env=_env(settings),
                        max_output=_MAX_OUTPUT, stdin=archive)
     unpack_error = unpack_failure(res.output)
@@ -205,16 +301,23 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
         # An image without GNU tar or util-linux's setpriv: copy in, run the harness as the sandbox user.
         sandbox.put_archive(archive)
         res = sandbox.exec(_entrypoint_cmd(harness), timeout_s=settings.harness_timeout_s, env=_env(settings))
-        harness_rc = None if res.timed_out else 0
+        harness_rc, timed_out = res.exit_code, _ran_out(res, settings.harness_timeout_s)
         res = None
     else:
-        m = re.search(rf"^{_HARNESS_EXIT} (-?\d+)$", res.output, re.M)
+        m = re.search(rf"^{_HARNESS_EXIT} (-?\d+) (-?\d+)$", res.output, re.M)
         harness_rc = int(m.group(1)) if m else None
+        if m is None:  # the exec died with the harness (it stopped the container): the host's clock
+            timed_out = res.seconds >= timeout_s
+        elif int(m.group(2)) >= 0:
+            timed_out = int(m.group(2)) >= timeout_s * 1000
+        else:
+            timed_out = harness_rc in (124, 137) and res.seconds >= timeout_s
     files = None
+    caps = {name: cap for name, cap in _OUTPUTS.items() if name != "trajectory.json"}  # see _outputs
     if res is not None and res.exit_code == 0 and re.search(rf"^{_COLLECTED}$", res.output, re.M):
         on_quiet()
         try:
-            files = read_collected(sandbox, res.output, _OUTPUTS)
+            files = read_collected(sandbox, res.output, caps)
         except InfraError:
             files = None
     if files is None:
@@ -225,35 +328,30 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
         if res.exit_code != 0:
             raise InfraError("docker", f"could not take the patch (exit {res.exit_code}): {res.output[-500:]}")
         on_quiet()
-        files = read_collected(sandbox, res.output, _OUTPUTS)
+        files = read_collected(sandbox, res.output, caps)
         if files is None:
             raise InfraError("docker", "the collected outputs are missing after taking the patch")
-    raw = files.get(".exit_code")
-    code = int(raw.strip()) if raw and raw.strip().lstrip(b"-").isdigit() else None
-    timed_out = harness_rc is None or harness_rc in (124, 137) or code is None
-    patch = files.get("model.patch", b"")
-    patch = b"" if len(patch) > MAX_PATCH_BYTES else patch
-    return patch.decode("utf-8", "replace"), code, timed_out, files.get("trajectory.json"), \
-        files.get("harness.log", b"")
+    return _outputs(taken_patch(files), files, timed_out, harness_rc)
 
 
 # -- sandboxes without a numeric non-root user ---------------------------------------------------
 
 
 def _run_plain(sandbox: Sandbox, task: Task, repo_dir: Path | None, harness: Harness,
-               settings: EvalSettings) -> tuple[str, int | None, bool, bytes | None, bytes]:
+               settings: EvalSettings) -> _Outputs:
     base = prepare_testbed(sandbox, task, repo_dir)
     _install(sandbox, task, harness)
     res = sandbox.exec(_entrypoint_cmd(harness), timeout_s=settings.harness_timeout_s, env=_env(settings))
     # Kill everything the harness left running (background writers, fork
     # bombs holding every pid), then take the patch from a quiet container.
     sandbox.restart()
-    patch = extract_patch(sandbox, base)
-    trajectory = sandbox.get_file(f"{_OUT}/trajectory.json", max_bytes=TRAJECTORY_BYTES)
-    log = sandbox.get_file(f"{_OUT}/harness.log", max_bytes=HARNESS_LOG_BYTES + 1024) or b""
-    raw = sandbox.get_file(f"{_OUT}/.exit_code", max_bytes=64)
-    code = int(raw.strip()) if raw and raw.strip().lstrip(b"-").isdigit() else None
-    return patch, code, res.timed_out or code is None, trajectory, log
+    taken = take_patch(sandbox, base)
+    files = {name: data for name, (path, cap) in _OUTPUTS.items()
+             if (data := sandbox.get_file(path, max_bytes=cap)) is not None}
+    # get_file gives None for a file over its cap too.
+    too_large = "trajectory.json" not in files and sandbox.exec(
+        f"test -f {_OUTPUTS['trajectory.json'][0]}", timeout_s=30, user="root").exit_code == 0
+    return _outputs(taken, files, _ran_out(res, settings.harness_timeout_s), res.exit_code, too_large)
 
 
 def _install(sandbox: Sandbox, task: Task, harness: Harness) -> None:

@@ -12,6 +12,12 @@ Layout::
         predictions.jsonl    SWE-bench predictions: instance_id, model_name_or_path, model_patch
         summary.json
 
+``model.patch`` is the ``git diff --binary`` output byte for byte. In
+``result.json`` and ``predictions.jsonl`` the ``model_patch`` is that text when
+it is UTF-8; a patch that is not UTF-8 is stored there in base64, with
+``"model_patch_encoding": "base64"`` (``result.json`` always has the key,
+``predictions.jsonl`` only then; ``TaskResult.patch_bytes()`` decodes either).
+
 A cache entry is written in a temporary directory and renamed into place, so
 an entry either exists whole or not at all.
 """
@@ -32,13 +38,28 @@ from typing import Any
 from evolve.types import TaskResult
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+COPY_CHUNK_BYTES = 1024 * 1024
+"""Bytes read at a time when a file is copied into place (a trace is never read whole)."""
+
+
+def write_content(f: Any, data: str | bytes | Path) -> None:
+    """Write ``data`` to the binary file ``f``: text (UTF-8), bytes, or a ``Path`` whose file is
+    copied by streaming, ``COPY_CHUNK_BYTES`` at a time, never read whole into memory."""
+    if isinstance(data, Path):
+        with open(data, "rb") as src:
+            shutil.copyfileobj(src, f, COPY_CHUNK_BYTES)
+    else:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def atomic_write(path: Path, data: str | bytes | Path) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``; a ``Path`` means
+    "copy that file's content", streamed (see ``write_content``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            write_content(f, data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -96,14 +117,16 @@ class Cache:
             return None
         return TaskResult.model_validate_json(path.read_text())
 
-    def put(self, result: TaskResult, files: dict[str, str | bytes]) -> Path:
-        """Store ``result`` and its files; returns the entry directory."""
+    def put(self, result: TaskResult, files: dict[str, str | bytes | Path]) -> Path:
+        """Store ``result`` and its files (content, or a ``Path`` to a file copied by streaming);
+        returns the entry directory."""
         final = self.entry(result.key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{result.key[:8]}."))
         try:
             for name, content in files.items():
-                (tmp / name).write_bytes(content.encode() if isinstance(content, str) else content)
+                with open(tmp / name, "wb") as f:
+                    write_content(f, content)
             (tmp / "result.json").write_text(result.model_dump_json(indent=2))
             if final.exists():  # a concurrent writer finished first: keep theirs
                 shutil.rmtree(tmp)

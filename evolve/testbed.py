@@ -45,7 +45,20 @@ PRIVATE = "/var/lib/evolve"
 COLLECTED = f"{PRIVATE}/out"
 """Where ``collect_script`` puts the patch and the harness's output files, for one copy out."""
 MAX_PATCH_BYTES = 20_000_000
+"""A ``model_patch`` over this many bytes is not kept: the task is ``patch_too_large``, not graded."""
+LARGE_UNTRACKED_BYTES = 5_000_000
+"""Untracked files (not in the base tree, not ignored) over this many bytes are left out of the
+``model_patch`` (``IntegrityFlag.LARGE_FILES_SKIPPED``), so a huge stray file next to a fix neither
+breaks the diff nor hides the fix. Files of the base tree that grew are kept (and may make the
+patch too large)."""
+LARGE_FILES_LISTED_BYTES = 65_536
+"""Bound on the collected list of left-out files (``size path`` records)."""
 _EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n*.egg-info/\n"
+NOISE_PATHSPECS = (":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.py[co]",
+                   ":(exclude,glob)**/.pytest_cache/**", ":(exclude,glob)**/*.egg-info/**")
+"""What running code and installing the package leave in /testbed: never part of a ``model_patch``,
+even where a ``.gitignore`` of the harness's re-includes it or the base already had such files
+(pathspec excludes, unlike ignore rules, cannot be overridden from the work tree)."""
 _GIT = "git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c safe.directory='*'"
 _SHADOW_GIT = f"GIT_CONFIG_GLOBAL=/dev/null {_GIT} --git-dir={SHADOW} --work-tree={TESTBED}"
 """Git on the shadow, as root: no user config (HOME is /tmp, which the harness can write)."""
@@ -53,7 +66,7 @@ _COMMIT = "-c user.name=evolve -c user.email=evolve@localhost commit -q --no-ver
 _SHADOW_SNAPSHOT = (
     f"mkdir -p {SHADOW} && chmod 700 /var/lib/evolve && git init -q --bare {SHADOW} "
     f"&& printf '{_EXCLUDE}' > {SHADOW}/info/exclude "
-    f"&& {_SHADOW_GIT} add -A . && {_SHADOW_GIT} {_COMMIT} -m base && {_SHADOW_GIT} rev-parse HEAD"
+    f"&& {_SHADOW_GIT} add -A -f . && {_SHADOW_GIT} {_COMMIT} -m base && {_SHADOW_GIT} rev-parse HEAD"
 )
 _VISIBLE_SNAPSHOT = (
     f"cd {TESTBED} && rm -rf .git && git init -q && printf '{_EXCLUDE}' >> .git/info/exclude "
@@ -202,7 +215,9 @@ def _build_snapshot(repo_dir: Path, commit: str, uid: int, gid: int) -> Snapshot
         (shadow / "info").mkdir(exist_ok=True)
         (shadow / "info" / "exclude").write_text(_EXCLUDE)
         shadow_git = [f"--git-dir={shadow}", f"--work-tree={tree}"]
-        _host_git([*shadow_git, "add", "-A", "."], tree, tmp_path)
+        # Everything in the snapshot, ignored or not (an sdist's egg-info, an image's __pycache__):
+        # the base the grader compares the work tree with must be the whole of it.
+        _host_git([*shadow_git, "add", "-A", "-f", "."], tree, tmp_path)
         _host_git([*shadow_git, "commit", "-q", "--no-verify", "--allow-empty", "-m", "base"], tree, tmp_path)
         sha = _host_git([*shadow_git, "rev-parse", "HEAD"], tree, tmp_path).strip()
         _host_git(["init", "-q"], tree, tmp_path)
@@ -424,29 +439,109 @@ fi
 def collect_script(base_sha: str, files: dict[str, tuple[str, int]]) -> str:
     """Shell run as root, after every harness process is gone, that writes the ``model_patch`` and
     copies ``files`` (``{name: (path, max bytes)}``; regular files only) into ``COLLECTED``; read
-    them with ``read_collected``, which leaves out the files over their cap. Exits nonzero if git
-    fails.
+    them with ``read_collected``, which leaves out the files over their cap, and the patch's part
+    with ``taken_patch``.
 
-    The ``model_patch`` is the ``git diff`` of /testbed (tracked, untracked and
-    committed changes) against ``base_sha``; external diff drivers and text
-    conversions set by the harness are ignored, and a patch over
-    ``MAX_PATCH_BYTES`` (20 MB) is left empty.
+    The ``model_patch`` is the ``git diff --binary`` of /testbed (tracked, untracked and committed
+    changes) against ``base_sha``, byte for byte; external diff drivers and text conversions set by
+    the harness are ignored. Untracked files over ``LARGE_UNTRACKED_BYTES`` are left out of it and
+    listed (``large_files``: NUL-terminated ``size path`` records, ``large_files.count``). A patch
+    over ``MAX_PATCH_BYTES`` is left empty with its size in ``patch_size``; when git cannot make the
+    diff (what the harness left is too much for it), the patch is empty and ``diff_error`` says
+    why. Neither is an error of this script: it exits nonzero only when it cannot write
+    ``COLLECTED`` or copy ``files``.
+
+    File names never reach the shell's words: they go through NUL-separated files, with
+    ``find -print0``, ``git -z``, ``xargs -0`` and literal pathspecs.
     """
+    p = PRIVATE
+    shadow_git_env = (f"env GIT_CONFIG_GLOBAL=/dev/null GIT_LITERAL_PATHSPECS=1 {_GIT} --git-dir={SHADOW} "
+                      f"--work-tree={TESTBED}")
     lines = [f"if [ -e {COLLECTED} ]; then rm -rf {COLLECTED}; fi; mkdir -m 700 {COLLECTED} || exit 4",
-             f"{_SHADOW_GIT} add -A . >/dev/null 2>&1",
+             f"cd {TESTBED} || exit 4",
+             # A collect killed half-way (before a restart) may have left git's lock behind.
+             f"rm -f {SHADOW}/index.lock {p}/big.z {p}/large.z {p}/spec.z {p}/noise.z",
              # git's messages may quote the harness's file names: they go to a file, never to the
              # output, where only evolve's own markers may appear.
-             f"{_SHADOW_GIT} diff --cached --binary --no-ext-diff --no-textconv --no-color "
-             f"{shlex.quote(base_sha)} > {COLLECTED}/model.patch 2> {PRIVATE}/diff.err "
-             f"|| {{ tail -c 500 {PRIVATE}/diff.err | tr -c '[:print:]' ' '; echo; exit 5; }}",
-             f"if s=$(stat -c %s {COLLECTED}/model.patch) && [ \"$s\" -gt {MAX_PATCH_BYTES} ]; "
-             f"then : > {COLLECTED}/model.patch; fi"]
+             f"nodiff() {{ {{ printf '%s: ' \"$1\"; tail -c 500 {p}/diff.err; }} | tr -c '[:print:]' ' ' "
+             f"> {COLLECTED}/diff_error; : > {COLLECTED}/model.patch; }}",
+             # Untracked (not in the base, not ignored) regular files over the cap: left out, listed.
+             f"find . -path ./.git -prune -o -type f -size +{LARGE_UNTRACKED_BYTES}c -print0 > {p}/big.z "
+             "2> /dev/null",
+             "ok=1",
+             f"if [ -s {p}/big.z ]; then xargs -0 -r {shadow_git_env} ls-files -z -o --exclude-standard -- "
+             f"< {p}/big.z > {p}/large.z 2> {p}/diff.err || {{ nodiff 'listing untracked files'; ok=0; }}; fi",
+             f"if [ $ok = 1 ] && [ -s {p}/large.z ]; then "
+             f"sed -z 's/^/:(exclude,literal)/' < {p}/large.z > {p}/spec.z "
+             f"&& xargs -0 -r stat --printf '%s %n\\0' -- < {p}/large.z | head -c {LARGE_FILES_LISTED_BYTES} "
+             f"> {COLLECTED}/large_files && tr -cd '\\000' < {p}/large.z | wc -c > {COLLECTED}/large_files.count "
+             "|| exit 4; fi",
+             f"if [ $ok = 1 ]; then if [ -s {p}/spec.z ]; then "
+             f"{_SHADOW_GIT} add -A --pathspec-from-file={p}/spec.z --pathspec-file-nul; "
+             f"else {_SHADOW_GIT} add -A .; fi > /dev/null 2> {p}/diff.err || {{ nodiff 'git add'; ok=0; }}; fi",
+             # Noise the harness made visible (a .gitignore re-including *.pyc, say): listed, never diffed.
+             f"if [ $ok = 1 ]; then {_SHADOW_GIT} diff --cached --name-only -z --diff-filter=A "
+             f"{shlex.quote(base_sha)} -- " + " ".join(shlex.quote(s.replace("exclude,", "")) for s in NOISE_PATHSPECS)
+             + f" 2> /dev/null | head -c {LARGE_FILES_LISTED_BYTES} > {p}/noise.z; "
+             f"if [ -s {p}/noise.z ]; then cp {p}/noise.z {COLLECTED}/noise || exit 4; fi; fi",
+             f"if [ $ok = 1 ]; then {_SHADOW_GIT} diff --cached --binary --no-ext-diff --no-textconv --no-color "
+             f"{shlex.quote(base_sha)} -- . " + " ".join(map(shlex.quote, NOISE_PATHSPECS))
+             + f" > {COLLECTED}/model.patch 2> {p}/diff.err || nodiff 'git diff'; fi",
+             f"if [ ! -e {COLLECTED}/diff_error ] && s=$(stat -c %s {COLLECTED}/model.patch) "
+             f"&& [ \"$s\" -gt {MAX_PATCH_BYTES} ]; then echo \"$s\" > {COLLECTED}/patch_size; "
+             f": > {COLLECTED}/model.patch; fi"]
     for name, (path, cap) in files.items():
         # One byte over the cap is copied so the reader can tell (see ``read_collected``).
         q = shlex.quote(path)
         lines.append(f"if [ -f {q} ] && [ ! -L {q} ]; then head -c {cap + 1} {q} > {COLLECTED}/{shlex.quote(name)} "
                      f"|| exit 6; fi")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class TakenPatch:
+    """The ``model_patch`` part of what ``collect_script`` collected."""
+
+    patch: bytes
+    """The exact ``git diff --binary`` output; empty when it was not kept (see ``problem``)."""
+    total_bytes: int
+    """The diff's size, also when it was too large to keep."""
+    problem: str | None = None
+    """Why the diff was not kept (over ``MAX_PATCH_BYTES``, or git could not make it): then the
+    task is ``patch_too_large`` (the candidate's doing), never infra."""
+    large_files: tuple[tuple[bytes, int], ...] = ()
+    """Untracked files over ``LARGE_UNTRACKED_BYTES`` left out of the patch: ``(path, size)``
+    (the list may be cut short; see ``large_files_count``)."""
+    large_files_count: int = 0
+    noise: tuple[bytes, ...] = ()
+    """Build noise (``NOISE_PATHSPECS``) that was new and not ignored, so the harness must have
+    re-included it: left out of the patch."""
+
+
+def taken_patch(files: dict[str, bytes]) -> TakenPatch:
+    """Read the ``model_patch``, its size and what was left out of it from ``collect_script``'s
+    collected files (``read_collected``)."""
+    patch = files.get("model.patch", b"")
+    listed: list[tuple[bytes, int]] = []
+    raw = files.get("large_files", b"")
+    records = raw.split(b"\0")
+    for rec in records[:-1]:  # the last one is empty, or cut short by the cap
+        size, _, path = rec.partition(b" ")
+        if size.isdigit() and path:
+            listed.append((path, int(size)))
+    count_raw = files.get("large_files.count", b"").strip()
+    count = max(int(count_raw) if count_raw.isdigit() else 0, len(listed))
+    error = files.get("diff_error")
+    if error is not None:
+        text = error.decode("utf-8", "replace").strip()
+        return TakenPatch(b"", 0, f"could not diff: {text}", tuple(listed), count)
+    size_raw = files.get("patch_size", b"").strip()
+    if size_raw.isdigit():
+        size = int(size_raw)
+        return TakenPatch(b"", size, f"the diff is {size} bytes, over the {MAX_PATCH_BYTES}-byte cap",
+                          tuple(listed), count)
+    noise = tuple(n for n in files.get("noise", b"").split(b"\0")[:-1] if n)
+    return TakenPatch(patch, len(patch), None, tuple(listed), count, noise)
 
 
 INLINE_BYTES = 2_000_000
@@ -488,18 +583,30 @@ def read_collected(sandbox: Sandbox, output: str, caps: dict[str, tuple[str, int
     return {name: data for name, data in files.items() if name not in caps or len(data) <= caps[name][1]}
 
 
-def extract_patch(sandbox: Sandbox, base_sha: str) -> str:
-    """``git diff`` of /testbed (tracked, untracked and committed changes) against ``base_sha``.
+def take_patch(sandbox: Sandbox, base_sha: str) -> TakenPatch:
+    """The ``model_patch`` of /testbed against ``base_sha`` (see ``collect_script``), with its size
+    and what was left out of it.
 
-    Call only when no harness process is left (after ``Sandbox.restart`` or
-    ``reap_script``). External diff drivers and text conversions set by the
-    harness are ignored. A patch over ``MAX_PATCH_BYTES`` (20 MB) is returned empty.
+    Call only when no harness process is left (after ``Sandbox.restart`` or ``reap_script``).
 
     Raises:
-        InfraError: git inside the sandbox failed.
+        InfraError: the command inside the sandbox failed (not git: see ``TakenPatch.problem``).
     """
     res = sandbox.exec(collect_script(base_sha, {}), timeout_s=300, user="root")
     if res.exit_code != 0:
-        raise InfraError("docker", f"git diff failed in the sandbox (exit {res.exit_code}): {res.output[-500:]}")
-    got = sandbox.get_files(COLLECTED) or {}
-    return got.get("model.patch", b"").decode("utf-8", "replace")
+        raise InfraError("docker", f"could not take the patch in the sandbox (exit {res.exit_code}): "
+                                   f"{res.output[-500:]}")
+    got = sandbox.get_files(COLLECTED)
+    if got is None:
+        raise InfraError("docker", "the collected patch is missing after taking it")
+    return taken_patch(got)
+
+
+def extract_patch(sandbox: Sandbox, base_sha: str) -> bytes:
+    """``git diff --binary`` of /testbed (tracked, untracked and committed changes) against
+    ``base_sha``, as git wrote it: ``take_patch``'s patch, empty when it was not kept.
+
+    Raises:
+        InfraError: the command inside the sandbox failed.
+    """
+    return take_patch(sandbox, base_sha).patch

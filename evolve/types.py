@@ -172,6 +172,8 @@ class Usage(BaseModel):
     """Model usage summed over one task's gateway calls."""
 
     calls: int = 0
+    """Requests counted toward ``limits.max_calls``: every chat request, valid or not (see the
+    gateway's counting rule), not only those forwarded to the model."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0

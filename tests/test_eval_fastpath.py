@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SOLVER_SCRIPT
 from evolve.config import EvalSettings, SandboxLimits
-from evolve.grading import grade, protected_paths, to_restore, touched_paths
+from evolve.grading import grade, malformed, patch_paths
 from evolve.sandbox import docker as sdocker
 from evolve.sandbox.docker import Sandbox
 from evolve.testbed import (COLLECTED, archive_at, collect_script, prepare_testbed, print_collected_script,
@@ -35,28 +35,29 @@ def _task(**kw) -> Task:
     return Task(**{**base, **kw})
 
 
-def test_touched_paths_is_a_superset_of_what_p1_can_change():
-    diff = ("diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1 +1 @@\n-a\n+b\n"
+def test_patch_paths_reads_file_headers_only():
+    diff = ("diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,2 +1,2 @@\n-a\n"
+            # Content lines that look like headers are inside the hunk: never taken for paths.
+            "--- a/../../etc/passwd\n+++ b/../../etc/passwd\n+b\n"
             "diff --git a/tests/old name.py b/tests/new name.py\nsimilarity index 100%\n"
             "rename from tests/old name.py\nrename to tests/new name.py\n"
             "diff --git a/tests/data.bin b/tests/data.bin\nGIT binary patch\nliteral 1\n")
-    touched = touched_paths(diff)
-    assert {"calc.py", "tests/old name.py", "tests/new name.py", "tests/data.bin"} <= touched
-    # A diff without a/ b/ prefixes, applied with -p1, changes the path minus its first component.
-    assert "tests/test_b.py" in touched_paths("--- x/tests/test_b.py\n+++ x/tests/test_b.py\n@@ -1 +1 @@\n")
-    assert touched_paths('diff --git "a/t\\tx" "b/t\\tx"\n') is None
+    assert patch_paths(diff) == ["calc.py", "tests/old name.py", "tests/new name.py", "tests/data.bin"]
+    assert malformed(diff) is None
+    assert patch_paths(b'diff --git "a/t\\tx" "b/t\\tx"\n') == ["t\tx"]
 
 
-def test_to_restore_keeps_every_protected_path_the_patch_can_reach():
-    task = _task()
-    assert to_restore(task, "") == []
-    src_only = "diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1 +1 @@\n-a\n+b\n"
-    assert to_restore(task, src_only) == []
-    tests_dir = "diff --git a/tests b/tests\nnew file mode 120000\n--- /dev/null\n+++ b/tests\n@@ -0,0 +1 @@\n+x\n"
-    assert to_restore(task, tests_dir) == ["tests/test_a.py", "tests/test_b.py"]
-    conftest = "diff --git a/conftest.py b/conftest.py\n--- /dev/null\n+++ b/conftest.py\n@@ -0,0 +1 @@\n+x\n"
-    assert to_restore(task, conftest) == ["conftest.py"]
-    assert to_restore(task, 'diff --git "a/x" "b/x"\n') == protected_paths(task, 'diff --git "a/x" "b/x"\n')
+@pytest.mark.parametrize("header", ["--- a/../x\n+++ b/../x\n", "--- /etc/passwd\n+++ /etc/passwd\n",
+                                    'diff --git "a/..\\057x" "b/..\\057x"\n', "rename to a/../../x\n"])
+def test_a_header_that_climbs_out_is_malformed(header):
+    assert malformed((header + "@@ -1 +1 @@\n-a\n+b\n").encode()) is not None
+
+
+def test_a_malformed_patch_never_reaches_a_sandbox():
+    # No sandbox is needed: the check comes first (a sandbox method would fail on None).
+    g = grade(None, _task(), None, b"--- a/../../x\n+++ b/../../x\n@@ -1 +1 @@\n-a\n+b\n",
+              EvalSettings(model=SCRIPTED))
+    assert g.failure_class is FailureClass.PATCH_MALFORMED and not g.resolved
 
 
 # -- docker --------------------------------------------------------------------------------------
@@ -197,8 +198,11 @@ def test_host_snapshot_matches_a_snapshot_made_in_the_sandbox(docker_client, bas
             collect = sb.exec(collect_script(base, {}), timeout_s=60, user="root")
             assert collect.exit_code == 0 and sb.get_files(COLLECTED)["model.patch"] == b""
     assert outputs[0] == outputs[1]
-    assert "build/tracked.log" not in outputs[0]  # git add -A skips it either way
-    assert "__pycache__" not in outputs[0]
+    shadow, visible = outputs[0].split("===", 1)
+    # The grader's base is the whole snapshot, ignored files too (an sdist's egg-info, an image's
+    # __pycache__): otherwise they would look added by the patch. The harness's own git view skips them.
+    assert "build/tracked.log" in shadow and "__pycache__" in shadow
+    assert "build/tracked.log" not in visible and "__pycache__" not in visible
 
 
 @pytest.mark.docker
@@ -263,13 +267,14 @@ def test_harness_fork_bomb_neither_breaks_the_run_nor_the_patch(mini_evalset, ba
 @pytest.mark.docker
 def test_harness_that_kills_the_containers_main_process(mini_evalset, base_image, docker_client, tmp_path):
     # The container stops with its main process: only a restart of the stopped container can
-    # still take the patch, so a resolved, non-infra result shows the restart path ran.
+    # still take the patch, so a resolved, non-infra result shows the restart path ran. The
+    # harness did not run up to its limit: not timed out.
     h = make_harness(tmp_path, "killer", {"k.sh": "sed -i '0,/return a - b/s//return a + b/' /testbed/calc.py\n"
                                                   "kill -9 $(pgrep -x sleep | head -1)\nsleep 5\n"}, "sh k.sh")
     report = evaluate(mini_evalset, h, tmp_path / "runs")
     (r,) = report.results
     assert not r.is_infra, r.error
-    assert r.harness_timed_out and r.resolved
+    assert not r.harness_timed_out and r.resolved
     assert not run_containers(docker_client, report.run_id)
 
 
@@ -328,7 +333,7 @@ def test_an_image_without_setpriv_still_runs_and_grades(docker_client, base_imag
             run = run_agent(factory, task, ev.repo_dir(task), harness, backend, settings, tmp_path / "trace.jsonl")
         finally:
             close()
-        assert run.exit_code == 0 and not run.timed_out and "+    return a + b" in run.model_patch
+        assert run.exit_code == 0 and not run.timed_out and b"+    return a + b" in run.model_patch
         with factory() as sb:
             g = grade(sb, task, ev.repo_dir(task), run.model_patch, settings)
         assert g.resolved, g.apply_log + g.test_output[-2000:]

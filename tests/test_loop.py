@@ -87,6 +87,8 @@ def test_three_generations_then_diff_rollback(project, docker_client):
     assert sorted(g1["fixed"]) == [f"wide__f-{k}" for k in range(1, 7)]
     assert g2["delta"] < 0 and g2["broken"]
     assert g3["reason"].startswith("edits refused") and "evolve.yaml" in g3["reason"] and g3["candidate"] is None
+    assert g1["tampering"] == g2["tampering"] == [] and g1["flagged_tasks"] is not None
+    assert g3["flagged_tasks"] is None                      # never evaluated
     assert state["baseline_rate"] == 0.0 and state["best_rate"] == 1.0
     assert state["holdout"]["baseline"] == 0.0 and state["holdout"]["best"] == 1.0
 

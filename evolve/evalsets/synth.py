@@ -707,7 +707,7 @@ def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, pro
                 if not ref.resolved:
                     bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
                     progress.advance()
-                    return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]})"
+                    return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
                 with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
                     empty = grade(box, task, repo_dir, "", settings)
                 progress.advance()

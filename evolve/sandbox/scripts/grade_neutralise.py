@@ -27,7 +27,9 @@ Kept Python sources are then scanned: a name that reaches into the test
 runner, ``sys.modules``, builtins, frames or process exit and that occurs
 more often than in the base file is reported (``runner_patching``).
 
-Prints one JSON object: ``{"findings": [[flag, note], ...], "reverted": [path, ...]}``.
+Prints one JSON object: ``{"findings": [[flag, note], ...], "counts": {flag: n}, "reverted":
+[path, ...], "kept": [absolute path of each changed Python source kept]}`` (the grading plugin
+watches what the kept files do while the tests run).
 Exits 0, or 1 with a message on standard error when it cannot do its job.
 Standard library only, Python 3.6+: it runs with the image's python3.
 """
@@ -45,8 +47,10 @@ import sys
 
 TEST_LIKE = re.compile(r"(^|/)(tests?|testing)(/|$)|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
 METADATA = re.compile(r"(^|/)[^/]*\.(dist-info|egg-info|egg-link)(/|$)|\.pth$")
-COMPILED = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$")
+COMPILED = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$|\.(so|pyd|dylib)(\.[0-9.]+)?$")
 MODULE_FILE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(\.py|\.pyw|(\.[A-Za-z0-9_-]+)*\.(so|pyd))$")
+MAX_NOTES = 50
+"""Findings reported in full per flag; the rest are counted."""
 ALWAYS_RESERVED = {"sitecustomize", "usercustomize", "pytest", "_pytest", "pluggy", "py", "conftest"}
 
 # What non-test code has no business reaching. Counted in the base file and in the patched file;
@@ -61,8 +65,9 @@ REACH_ATTRS = {
     "threading": {"settrace", "setprofile"},
     "importlib": {"import_module", "reload"},
 }
-REACH_ANY_ATTR = {"f_back", "f_globals", "f_locals", "f_builtins", "tb_frame", "gi_frame", "cr_frame",
-                  "__globals__", "__builtins__", "__subclasses__", "__code__", "__closure__"}
+REACH_ANY_ATTR = {"f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_lineno", "tb_frame", "gi_frame",
+                  "cr_frame", "ag_frame", "__globals__", "__builtins__", "__subclasses__", "__code__", "__closure__",
+                  "cell_contents", "get_objects", "get_referrers", "get_referents"}
 REACH_NAMES = {"__builtins__", "__import__", "exec", "eval", "compile", "exit", "quit", "globals",
                "breakpoint"}
 
@@ -157,9 +162,33 @@ def top_level_names(path, files):
     return names
 
 
+def sibling_module(path, files, base):
+    """The repository's own module that the new ``path`` would be imported instead of, or None:
+    a package ``x/__init__.py`` beside a module ``x.py`` wins, as does ``x.py`` over nothing else
+    (a new ``x.py`` beside an existing package ``x/`` loses, but is refused all the same)."""
+    parent, _, name = path.rpartition("/")
+    prefix = parent + "/" if parent else ""
+    if name == "__init__.py" and parent:
+        pkg_parent, _, pkg = parent.rpartition("/")
+        module = (pkg_parent + "/" if pkg_parent else "") + pkg + ".py"
+        return module if module in base else None
+    m = MODULE_FILE.match(name)
+    if m is None:
+        return None
+    stem = m.group(1)
+    for other in (prefix + stem + ".py", prefix + stem + "/__init__.py"):
+        if other != path and other in base:
+            return other
+    return None
+
+
 def reach_counts(source):
     """{marker: count} of the uses of what ``REACH_*`` name in Python ``source``; a file that
-    does not parse is scanned for the bare names instead."""
+    does not parse is scanned for the bare names instead.
+
+    Module aliases (``import sys as s``, ``m = sys``) are followed; strings built from
+    constants (``"mod" + "ules"``) are folded before they are compared; a module's namespace
+    taken whole (``sys.__dict__``, ``vars(os)``) counts as reaching into it."""
     counts = {}
 
     def add(marker):
@@ -171,6 +200,21 @@ def reach_counts(source):
             if word in REACH_NAMES or word in REACH_MODULES or word in REACH_ANY_ATTR:
                 add(word)
         return counts
+    modules = {}  # local name -> module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                top = alias.name.split(".")[0]
+                modules[alias.asname or top] = alias.name if alias.asname else top
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                modules.setdefault(alias.asname or alias.name, node.module + "." + alias.name)
+    for node in ast.walk(tree):  # simple re-bindings: m = sys
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    modules.setdefault(t.id, modules[node.value.id])
+    suspicious = set(REACH_ANY_ATTR) | SUSPICIOUS_STRINGS | {"modules", "__import__", "__builtins__", "__dict__"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -187,30 +231,88 @@ def reach_counts(source):
         elif isinstance(node, ast.Attribute):
             if node.attr in REACH_ANY_ATTR:
                 add("." + node.attr)
-            if isinstance(node.value, ast.Name):
-                if node.attr in REACH_ATTRS.get(node.value.id, ()):
-                    add(node.value.id + "." + node.attr)
-                elif node.value.id == "sys" and node.attr in STREAMS and isinstance(node.ctx, ast.Store):
+            if isinstance(node.value, ast.Name) and node.value.id in modules:
+                mod = modules[node.value.id].split(".")[0]
+                if node.attr in REACH_ATTRS.get(mod, ()):
+                    add(mod + "." + node.attr)
+                elif node.attr == "__dict__":
+                    add(mod + ".__dict__")
+                elif mod == "sys" and node.attr in STREAMS and isinstance(node.ctx, ast.Store):
                     add("sys." + node.attr + " = ...")
+                elif mod in REACH_MODULES:
+                    add(mod + "." + node.attr)
         elif isinstance(node, ast.Name) and node.id in REACH_NAMES:
             add(node.id)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "vars" \
+                and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in modules:
+            add("vars(%s)" % modules[node.args[0].id].split(".")[0])
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_ATTR \
                 and len(node.args) >= 2:
-            # getattr(sys, "modules"), getattr(os, name): attributes named by strings.
-            name = const_str(node.args[1])
+            # getattr(sys, "modules"), getattr(f, "__co" + "de__"), getattr(os, name)
+            name = folded(node.args[1])
             owner = node.args[0].id if isinstance(node.args[0], ast.Name) else None
-            if name is not None and (name in REACH_ANY_ATTR or name in REACH_ATTRS.get(owner, ())
-                                     or any(name in attrs for attrs in REACH_ATTRS.values())):
+            mod = modules[owner].split(".")[0] if owner in modules else None
+            if name is not None and (name in suspicious or name in REACH_ATTRS.get(mod, ())):
                 add("%s(..., %r)" % (node.func.id, name))
-            elif name is None and owner in ("sys", "os", "builtins", "__builtins__", "pytest", "_pytest"):
-                add("%s(%s, <computed>)" % (node.func.id, owner))
-        else:
-            value = const_str(node)
-            if value is not None and (value in REACH_ANY_ATTR or value.split(".")[0] in ("_pytest", "pluggy")):
+            elif name is None and owner in modules:
+                add("%s(%s, <computed>)" % (node.func.id, modules[owner].split(".")[0]))
+        elif isinstance(node, ast.Subscript):
+            key = folded(getattr(node.slice, "value", node.slice))  # Index() before Python 3.9
+            if key is not None and key in suspicious:
+                add("[%r]" % key)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in COMPARISONS:
+            if _constant_body(node.body):
+                # An object equal to everything passes any `assert result == expected`.
+                add("%s that always returns %r" % (node.name, _constant_body(node.body)[0]))
+            elif node.args.args and not _uses(node.body, node.args.args[0].arg):
+                add("%s that ignores %s" % (node.name, node.args.args[0].arg))
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) and any(
+                isinstance(t, ast.Name) and t.id in COMPARISONS for t in node.targets):
+            lam = node.value
+            if _is_constant(lam.body) or (lam.args.args and not _uses([lam.body], lam.args.args[0].arg)):
+                add("%s = lambda that ignores its object" % node.targets[0].id)
+        if node.__class__.__name__ in ("BinOp", "JoinedStr", "Call") and not isinstance(node, ast.Name):
+            value = folded(node) if not isinstance(node, ast.Call) else None
+            if value is not None and (value in suspicious or value.split(".")[0] in ("_pytest", "pluggy")):
                 add(repr(value))
+        value = const_str(node)
+        if value is not None and (value in REACH_ANY_ATTR or value in SUSPICIOUS_STRINGS
+                                  or value.split(".")[0] in ("_pytest", "pluggy")):
+            add(repr(value))
     return counts
 
 
+SUSPICIOUS_STRINGS = {"_getframe", "_exit", "meta_path", "path_hooks", "settrace", "setprofile",
+                      "get_objects", "get_referrers", "get_referents", "_current_frames"}
+"""Names that mean one thing only, wherever they are spelled as strings."""
+
+
+def folded(node):
+    """The string an expression of string constants spells ("a" + "b", f"{'a'}b"), or None."""
+    value = const_str(node)
+    if value is not None:
+        return value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = folded(node.left), folded(node.right)
+        return left + right if left is not None and right is not None else None
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for v in node.values:
+            text = folded(v.value) if isinstance(v, ast.FormattedValue) and v.conversion == -1 \
+                and v.format_spec is None else folded(v)
+            if text is None:
+                return None
+            parts.append(text)
+        return "".join(parts)
+    return None
+
+
+def _uses(body, name):
+    return any(isinstance(n, ast.Name) and n.id == name for stmt in body for n in ast.walk(stmt))
+
+
+COMPARISONS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__",
+               "__instancecheck__", "__subclasscheck__"}
 STREAMS = {"stdout", "stderr", "__stdout__", "__stderr__"}
 DYNAMIC_ATTR = {"getattr", "setattr", "delattr", "hasattr"}
 
@@ -225,17 +327,37 @@ def const_str(node):
     return None
 
 
+def _is_constant(node):
+    return isinstance(node, getattr(ast, "Constant", ())) or type(node).__name__ in ("NameConstant", "Num")
+
+
+def _constant_body(body):
+    """``[value]`` when a function body (docstring aside) is one ``return <constant>``, else []."""
+    stmts = [b for b in body if not (isinstance(b, ast.Expr) and const_str(b.value) is not None)]
+    if len(stmts) == 1 and isinstance(stmts[0], ast.Return) and stmts[0].value is not None \
+            and _is_constant(stmts[0].value):
+        return [getattr(stmts[0].value, "value", None)]
+    return []
+
+
 class Neutraliser:
     def __init__(self, spec):
         self.spec = spec
         self.root = spec["testbed"]
         self.findings = []
+        self.counts = {}
         self.reverted = []
         st = os.stat(self.root)
         self.owner = (st.st_uid, st.st_gid)
 
     def flag(self, name, note):
-        self.findings.append([name, note])
+        """Record a finding; past ``MAX_NOTES`` per flag only the count grows, so a flood of
+        harmless findings cannot push the telling ones out of the report."""
+        self.counts[name] = self.counts.get(name, 0) + 1
+        if self.counts[name] <= MAX_NOTES:
+            self.findings.append([name, note[:300]])
+        elif self.counts[name] == MAX_NOTES + 1:
+            self.findings.append([name, "more findings of this kind left out"])
 
     def run(self):
         base = base_tree(self.spec)
@@ -248,7 +370,10 @@ class Neutraliser:
             parts = t.split("/")[:-1]
             for i in range(len(parts) + 1):
                 test_dirs.add("/".join(parts[:i]))
-        test_patch_paths = set(self.spec["test_patch_paths"]) | set(self.spec["test_files"])
+        # The test_patch's files are the task's tests: restored (its own copy is applied next). The
+        # task's other test files are restored only when they look like tests (a doctest's module
+        # is source).
+        test_patch_paths = set(self.spec["test_patch_paths"])
         reserved = None
         to_revert = []
         for path in changed:
@@ -269,8 +394,11 @@ class Neutraliser:
                 if reserved is None:
                     reserved = importable_outside(self.root)
                 hit = sorted(top_level_names(path, files) & reserved)
+                twin = sibling_module(path, files, base)
                 if hit:
                     why = ("shadowing_module", "module %s shadows %s: %s" % (kind, ", ".join(hit), path))
+                elif twin:
+                    why = ("shadowing_module", "module %s shadows the repository's %s: %s" % (kind, twin, path))
             parent = path.rsplit("/", 1)[0] if "/" in path else ""
             if why is None and not path.endswith((".py", ".pyw")) and parent in test_dirs:
                 why = ("config_neutralised", "configuration %s: %s" % (kind, path))
@@ -280,11 +408,14 @@ class Neutraliser:
         for path in to_revert:
             self.revert(path, base)
         self.remove_new_empty_dirs(base)
+        kept = []
         for path in changed:
             if path in to_revert or path not in work or not path.endswith((".py", ".pyw")):
                 continue
+            kept.append(self.full(path))
             self.scan(path, base)
-        return {"findings": self.findings, "reverted": self.reverted}
+        return {"findings": self.findings, "counts": self.counts, "reverted": self.reverted[:MAX_NOTES],
+                "kept": kept}
 
     # -- reverting, safely: no path is ever followed through a link ---------------------------
 
