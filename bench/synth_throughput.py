@@ -41,7 +41,7 @@ def main() -> int:
     parser.add_argument("--recipe", default="default")
     args = parser.parse_args()
 
-    from evolve.evalsets.build import build, fetch_sdist, find_recipe, load_recipe, sdist_cache
+    from evolve.synth.build import build, fetch_sdist, find_recipe, load_recipe, sdist_cache
 
     projects = [p.strip() for p in args.projects.split(",") if p.strip()]
     recipe = load_recipe(find_recipe(args.recipe))

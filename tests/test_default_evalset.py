@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from evolve.config import EvalSettings
-from evolve.evalsets.build import DownloadError, RecipeError, build, find_recipe, load_recipe
-from evolve.evalsets.problem import leaks
 from evolve.evalsets.registry import load_evalset
+from evolve.synth.build import DownloadError, RecipeError, build, find_recipe, load_recipe
+from evolve.synth.problem import leaks
 
 REPO_ROOT = Path(__file__).parent.parent
 SUBSET = ["parse", "xmltodict"]
@@ -72,10 +72,10 @@ def test_every_default_task_is_resolved_by_its_patch_and_by_nothing_else(default
         assert leaks(task.problem_statement, task.patch) == [], task.instance_id
         assert task.patch not in task.problem_statement
         with Sandbox(docker_client, base_image, run_id="test-default", limits=settings.sandbox) as box:
-            ref = grade(box, task, es.repo_dir(task), task.patch, settings)
+            ref = grade(box, task, es.repo_dir(task), task.patch, test_timeout_s=settings.test_timeout_s)
         assert ref.resolved, (task.instance_id, ref.test_output[-2000:])
         with Sandbox(docker_client, base_image, run_id="test-default", limits=settings.sandbox) as box:
-            empty = grade(box, task, es.repo_dir(task), "", settings)
+            empty = grade(box, task, es.repo_dir(task), "", test_timeout_s=settings.test_timeout_s)
         assert not empty.resolved, task.instance_id
 
 

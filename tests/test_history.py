@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from evolve.config import EvalSettings
-from evolve.evalsets.history import mine_commits
-from evolve.evalsets.problem import leaks
 from evolve.evalsets.registry import load_evalset
-from evolve.evalsets.synth import SynthError, SynthOptions, synthesize
+from evolve.synth.env import SynthError, SynthOptions
+from evolve.synth.history import mine_commits
+from evolve.synth.problem import leaks
+from evolve.synth.synthesize import synthesize
 
 CALC_V1 = '''def add(a, b):
     return a + b
@@ -153,9 +154,9 @@ def test_history_tasks_are_the_real_fixes(mined, docker_client, base_image):
         assert "Signed-off-by" not in task.problem_statement
         assert task.test_patch and task.patch
         with Sandbox(docker_client, base_image, run_id="test-history", limits=settings.sandbox) as box:
-            assert grade(box, task, es.repo_dir(task), task.patch, settings).resolved, commit
+            assert grade(box, task, es.repo_dir(task), task.patch, test_timeout_s=settings.test_timeout_s).resolved, commit
         with Sandbox(docker_client, base_image, run_id="test-history", limits=settings.sandbox) as box:
-            assert not grade(box, task, es.repo_dir(task), "", settings).resolved
+            assert not grade(box, task, es.repo_dir(task), "", test_timeout_s=settings.test_timeout_s).resolved
     fix = hist[f"calc__hist-{shas['fix'][:10]}"]
     assert fix.problem_statement.startswith("Fix clamp at the upper bound")
     assert fix.FAIL_TO_PASS == ["tests/test_calc.py::test_clamp_high"]

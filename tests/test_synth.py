@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from evolve.config import EvalSettings
-from evolve.evalsets.output import OutputError
-from evolve.evalsets.problem import leaks, patch_lines
 from evolve.evalsets.registry import load_evalset
-from evolve.evalsets.synth import NoTestsError, SuiteFailsError, SynthError, SynthOptions, synthesize
+from evolve.synth.env import NoTestsError, SuiteFailsError, SynthError, SynthOptions
+from evolve.synth.output import OutputError
+from evolve.synth.problem import leaks, patch_lines
+from evolve.synth.synthesize import synthesize
 
 LIB = '''"""tinylib: small helpers with a real test suite."""
 
@@ -130,7 +131,7 @@ def _grade(task, evalset, docker_client, image, patch):
     from evolve.sandbox.docker import Sandbox
 
     with Sandbox(docker_client, image, run_id="test-synth", limits=EvalSettings(model="x").sandbox) as box:
-        return grade(box, task, evalset.repo_dir(task), patch, EvalSettings(model="x", test_timeout_s=300))
+        return grade(box, task, evalset.repo_dir(task), patch, test_timeout_s=300)
 
 
 def test_synthesized_tasks_are_valid_under_the_real_grader(synthesized, docker_client, base_image):

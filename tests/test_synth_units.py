@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from evolve.evalsets.mutate import OPERATORS, apply_site, find_sites, unified_diff
-from evolve.evalsets.output import EvalSetWriter, OutputError, SnapshotRepo
-from evolve.evalsets.problem import leaks, mutation_statement, parse_failures, patch_lines, scrub
-from evolve.evalsets.synth import Baseline, default_test_cmd, order_candidates
+from evolve.synth.mutate import OPERATORS, apply_site, find_sites, unified_diff
+from evolve.synth.mutation import Baseline, order_candidates
+from evolve.synth.output import EvalSetWriter, OutputError, SnapshotRepo
+from evolve.synth.problem import leaks, mutation_statement, parse_failures, patch_lines, scrub
+from evolve.synth.source import default_test_cmd
 from evolve.types import Task
 
 SOURCE = '''"""A module."""

@@ -1,4 +1,8 @@
-"""Eval sets: task files (``format``) and named, split collections of them (``registry``)."""
+"""Eval sets: task files (``format``) and named, split collections of them (``registry``).
+
+``commands`` prints ``evolve evals list|show``. This package is low in the layering: it
+imports nothing of synthesis (``evolve.synth`` makes eval sets), grading, runners or sandboxes.
+"""
 
 from evolve.evalsets.format import dump_tasks, load_task_lines, load_tasks
 from evolve.evalsets.registry import (

@@ -1,4 +1,4 @@
-"""What ``evolve evals list|show|synth|build`` print; the CLI (``evolve.cli``) only parses options."""
+"""What ``evolve evals list|show`` print; the CLI (``evolve.cli``) only parses options."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.table import Table
 from evolve.errors import EvalSetError
 from evolve.evalsets.registry import evalset_dirs, list_evalsets, load_evalset
 
-__all__ = ["print_list", "print_show", "print_synth_summary"]
+__all__ = ["print_list", "print_show"]
 
 
 def _recipes() -> dict[str, Path]:
@@ -113,26 +113,3 @@ def _print_task(console: Console, task, split: str, *, patch: bool, max_tests: i
         if task.test_patch.strip():
             console.rule("test patch")
             console.print(escape(task.test_patch.rstrip()), soft_wrap=True, highlight=False)
-
-
-def print_synth_summary(console: Console, meta: dict, dest: Path) -> None:
-    """What a synth/build run made: tasks per project, mutants tried and kept, time."""
-    table = Table(title=f"{meta.get('tasks', 0)} tasks -> {dest}", title_justify="left")
-    for col in ("project", "tasks", "tried", "valid", "verdicts", "dropped by grader"):
-        table.add_column(col, overflow="fold")
-    for name, stats in meta.get("projects", {}).items():
-        for kind in ("mutation", "history", None):
-            s = stats.get(kind) if kind else stats
-            if kind and s is None:
-                continue
-            if kind is None and ("mutation" in stats or "history" in stats):
-                continue
-            verdicts = s.get("verdicts", {})
-            table.add_row(f"{name}" + (f" ({kind})" if kind else ""), str(s.get("tasks", stats.get("tasks", ""))),
-                          str(s.get("tried", 0)), str(verdicts.get("kept", 0)),
-                          ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()) if k != "kept"),
-                          str(len(stats.get("dropped_by_grader", {}))))
-    console.print(table)
-    counts = meta.get("counts", {})
-    console.print(f"splits: search {counts.get('search', 0)}, holdout {counts.get('holdout', 0)}; "
-                  f"{meta.get('seconds', 0):.0f} s. Evaluate with: evolve eval --evals {dest.name}")

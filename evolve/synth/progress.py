@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBars, SpinnerColumn, TextColumn,
                            TimeElapsedColumn)
 
-from evolve.evalsets.synth import Progress
+from evolve.synth.env import Progress
 
 __all__ = ["RichProgress"]
 

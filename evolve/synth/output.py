@@ -35,7 +35,7 @@ from typing import Iterable
 
 import yaml
 
-from evolve.errors import EvolveError
+from evolve.errors import EvolveError, OutputError
 from evolve.evalsets.format import dump_tasks
 from evolve.evalsets.registry import DEFAULT_HOLDOUT_FRACTION, assign_split
 from evolve.types import Task
@@ -45,10 +45,6 @@ __all__ = ["EvalSetWriter", "SnapshotRepo", "host_git", "META_FILE"]
 META_FILE = "synth.json"
 _DATE = "2000-01-01T00:00:00+0000"
 _BUILDING = re.compile(r"^\.(?P<name>.+)\.building-(?P<pid>\d+)-.+$")
-
-
-class OutputError(EvolveError):
-    """The destination of a synthesized eval set cannot be used."""
 
 
 def host_git(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from evolve.config import SandboxLimits
 from evolve.errors import InfraError
 from evolve.sandbox.docker import Sandbox
+from evolve.testbed import TREE_RESET
 from evolve.testlog import collection_errors, parse_pytest_report, summary_counts
 from evolve.types import TestStatus
 
@@ -44,7 +45,7 @@ WORK = "/tmp/evolve-synth"
 PLUGIN = "evolve_synth_trace"
 _GIT = ("git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c safe.directory='*' "
         "-c user.name=evolve -c user.email=evolve@localhost -c commit.gpgsign=false")
-_RESET = f"{_GIT} checkout -q -- . && {_GIT} clean -fdqx"
+_RESET = TREE_RESET
 _INLINE_BYTES = 48_000
 """Diffs up to this size go inside the command (base64); larger ones are copied in first."""
 JUNK_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",

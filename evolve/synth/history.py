@@ -26,12 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from evolve.evalsets.output import SnapshotRepo, host_git
-from evolve.evalsets.problem import history_statement, leaks
-from evolve.evalsets.synth import (_NOT_SOURCE, _TEST_FILE, _TEST_LIKE, Outcome, Progress, ProjectSource,
-                                   SynthEnv, SynthOptions, _extract_tar, run_candidates)
-from evolve.evalsets.validate import TestRun
 from evolve.errors import InfraError
+from evolve.synth.env import (NOT_SOURCE, TEST_FILE, TEST_LIKE, Outcome, Progress, ProjectSource, SynthEnv,
+                              SynthOptions, run_candidates)
+from evolve.synth.output import SnapshotRepo, host_git
+from evolve.synth.problem import history_statement, leaks
+from evolve.synth.source import extract_tar
+from evolve.synth.validate import TestRun
 from evolve.types import Task, TestStatus
 
 __all__ = ["Commit", "history_tasks", "mine_commits"]
@@ -73,10 +74,10 @@ def mine_commits(git_dir: Path, max_commits: int, stats: dict | None = None) -> 
                    _git(git_dir, "diff", "--no-renames", "--name-status", parent, sha).splitlines() if line]
         paths = [c[-1] for c in changes]
         status = {c[-1]: c[0] for c in changes}
-        tests = [p for p in paths if _TEST_LIKE.search(p)]
+        tests = [p for p in paths if TEST_LIKE.search(p)]
         code = [p for p in paths if p not in tests and not _DOC.search(p)]
-        py_code = [p for p in code if p.endswith(".py") and not _NOT_SOURCE.search(p)]
-        runnable = [p for p in tests if _TEST_FILE.search(p) and status[p] != "D"]
+        py_code = [p for p in code if p.endswith(".py") and not NOT_SOURCE.search(p)]
+        runnable = [p for p in tests if TEST_FILE.search(p) and status[p] != "D"]
         if not py_code or not runnable:
             skipped["no_code_or_tests"] += 1
             continue
@@ -156,7 +157,7 @@ def history_tasks(source: ProjectSource, repo: SnapshotRepo, env: SynthEnv, opts
         statement = history_statement(commit.message, out.f2p, out.run.output, commit.patch)
         assert not leaks(statement, commit.patch), instance_id
         with tempfile.TemporaryDirectory(prefix="evolve-base-") as tmp:
-            _extract_tar(_git_archive(source.git_dir, commit.parent), Path(tmp))
+            extract_tar(_git_archive(source.git_dir, commit.parent), Path(tmp))
             base = repo.commit(repo.index_of(Path(tmp)), f"tasks/{instance_id}", f"evolve synth: {instance_id}")
         tasks.append(Task(instance_id=instance_id, repo=source.repo, base_commit=base,
                           problem_statement=statement, patch=commit.patch, test_patch=commit.test_patch,

@@ -17,7 +17,7 @@ The build downloads every sdist first (``pip download --no-deps --no-binary
 :all:``, cached under ``$EVOLVE_HOME/cache/sdists`` and checked against
 ``sha256``), so a project that cannot be had stops the build before any
 container starts; then it synthesizes mutation tasks per project
-(``evolve.evalsets.synth``), verifies them all with the real grader and
+(``evolve.synth.mutation``), verifies them all with the real grader and
 writes the eval set atomically (default ``$EVOLVE_HOME/evals/<name>``).
 """
 
@@ -37,24 +37,19 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evolve.evalsets.output import EvalSetWriter, check_destination
+from evolve.errors import DownloadError, RecipeError, SynthError
 from evolve.evalsets.registry import evalset_dirs, evolve_home
-from evolve.evalsets.synth import (DEFAULT_TEST_CMD, Progress, ProjectSource, SynthEnv, SynthError, SynthOptions,
-                                   mutation_tasks, require_tests, slug, verify)
+from evolve.synth.env import DEFAULT_TEST_CMD, Progress, ProjectSource, SynthEnv, SynthOptions
+from evolve.synth.mutation import mutation_tasks
+from evolve.synth.output import EvalSetWriter, check_destination
+from evolve.synth.source import require_tests, slug
+from evolve.synth.synthesize import verify
 from evolve.types import Task
 
 __all__ = ["DownloadError", "ProjectSpec", "Recipe", "RecipeError", "build", "fetch_sdist", "find_recipe",
            "load_recipe"]
 
 PIP_TIMEOUT_S = 600
-
-
-class RecipeError(SynthError):
-    """A recipe that cannot be found or read."""
-
-
-class DownloadError(SynthError):
-    """A project of a recipe that cannot be downloaded or unpacked."""
 
 
 class ProjectSpec(BaseModel):

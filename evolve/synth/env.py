@@ -1,0 +1,232 @@
+"""What both sources of tasks (``mutation``, ``history``) share.
+
+The options, the progress reporter, the Docker environment, the project tree
+being synthesized from, the outcome of trying one candidate bug, and
+``run_candidates``, which tries candidates on several workbenches at once and
+keeps the first valid ones in the seed's order.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import uuid
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol, TypeVar
+
+from evolve.config import SandboxLimits
+from evolve.errors import InfraError, NoTestsError, SuiteFailsError, SynthError
+from evolve.synth.validate import TestRun, Workbench
+
+if TYPE_CHECKING:  # pragma: no cover
+    import docker
+
+__all__ = ["DEFAULT_TEST_CMD", "NOT_SOURCE", "TEST_FILE", "TEST_LIKE", "NoTestsError", "Outcome", "Progress",
+           "ProjectSource", "SuiteFailsError", "SynthEnv", "SynthError", "SynthOptions", "run_candidates"]
+
+DEFAULT_TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider --rootdir=."
+"""The grader's default command plus ``--rootdir=.``: node ids are relative to /testbed whatever
+test files are named on the command line."""
+
+TEST_FILE = re.compile(r"(^|/)test_[^/]*\.py$|(^|/)[^/]*_test\.py$")
+# The grader restores paths like these to their base content before running tests (see TEST_LIKE in
+# evolve/sandbox/scripts/grade_neutralise.py), so a bug in such a file could never be fixed: never mutate them.
+TEST_LIKE = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
+NOT_SOURCE = re.compile(r"(^|/)(setup|noxfile|fabfile|conftest)\.py$|(^|/)(docs?|examples?|benchmarks?|bench|"
+                        r"scripts|tools|build|dist)/")
+
+
+# -- options, environment, progress, project ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """What ``synthesize`` does; the defaults suit a small project on 2 cores."""
+
+    seed: int = 0
+    max_tasks: int = 20
+    """Tasks kept per project and source at most."""
+    max_candidates: int | None = None
+    """Mutants tried per project at most; default ``10 * max_tasks + 20``."""
+    workers: int = 2
+    """Containers validating at once."""
+    test_cmd: str | None = None
+    """Test command; default ``DEFAULT_TEST_CMD`` (with ``PYTHONPATH=src`` for a src layout)."""
+    image: str | None = None
+    """Docker image for validation and for the tasks; None is evolve's base image."""
+    suite_timeout_s: float = 900.0
+    """Limit for one run of the whole original suite."""
+    max_pass_to_pass: int = 200
+    max_fail_share: float = 0.5
+    """A mutant failing more than this share of the suite's stable tests is dropped."""
+    holdout_fraction: float = 0.3
+    max_commits: int = 300
+    """History: commits examined, newest first along the first-parent chain."""
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def candidate_cap(self) -> int:
+        return self.max_candidates if self.max_candidates is not None else 10 * self.max_tasks + 20
+
+
+class Progress:
+    """What synthesis reports while it runs. The base class ignores everything."""
+
+    def phase(self, project: str, name: str, total: int | None = None) -> None:
+        """A new phase (``baseline``, ``mutants``, ``commits``, ``grading``) of ``project`` starts."""
+
+    def advance(self, kept: bool | None = None) -> None:
+        """One unit of the current phase is done; ``kept`` says whether it gave a task."""
+
+    def note(self, message: str) -> None:
+        """Something the user should know (a skipped file, flaky tests...)."""
+
+
+@dataclass
+class SynthEnv:
+    """The Docker side: client, image and the run id that labels every container."""
+
+    client: "docker.DockerClient"
+    image: str
+    run_id: str
+    limits: SandboxLimits
+
+    @classmethod
+    def connect(cls, image: str | None = None, limits: SandboxLimits | None = None) -> "SynthEnv":
+        from evolve.sandbox.docker import docker_client, sweep_stale
+        from evolve.sandbox.image import ensure_image
+
+        client = docker_client()
+        sweep_stale(client)
+        return cls(client, ensure_image(client, image), f"synth-{uuid.uuid4().hex[:12]}",
+                   limits or SandboxLimits())
+
+    def workbench(self, test_cmd: str) -> Workbench:
+        return Workbench(self.client, self.image, run_id=self.run_id, test_cmd=test_cmd, limits=self.limits)
+
+    def cleanup(self) -> None:
+        from evolve.sandbox.docker import sweep_run
+
+        sweep_run(self.client, self.run_id)
+
+
+@dataclass
+class ProjectSource:
+    """A project tree ready to synthesize from."""
+
+    name: str
+    """Slug used in instance ids and as ``repos/<name>``."""
+    root: Path
+    """A clean copy of the tree (no .git, no caches)."""
+    repo: str
+    """The tasks' ``repo`` field."""
+    test_cmd: str
+    origin: str = ""
+    """Where it came from, for the metadata: a path, or ``pypi:name==version``."""
+    git_dir: Path | None = None
+    """The original repository, for history mining."""
+    notes: list[str] = field(default_factory=list)
+    """Things the user should know about how the tree was taken."""
+
+
+# -- trying candidates --------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What trying one candidate (a mutant, a commit) gave; ``f2p``/``p2p`` are set when it is ``kept``."""
+
+    verdict: str
+    """``kept``, ``equivalent``, ``timeout``, ``collection``, ``too_many``, ``no_change``, ``apply``,
+    ``skipped`` (its function already has a task)."""
+    mutated: str | None = None
+    run: TestRun | None = None
+    f2p: list[str] = field(default_factory=list)
+    p2p: list[str] = field(default_factory=list)
+
+
+class _Indexed(Protocol):
+    index: int
+
+
+_C = TypeVar("_C", bound=_Indexed)
+
+
+def run_candidates(cands: list[_C], workbenches: list[Workbench],
+                   evaluate: Callable[[Workbench, _C], Outcome], want: int, progress: Progress,
+                   function_key: Callable[[_C], object] | None = None,
+                   abort: Callable[[], None] = lambda: None) -> tuple[list[tuple[_C, Outcome]], dict[str, int]]:
+    """Evaluate candidates in order on the workbenches until ``want`` are kept; the first ``want``
+    kept in candidate order (one per ``function_key``), and the count of every verdict.
+
+    An infrastructure error on one candidate gives it the verdict ``infra``; ``abort`` is called
+    (to remove the containers, so that running commands end at once) when anything else
+    interrupts, Ctrl-C included."""
+    free = list(workbenches)
+    lock = threading.Lock()
+    outcomes: dict[int, Outcome] = {}
+    kept_keys: dict[object, int] = {}
+    key = function_key or (lambda c: c.index)
+
+    def enough() -> bool:
+        return len(kept_keys) >= want
+
+    def job(c: _C) -> tuple[_C, Outcome]:
+        with lock:
+            wb = free.pop()
+        try:
+            return c, evaluate(wb, c)
+        except InfraError as e:
+            progress.note(f"candidate {c.index}: {e}")
+            if wb is not None:
+                try:
+                    wb.recover()
+                except InfraError:
+                    pass
+            return c, Outcome("infra")
+        finally:
+            with lock:
+                free.append(wb)
+
+    next_i = 0
+    pending: set = set()
+    with ThreadPoolExecutor(max_workers=len(workbenches), thread_name_prefix="evolve-synth") as pool:
+        try:
+            while True:
+                while len(pending) < len(workbenches) and next_i < len(cands) and not enough():
+                    c = cands[next_i]
+                    next_i += 1
+                    k = key(c)
+                    if k in kept_keys and kept_keys[k] < c.index:
+                        outcomes[c.index] = Outcome("skipped")
+                        continue
+                    pending.add(pool.submit(job, c))
+                if not pending:
+                    break
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    c, out = f.result()
+                    outcomes[c.index] = out
+                    if out.verdict == "kept":
+                        k = key(c)
+                        kept_keys[k] = min(kept_keys.get(k, c.index), c.index)
+                    progress.advance(out.verdict == "kept")
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            abort()
+            raise
+    chosen: list[tuple[_C, Outcome]] = []
+    used: set = set()
+    for c in cands[:next_i]:
+        out = outcomes.get(c.index)
+        if out is None or out.verdict != "kept" or key(c) in used:
+            continue
+        if len(chosen) < want:
+            chosen.append((c, out))
+            used.add(key(c))
+    counts: dict[str, int] = {}
+    for out in outcomes.values():
+        counts[out.verdict] = counts.get(out.verdict, 0) + 1
+    return chosen, counts

@@ -1,0 +1,162 @@
+"""``evolve evals synth``: tasks from a Python repo with a pytest suite.
+
+Two sources of tasks, both validated in Docker sandboxes and checked by the
+real grader:
+
+* **mutation** (``evolve.synth.mutation``): procedural bugs in the style of
+  SWE-smith, in functions the passing tests call, kept when stable tests
+  catch them;
+* **history** (``evolve.synth.history``): real bugs mined from commits
+  that change both code and tests, as R2E-Gym does.
+
+Every task then goes through ``verify``: the real grader
+(``evolve.grading.grade``) must resolve it with the reference ``patch`` and
+must not resolve it with the empty patch, with every FAIL_TO_PASS test
+failing. That is the ground truth; a task failing it is dropped.
+
+Candidates are tried in an order fixed by the seed, several containers at a
+time; the tasks kept are the first ``max_tasks`` valid candidates in that
+order (one per function), so the result does not depend on timing: the
+same seed gives the same tasks.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from evolve.config import EvalSettings
+from evolve.errors import InfraError
+from evolve.synth.env import Progress, ProjectSource, SynthEnv, SynthError, SynthOptions
+from evolve.synth.mutation import mutation_tasks
+from evolve.synth.output import EvalSetWriter, check_destination
+from evolve.synth.source import project_from_path
+from evolve.types import Task
+
+__all__ = ["synthesize", "verify"]
+
+
+# -- verification with the real grader ---------------------------------------------------------
+
+
+def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: Progress,
+           label: str = "") -> tuple[list[Task], dict[str, str]]:
+    """The tasks the real grader resolves with their reference patch and not with the empty patch
+    (every FAIL_TO_PASS failing); and why each other task was dropped."""
+    from evolve.grading import grade
+    from evolve.sandbox.docker import Sandbox
+
+    settings = EvalSettings(model="evolve-synth", test_timeout_s=opts.suite_timeout_s, sandbox=env.limits)
+    progress.phase(label, "grading", 2 * len(tasks))
+    dropped: dict[str, str] = {}
+
+    def check(task: Task) -> tuple[Task, str | None]:
+        repo_dir = (root / task.repo_path).resolve() if task.repo_path else None
+        for attempt in range(3):
+            try:
+                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
+                    ref = grade(box, task, repo_dir, task.patch, test_timeout_s=settings.test_timeout_s)
+                progress.advance()
+                if not ref.resolved:
+                    bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
+                    progress.advance()
+                    return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
+                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
+                    empty = grade(box, task, repo_dir, "", test_timeout_s=settings.test_timeout_s)
+                progress.advance()
+                passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
+                if empty.resolved or passing:
+                    return task, f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
+                return task, None
+            except InfraError as e:
+                if attempt == 2:
+                    return task, f"grader infrastructure error: {e}"
+        return task, "unreachable"
+
+    kept: list[Task] = []
+    with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="evolve-verify") as pool:
+        for task, reason in pool.map(check, tasks):
+            if reason is None:
+                kept.append(task)
+            else:
+                dropped[task.instance_id] = reason
+    return kept, dropped
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def synthesize(repo_path: Path, dest: Path, *, sources: tuple[str, ...] = ("mutation",), name: str | None = None,
+               opts: SynthOptions = SynthOptions(), progress: Progress | None = None,
+               env: SynthEnv | None = None) -> dict:
+    """``evolve evals synth``: build the eval set ``dest`` from the repo at ``repo_path``.
+
+    Returns the metadata written to ``synth.json`` (counts, timings, drops).
+
+    Raises:
+        NoTestsError, SuiteFailsError, SynthError: bad input; nothing is written.
+        OutputError: ``dest`` exists and is not evolve's.
+    """
+    progress = progress or Progress()
+    bad = [s for s in sources if s not in ("mutation", "history")]
+    if bad or not sources:
+        raise SynthError(f"unknown task source {bad[0] if bad else ''!r}: use --from mutation, --from history "
+                         "or --from mutation,history")
+    dest = Path(dest).expanduser().absolute()
+    check_destination(dest)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="evolve-synth-") as tmp:
+        source = project_from_path(Path(repo_path), Path(tmp), name=name, test_cmd=opts.test_cmd)
+        for note in source.notes:
+            progress.note(note)
+        if "history" in sources and source.git_dir is None:
+            raise SynthError(f"{repo_path} is not a git repository: --from history mines its commits")
+        own_env = env is None
+        env = env or SynthEnv.connect(opts.image, opts.limits)
+        try:
+            with EvalSetWriter(dest, name=dest.name,
+                               description=f"tasks synthesized from {source.origin} ({', '.join(sources)})") as writer:
+                repo = writer.repo(source.name)
+                stats: dict = {"origin": source.origin, "test_cmd": source.test_cmd}
+                tasks: list[Task] = []
+                if "mutation" in sources:
+                    mstats: dict = {}
+                    tasks += mutation_tasks(source, repo, env, opts, progress, mstats)
+                    stats["mutation"] = mstats
+                if "history" in sources:
+                    from evolve.synth.history import history_tasks
+
+                    hstats: dict = {}
+                    tasks += history_tasks(source, repo, env, opts, progress, hstats)
+                    stats["history"] = hstats
+                kept, dropped = verify(tasks, writer.root, env, opts, progress, label=source.name)
+                if not kept:
+                    raise SynthError(_nothing_kept(source, sources, stats, dropped))
+                for kind in sources:
+                    stats[kind]["tasks"] = sum(1 for t in kept if t.model_extra["synth"]["kind"] == kind)
+                meta = {"version": 1, "kind": "synth", "sources": list(sources), "seed": opts.seed,
+                        "projects": {source.name: dict(stats, tasks=len(kept), dropped_by_grader=dropped)},
+                        "tasks": len(kept), "seconds": round(time.monotonic() - started, 1)}
+                writer.commit(kept, meta, holdout_fraction=opts.holdout_fraction)
+                return meta
+        finally:
+            if own_env:
+                env.cleanup()
+
+
+def _nothing_kept(source: ProjectSource, sources: tuple[str, ...], stats: dict, dropped: dict[str, str]) -> str:
+    parts = []
+    m = stats.get("mutation")
+    if m is not None:
+        parts.append(f"mutation: {m.get('tried', 0)} mutants tried, verdicts {m.get('verdicts', {})}")
+    h = stats.get("history")
+    if h is not None:
+        parts.append(f"history: {h.get('commits', 0)} commits examined, {h.get('candidates', 0)} change code and "
+                     f"tests, verdicts {h.get('verdicts', {})}")
+    if dropped:
+        parts.append("dropped by the grader: " + "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:3]))
+    return (f"no task could be validated for {source.origin}: " + "; ".join(parts)
+            + ". Mutants need tests that call the mutated code; history needs commits whose new tests fail "
+              "before the change and pass after it.")
