@@ -23,8 +23,9 @@ class Limits(BaseModel):
     misrouted request as much as a model call); only ``GET /health`` and ``GET /v1/models`` are free."""
     max_tokens: int = Field(default=2_000_000, ge=1)
     """Prompt plus completion tokens per task."""
-    max_cost_usd: float = Field(default=2.0, ge=0)
-    """USD per task, priced by litellm (0 for unpriced local models)."""
+    max_cost_usd: float = Field(default=2.0, gt=0)
+    """USD per task, at the solver's price: litellm's, or the one set in its role config (0 for a server
+    evolve starts). Above 0: a task that may spend nothing could not call the model at all."""
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Bytes of one request body (default 4 MiB, about a 1M-token conversation of English text);
     a larger body gets HTTP 413 and is never held in memory."""
@@ -106,9 +107,12 @@ class RoleConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     """Any other litellm parameters."""
     input_cost_per_token: float | None = Field(default=None, ge=0)
-    """USD per prompt token, for models litellm has no price for (local servers); else litellm's price."""
+    """USD per prompt token, instead of litellm's price. Required (0 included) for a model litellm has
+    no price for (``hosted_vllm/...``, ``openai/<id>`` on your own ``api_base``, ``ollama_chat/...``):
+    without it such a model is refused before anything runs, so budgets always count. A role served by
+    a server evolve starts (``serve:``, the embedded default) gets 0 unless set here."""
     output_cost_per_token: float | None = Field(default=None, ge=0)
-    """USD per completion token, likewise."""
+    """USD per completion token, likewise (setting only one of the two makes the other 0)."""
 
 
 class ServeConfig(BaseModel):
@@ -154,8 +158,11 @@ class EvalsConfig(BaseModel):
     max_tasks: int | None = Field(default=None, ge=1)
     """Use a deterministic subset of at most this many search tasks."""
     workers: int = Field(default=2, ge=1)
-    harness_timeout_s: float = Field(default=1800.0, gt=0)
-    test_timeout_s: float = Field(default=900.0, gt=0)
+    """Tasks evaluated at once (capped at a local server's concurrency); also ``evolve eval``'s default."""
+    harness_timeout_s: float = Field(default=EvalSettings.model_fields["harness_timeout_s"].default, gt=0)
+    """As ``EvalSettings.harness_timeout_s``, whose default it takes."""
+    test_timeout_s: float = Field(default=EvalSettings.model_fields["test_timeout_s"].default, gt=0)
+    """As ``EvalSettings.test_timeout_s``, whose default it takes."""
 
 
 class BudgetConfig(BaseModel):

@@ -5,28 +5,42 @@ A backend turns an OpenAI chat-completions request body into a ``Completion``
 caller. litellm is imported lazily, on the first call, because importing it
 takes seconds; ``import evolve.models`` does not import it.
 
-Errors, as the gateway sees them:
+Errors (all in ``evolve.errors``, re-exported here), as the gateway sees them:
 
 * ``ContextWindowError``: the request is longer than the model's context. The
   harness gets an HTTP 400 it can handle (e.g. by trimming its history).
 * ``RequestError``: the provider rejected the request itself (HTTP 400/422,
   e.g. a malformed tool schema), or it asked to stream. The harness's fault.
 * ``UpstreamError``: a transient failure (429, timeout, 5xx, connection) that
-  persisted after retries. Infrastructure: never scored against the harness.
-* ``evolve.errors.ModelError``: bad credentials, no permission or credit,
-  unknown model. Retrying cannot help; the whole evaluation must stop.
+  persisted after retries (``evolve.retry``). Infrastructure: never scored
+  against the harness.
+* ``ModelError``: bad credentials, no permission or credit, unknown model.
+  Retrying cannot help; the whole evaluation must stop.
+
+Prices: every backend knows what a call costs before its first call, so the
+USD limits (``limits.max_cost_usd``, ``budget.budget_usd``) always count. A
+price is either set explicitly (``input_cost_per_token`` and
+``output_cost_per_token`` in the parameters; 0 is a price) or litellm's price
+list has the model. Otherwise ``model_price`` raises a ``ConfigError`` naming
+the setting to add, before anything is evaluated. evolve itself sets a price of
+0 for what it serves: the scripted model here, local servers in
+``evolve.roles.resolve_role``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from evolve.errors import ConfigError, ModelError
+from evolve.errors import ConfigError, ContextWindowError, ModelError, RequestError, UpstreamError
+from evolve.retry import retrying
+
+log = logging.getLogger(__name__)
 
 SCRIPTED_PREFIX = "scripted/"
 """Model strings ``scripted/<path-to-yaml>`` select the scripted model (see ``evolve.scripted``)."""
@@ -38,7 +52,10 @@ PASSTHROUGH_PARAMS = frozenset({
 """OpenAI request parameters a harness may set; any other request key is ignored."""
 
 PRICE_PARAMS = ("input_cost_per_token", "output_cost_per_token")
-"""Backend params giving USD per token; they override litellm's price list and are not sent."""
+"""Backend params giving USD per token; they override litellm's price list and are not sent.
+Setting either one sets the model's price; the other one is then 0 unless set too."""
+FREE = {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0}
+"""The explicit price evolve gives the models it serves itself (scripted, local servers)."""
 
 _TRANSIENT_NAMES = ("RateLimitError", "Timeout", "APIConnectionError", "InternalServerError",
                     "ServiceUnavailableError", "BadGatewayError")
@@ -53,25 +70,14 @@ class Completion:
         response: OpenAI ``chat.completion`` JSON (id, object, created, model,
             choices, usage), JSON-serializable.
         prompt_tokens, completion_tokens: token counts reported by the provider.
-        cost_usd: USD for this call; 0.0 when the model has no known price.
+        cost_usd: USD for this call, at the backend's price (``model_price``); 0.0 only for a
+            model priced at 0.
     """
 
     response: dict
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float
-
-
-class ContextWindowError(Exception):
-    """The request exceeds the model's context window."""
-
-
-class RequestError(ValueError):
-    """The request is invalid: it asked to stream, lacks messages, or the provider rejected it (400/422)."""
-
-
-class UpstreamError(Exception):
-    """A transient upstream failure (429, timeout, 5xx, connection) that persisted after retries."""
 
 
 class ModelBackend(Protocol):
@@ -142,6 +148,83 @@ def _looks_like_context_overflow(e: BaseException) -> bool:
     return any(h in text for h in _CONTEXT_HINTS)
 
 
+@dataclass(frozen=True)
+class Price:
+    """USD per token of one model, and where the numbers come from."""
+
+    input_cost_per_token: float
+    output_cost_per_token: float
+    source: str
+    """``configured price``, ``litellm price list`` or ``scripted model, free``."""
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens * self.input_cost_per_token + completion_tokens * self.output_cost_per_token
+
+
+def configured_price(params: dict | None) -> Price | None:
+    """The price ``params`` set explicitly (``input_cost_per_token`` / ``output_cost_per_token``), or None.
+
+    Raises:
+        ConfigError: a price that is not a number, or is negative.
+    """
+    params = params or {}
+    if all(params.get(k) is None for k in PRICE_PARAMS):
+        return None
+    values = []
+    for k in PRICE_PARAMS:
+        value = params.get(k)
+        try:
+            number = float(value) if value is not None else 0.0
+        except (TypeError, ValueError):
+            number = -1.0
+        if number < 0 or number != number:
+            raise ConfigError(f"model_params {k!r} must be a number of USD per token (0 or more), not {value!r}")
+        values.append(number)
+    return Price(values[0], values[1], "configured price")
+
+
+def _unpriced_message(model: str, role: str | None) -> str:
+    key = f"models.{role}" if role else "models.<role>"
+    return (f"model {model!r} has no price in litellm's price list, so the USD limits (limits.max_cost_usd, "
+            f"budget.budget_usd) could not count its calls. Set its price in USD per token: "
+            f"{key}.input_cost_per_token and {key}.output_cost_per_token in evolve.yaml "
+            f"(e.g. {key}.input_cost_per_token: 0 and {key}.output_cost_per_token: 0 for a free local model), "
+            "or for `evolve eval`: --model-param input_cost_per_token=0 --model-param output_cost_per_token=0")
+
+
+def model_price(model: str, params: dict | None = None, *, role: str | None = None) -> Price:
+    """What one token of ``model`` costs: the price set in ``params`` if any, else litellm's price list.
+
+    ``scripted/`` models cost 0 (``backend_for`` sets that price). litellm is
+    imported only when no price is set.
+
+    Args:
+        role: ``solver`` or ``optimizer``, to name the setting in the error.
+
+    Raises:
+        ConfigError: no price is set and litellm's price list does not have the model;
+            the message names the settings to add.
+        ModelError: no price is set and litellm knows no provider for the model.
+    """
+    price = configured_price(params)
+    if price is not None:
+        return price
+    if model.startswith(SCRIPTED_PREFIX):
+        return Price(0.0, 0.0, "scripted model, free")
+    params = params or {}
+    litellm = _litellm()
+    try:
+        info = litellm.get_model_info(model, custom_llm_provider=params.get("custom_llm_provider"))
+    except Exception as e:  # noqa: BLE001 - litellm raises "This model isn't mapped yet" (or others) here
+        _check_provider(model, params)  # an unknown provider is a ModelError, not a missing price
+        log.debug("litellm has no price for %s: %s", model, e)
+        info = {}
+    p_in, p_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if p_in is None and p_out is None:
+        raise ConfigError(_unpriced_message(model, role))
+    return Price(float(p_in or 0.0), float(p_out or 0.0), "litellm price list")
+
+
 class LiteLLMBackend:
     """Calls a model through ``litellm.completion``, retrying transient failures.
 
@@ -152,31 +235,27 @@ class LiteLLMBackend:
             parameters in a request. ``input_cost_per_token`` and
             ``output_cost_per_token`` (USD per token) price the calls instead of
             litellm's price list and are not sent.
-        retries: retries after the first attempt for transient failures.
+        retries: retries after the first attempt for transient failures (``evolve.retry``).
         max_wait_s: cap in seconds of one randomized exponential backoff wait.
+        role: ``solver`` or ``optimizer``, to name the setting in a missing-price error.
 
     Raises:
         evolve.errors.ConfigError: ``params`` set ``model``, ``messages``,
-            ``stream``, ``num_retries`` or ``max_retries``, which evolve controls,
-            or a price that is not a number.
+            ``stream``, ``num_retries`` or ``max_retries``, which evolve controls;
+            or the model has no price (see ``model_price``).
+        evolve.errors.ModelError: no price is set and litellm knows no provider for the model.
     """
 
     def __init__(self, model: str, params: dict | None = None, *, retries: int = 4,
-                 max_wait_s: float = 20.0) -> None:
+                 max_wait_s: float = 20.0, role: str | None = None) -> None:
         self.model = model
         params = dict(params or {})
-        self._prices: dict[str, float] = {}
-        for k in PRICE_PARAMS:
-            value = params.pop(k, None)
-            if value is not None:
-                try:
-                    self._prices[k] = float(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"model_params {k!r} must be a number of USD per token, "
-                                      f"not {value!r}") from None
         for k in ("model", "messages", "stream", "num_retries", "max_retries"):
             if k in params:
                 raise ConfigError(f"model_params may not set {k!r}: evolve sets it itself")
+        self.price = model_price(model, params, role=role)
+        for k in PRICE_PARAMS:
+            params.pop(k, None)
         self.params = params
         self.retries = max(0, int(retries))
         self.max_wait_s = float(max_wait_s)
@@ -225,15 +304,8 @@ class LiteLLMBackend:
     # -- internals ----------------------------------------------------------
 
     def _call_with_retries(self, litellm: Any, messages: list, kwargs: dict) -> Any:
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
-        retrying = Retrying(
-            retry=retry_if_exception(_is_transient),
-            wait=wait_random_exponential(multiplier=0.5, max=self.max_wait_s),
-            stop=stop_after_attempt(self.retries + 1),
-            reraise=True,
-        )
-        for attempt in retrying:
+        for attempt in retrying(f"model {self.model!r} call", retry_on=_is_transient, attempts=self.retries + 1,
+                                logger=log, max_wait_s=self.max_wait_s):
             with attempt:
                 return litellm.completion(model=self.model, messages=messages, **kwargs, num_retries=0)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -303,23 +375,36 @@ class LiteLLMBackend:
         usage = response.get("usage") or {}
         pt = int(usage.get("prompt_tokens") or 0)
         ct = int(usage.get("completion_tokens") or 0)
-        if self._prices:
-            cost = (pt * self._prices.get("input_cost_per_token", 0.0)
-                    + ct * self._prices.get("output_cost_per_token", 0.0))
-        else:
+        cost = self.price.cost(pt, ct)
+        if self.price.source == "litellm price list":
+            # litellm's pricing of the response also counts cached tokens and price tiers; the listed
+            # price per token is the fallback.
             try:
-                cost = float(litellm.completion_cost(completion_response=resp) or 0.0)
-            except Exception:  # noqa: BLE001 - unpriced (local/hosted_vllm) models cost 0
-                cost = 0.0
+                cost = float(litellm.completion_cost(completion_response=resp))
+            except Exception as e:  # noqa: BLE001 - e.g. a response naming a dated model litellm has not mapped
+                log.debug("litellm could not price a response of %s (%s); using its listed price per token",
+                          self.model, e)
         return Completion(response=response, prompt_tokens=pt, completion_tokens=ct, cost_usd=cost)
 
 
-def check_model(model: str, params: dict | None = None) -> None:
-    """Fail fast, before any call, if litellm cannot tell the model's provider.
+def check_model(model: str, params: dict | None = None, *, role: str | None = None) -> None:
+    """Fail fast, before any call: litellm must know the model's provider, and the model must have a
+    price (``model_price``). A ``scripted/`` model passes (``backend_for`` checks its script).
+
+    Args:
+        role: ``solver`` or ``optimizer``, to name the setting in a missing-price error.
 
     Raises:
         evolve.errors.ModelError: the model string names no provider litellm knows.
+        evolve.errors.ConfigError: the model has no price (the message names the setting to add).
     """
+    if model.startswith(SCRIPTED_PREFIX):
+        return
+    _check_provider(model, params)
+    model_price(model, params, role=role)
+
+
+def _check_provider(model: str, params: dict | None) -> None:
     params = params or {}
     litellm = _litellm()
     try:
@@ -330,16 +415,22 @@ def check_model(model: str, params: dict | None = None) -> None:
                          f"e.g. anthropic/claude-sonnet-4-5. litellm said: {e}") from None
 
 
-def backend_for(model: str, params: dict | None = None) -> tuple[ModelBackend, Callable[[], None]]:
+def backend_for(model: str, params: dict | None = None, *,
+                role: str | None = None) -> tuple[ModelBackend, Callable[[], None]]:
     """A backend for a litellm model string, and a cleanup function to call when done.
 
     ``scripted/<path-to-yaml>`` starts a ``ScriptedServer`` on 127.0.0.1 and
     returns a litellm backend pointed at it, so scripted replies take the same
-    litellm and HTTP path as a hosted model; cleanup stops the server. For any
-    other model cleanup does nothing.
+    litellm and HTTP path as a hosted model; cleanup stops the server. Its price
+    is 0, set explicitly (``FREE``) unless ``params`` set one. For any other
+    model cleanup does nothing.
+
+    Args:
+        role: ``solver`` or ``optimizer``, to name the setting in a missing-price error.
 
     Raises:
-        evolve.errors.ConfigError: a scripted model's script is missing or invalid.
+        evolve.errors.ConfigError: a scripted model's script is missing or invalid; or the
+            model has no price (see ``model_price``).
         evolve.errors.ModelError: litellm knows no provider for ``model``.
     """
     params = dict(params or {})
@@ -351,10 +442,12 @@ def backend_for(model: str, params: dict | None = None) -> tuple[ModelBackend, C
         # the model never pays for it.
         server = ScriptedServer(script).start()
         try:
-            backend = LiteLLMBackend("openai/scripted", {"api_base": server.url, "api_key": "scripted", **params})
+            backend = LiteLLMBackend("openai/scripted", {"api_base": server.url, "api_key": "scripted",
+                                                         **(FREE if configured_price(params) is None else {}),
+                                                         **params})
         except BaseException:
             server.close()
             raise
         return backend, server.close
-    check_model(model, params)
-    return LiteLLMBackend(model, params), lambda: None
+    check_model(model, params, role=role)
+    return LiteLLMBackend(model, params, role=role), lambda: None

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Callable
 
 from evolve import store
-from evolve.models import ContextWindowError, ModelBackend
+from evolve.errors import ContextWindowError
+from evolve.models import ModelBackend
 from evolve.types import Usage
 
 
@@ -47,7 +48,8 @@ class Optimizer:
         """The reply's text; a cached reply if this exact request was answered before in this run.
 
         Raises:
-            ContextWindowError, RequestError, UpstreamError: from the backend, after its retries.
+            ContextWindowError, RequestError, UpstreamError: from the backend, after its retries
+                (``evolve.errors`` says who catches each).
             ModelError: the model cannot be called at all.
         """
         key = hashlib.sha256(json.dumps([self.client.backend.model, messages, self.params],
@@ -61,7 +63,9 @@ class Optimizer:
 
     def ask_fitting(self, step: str, build: Callable[[float], list[dict]], *, tries: int = 4) -> str:
         """Like ``ask``, with ``build(scale)`` making the messages: when the model's
-        context overflows, the prompt is rebuilt at half the scale (1, 0.5, 0.25...).
+        context overflows, the prompt is rebuilt at half the scale (1, 0.5, 0.25...). This is not a
+        retry of a transient failure (those are ``evolve.retry``'s, inside the backend): each try
+        sends a different, smaller prompt.
 
         Raises:
             ContextWindowError: still too long at the smallest scale.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from evolve.digest import cut
-from evolve.errors import EvolveError
+from evolve.errors import PlanError
 from evolve.lessons import Lesson
 from evolve.optimizer import Optimizer
 from evolve.prompting import render
@@ -18,9 +18,6 @@ from evolve.replies import json_block
 
 FORMAT_RETRIES = 1
 
-
-class PlanError(EvolveError):
-    """The optimizer did not give a usable plan."""
 
 
 @dataclass(frozen=True)

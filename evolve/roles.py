@@ -17,6 +17,12 @@ model string plus the parameters ``LiteLLMBackend`` (and
 4. otherwise a ``ConfigError``; ``needs_local_server`` tells a caller in advance
    that it must start the embedded default server for this case.
 
+A role pointed at a server evolve started (2.) gets the explicit price 0
+(``input_cost_per_token`` and ``output_cost_per_token``, unless the role sets
+its own): evolve knows that model is free because it runs it. Any other model
+needs litellm's price or one set in its ``RoleConfig``; ``LiteLLMBackend``
+refuses it otherwise (``evolve.models.model_price``), so budgets never stop counting.
+
 ``RoleClient`` / ``complete`` call a role's model for the optimizer through the
 same ``LiteLLMBackend`` the gateway uses (same retries, fail-fast errors and
 prices) and append every call to a trace file in the gateway's line format.
@@ -33,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from evolve.config import ProjectConfig, RoleConfig, ServeConfig
-from evolve.errors import ConfigError
+from evolve.errors import ConfigError, ContextWindowError, ModelError, RequestError, UpstreamError
 from evolve.types import Usage
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -64,7 +70,8 @@ class ResolvedRole:
             ``api_base``, ``api_key``, ``input_cost_per_token``, ``output_cost_per_token``,
             and ``RoleConfig.params``), as ``LiteLLMBackend`` and ``EvalSettings.model_params`` take them.
         source: where the model came from, for messages (``models.solver.model``, ``local server``...).
-        local: the model runs on a local server (priced 0 unless a price is configured).
+        local: the model runs on a local server evolve started (``evolve.serve``), which evolve
+            prices at 0 unless the role sets a price.
     """
 
     name: str
@@ -139,15 +146,17 @@ def resolve_role(name: str, cfg: RoleConfig, server: "LocalServer | None" = None
         if cfg.api_base:
             params["api_base"] = cfg.api_base
         params = fill_local_api_key(cfg.model, params, env)
-        return ResolvedRole(name, cfg.model, params, f"models.{name}.model", local=_is_local(params))
+        return ResolvedRole(name, cfg.model, params, f"models.{name}.model")
     if cfg.api_base:
         raise ConfigError(f"models.{name}.api_base is set but models.{name}.model is not: name the served model "
                           f"too, e.g. model: openai/<model id> (for vLLM: hosted_vllm/<model id>)")
     if server is not None:
         params["api_base"] = server.api_base
         params.setdefault("api_key", LOCAL_API_KEY)
-        for key in ("input_cost_per_token", "output_cost_per_token"):
-            params.setdefault(key, 0.0)
+        from evolve.models import FREE
+
+        if not any(params.get(k) is not None for k in FREE):
+            params.update(FREE)  # evolve runs this server: its calls cost 0, and say so explicitly
         embedded = server.embedded
         if embedded:
             params.setdefault("max_tokens", EMBEDDED_MAX_TOKENS)
@@ -182,11 +191,6 @@ def fill_local_api_key(model: str, params: dict[str, Any], env: Mapping[str, str
     return params
 
 
-def _is_local(params: Mapping[str, Any]) -> bool:
-    base = str(params.get("api_base") or "")
-    return any(h in base for h in ("://127.", "://localhost", "://[::1]", "://0.0.0.0"))
-
-
 # -- calling a role's model (the optimizer) ---------------------------------------------------
 
 _trace_locks: dict[str, threading.Lock] = {}
@@ -203,17 +207,17 @@ def _next_call(path: Path) -> tuple[int, threading.Lock]:
             try:
                 with open(path, "rb") as f:
                     _trace_counts[key] = sum(1 for _ in f)
-            except OSError:
+            except FileNotFoundError:  # a new trace
                 _trace_counts[key] = 0
         _trace_counts[key] += 1
         return _trace_counts[key], lock
 
 
-_ERROR_KINDS = (  # exception class name -> (HTTP-like status, trace error type), as the gateway answers
-    ("ContextWindowError", 400, "context_window_exceeded"),
-    ("RequestError", 400, "invalid_request"),
-    ("UpstreamError", 502, "upstream_error"),
-    ("ModelError", 502, "model_error"),
+_ERROR_KINDS: tuple[tuple[type[Exception], int, str], ...] = (  # (HTTP-like status, trace error type) as the gateway
+    (ContextWindowError, 400, "context_window_exceeded"),
+    (RequestError, 400, "invalid_request"),
+    (UpstreamError, 502, "upstream_error"),
+    (ModelError, 502, "model_error"),
 )
 
 
@@ -226,7 +230,7 @@ class RoleClient:
 
     Raises (from the constructor):
         ModelError: litellm knows no provider for the model.
-        ConfigError: bad parameters.
+        ConfigError: bad parameters, or a model without a price (``evolve.models.model_price``).
     """
 
     def __init__(self, role: ResolvedRole, *, trace_path: Path | str | None = None,
@@ -236,7 +240,7 @@ class RoleClient:
         self.role = role
         self.trace_path = Path(trace_path) if trace_path is not None else None
         if backend is None:
-            backend, self._cleanup = backend_for(role.model, role.params)
+            backend, self._cleanup = backend_for(role.model, role.params, role=role.name)
         else:
             self._cleanup = lambda: None
         self.backend = backend
@@ -266,8 +270,8 @@ class RoleClient:
         the role's own parameters win over them.
 
         Raises:
-            evolve.models.ContextWindowError, RequestError, UpstreamError (after retries),
-            evolve.errors.ModelError (bad key, unknown model): the error is traced first.
+            evolve.errors.ContextWindowError, RequestError, UpstreamError (after retries),
+            ModelError (bad key, unknown model): the error is traced first.
         """
         from evolve.gateway import trace_record
 
@@ -276,8 +280,7 @@ class RoleClient:
         try:
             completion = self.backend.complete(request)
         except Exception as e:
-            status, kind = next(((s, k) for n, s, k in _ERROR_KINDS if any(c.__name__ == n for c in type(e).__mro__)),
-                                (500, "error"))
+            status, kind = next(((s, k) for t, s, k in _ERROR_KINDS if isinstance(e, t)), (500, "error"))
             with self._lock:
                 self._usage = self._usage.add(Usage(errors=1))
             error = {"type": kind, "message": str(e) or type(e).__name__}
@@ -327,7 +330,8 @@ class CostLine:
     prompt_tokens: int
     completion_tokens: int
     usd: float | None
-    """None when no price is known (not in litellm's price list and none configured)."""
+    """None when no price is known (not in litellm's price list and none configured): such a
+    model is refused when the run starts (``evolve.models.model_price``)."""
     price_source: str
 
     @property
@@ -368,25 +372,21 @@ class Estimate:
 def price_per_token(role: ResolvedRole) -> tuple[float, float, str] | None:
     """(USD per prompt token, USD per completion token, where from), or None when unknown.
 
-    Configured prices win; a local model costs 0; otherwise litellm's price list (never downloaded).
+    As the backend prices calls (``evolve.models.model_price``): a configured price (0 for a
+    server evolve started, and for the scripted model), else litellm's price list (never
+    downloaded). A role marked ``local`` without params (the dry run's stand-in for a server
+    not started yet) is priced 0, as that server will be.
     """
-    p_in, p_out = role.params.get("input_cost_per_token"), role.params.get("output_cost_per_token")
-    if p_in is not None or p_out is not None:
-        return float(p_in or 0.0), float(p_out or 0.0), "configured price"
-    if role.local:
-        return 0.0, 0.0, "local model, free"
-    if role.model.startswith("scripted/"):
-        return 0.0, 0.0, "scripted model, free"
-    from evolve.models import _litellm
+    from evolve.models import SCRIPTED_PREFIX, configured_price, model_price
 
+    price = configured_price(role.params)
+    if price is None and (role.local or role.model.startswith(SCRIPTED_PREFIX)):
+        return 0.0, 0.0, "local server started by evolve, free" if role.local else "scripted model, free"
     try:
-        info = _litellm().get_model_info(role.model)
-    except Exception:  # noqa: BLE001 - "This model isn't mapped yet" and friends
+        price = price or model_price(role.model, role.params, role=role.name)
+    except (ConfigError, ModelError):
         return None
-    p_in, p_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-    if p_in is None and p_out is None:
-        return None
-    return float(p_in or 0.0), float(p_out or 0.0), "litellm price list"
+    return price.input_cost_per_token, price.output_cost_per_token, price.source
 
 
 def estimate(tasks: int, generations: int, tokens_per_task: int, *, solver: ResolvedRole | None = None,
@@ -418,7 +418,8 @@ def estimate(tasks: int, generations: int, tokens_per_task: int, *, solver: Reso
         prompt = total - completion
         price = price_per_token(role)
         if price is None:
-            usd, source = None, "no price known: set models.<role>.input_cost_per_token / output_cost_per_token"
+            usd, source = None, (f"no price known, the run would be refused: set models.{role.name}.input_cost_per_token "
+                                 f"and output_cost_per_token")
         else:
             usd, source = prompt * price[0] + completion * price[1], price[2]
         lines.append(CostLine(role.name, role.model, prompt, completion, usd, source))

@@ -2,7 +2,9 @@
 
 It stands in for the model's words only. Everything around it is real: evolve
 reaches it through litellm and HTTP exactly as it reaches a hosted model (see
-``evolve.models.backend_for`` with a model string ``scripted/<path-to-yaml>``).
+``evolve.models.backend_for`` with a model string ``scripted/<path-to-yaml>``),
+at an explicit price of 0 USD per token (``evolve.models.FREE``) unless the
+model's parameters set one, so USD limits count its calls like any other's.
 
 Script format::
 

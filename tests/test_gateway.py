@@ -26,7 +26,7 @@ from evolve.config import Limits
 from evolve.errors import ModelError
 from evolve.gateway import (ADMIT_WAIT_S, EXCERPT_BYTES, IDLE_REAP_S, SUMMARY_LINE_BYTES, Gateway,
                             UnixHTTPConnection)
-from evolve.models import LiteLLMBackend, backend_for
+from evolve.models import FREE, LiteLLMBackend, backend_for
 from evolve.types import Usage
 
 SCRIPT = """\
@@ -133,7 +133,7 @@ class Provider:
         threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def backend(self, **params) -> LiteLLMBackend:
-        return LiteLLMBackend("openai/x", {"api_base": self.url, "api_key": "sk-gw-secret-42", **params},
+        return LiteLLMBackend("openai/x", {"api_base": self.url, "api_key": "sk-gw-secret-42", **FREE, **params},
                               retries=2, max_wait_s=0.05)
 
 
@@ -300,6 +300,18 @@ def test_cost_limit(make_gateway, provider):
     assert [r["cost_usd"] for r in trace(gw)] == pytest.approx([0.2, 0.2, 0.0])
 
 
+def test_cost_limit_always_counts_and_a_free_model_never_reaches_it(make_gateway, provider):
+    # The USD limit has no "unpriced" escape: a model priced at 0 is free, not uncounted.
+    p = provider(200, OK_BODY)
+    gw = make_gateway(p.backend(), Limits(max_cost_usd=1e-9))
+    for _ in range(3):
+        status, out = call(gw, chat())
+        assert status == 200 and out["evolve"]["cost_usd"] == 0.0
+    assert gw.usage.cost_usd == 0.0 and p.hits == 3
+    with pytest.raises(ValueError, match="greater than 0"):
+        Limits(max_cost_usd=0)  # a task that may spend nothing could not call the model at all
+
+
 def test_concurrent_calls_are_counted_exactly(make_gateway, scripted):
     gw = make_gateway(scripted, Limits(max_calls=1000))
     results: list[int] = []
@@ -402,7 +414,7 @@ def test_bad_key_is_fatal_and_stops_forwarding(make_gateway, provider):
 
 
 def test_unknown_model_is_fatal(make_gateway):
-    gw = make_gateway(LiteLLMBackend("nonexistentprovider/foo"))
+    gw = make_gateway(LiteLLMBackend("nonexistentprovider/foo", FREE))  # priced: the provider is checked at the call
     status, out = call(gw, chat())
     assert status == 502 and out["error"]["type"] == "model_error"
     assert "check the model string" in out["error"]["message"]

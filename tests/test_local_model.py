@@ -206,6 +206,10 @@ def test_evolve_serve_in_the_foreground(tmp_path):
         base = re.search(r"api_base:\s+(\S+)", text).group(1)
         assert re.search(r"litellm model:\s+openai/SmolLM2-135M-Instruct\.Q4_1", text)
         assert f"--model openai/SmolLM2-135M-Instruct.Q4_1 --api-base {base}" in text
+        # A model you serve is free, and says so: without a price evolve would refuse it.
+        flat = " ".join(text.split())
+        assert "--model-param input_cost_per_token=0 --model-param output_cost_per_token=0" in flat
+        assert "input_cost_per_token: 0, output_cost_per_token: 0" in flat
         req = urllib.request.Request(f"{base}/chat/completions", json.dumps(
             {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).encode(),
             {"Content-Type": "application/json"})

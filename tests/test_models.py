@@ -8,6 +8,7 @@ exception mapping and our retry/classification logic all run.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,12 +22,15 @@ import pytest
 
 from evolve.errors import ConfigError, ModelError
 from evolve.models import (
+    FREE,
     Completion,
     ContextWindowError,
     LiteLLMBackend,
     RequestError,
     UpstreamError,
     backend_for,
+    check_model,
+    model_price,
 )
 from evolve.scripted import FALLBACK_REPLY, ScriptedModel, ScriptedServer
 
@@ -85,8 +89,8 @@ class Provider:
         self.server.server_close()
 
     def backend(self, **kw) -> LiteLLMBackend:
-        params = {"api_base": self.url, "api_key": "sk-test-secret-123", **kw.pop("params", {})}
-        return LiteLLMBackend("openai/x", params, **{"retries": 2, "max_wait_s": 0.05, **kw})
+        params = {"api_base": self.url, "api_key": "sk-test-secret-123", **FREE, **kw.pop("params", {})}
+        return LiteLLMBackend(kw.pop("model", "openai/x"), params, **{"retries": 2, "max_wait_s": 0.05, **kw})
 
 
 @pytest.fixture
@@ -222,7 +226,8 @@ def test_scripted_backend_goes_through_litellm_and_http(script: Path):
         assert isinstance(out, Completion)
         assert out.response["choices"][0]["message"]["content"] == "THOUGHT: fix it"
         assert out.prompt_tokens == max(1, len("fixture-add") // 4) and out.completion_tokens == 3
-        assert out.cost_usd == 0.0  # a local openai/* server has no price
+        assert out.cost_usd == 0.0  # the scripted model's price is 0, set explicitly
+        assert backend.price.input_cost_per_token == backend.price.output_cost_per_token == 0.0
         json.dumps(out.response)  # plain JSON
         server_url = backend.params["api_base"]
     finally:
@@ -254,11 +259,81 @@ def test_price_params_override_litellm_and_are_not_sent(provider_factory):
 
 
 def test_stream_and_missing_messages_are_request_errors():
-    backend = LiteLLMBackend("openai/x", {"api_base": "http://127.0.0.1:9/v1", "api_key": "k"})
+    backend = LiteLLMBackend("openai/x", {"api_base": "http://127.0.0.1:9/v1", "api_key": "k", **FREE})
     with pytest.raises(RequestError, match="stream"):
         backend.complete(ask(stream=True))
-    with pytest.raises(ValueError, match="messages"):
+    with pytest.raises(RequestError, match="messages"):
         backend.complete({"messages": []})
+
+
+# -- prices: every backend knows one ----------------------------------------------------------
+
+
+def test_unpriced_hosted_model_is_refused_naming_the_setting():
+    params = {"api_base": "http://127.0.0.1:9/v1"}
+    for refuse in (lambda: model_price("hosted_vllm/some-model", params, role="solver"),
+                   lambda: check_model("hosted_vllm/some-model", params, role="solver"),
+                   lambda: backend_for("hosted_vllm/some-model", params, role="solver"),
+                   lambda: LiteLLMBackend("hosted_vllm/some-model", params, role="solver")):
+        with pytest.raises(ConfigError) as info:
+            refuse()
+        msg = str(info.value)
+        assert "'hosted_vllm/some-model' has no price" in msg
+        assert "models.solver.input_cost_per_token: 0" in msg and "models.solver.output_cost_per_token" in msg
+        assert "--model-param input_cost_per_token=0" in msg
+    # Without a role the message still names the setting, for either role.
+    with pytest.raises(ConfigError, match=r"models\.<role>\.input_cost_per_token"):
+        backend_for("openai/my-own-server-model", params)
+
+
+def test_explicit_zero_price_makes_a_hosted_model_usable(provider_factory):
+    price = model_price("hosted_vllm/some-model", {"input_cost_per_token": 0, "output_cost_per_token": 0})
+    assert (price.input_cost_per_token, price.output_cost_per_token, price.source) == (0.0, 0.0, "configured price")
+    backend, cleanup = backend_for("hosted_vllm/some-model", {"api_base": "http://127.0.0.1:9/v1", **FREE})
+    cleanup()
+    assert backend.price.cost(1000, 1000) == 0.0
+    # A real call through litellm's hosted_vllm client costs the price set: 0, and is counted as such.
+    provider = provider_factory((200, OK_BODY))
+    out = provider.backend(model="hosted_vllm/some-model").complete(ask())
+    assert out.prompt_tokens == 11 and out.cost_usd == 0.0
+    # One of the two set is a price: the other one is 0.
+    assert model_price("hosted_vllm/m", {"output_cost_per_token": 2e-6}).cost(10, 10) == pytest.approx(2e-5)
+
+
+def test_listed_model_costs_its_litellm_price_never_zero(provider_factory):
+    price = model_price("openai/gpt-4o-mini")
+    assert price.source == "litellm price list" and price.input_cost_per_token > 0
+    provider = provider_factory((200, OK_BODY))
+    out = provider.backend(model="openai/gpt-4o-mini", params={"input_cost_per_token": None,
+                                                               "output_cost_per_token": None}).complete(ask())
+    assert out.cost_usd == pytest.approx(price.cost(11, 7))
+
+
+@pytest.mark.parametrize("value", ["free", -1, float("nan")])
+def test_bad_price_is_config_error(value):
+    with pytest.raises(ConfigError, match="input_cost_per_token.*USD per token"):
+        LiteLLMBackend("hosted_vllm/m", {"input_cost_per_token": value, "output_cost_per_token": 0})
+
+
+def test_scripted_model_is_free_unless_priced(script: Path):
+    backend, cleanup = backend_for(f"scripted/{script}", {"input_cost_per_token": 1e-3})
+    try:
+        assert backend.complete(ask("fixture-add")).cost_usd == pytest.approx(1e-3 * max(1, len("fixture-add") // 4))
+    finally:
+        cleanup()
+
+
+def test_eval_refuses_an_unpriced_model_before_any_sandbox(mini_evalset, tmp_path: Path):
+    runs = tmp_path / "runs"
+    out = subprocess.run([str(Path(sys.executable).with_name("evolve")), "eval", "--evals", str(mini_evalset),
+                          "--model", "hosted_vllm/some-model", "--api-base", "http://127.0.0.1:9/v1",
+                          "--runs-dir", str(runs)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "400"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "models.solver.input_cost_per_token: 0" in " ".join(out.stderr.split())  # however rich wraps it
+    assert "Traceback" not in out.stderr
+    assert not any(runs.rglob("run.json"))  # nothing started: no sandbox, no run
 
 
 def test_params_may_not_take_over_control_keys():
@@ -270,12 +345,18 @@ def test_params_may_not_take_over_control_keys():
 
 
 @pytest.mark.parametrize("failures", [1, 2])
-def test_rate_limit_is_retried_then_succeeds(provider_factory, failures: int):
+def test_rate_limit_is_retried_then_succeeds(provider_factory, caplog, failures: int):
     rate = (429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}})
     provider = provider_factory(*[rate] * failures, (200, OK_BODY))
-    out = provider.backend(retries=4, max_wait_s=0.2).complete(ask())
+    with caplog.at_level(logging.WARNING, logger="evolve.models"):
+        out = provider.backend(retries=4, max_wait_s=0.2).complete(ask())
     assert out.response["choices"][0]["message"]["content"] == "hello there"
     assert provider.hits == failures + 1
+    # Every retry is logged: what, which attempt of how many, the wait and the reason.
+    retries = [r for r in caplog.records if r.name == "evolve.models" and "retrying in" in r.getMessage()]
+    assert len(retries) == failures
+    assert "model 'openai/x' call failed (attempt 1 of 5); retrying in" in retries[0].getMessage()
+    assert "RateLimitError" in retries[0].getMessage()
 
 
 def test_persistent_503_becomes_upstream_error(provider_factory):
@@ -311,8 +392,8 @@ def test_auth_failure_is_model_error_at_once_and_hides_the_key(provider_factory)
 
 
 def test_auth_hint_names_the_provider_env_var():
-    assert "ANTHROPIC_API_KEY" in LiteLLMBackend("anthropic/claude-x")._key_hint()
-    assert "GEMINI_API_KEY" in LiteLLMBackend("gemini/gemini-x")._key_hint()
+    assert "ANTHROPIC_API_KEY" in LiteLLMBackend("anthropic/claude-x", FREE)._key_hint()
+    assert "GEMINI_API_KEY" in LiteLLMBackend("gemini/gemini-x", FREE)._key_hint()
 
 
 @pytest.mark.parametrize("status", [403, 404])
@@ -325,10 +406,12 @@ def test_permission_and_not_found_are_model_errors(provider_factory, status: int
 
 def test_unknown_provider_is_model_error():
     with pytest.raises(ModelError, match="check the model string") as info:
-        LiteLLMBackend("nonexistentprovider/foo").complete(ask())
+        LiteLLMBackend("nonexistentprovider/foo", FREE).complete(ask())
     assert "LLM Provider NOT provided" in str(info.value)
-    with pytest.raises(ModelError, match="nonexistentprovider/foo"):
-        backend_for("nonexistentprovider/foo")
+    for make in (lambda: backend_for("nonexistentprovider/foo"), lambda: LiteLLMBackend("nonexistentprovider/foo"),
+                 lambda: backend_for("nonexistentprovider/foo", FREE)):
+        with pytest.raises(ModelError, match="nonexistentprovider/foo"):  # not a missing price
+            make()
 
 
 def test_backend_for_missing_script_is_config_error(tmp_path: Path):

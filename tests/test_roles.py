@@ -16,7 +16,7 @@ import pytest
 from evolve.config import Limits, ModelsConfig, ProjectConfig, RoleConfig, ServeConfig
 from evolve.errors import ConfigError, ModelError
 from evolve.gateway import Gateway, UnixHTTPConnection
-from evolve.models import LiteLLMBackend, UpstreamError
+from evolve.models import FREE, LiteLLMBackend, UpstreamError
 from evolve.roles import (
     EMBEDDED_MAX_TOKENS,
     LOCAL_API_KEY,
@@ -91,7 +91,8 @@ def test_configured_server_of_your_own_and_prices():
     cfg = RoleConfig(model="hosted_vllm/Qwen2.5-Coder-7B", api_base="http://127.0.0.1:8000/v1",
                      input_cost_per_token=1e-7, output_cost_per_token=2e-7)
     role = resolve_role("optimizer", cfg, env=NO_KEYS)
-    assert role.params["api_base"] == "http://127.0.0.1:8000/v1" and role.local
+    assert role.params["api_base"] == "http://127.0.0.1:8000/v1"
+    assert not role.local  # a server of your own, even on this host, is priced as configured: evolve didn't start it
     assert role.params["input_cost_per_token"] == 1e-7 and role.params["output_cost_per_token"] == 2e-7
     assert "api_key" not in role.params  # hosted_vllm needs none
     remote = resolve_role("solver", RoleConfig(model="openai/my-model", api_base="https://llm.example/v1"),
@@ -200,7 +201,7 @@ def test_complete_through_the_served_model_is_traced_like_the_gateway(stub_serve
 
 def test_rate_limit_is_retried_then_succeeds(provider, tmp_path):
     p = provider((429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}), (200, OK_BODY))
-    role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url), env=NO_KEYS)
+    role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url, **FREE), env=NO_KEYS)
     t0 = time.monotonic()
     text, usage = complete(role, msgs(), trace_path=tmp_path / "t.jsonl")
     assert text == "hello there" and usage.prompt_tokens == 11 and usage.completion_tokens == 7
@@ -210,7 +211,7 @@ def test_rate_limit_is_retried_then_succeeds(provider, tmp_path):
 
 def test_persistent_5xx_is_upstream_error_and_traced(provider, tmp_path):
     p = provider((503, {"error": {"message": "engine overloaded"}}))
-    role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url), env=NO_KEYS)
+    role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url, **FREE), env=NO_KEYS)
     backend = LiteLLMBackend(role.model, role.params, retries=2, max_wait_s=0.05)
     with RoleClient(role, trace_path=tmp_path / "t.jsonl", backend=backend) as client:
         with pytest.raises(UpstreamError, match="engine overloaded"):
@@ -225,7 +226,7 @@ def test_persistent_5xx_is_upstream_error_and_traced(provider, tmp_path):
 def test_bad_key_fails_fast_naming_the_env_var(provider, tmp_path):
     p = provider((401, {"error": {"message": "Incorrect API key provided: sk-role-secret-9",
                                   "type": "invalid_request_error", "code": "invalid_api_key"}}))
-    role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url,
+    role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url, **FREE,
                                                 params={"api_key": "sk-role-secret-9"}), env=NO_KEYS)
     t0 = time.monotonic()
     with pytest.raises(ModelError, match="OPENAI_API_KEY") as info:
@@ -237,9 +238,13 @@ def test_bad_key_fails_fast_naming_the_env_var(provider, tmp_path):
     assert "sk-role-secret-9" not in json.dumps(line)
 
 
-def test_unmapped_hosted_vllm_model_costs_zero_without_crashing(provider):
+def test_unmapped_hosted_vllm_model_is_refused_unless_priced(provider):
     p = provider((200, OK_BODY))
     role = resolve_role("solver", RoleConfig(model="hosted_vllm/my-finetune", api_base=p.url), env=NO_KEYS)
+    with pytest.raises(ConfigError, match=r"models\.solver\.input_cost_per_token: 0 .*free local model"):
+        complete(role, msgs())
+    assert p.hits == 0  # refused before any call
+    role = resolve_role("solver", RoleConfig(model="hosted_vllm/my-finetune", api_base=p.url, **FREE), env=NO_KEYS)
     text, usage = complete(role, msgs())
     assert text == "hello there" and usage.cost_usd == 0.0 and usage.prompt_tokens == 11
 
@@ -293,13 +298,14 @@ def test_estimate_with_litellm_prices_local_and_unknown():
     est = estimate(10, 5, 100_000, solver=local, optimizer=opt, optimizer_tokens_per_generation=20_000, repeats=2)
     assert est.task_runs == 100
     solver_line, opt_line = est.lines
-    assert solver_line.usd == 0.0 and solver_line.price_source == "local model, free"
+    assert solver_line.usd == 0.0 and solver_line.price_source == "local server started by evolve, free"
     assert opt_line.tokens == 100_000 and opt_line.usd == pytest.approx(90_000 * 2e-6 + 10_000 * 8e-6)
     assert "total: 10,100,000 tokens" in est.format()
 
     unknown = resolve_role("solver", RoleConfig(model="hosted_vllm/mystery"), env=NO_KEYS)
     est = estimate(3, 2, 1000, solver=unknown)
-    assert est.usd is None and "unknown USD" in est.format() and "input_cost_per_token" in est.format()
+    assert est.usd is None and "unknown USD" in est.format()
+    assert "models.solver.input_cost_per_token" in est.format() and "refused" in est.format()
     priced = resolve_role("solver", RoleConfig(model="hosted_vllm/mystery", input_cost_per_token=1e-6,
                                                output_cost_per_token=1e-6), env=NO_KEYS)
     assert estimate(3, 2, 1000, solver=priced).usd == pytest.approx(6000 * 1e-6)
