@@ -6,6 +6,8 @@ sandbox, never on the host.
 
 from __future__ import annotations
 
+import shlex
+
 from evolve.config import SandboxLimits
 from evolve.harness import Harness
 
@@ -27,7 +29,7 @@ def compile_in_sandbox(harness: Harness, run_id: str, limits: SandboxLimits, ima
     client = docker_client()
     with Sandbox(client, ensure_image(client, image), run_id=run_id, limits=limits) as box:
         box.put_files("/tmp/harness", files)
-        quoted = " ".join(f"'{name}'" for name in sources if "'" not in name)
+        quoted = " ".join(shlex.quote(f"./{name}") for name in sources)
         res = box.exec(f"cd /tmp/harness && python3 -m py_compile {quoted}", timeout_s=120)
     if res.exit_code == 0:
         return None

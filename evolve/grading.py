@@ -51,15 +51,13 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
-from evolve.testbed import (_GIT, NO_TOOLS, PRIVATE, SHADOW, TESTBED, UNPACK, kill_all_script, prepare_testbed,
-                            sandbox_ids, snapshot, unpack_failure, user_prefix)
+from evolve.testbed import (PRIVATE, SHADOW, TESTBED, TREE_RESET, kill_all_script, run_as_root, sandbox_ids, script,
+                            shell_header, testbed_archive)
 from evolve.testlog import parse_pytest_report, status_of
 from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TestStatus
 
@@ -82,15 +80,12 @@ _FRAMES_BYTES = 4_000_000
 """Bound on what root prints after the tests (compressed records, base64)."""
 _STEPS_OUTPUT_BYTES = 131_072
 """Bound on what the script prints before the tests run (step logs are cut to their tail)."""
-_RESET = f"{_GIT} checkout -q -- . && {_GIT} clean -fdq"
 _OVER_S = 1.0
 """A test run that ends within this many seconds of its limit, killed, ran over."""
 
 
-def _apply_cmds(path: str) -> list[str]:
-    return [f"{_GIT} apply --verbose --whitespace=nowarn {path}",
-            f"{_GIT} apply --verbose --whitespace=nowarn --3way {path}",
-            f"patch --batch --fuzz=5 -p1 -i {path}"]
+APPLY_ATTEMPTS = 3
+"""``git apply``, then ``--3way``, then ``patch --fuzz`` (``scripts/grade.sh``)."""
 
 
 @dataclass
@@ -235,10 +230,6 @@ def _test_cmd(task: Task) -> str:
     return f"cd {TESTBED} && {task.test_cmd or DEFAULT_TEST_CMD} " + " ".join(map(shlex.quote, test_files(task)))
 
 
-def _script_file(name: str) -> bytes:
-    return resources.files("evolve.sandbox").joinpath("scripts", name).read_bytes()
-
-
 def _patch_entries(ids: tuple[int, int], files: dict[str, bytes]) -> bytes:
     uid, gid = ids
     entries = [tar_entry("tmp/evolve", uid=uid, gid=gid, mode=0o755)]
@@ -308,8 +299,8 @@ class PreparedGrader:
             box.close(background=True)
 
 
-def grade(sandbox: Sandbox, task: Task, repo_dir: Path | None, model_patch: bytes | str,
-          settings: EvalSettings, baseline: Baseline | None = None) -> Grade:
+def grade(sandbox: Sandbox, task: Task, repo_dir: Path | None, model_patch: bytes | str, *,
+          test_timeout_s: float, baseline: Baseline | None = None) -> Grade:
     """Grade ``model_patch`` (bytes; text is encoded as UTF-8) for ``task`` in ``sandbox``, a fresh,
     started container, following the module's steps.
 
@@ -332,117 +323,42 @@ def grade(sandbox: Sandbox, task: Task, repo_dir: Path | None, model_patch: byte
     ids = sandbox_ids(sandbox)
     nonce, token = secrets.token_hex(16), secrets.token_hex(8)
     plugin = f"evolve_grade_{token}"
-    if ids is not None and repo_dir is not None:
-        snap = snapshot(repo_dir, task.base_commit, *ids)
-        base, entries = snap.sha, snap.entries
-    else:
-        base, entries = prepare_testbed(sandbox, task, None if ids is not None else repo_dir), b""
+    base, entries = testbed_archive(sandbox, task, repo_dir)
     patches = {_TEST_PATCH_FILE: task.test_patch.encode("utf-8", "surrogateescape")}
     if patch.strip():
         patches[_PATCH_FILE] = patch
     spec = {"base": base, "shadow": SHADOW, "testbed": TESTBED, "test_files": test_files(task),
             "test_patch_paths": patch_paths(task.test_patch)}
-    script = _grade_script(nonce, plugin, ids, task, bool(patch.strip()), settings.test_timeout_s)
+    steps = _grade_script(nonce, plugin, task, bool(patch.strip()), test_timeout_s)
     archive = (entries + _patch_entries(ids or (0, 0), patches)
-               + tar_entry(_SCRIPT.lstrip("/"), script.encode(), mode=0o700)
-               + tar_entry(_NEUTRALISE.lstrip("/"), _script_file("grade_neutralise.py"), mode=0o600)
+               + tar_entry(_SCRIPT.lstrip("/"), steps.encode(), mode=0o700)
+               + tar_entry(_NEUTRALISE.lstrip("/"), script("grade_neutralise.py").encode(), mode=0o600)
                + tar_entry(_NEUTRAL_SPEC.lstrip("/"), json.dumps(spec).encode(), mode=0o600)
-               + tar_entry(_PLUGIN_SRC.lstrip("/"), _script_file("grade_plugin.py"), mode=0o600)
+               + tar_entry(_PLUGIN_SRC.lstrip("/"), script("grade_plugin.py").encode(), mode=0o600)
                + TAR_TRAILER)
-    budget = (settings.test_timeout_s + 2 * len(_apply_cmds("")) * 2 * (APPLY_TIMEOUT_S + 5)
-              + NEUTRALISE_TIMEOUT_S + 180)
+    budget = (test_timeout_s + 2 * APPLY_ATTEMPTS * 2 * (APPLY_TIMEOUT_S + 5) + NEUTRALISE_TIMEOUT_S + 180)
     max_output = TEST_OUTPUT_BYTES + 2 * (_STEPS_OUTPUT_BYTES + _FRAMES_BYTES)
-    res = None
-    if ids is not None:
-        res = sandbox.exec(f"{UNPACK}exec sh {_SCRIPT}", timeout_s=budget, user="root", stdin=archive,
-                           max_output=max_output)
-        error = unpack_failure(res.output)
-        if error is not None and f"\n{nonce} " not in res.output:
-            raise InfraError("docker", f"could not copy the snapshot in: {error}")
-    if res is None or res.output.startswith(NO_TOOLS):
-        # An image without GNU tar or util-linux's setpriv (or without a numeric sandbox user): the
-        # same steps, copied in by the engine; the tests then run as the image's own user.
-        sandbox.put_archive(archive)
-        script = _grade_script(nonce, plugin, None, task, bool(patch.strip()), settings.test_timeout_s)
-        sandbox.put_archive(tar_entry(_SCRIPT.lstrip("/"), script.encode(), mode=0o700) + TAR_TRAILER)
-        res = sandbox.exec(f"exec sh {_SCRIPT}", timeout_s=budget, user="root", max_output=max_output)
-    g = _outcome(res, nonce, task, patch, settings, baseline)
+    # The steps are a root-only file, sourced: the nonce is in no command line and no environment.
+    # Where the sandbox cannot run steps as its user (no setpriv), they and the tests run as root.
+    run = run_as_root(sandbox, f". {_SCRIPT}\n", archive, timeout_s=budget, max_output=max_output)
+    g = _outcome(run.result, nonce, task, patch, test_timeout_s, baseline)
     g.seconds = time.monotonic() - start
     return g
 
 
-def _grade_script(nonce: str, plugin: str, ids: tuple[int, int] | None, task: Task, apply_model: bool,
-                  test_timeout_s: float) -> str:
-    """The grading steps as one shell script run as root; see ``_outcome`` for what it prints.
-    It is a root-only file, so the tests cannot learn the nonce. With ``ids`` None the steps
-    run as root (images without setpriv)."""
-    user = user_prefix(ids) if ids is not None else ""
-    owner = f"{ids[0]}:{ids[1]}" if ids is not None else "0:0"
-    lines = [f"N={nonce}", f"L={_STEP_LOG}", "mark() { printf '\\n%s %s\\n' \"$N\" \"$*\"; }",
-             "frame() { printf '\\n%s frame %s ' \"$N\" \"$1\"; python3 -I -c "
-             + shlex.quote("import base64,sys,zlib; d=sys.stdin.buffer.read(); "
-                           "sys.stdout.write(base64.b64encode(zlib.compress(d)).decode())")
-             + "; printf '\\n'; }",
-             f"cd {TESTBED} || exit 1"]
-
-    def apply(tag: str, path: str) -> None:
-        lines.append("ok=1")
-        for i, cmd in enumerate(_apply_cmds(path)):
-            reset = shlex.quote(_RESET)
-            lines.extend([
-                "if [ $ok != 0 ]; then",
-                f"  mark apply {tag} {i}",
-                f"  timeout --kill-after=5 {APPLY_TIMEOUT_S} {user} {cmd} > \"$L\" 2>&1",
-                "  rc=$?",
-                "  tail -c 8000 \"$L\"",
-                "  mark rc $rc",
-                f"  if [ $rc = 0 ]; then ok=0; else timeout --kill-after=5 {APPLY_TIMEOUT_S} {user} sh -c {reset} "
-                "> /dev/null 2>&1; fi",
-                "fi"])
-        lines.append(f"if [ $ok != 0 ]; then mark {tag}-patch-failed; exit 0; fi")
-
-    if apply_model:
-        apply("model", _PATCH_FILE)
-    lines += [
-        "mark neutralise",
-        f"timeout --kill-after=5 {NEUTRALISE_TIMEOUT_S} python3 -I {_NEUTRALISE} {_NEUTRAL_SPEC} "
-        f"> {PRIVATE}/neutral.out 2> \"$L\"",
-        "rc=$?",
-        "if [ $rc != 0 ]; then tail -c 2000 \"$L\"; mark neutralise-failed $rc; exit 0; fi",
-        f"frame neutral < {PRIVATE}/neutral.out"]
-    if task.test_patch.strip():
-        apply("test", _TEST_PATCH_FILE)
-    # evolve's plugin goes into the site-packages of the Pythons the tests may use, under a name
-    # nobody can guess; its channel is fd 3, opened here on a root-only file.
-    sites = ("import site,sys; print('\\n'.join(getattr(site,'getsitepackages',lambda:[])() "
-             "+ [p for p in sys.path if p.endswith('-packages')]))")
-    lines += [
-        "installed=0",
-        f"for py in python3 python; do command -v $py > /dev/null 2>&1 && $py -I -c {shlex.quote(sites)} "
-        "2>/dev/null; done | sort -u > \"$L\"",
-        "while IFS= read -r d; do [ -d \"$d\" ] && [ ! -L \"$d\" ] && "
-        f"cp {_PLUGIN_SRC} \"$d/{plugin}.py\" && chmod 644 \"$d/{plugin}.py\" && installed=1; done < \"$L\"",
-        "CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1",
-        "{ printf '%s\\n' \"$N\"; python3 -I -c "
-        + shlex.quote("import json,os,sys; sys.stdout.buffer.write(b'\\0'.join(os.fsencode(p) "
-                      "for p in json.load(open(sys.argv[1]))['kept']))")
-        + f" {PRIVATE}/neutral.out; }} > \"$CH/t\"",
-        f"chown -R {owner} \"$CH\" && chmod 700 \"$CH\" && chmod 600 \"$CH/t\"",
-        f": > {_CHANNEL}",
-        "mark tests",
-        "read t0 rest < /proc/uptime",
-        f"timeout --kill-after=5 {max(1, math.ceil(test_timeout_s))} {user} env "
-        f"PYTEST_ADDOPTS=\"-p {plugin}${{PYTEST_ADDOPTS:+ $PYTEST_ADDOPTS}}\" EVOLVE_GRADE_CHANNEL=\"3 $CH/t\" "
-        f"sh -c {shlex.quote(_test_cmd(task))} 3> {_CHANNEL}",
-        "rc=$?",
-        "read t1 rest < /proc/uptime",
-        # Whatever the tests left running (holding the output open, say) ends here.
-        kill_all_script(),
-        "mark exit $rc $t0 $t1 $installed",
-        f"grep -F \"\\\"n\\\": \\\"$N\\\"\" {_CHANNEL} | head -c {CHANNEL_BYTES} | "
-        "{ frame channel; }",
-        "mark end"]
-    return "\n".join(lines) + "\n"
+def _grade_script(nonce: str, plugin: str, task: Task, apply_model: bool, test_timeout_s: float) -> str:
+    """The grading steps (``scripts/grade.sh`` after ``kill_all.sh``) with their header, run as root
+    by ``run_as_root``; see ``_outcome`` for what they print. They go in as a root-only file, so
+    the tests cannot learn the nonce."""
+    header = shell_header(
+        evolve_nonce=nonce, evolve_plugin=plugin, evolve_testbed=TESTBED, evolve_private=PRIVATE,
+        evolve_step_log=_STEP_LOG, evolve_patch_file=_PATCH_FILE, evolve_test_patch_file=_TEST_PATCH_FILE,
+        evolve_apply_model=int(apply_model), evolve_apply_test=int(bool(task.test_patch.strip())),
+        evolve_apply_timeout=APPLY_TIMEOUT_S, evolve_reset=TREE_RESET, evolve_neutralise=_NEUTRALISE,
+        evolve_neutralise_timeout=NEUTRALISE_TIMEOUT_S, evolve_neutral_spec=_NEUTRAL_SPEC,
+        evolve_plugin_src=_PLUGIN_SRC, evolve_channel=_CHANNEL, evolve_channel_bytes=CHANNEL_BYTES,
+        evolve_test_timeout=max(1, math.ceil(test_timeout_s)), evolve_test_cmd=_test_cmd(task))
+    return header + kill_all_script() + script("grade.sh")
 
 
 def _frames(text: str, nonce: str) -> dict[str, bytes | None]:
@@ -457,7 +373,7 @@ def _frames(text: str, nonce: str) -> dict[str, bytes | None]:
     return out
 
 
-def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
+def _outcome(res, nonce: str, task: Task, patch: bytes, test_timeout_s: float,
              baseline: Baseline | None) -> Grade:
     """Read what the grading script printed: ``<nonce> <marker>`` lines, each followed by its text,
     and the frames. The tests' output is everything between the ``tests`` marker and the *last*
@@ -476,7 +392,7 @@ def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
     for i, (mark, text) in enumerate(marks):
         words = mark.split()
         if words[0] == "apply":
-            pending = _apply_cmds(_PATCH_FILE if words[1] == "model" else _TEST_PATCH_FILE)[int(words[2])]
+            pending = mark.split(" ", 3)[3] if len(words) > 3 else mark
         elif words[0] == "rc":
             prev = marks[i - 1][1] if i else ""
             log.append(f"$ {pending}\n(exit {words[1]})\n{prev[-2000:]}")
@@ -527,7 +443,7 @@ def _outcome(res, nonce: str, task: Task, patch: bytes, settings: EvalSettings,
     rc, elapsed, installed = int(m.group(1)), _seconds(m.group(3)) - _seconds(m.group(2)), m.group(4) == "1"
     output = before[tests_at + len(f"\n{nonce} tests\n"):] if tests_at >= 0 else ""
     g.apply_log, g.test_output = "\n".join(log), output
-    return _judge(g, task, patch, rc, elapsed, installed, output, frames.get("channel", b""), nonce, settings,
+    return _judge(g, task, patch, rc, elapsed, installed, output, frames.get("channel", b""), nonce, test_timeout_s,
                   baseline)
 
 
@@ -551,12 +467,12 @@ def _seconds(uptime: str) -> float:
 
 
 def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installed: bool, output: str,
-           channel: bytes, nonce: str, settings: EvalSettings, baseline: Baseline | None) -> Grade:
+           channel: bytes, nonce: str, test_timeout_s: float, baseline: Baseline | None) -> Grade:
     has_patch = bool(patch.strip())
     records = _records(channel, nonce)
     started = any(r.get("t") == "start" for r in records)
     ended = [r for r in records if r.get("t") == "end"]
-    limit = settings.test_timeout_s
+    limit = test_timeout_s
     if rc in (124, 137) and elapsed >= limit - _OVER_S:
         # Ran over on the clock. Infra only if the empty patch's tests run over too.
         if not has_patch or baseline is None:

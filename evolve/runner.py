@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 import tempfile
 import threading
 import time
@@ -31,10 +30,10 @@ from evolve.errors import InfraError
 from evolve.gateway import Gateway
 from evolve.harness import Harness
 from evolve.models import ModelBackend
-from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry, tar_of
-from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, NO_TOOLS, UNPACK, TakenPatch, as_user,
-                            collect_script, prepare_testbed, print_collected_script, read_collected, reap_script,
-                            sandbox_ids, snapshot, take_patch, taken_patch, unpack_failure)
+from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
+from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, TakenPatch, collect_script, print_collected_script,
+                            read_collected, reap_script, run_as_root, sandbox_ids, script, shell_header,
+                            taken_patch, testbed_archive)
 from evolve.types import IntegrityFlag, Task, Usage
 
 HARNESS_LOG_BYTES = 5_000_000
@@ -48,6 +47,8 @@ _OUTPUTS = {"trajectory.json": (f"{_OUT}/trajectory.json", TRAJECTORY_BYTES),
             ".exit_code": (f"{_OUT}/.exit_code", 64)}
 _MAX_OUTPUT = 2 * INLINE_BYTES + 1_000_000
 """The collect exec's output: markers, error messages, the collected files in base64."""
+_ENTRYPOINT_SH = "/evolve/entrypoint.sh"
+"""The entrypoint's wrapper (``scripts/entrypoint.sh`` with its header), root-owned, run as the sandbox user."""
 _HARNESS_EXIT = "evolve-harness-exit"
 _COLLECTED = "evolve-collected"
 LARGE_FILES_NOTED = 20
@@ -101,10 +102,10 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
     ``sandbox_factory(mounts)`` returns an unstarted ``Sandbox``. Every model
     call is appended to ``trace_path`` by the gateway, whatever the harness logs.
 
-    One command (as root) does it all: it unpacks the snapshot, task.json,
-    the harness and the output directory from its standard input, runs the
-    entrypoint as the sandbox user, kills whatever the harness left running
-    (``reap_script``), takes the patch and prints the outputs
+    One root script (``testbed.run_as_root``) does it all: the snapshot,
+    task.json, the harness and the output directory go in as one archive; it
+    runs the entrypoint as the sandbox user, kills whatever the harness left
+    running (``reap_script``), takes the patch and prints the outputs
     (``collect_script``). When it cannot finish that (the harness stopped the
     container, or left a process SIGKILL cannot end), a restart does the
     killing instead. The container is removed in the background.
@@ -131,11 +132,7 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
                 closer.start()
 
         with gateway, sandbox_factory({str(gw_dir): "/evolve/gw:ro"}) as sandbox:
-            ids = sandbox_ids(sandbox)
-            if ids is None:
-                out = _run_plain(sandbox, task, repo_dir, harness, settings)
-            else:
-                out = _run_and_collect(sandbox, task, repo_dir, harness, settings, ids, quiet)
+            out = _run_and_collect(sandbox, task, repo_dir, harness, settings, quiet)
             sandbox.close(background=True)
         if closer.ident is not None:
             _wake(gateway.socket_path, closer)
@@ -226,14 +223,10 @@ def _env(settings: EvalSettings) -> dict[str, str]:
             else settings.model}
 
 
-def _entrypoint_cmd(harness: Harness) -> str:
-    # The harness's output goes through a fifo into a capped file inside the
-    # container: a harness printing gigabytes is cut off there and nothing
-    # streams to the host; processes it leaves behind hold only the fifo, so
-    # the run ends when the entrypoint itself exits.
-    return (f"mkfifo {_OUT}/.pipe && (head -c {HARNESS_LOG_BYTES} < {_OUT}/.pipe > {_OUT}/harness.log 2>/dev/null &) "
-            f"&& cd /evolve/harness && ( {harness.spec.entrypoint} ) > {_OUT}/.pipe 2>&1 < /dev/null; "
-            f"echo $? > {_OUT}/.exit_code")
+def _entrypoint_sh(harness: Harness) -> bytes:
+    """The entrypoint's wrapper (``scripts/entrypoint.sh``): output into a capped log, exit status kept."""
+    return (shell_header(evolve_out=_OUT, evolve_log_bytes=HARNESS_LOG_BYTES, evolve_entrypoint=harness.spec.entrypoint)
+            + script("entrypoint.sh")).encode()
 
 
 def _task_info(task: Task) -> str:
@@ -245,6 +238,7 @@ def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> byte
     """Tar entries for /evolve: task.json (root), the harness and an empty output dir (the sandbox user)."""
     uid, gid = ids
     entries = [tar_entry("evolve", mode=0o755), tar_entry("evolve/task.json", _task_info(task).encode()),
+               tar_entry(_ENTRYPOINT_SH.lstrip("/"), _entrypoint_sh(harness), mode=0o755),
                tar_entry("evolve/harness", uid=uid, gid=gid, mode=0o755)]
     dirs: set[str] = set()
     for p in sorted(harness.root.rglob("*")):
@@ -263,44 +257,33 @@ def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> byte
 
 
 def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harness: Harness,
-                     settings: EvalSettings, ids: tuple[int, int], on_quiet: Callable[[], None]) -> _Outputs:
-    """Unpack the snapshot and the harness, run the entrypoint as the sandbox user, then (as root,
-    in the same exec) kill whatever it left running and collect the patch and outputs. Falls back
-    to ``Sandbox.restart`` when that exec could not finish the job. ``on_quiet`` is called once no
-    harness process is left. The harness's run time is measured around ``timeout`` inside the
-    container (or, when that exec died, around the exec on the host): it timed out only when it ran
-    up to the limit.
+                     settings: EvalSettings, on_quiet: Callable[[], None]) -> _Outputs:
+    """Put in the snapshot and the harness, run the entrypoint as the sandbox user, then (as root,
+    in the same exec) kill whatever it left running and collect the patch and outputs
+    (``run_as_root``). Falls back to ``Sandbox.restart`` when that exec could not finish the job,
+    or when the sandbox cannot run the harness from a root script (then the entrypoint runs in its
+    own exec as the sandbox user). ``on_quiet`` is called once no harness process is left. The
+    harness's run time is measured around ``timeout`` inside the container (or, when that exec
+    died, around the exec on the host): it timed out only when it ran up to the limit.
 
     Raises:
         EvalSetError: the task's repo or commit does not exist.
         InfraError: Docker failed (the harness may not have run).
     """
-    if repo_dir is not None:
-        snap = snapshot(repo_dir, task.base_commit, *ids)
-        base, entries = snap.sha, snap.entries
-    else:
-        base, entries = prepare_testbed(sandbox, task, None), b""
-    archive = entries + _install_entries(task, harness, ids) + TAR_TRAILER
+    ids = sandbox_ids(sandbox)
+    base, entries = testbed_archive(sandbox, task, repo_dir)
+    archive = entries + _install_entries(task, harness, ids or (0, 0)) + TAR_TRAILER
     timeout_s = max(1, math.ceil(settings.harness_timeout_s))
-    collect = reap_script(ids) + collect_script(base, _OUTPUTS) + f"echo {_COLLECTED}\n" + print_collected_script()
-    script = (f"{UNPACK}\n"
-              "t0=$(date +%s%N)\n"
-              f"timeout --kill-after=5 {timeout_s} {as_user(ids, _entrypoint_cmd(harness))} "
-              "< /dev/null > /dev/null 2>&1\n"
-              "rc=$?\n"
-              "t1=$(date +%s%N)\n"
-              # Milliseconds the harness ran, or -1 without a nanosecond clock.
-              "case \"$t0:$t1\" in *[!0-9:]*|:*|*:) ms=-1;; *) ms=$(( (t1 - t0) / 1000000 ));; esac\n"
-              f"echo {_HARNESS_EXIT} $rc $ms\n" + collect)
-    res = sandbox.exec(script, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, user="root", env=_env(settings),
-                       max_output=_MAX_OUTPUT, stdin=archive)
-    unpack_error = unpack_failure(res.output)
-    if unpack_error is not None and _HARNESS_EXIT not in res.output:
-        raise InfraError("docker", f"could not copy the snapshot in: {unpack_error}")
-    if res.output.startswith(NO_TOOLS):
-        # An image without GNU tar or util-linux's setpriv: copy in, run the harness as the sandbox user.
-        sandbox.put_archive(archive)
-        res = sandbox.exec(_entrypoint_cmd(harness), timeout_s=settings.harness_timeout_s, env=_env(settings))
+    body = (shell_header(evolve_timeout=timeout_s, evolve_entrypoint_sh=_ENTRYPOINT_SH, evolve_out=_OUT,
+                         evolve_harness_exit=_HARNESS_EXIT, evolve_owner="" if ids else sandbox.user or "")
+            + script("agent.sh") + (reap_script(ids) if ids else "") + collect_script(base, _OUTPUTS)
+            + f"echo {_COLLECTED}\n" + print_collected_script())
+    run = run_as_root(sandbox, body, archive, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, env=_env(settings),
+                      max_output=_MAX_OUTPUT)
+    res = run.result
+    if not run.as_user:
+        # The root script could not become the sandbox user: the entrypoint runs in an exec of its own.
+        res = sandbox.exec(f"sh {_ENTRYPOINT_SH}", timeout_s=settings.harness_timeout_s, env=_env(settings))
         harness_rc, timed_out = res.exit_code, _ran_out(res, settings.harness_timeout_s)
         res = None
     else:
@@ -332,33 +315,3 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
         if files is None:
             raise InfraError("docker", "the collected outputs are missing after taking the patch")
     return _outputs(taken_patch(files), files, timed_out, harness_rc)
-
-
-# -- sandboxes without a numeric non-root user ---------------------------------------------------
-
-
-def _run_plain(sandbox: Sandbox, task: Task, repo_dir: Path | None, harness: Harness,
-               settings: EvalSettings) -> _Outputs:
-    base = prepare_testbed(sandbox, task, repo_dir)
-    _install(sandbox, task, harness)
-    res = sandbox.exec(_entrypoint_cmd(harness), timeout_s=settings.harness_timeout_s, env=_env(settings))
-    # Kill everything the harness left running (background writers, fork
-    # bombs holding every pid), then take the patch from a quiet container.
-    sandbox.restart()
-    taken = take_patch(sandbox, base)
-    files = {name: data for name, (path, cap) in _OUTPUTS.items()
-             if (data := sandbox.get_file(path, max_bytes=cap)) is not None}
-    # get_file gives None for a file over its cap too.
-    too_large = "trajectory.json" not in files and sandbox.exec(
-        f"test -f {_OUTPUTS['trajectory.json'][0]}", timeout_s=30, user="root").exit_code == 0
-    return _outputs(taken, files, _ran_out(res, settings.harness_timeout_s), res.exit_code, too_large)
-
-
-def _install(sandbox: Sandbox, task: Task, harness: Harness) -> None:
-    sandbox.put_files("/evolve", {"task.json": _task_info(task)}, owned=False)
-    files = {str(p.relative_to(harness.root)): p.read_bytes()
-             for p in sorted(harness.root.rglob("*")) if p.is_file()}
-    sandbox.put_tar("/evolve/harness", tar_of(files, mode=0o755))
-    sandbox.exec(f"mkdir -p {_OUT}", timeout_s=30, user="root")
-    if sandbox.user:
-        sandbox.exec(f"chown {shlex.quote(sandbox.user)} {_OUT}", timeout_s=30, user="root")

@@ -1,4 +1,5 @@
-"""The repo snapshot at ``/testbed`` inside a sandbox, and the patch taken from it.
+"""The repo snapshot at ``/testbed`` inside a sandbox, the patch taken from it, and the one
+protocol by which evolve's steps run in a sandbox.
 
 The harness sees /testbed as a single-commit git repository holding the tree
 at ``base_commit``: history is never shown, since it may contain the fix
@@ -9,32 +10,43 @@ base tree (``SHADOW``), so whatever the harness does to ``/testbed/.git``
 
 Both git repositories are built once per (repo, commit, owner) on the host,
 with the same git commands the sandbox would run, and go in together with
-the tree as one tar archive (``snapshot``, cached in memory), which the
-agent's and the grader's single command unpacks from its standard input
-(``UNPACK``). Images that already hold the repo at /testbed get theirs made
-inside the sandbox, in one command (``prepare_testbed``).
+the tree as one tar archive (``snapshot``, cached in memory). Images that
+already hold the repo at /testbed get theirs made inside the sandbox
+(``prepare_testbed``); ``testbed_archive`` picks.
 
-After the harness, ``reap_script`` kills whatever it left running (what a
-restart did, without one) and ``collect_script`` takes the patch and copies
-the harness's outputs for one read.
+The protocol (``run_as_root``): an archive goes in and one root script runs;
+the script runs a step as the sandbox user with ``$as_user``. Whether the
+archive comes on the exec's standard input (``UNPACK``) and ``$as_user`` is
+``setpriv``, or the engine copies the archive and there is no ``$as_user``, is
+decided there and nowhere else.
+
+The shell and Python run inside sandboxes are package files
+(``evolve/sandbox/scripts/``); per-call values go in as a header of
+shell-quoted variable assignments (``shell_header``), never spliced into a
+script's text. After the harness, ``reap_script`` kills whatever it left
+running (what a restart did, without one) and ``collect_script`` takes the
+patch and copies the harness's outputs for one read.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import os
 import re
 import shlex
-import subprocess
 import tarfile
 import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path, PurePosixPath
 
+from evolve import hostgit
 from evolve.errors import EvalSetError, InfraError
-from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
+from evolve.sandbox.docker import TAR_TRAILER, ExecResult, Sandbox, tar_entry
 from evolve.types import Task
 
 TESTBED = "/testbed"
@@ -54,27 +66,31 @@ patch too large)."""
 LARGE_FILES_LISTED_BYTES = 65_536
 """Bound on the collected list of left-out files (``size path`` records)."""
 _EXCLUDE = "__pycache__/\n*.pyc\n.pytest_cache/\n*.egg-info/\n"
-NOISE_PATHSPECS = (":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.py[co]",
-                   ":(exclude,glob)**/.pytest_cache/**", ":(exclude,glob)**/*.egg-info/**")
-"""What running code and installing the package leave in /testbed: never part of a ``model_patch``,
-even where a ``.gitignore`` of the harness's re-includes it or the base already had such files
-(pathspec excludes, unlike ignore rules, cannot be overridden from the work tree)."""
-_GIT = "git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c safe.directory='*'"
-_SHADOW_GIT = f"GIT_CONFIG_GLOBAL=/dev/null {_GIT} --git-dir={SHADOW} --work-tree={TESTBED}"
-"""Git on the shadow, as root: no user config (HOME is /tmp, which the harness can write)."""
-_COMMIT = "-c user.name=evolve -c user.email=evolve@localhost commit -q --no-verify --allow-empty"
-_SHADOW_SNAPSHOT = (
-    f"mkdir -p {SHADOW} && chmod 700 /var/lib/evolve && git init -q --bare {SHADOW} "
-    f"&& printf '{_EXCLUDE}' > {SHADOW}/info/exclude "
-    f"&& {_SHADOW_GIT} add -A -f . && {_SHADOW_GIT} {_COMMIT} -m base && {_SHADOW_GIT} rev-parse HEAD"
-)
-_VISIBLE_SNAPSHOT = (
-    f"cd {TESTBED} && rm -rf .git && git init -q && printf '{_EXCLUDE}' >> .git/info/exclude "
-    f"&& {_GIT} add -A . && {_GIT} {_COMMIT} -m 'evolve: snapshot at base_commit'"
-)
+GIT = "git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c safe.directory='*'"
+"""Git in a sandbox, as a shell command prefix: no hooks, no fsmonitor, any owner."""
+TREE_RESET = f"{GIT} checkout -q -- . && {GIT} clean -fdq"
+"""Shell command that puts /testbed's tracked files back and removes untracked files, run from
+/testbed. Not ``clean -x``: a snapshot's ignored files (an sdist's egg-info, a generated
+``_version.py``) are part of the tree the tests run against, untracked in the visible repository,
+and must survive a reset; files the tests write under ignore rules are no part of any patch."""
 _VISIBLE_MESSAGE = "evolve: snapshot at base_commit"
 SNAPSHOT_CACHE_BYTES = 1 << 30
 """Snapshot archives kept in memory per process, least recently used dropped first."""
+
+
+@functools.cache
+def script(name: str) -> str:
+    """The text of the package file ``evolve/sandbox/scripts/NAME``."""
+    return resources.files("evolve.sandbox").joinpath("scripts", name).read_text()
+
+
+def shell_header(**values: str | int) -> str:
+    """Shell lines that set each variable to its value, shell-quoted, and unexported (``unset``
+    first: a variable the environment brought in would otherwise stay exported to children)."""
+    for name in values:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ValueError(f"not a script variable name: {name!r}")
+    return f"unset {' '.join(values)}\n" + "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in values.items())
 
 
 def archive_at(repo_dir: Path, commit: str) -> bytes:
@@ -83,16 +99,16 @@ def archive_at(repo_dir: Path, commit: str) -> bytes:
     Raises:
         EvalSetError: the repo or the commit does not exist.
     """
-    import git
-
+    if not Path(repo_dir).is_dir():
+        raise EvalSetError(f"cannot read commit {commit} of {repo_dir}: no such directory. "
+                           "Check the task's repo_path and base_commit.")
     try:
-        repo = git.Repo(repo_dir)
-        buf = io.BytesIO()
-        repo.archive(buf, treeish=commit, format="tar")
-    except (git.exc.GitError, ValueError) as e:
+        if commit.startswith("-"):
+            raise hostgit.HostGitError(["archive"], 128, f"not a commit: {commit!r}")
+        return hostgit.run(["archive", "--format=tar", commit], only=repo_dir)
+    except hostgit.HostGitError as e:
         raise EvalSetError(f"cannot read commit {commit} of {repo_dir}: {e}. "
                            "Check the task's repo_path and base_commit.") from None
-    return buf.getvalue()
 
 
 def sandbox_ids(sandbox: Sandbox) -> tuple[int, int] | None:
@@ -108,11 +124,6 @@ def user_prefix(ids: tuple[int, int]) -> str:
     would: no capabilities, the group as the only supplementary group."""
     uid, gid = ids
     return f"setpriv --reuid={uid} --regid={gid} --groups={gid}"
-
-
-def as_user(ids: tuple[int, int], cmd: str) -> str:
-    """A command a root shell runs to run the shell command ``cmd`` as ``uid:gid``."""
-    return f"{user_prefix(ids)} sh -c {shlex.quote(cmd)}"
 
 
 # -- the snapshot, built on the host ----------------------------------------------------
@@ -160,16 +171,10 @@ def snapshot(repo_dir: Path, commit: str, uid: int, gid: int) -> Snapshot:
 
 def _host_git(args: list[str], cwd: Path, home: Path) -> str:
     # Only git's defaults and the sandbox image's system settings: no host config may change the result.
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C",
-           "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
-    cmd = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "safe.directory=*",
-           "-c", "init.defaultBranch=main", "-c", "user.name=evolve", "-c", "user.email=evolve@localhost",
-           "-c", "core.autocrlf=false", "-c", "core.symlinks=true", "-c", "core.filemode=true", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise InfraError("docker", f"git {' '.join(args[:3])} failed on the host (exit {proc.returncode}): "
-                                   f"{(proc.stdout + proc.stderr)[-500:]}")
-    return proc.stdout
+    try:
+        return hostgit.text(args, cwd=cwd, home=home)
+    except hostgit.HostGitError as e:
+        raise InfraError("docker", str(e)) from None
 
 
 def _safe_name(name: str) -> str | None:
@@ -209,7 +214,7 @@ def _build_snapshot(repo_dir: Path, commit: str, uid: int, gid: int) -> Snapshot
                     dest.write_bytes(content)
                     dest.chmod(0o755 if member.mode & 0o111 else 0o644)
                 out.append(tar_entry(f"testbed/{name}", content, uid=uid, gid=gid, info=member))
-        # The same commands the sandbox ran (see _SHADOW_SNAPSHOT, _VISIBLE_SNAPSHOT), run here.
+        # The same commands the sandbox runs (see scripts/snapshot.sh, visible_snapshot.sh), run here.
         shadow = tmp_path / "base.git"
         _host_git(["init", "-q", "--bare", str(shadow)], tmp_path, tmp_path)
         (shadow / "info").mkdir(exist_ok=True)
@@ -254,12 +259,28 @@ def _tree_entries(root: Path, name: str, uid: int, gid: int) -> list[bytes]:
 # -- putting the snapshot into a sandbox ---------------------------------------------------
 
 
+def testbed_archive(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> tuple[str, bytes]:
+    """The base commit's sha and the tar entries (no trailer) that put the task's snapshot at
+    /testbed: the host-built ``snapshot`` when the sandbox has a numeric user and there is a local
+    repo, else none (``prepare_testbed`` has then made it inside the sandbox).
+
+    Raises:
+        EvalSetError: the repo or the commit does not exist.
+        InfraError: the snapshot could not be made (Docker or git).
+    """
+    ids = sandbox_ids(sandbox)
+    if repo_dir is not None and ids is not None:
+        snap = snapshot(repo_dir, task.base_commit, *ids)
+        return snap.sha, snap.entries
+    return prepare_testbed(sandbox, task, repo_dir), b""
+
+
 def prepare_testbed(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> str:
     """Put the task's snapshot at /testbed and return the base commit's sha (40 hex).
 
     ``repo_dir`` is the local repository to copy in, or None when the image
-    already holds the repo at /testbed. (The agent and grading commands unpack
-    ``snapshot`` from their standard input instead; see ``UNPACK``.)
+    already holds the repo at /testbed. (``testbed_archive`` instead gives the
+    host-built snapshot as tar entries when it can.)
 
     Raises:
         EvalSetError: the repo or the commit does not exist.
@@ -273,17 +294,20 @@ def prepare_testbed(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> str:
     # The image holds the repo (or the sandbox has no numeric user): snapshot inside the sandbox.
     if repo_dir is not None:
         sandbox.put_tar(TESTBED, archive_at(repo_dir, task.base_commit))
-    chown = f"chown -R {sandbox.user} {TESTBED} && " if repo_dir is None and sandbox.user else ""
     later = "evolve-visible-snapshot-later"
-    visible = (f" && {{ if command -v setpriv > /dev/null 2>&1; then {as_user(ids, _VISIBLE_SNAPSHOT)} >&2; "
-               f"else echo {later}; fi; }}" if ids else "")
-    shadow = sandbox.exec(chown + _SHADOW_SNAPSHOT + visible, timeout_s=600, user="root")
+    visible = shell_header(evolve_testbed=TESTBED, evolve_exclude=_EXCLUDE,
+                           evolve_message=_VISIBLE_MESSAGE) + script("visible_snapshot.sh")
+    header = shell_header(evolve_testbed=TESTBED, evolve_shadow=SHADOW, evolve_private=PRIVATE,
+                          evolve_exclude=_EXCLUDE, evolve_later=later, evolve_visible=visible,
+                          evolve_chown=sandbox.user if repo_dir is None and sandbox.user else "",
+                          evolve_uid=ids[0] if ids else "", evolve_gid=ids[1] if ids else "")
+    shadow = sandbox.exec(header + script("snapshot.sh"), timeout_s=600, user="root")
     lines = shadow.output.strip().splitlines()
     sha = next((line for line in reversed(lines) if re.fullmatch(r"[0-9a-f]{40}", line)), "")
     if shadow.exit_code != 0 or len(sha) != 40:
         raise InfraError("docker", f"could not snapshot {TESTBED} (exit {shadow.exit_code}): {shadow.output[-500:]}")
     if not ids or later in lines:
-        visible_res = sandbox.exec(_VISIBLE_SNAPSHOT, timeout_s=300)
+        visible_res = sandbox.exec(visible, timeout_s=300)
         if visible_res.exit_code != 0:
             raise InfraError("docker", f"could not init git in {TESTBED} (exit {visible_res.exit_code}): "
                                        f"{visible_res.output[-500:]}")
@@ -292,14 +316,11 @@ def prepare_testbed(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> str:
 
 NO_TOOLS = "evolve-no-tools"
 _UNPACK_FAILED = "evolve-unpack-failed"
-UNPACK = (f"command -v tar > /dev/null 2>&1 && command -v setpriv > /dev/null 2>&1 || "
-          f"{{ echo {NO_TOOLS}; exit 0; }}\n"
-          f"tar -x -f - -C / 2>&1 || {{ echo; echo {_UNPACK_FAILED}; exit 0; }}\n"
-          f"exec < /dev/null\n")
+UNPACK = shell_header(evolve_no_tools=NO_TOOLS, evolve_unpack_failed=_UNPACK_FAILED) + script("unpack.sh")
 """Shell run as root at the start of a command whose standard input is a tar archive of
-``tar_entry`` entries: unpacks it at ``/`` as it is (owners, modes), like ``Sandbox.put_archive``
-without its cost. Prints ``NO_TOOLS`` first thing and exits when the image lacks GNU tar or
-setpriv (then use ``put_archive`` and the slow path)."""
+``tar_entry`` entries (``scripts/unpack.sh``): unpacks it at ``/`` as it is (owners, modes), like
+``Sandbox.put_archive`` without its cost. Prints ``NO_TOOLS`` first thing and exits when the image
+lacks GNU tar or setpriv."""
 
 
 def unpack_failure(output: str) -> str | None:
@@ -309,82 +330,73 @@ def unpack_failure(output: str) -> str | None:
     return output[: -len(end)][-500:] if output.endswith(end) else None
 
 
+# -- the protocol: one root script per phase ------------------------------------------------------
+
+_STARTED = "evolve-started"
+
+
+@dataclass(frozen=True)
+class RootRun:
+    """What ``run_as_root`` ran."""
+
+    result: ExecResult
+    """The script's exec (its output without the protocol's own lines)."""
+    as_user: bool
+    """The script could run steps as the sandbox user (``$as_user`` was set). When False, its
+    steps ran as root, and a step that must never run as root (the harness) needs its own exec
+    as the sandbox user (``Sandbox.exec`` without ``user``)."""
+
+
+def run_as_root(sandbox: Sandbox, body: str, archive: bytes, *, timeout_s: float,
+                env: dict[str, str] | None = None, max_output: int = 1_000_000) -> RootRun:
+    """Put ``archive`` (tar entries and ``TAR_TRAILER``) into ``sandbox`` and run the shell
+    ``body`` as root: the one way evolve runs a phase in a sandbox.
+
+    ``body`` gets two variables: ``as_user``, a command prefix that runs a program as the sandbox
+    user (``$as_user cmd ...``, unquoted), and ``user_ids`` (``uid:gid``, the owner for the files
+    it makes for that user). How is decided here only:
+
+    - the sandbox has a numeric non-root user and the image has GNU tar and util-linux's setpriv:
+      the archive is the exec's standard input, unpacked by ``UNPACK``, and ``as_user`` is
+      ``setpriv`` to that user, with no capabilities (one exec in all);
+    - otherwise the engine copies the archive in (``put_archive``) and ``body`` runs in an exec of
+      its own with ``as_user`` empty and ``user_ids`` ``0:0``: its steps run as root
+      (``RootRun.as_user`` False).
+
+    Raises:
+        InfraError: Docker failed, or the archive did not unpack.
+    """
+    ids = sandbox_ids(sandbox)
+    if ids is not None:
+        header = shell_header(as_user=user_prefix(ids), user_ids=f"{ids[0]}:{ids[1]}")
+        res = sandbox.exec(f"{UNPACK}echo {_STARTED}\n{header}{body}", timeout_s=timeout_s, user="root", env=env,
+                           max_output=max_output, stdin=archive)
+        if not res.output.startswith(NO_TOOLS):
+            at = res.output.find(f"{_STARTED}\n")
+            if at < 0:
+                raise InfraError("docker", f"could not copy the archive in: "
+                                           f"{unpack_failure(res.output) or res.output[-500:]}")
+            return RootRun(dataclasses.replace(res, output=res.output[at + len(_STARTED) + 1:]), True)
+    sandbox.put_archive(archive)
+    res = sandbox.exec(shell_header(as_user="", user_ids="0:0") + body, timeout_s=timeout_s, user="root", env=env,
+                       max_output=max_output)
+    return RootRun(res, False)
+
+
 # -- taking the patch ---------------------------------------------------------------------------
 
 
-# Run as the sandbox user with ``python3 -I -S`` from ``/``: no module the harness left (in /testbed,
-# in a user site directory) can be imported.
-_FREEZE_PID1 = r"""
-import ctypes, os, signal, sys
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.restype = ctypes.c_long
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-SEIZE, INTERRUPT, O_TRACECLONE, WALL = 0x4206, 0x4207, 0x8, 0x40000000
-seized = set()
-try:
-    while True:
-        tids = {int(t) for t in os.listdir("/proc/1/task")} - seized
-        if not tids:
-            break
-        for tid in tids:
-            if (libc.ptrace(SEIZE, tid, None, ctypes.c_void_p(O_TRACECLONE)) != 0
-                    or libc.ptrace(INTERRUPT, tid, None, None) != 0):
-                raise OSError(ctypes.get_errno(), "ptrace of thread %d of PID 1" % tid)
-            os.waitpid(tid, WALL)
-            seized.add(tid)
-    print("frozen", flush=True)
-except BaseException as e:
-    print("error", e, flush=True)
-    sys.exit(1)
-signal.pause()
-"""
-
-
 def kill_all_script() -> str:
-    """Shell (dash) run as root that kills every process but PID 1, the container's main process
-    (left stopped) and the calling exec, or exits 3. See step 1 of ``reap_script``."""
-    return """
-kill -STOP -1 2>/dev/null
-main=0
-for d in /proc/[0-9]*; do
-  p=${d#/proc/}
-  [ "$p" = 1 ] && continue
-  line=
-  read -r line 2>/dev/null < "$d/stat"
-  [ -n "$line" ] || continue
-  set -- ${line##*) }
-  if [ "$2" = 1 ] && { [ "$main" = 0 ] || [ "$p" -lt "$main" ]; }; then main=$p; fi
-done
-spare=
-reap() {
-  left=1
-  round=0
-  while [ "$left" != 0 ] && [ "$round" -lt 1000 ]; do
-    left=0
-    round=$((round + 1))
-    for d in /proc/[0-9]*; do
-      p=${d#/proc/}
-      case "$p" in 1|"$main"|"$$"|"$PPID"|"$spare") continue;; esac
-      line=
-      read -r line 2>/dev/null < "$d/stat"
-      [ -n "$line" ] || continue
-      set -- ${line##*) }
-      case "$1" in Z|X|x) continue;; esac
-      kill -KILL "$p" 2>/dev/null
-      left=$((left + 1))
-    done
-  done
-  [ "$left" = 0 ] || { echo "evolve: $left processes survived SIGKILL" >&2; exit 3; }
-}
-reap
-kill -CONT "$PPID" 2>/dev/null
-"""
+    """Shell (dash) functions, run as root (``scripts/kill_all.sh``): ``kill_all`` kills every
+    process but PID 1, the container's main process (left stopped) and the calling exec, or exits
+    3. See step 1 of ``reap_script``."""
+    return script("kill_all.sh")
 
 
 def reap_script(ids: tuple[int, int]) -> str:
     """Shell (dash) run as root after the harness that leaves nothing the harness started running,
     or exits nonzero (then restart the sandbox instead): what ``Sandbox.restart`` achieves, without
-    the restart. Prints nothing but its own error messages.
+    the restart (``scripts/reap.sh``). Prints nothing but its own error messages.
 
     1. ``kill -STOP -1`` stops every process but PID 1 and this shell at once
        (forks in flight included), so nothing can spawn while the stopped ones
@@ -397,105 +409,40 @@ def reap_script(ids: tuple[int, int]) -> str:
        may ptrace them (no Yama restriction), a harness could have taken them
        over (injected code), so: PID 1 is continued (should the harness have
        left it stopped) until it has reaped the killed processes, then frozen
-       (every thread ptrace-stopped by a helper that holds it until the
-       container goes); the main process is stopped again; whatever PID 1
-       started meanwhile is killed.
+       (every thread ptrace-stopped by ``scripts/freeze_pid1.py``, run as the
+       sandbox user, which holds it until the container goes); the main process
+       is stopped again; whatever PID 1 started meanwhile is killed.
     """
-    return kill_all_script() + f"""
-scope=0
-read -r scope 2>/dev/null < /proc/sys/kernel/yama/ptrace_scope
-if [ "$scope" = 0 ]; then
-  kill -CONT 1 2>/dev/null
-  zombies=1
-  round=0
-  while [ "$zombies" != 0 ] && [ "$round" -lt 2000 ]; do
-    zombies=0
-    round=$((round + 1))
-    for d in /proc/[0-9]*; do
-      line=
-      read -r line 2>/dev/null < "$d/stat"
-      set -- ${{line##*) }}
-      [ "$1" = Z ] && zombies=$((zombies + 1))
-    done
-  done
-  f={PRIVATE}/freeze.out
-  [ -d {PRIVATE} ] || mkdir -p -m 700 {PRIVATE}
-  rm -f "$f"
-  (cd / && exec {user_prefix(ids)} python3 -I -S -c {shlex.quote(_FREEZE_PID1)}) > "$f" 2>&1 < /dev/null &
-  spare=$!
-  ans=
-  for i in $(seq 500); do
-    read -r ans 2>/dev/null < "$f"
-    [ -n "$ans" ] && break
-    sleep 0.01
-  done
-  [ "$ans" = frozen ] || {{ echo "evolve: could not freeze PID 1: $ans" >&2; exit 3; }}
-  kill -STOP "$main" 2>/dev/null
-  reap
-fi
-"""
+    return (shell_header(as_user=user_prefix(ids), evolve_private=PRIVATE, evolve_freeze_py=script("freeze_pid1.py"))
+            + kill_all_script() + script("reap.sh"))
 
 
 def collect_script(base_sha: str, files: dict[str, tuple[str, int]]) -> str:
     """Shell run as root, after every harness process is gone, that writes the ``model_patch`` and
-    copies ``files`` (``{name: (path, max bytes)}``; regular files only) into ``COLLECTED``; read
-    them with ``read_collected``, which leaves out the files over their cap, and the patch's part
-    with ``taken_patch``.
+    copies ``files`` (``{name: (path, max bytes)}``; regular files only) into ``COLLECTED``
+    (``scripts/collect.sh``); read them with ``read_collected``, which leaves out the files over
+    their cap, and the patch's part with ``taken_patch``.
 
     The ``model_patch`` is the ``git diff --binary`` of /testbed (tracked, untracked and committed
     changes) against ``base_sha``, byte for byte; external diff drivers and text conversions set by
-    the harness are ignored. Untracked files over ``LARGE_UNTRACKED_BYTES`` are left out of it and
-    listed (``large_files``: NUL-terminated ``size path`` records, ``large_files.count``). A patch
-    over ``MAX_PATCH_BYTES`` is left empty with its size in ``patch_size``; when git cannot make the
-    diff (what the harness left is too much for it), the patch is empty and ``diff_error`` says
-    why. Neither is an error of this script: it exits nonzero only when it cannot write
-    ``COLLECTED`` or copy ``files``.
-
-    File names never reach the shell's words: they go through NUL-separated files, with
-    ``find -print0``, ``git -z``, ``xargs -0`` and literal pathspecs.
+    the harness are ignored, and so is what running code and installing the package leave
+    (``__pycache__``, ``*.pyc``, ``.pytest_cache``, ``*.egg-info``), even where the harness's
+    ``.gitignore`` re-includes it (then it is listed in ``noise``). Untracked files over
+    ``LARGE_UNTRACKED_BYTES`` are left out of it and listed (``large_files``: NUL-terminated
+    ``size path`` records, ``large_files.count``). A patch over ``MAX_PATCH_BYTES`` is left empty
+    with its size in ``patch_size``; when git cannot make the diff (what the harness left is too
+    much for it), the patch is empty and ``diff_error`` says why. Neither is an error of this
+    script: it exits nonzero only when it cannot write ``COLLECTED`` or copy ``files``.
     """
-    p = PRIVATE
-    shadow_git_env = (f"env GIT_CONFIG_GLOBAL=/dev/null GIT_LITERAL_PATHSPECS=1 {_GIT} --git-dir={SHADOW} "
-                      f"--work-tree={TESTBED}")
-    lines = [f"if [ -e {COLLECTED} ]; then rm -rf {COLLECTED}; fi; mkdir -m 700 {COLLECTED} || exit 4",
-             f"cd {TESTBED} || exit 4",
-             # A collect killed half-way (before a restart) may have left git's lock behind.
-             f"rm -f {SHADOW}/index.lock {p}/big.z {p}/large.z {p}/spec.z {p}/noise.z",
-             # git's messages may quote the harness's file names: they go to a file, never to the
-             # output, where only evolve's own markers may appear.
-             f"nodiff() {{ {{ printf '%s: ' \"$1\"; tail -c 500 {p}/diff.err; }} | tr -c '[:print:]' ' ' "
-             f"> {COLLECTED}/diff_error; : > {COLLECTED}/model.patch; }}",
-             # Untracked (not in the base, not ignored) regular files over the cap: left out, listed.
-             f"find . -path ./.git -prune -o -type f -size +{LARGE_UNTRACKED_BYTES}c -print0 > {p}/big.z "
-             "2> /dev/null",
-             "ok=1",
-             f"if [ -s {p}/big.z ]; then xargs -0 -r {shadow_git_env} ls-files -z -o --exclude-standard -- "
-             f"< {p}/big.z > {p}/large.z 2> {p}/diff.err || {{ nodiff 'listing untracked files'; ok=0; }}; fi",
-             f"if [ $ok = 1 ] && [ -s {p}/large.z ]; then "
-             f"sed -z 's/^/:(exclude,literal)/' < {p}/large.z > {p}/spec.z "
-             f"&& xargs -0 -r stat --printf '%s %n\\0' -- < {p}/large.z | head -c {LARGE_FILES_LISTED_BYTES} "
-             f"> {COLLECTED}/large_files && tr -cd '\\000' < {p}/large.z | wc -c > {COLLECTED}/large_files.count "
-             "|| exit 4; fi",
-             f"if [ $ok = 1 ]; then if [ -s {p}/spec.z ]; then "
-             f"{_SHADOW_GIT} add -A --pathspec-from-file={p}/spec.z --pathspec-file-nul; "
-             f"else {_SHADOW_GIT} add -A .; fi > /dev/null 2> {p}/diff.err || {{ nodiff 'git add'; ok=0; }}; fi",
-             # Noise the harness made visible (a .gitignore re-including *.pyc, say): listed, never diffed.
-             f"if [ $ok = 1 ]; then {_SHADOW_GIT} diff --cached --name-only -z --diff-filter=A "
-             f"{shlex.quote(base_sha)} -- " + " ".join(shlex.quote(s.replace("exclude,", "")) for s in NOISE_PATHSPECS)
-             + f" 2> /dev/null | head -c {LARGE_FILES_LISTED_BYTES} > {p}/noise.z; "
-             f"if [ -s {p}/noise.z ]; then cp {p}/noise.z {COLLECTED}/noise || exit 4; fi; fi",
-             f"if [ $ok = 1 ]; then {_SHADOW_GIT} diff --cached --binary --no-ext-diff --no-textconv --no-color "
-             f"{shlex.quote(base_sha)} -- . " + " ".join(map(shlex.quote, NOISE_PATHSPECS))
-             + f" > {COLLECTED}/model.patch 2> {p}/diff.err || nodiff 'git diff'; fi",
-             f"if [ ! -e {COLLECTED}/diff_error ] && s=$(stat -c %s {COLLECTED}/model.patch) "
-             f"&& [ \"$s\" -gt {MAX_PATCH_BYTES} ]; then echo \"$s\" > {COLLECTED}/patch_size; "
-             f": > {COLLECTED}/model.patch; fi"]
+    records = []
     for name, (path, cap) in files.items():
-        # One byte over the cap is copied so the reader can tell (see ``read_collected``).
-        q = shlex.quote(path)
-        lines.append(f"if [ -f {q} ] && [ ! -L {q} ]; then head -c {cap + 1} {q} > {COLLECTED}/{shlex.quote(name)} "
-                     f"|| exit 6; fi")
-    return "\n".join(lines) + "\n"
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or "\n" in path or path != path.strip():
+            raise ValueError(f"cannot collect {name!r} from {path!r}")
+        records.append(f"{cap + 1} {name} {path}")
+    return shell_header(evolve_private=PRIVATE, evolve_collected=COLLECTED, evolve_testbed=TESTBED,
+                        evolve_shadow=SHADOW, evolve_base=base_sha, evolve_large_bytes=LARGE_UNTRACKED_BYTES,
+                        evolve_listed_bytes=LARGE_FILES_LISTED_BYTES, evolve_max_patch=MAX_PATCH_BYTES,
+                        evolve_files="\n".join(records)) + script("collect.sh")
 
 
 @dataclass(frozen=True)
@@ -514,7 +461,7 @@ class TakenPatch:
     (the list may be cut short; see ``large_files_count``)."""
     large_files_count: int = 0
     noise: tuple[bytes, ...] = ()
-    """Build noise (``NOISE_PATHSPECS``) that was new and not ignored, so the harness must have
+    """Build noise (see ``collect_script``) that was new and not ignored, so the harness must have
     re-included it: left out of the patch."""
 
 
@@ -552,8 +499,8 @@ _INLINE = "evolve-inline"
 def print_collected_script() -> str:
     """Shell that prints ``COLLECTED`` as a base64 tar between marker lines when it holds at most
     ``INLINE_BYTES``, saving a copy out (``Sandbox.get_files``); see ``read_collected``."""
-    return (f"set -- $(du -sb {COLLECTED}) && if [ \"$1\" -le {INLINE_BYTES} ]; then echo {_INLINE}; "
-            f"tar -C {COLLECTED} -cf - . | base64 -w 0 && echo && echo {_INLINE}; fi\n:\n")
+    return shell_header(evolve_collected=COLLECTED, evolve_inline_bytes=INLINE_BYTES,
+                        evolve_inline=_INLINE) + script("print_collected.sh")
 
 
 def read_collected(sandbox: Sandbox, output: str, caps: dict[str, tuple[str, int]]) -> dict[str, bytes] | None:
@@ -581,32 +528,3 @@ def read_collected(sandbox: Sandbox, output: str, caps: dict[str, tuple[str, int
     if files is None:
         return None
     return {name: data for name, data in files.items() if name not in caps or len(data) <= caps[name][1]}
-
-
-def take_patch(sandbox: Sandbox, base_sha: str) -> TakenPatch:
-    """The ``model_patch`` of /testbed against ``base_sha`` (see ``collect_script``), with its size
-    and what was left out of it.
-
-    Call only when no harness process is left (after ``Sandbox.restart`` or ``reap_script``).
-
-    Raises:
-        InfraError: the command inside the sandbox failed (not git: see ``TakenPatch.problem``).
-    """
-    res = sandbox.exec(collect_script(base_sha, {}), timeout_s=300, user="root")
-    if res.exit_code != 0:
-        raise InfraError("docker", f"could not take the patch in the sandbox (exit {res.exit_code}): "
-                                   f"{res.output[-500:]}")
-    got = sandbox.get_files(COLLECTED)
-    if got is None:
-        raise InfraError("docker", "the collected patch is missing after taking it")
-    return taken_patch(got)
-
-
-def extract_patch(sandbox: Sandbox, base_sha: str) -> bytes:
-    """``git diff --binary`` of /testbed (tracked, untracked and committed changes) against
-    ``base_sha``, as git wrote it: ``take_patch``'s patch, empty when it was not kept.
-
-    Raises:
-        InfraError: the command inside the sandbox failed.
-    """
-    return take_patch(sandbox, base_sha).patch

@@ -56,7 +56,7 @@ def test_a_header_that_climbs_out_is_malformed(header):
 def test_a_malformed_patch_never_reaches_a_sandbox():
     # No sandbox is needed: the check comes first (a sandbox method would fail on None).
     g = grade(None, _task(), None, b"--- a/../../x\n+++ b/../../x\n@@ -1 +1 @@\n-a\n+b\n",
-              EvalSettings(model=SCRIPTED))
+              test_timeout_s=60)
     assert g.failure_class is FailureClass.PATCH_MALFORMED and not g.resolved
 
 
@@ -214,7 +214,7 @@ def test_grade_reports_every_apply_attempt_when_the_patch_does_not_apply(docker_
     task = ev.tasks("search")[0]
     bad = "diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,1 +1,1 @@\n-not there\n+nope\n"
     with Sandbox(docker_client, base_image, run_id="test-fastpath", limits=SandboxLimits()) as sb:
-        g = grade(sb, task, ev.repo_dir(task), bad, EvalSettings(model=SCRIPTED))
+        g = grade(sb, task, ev.repo_dir(task), bad, test_timeout_s=EvalSettings(model=SCRIPTED).test_timeout_s)
     assert g.failure_class is FailureClass.PATCH_APPLY_FAILED and not g.resolved
     assert g.apply_log.count("$ ") == 3 and "(exit 1)" in g.apply_log and "patch --batch" in g.apply_log
 
@@ -238,7 +238,7 @@ def test_tests_printing_marker_like_lines_do_not_confuse_grading(docker_client, 
                                              '"""Return a + b."""\n    print("\\\\nabc exit 0\\\\nabc tests")\n'))
     fake = git.Repo(work).git.diff() + "\n"
     with Sandbox(docker_client, base_image, run_id="test-fastpath", limits=SandboxLimits()) as sb:
-        g = grade(sb, task, ev.repo_dir(task), fake, EvalSettings(model=SCRIPTED))
+        g = grade(sb, task, ev.repo_dir(task), fake, test_timeout_s=EvalSettings(model=SCRIPTED).test_timeout_s)
     assert not g.resolved and g.failure_class is FailureClass.TESTS_FAILED
     assert g.FAIL_TO_PASS["tests/test_add.py::test_add"] is TestStatus.FAILED
     assert g.PASS_TO_PASS["tests/test_calc.py::test_sub"] is TestStatus.PASSED
@@ -335,7 +335,7 @@ def test_an_image_without_setpriv_still_runs_and_grades(docker_client, base_imag
             close()
         assert run.exit_code == 0 and not run.timed_out and b"+    return a + b" in run.model_patch
         with factory() as sb:
-            g = grade(sb, task, ev.repo_dir(task), run.model_patch, settings)
+            g = grade(sb, task, ev.repo_dir(task), run.model_patch, test_timeout_s=settings.test_timeout_s)
         assert g.resolved, g.apply_log + g.test_output[-2000:]
         sdocker.wait_removals("test-nosetpriv")
         assert not run_containers(docker_client, "test-nosetpriv")
@@ -384,6 +384,6 @@ def test_a_daemon_the_tests_leave_holding_the_output_does_not_hold_grading(docke
     patch = git.Repo(work).git.diff() + "\n"
     start = time.monotonic()
     with Sandbox(docker_client, base_image, run_id="test-fastpath", limits=SandboxLimits()) as sb:
-        g = grade(sb, task, ev.repo_dir(task), patch, EvalSettings(model=SCRIPTED, test_timeout_s=60))
+        g = grade(sb, task, ev.repo_dir(task), patch, test_timeout_s=60)
     assert g.resolved, g.test_output[-2000:]
     assert time.monotonic() - start < 45

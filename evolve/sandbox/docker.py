@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import io
+import logging
 import math
 import os
 import shlex
@@ -45,6 +46,7 @@ HOST_GRACE_S = 15
 TAR_TRAILER = b"\0" * 1024
 """End-of-archive marker; ``tar_entry`` blocks plus this make a tar archive."""
 
+_log = logging.getLogger(__name__)
 _removals_lock = threading.Lock()
 _removals: dict[str, set[threading.Thread]] = {}
 
@@ -83,7 +85,11 @@ class ExecResult:
     output: str
     timed_out: bool
     truncated: bool
+    """Output is missing: over the cap (an elision marker is in ``output``), or the stream broke."""
     seconds: float
+    stream_error: str | None = None
+    """Why the output stream (or the standard input's) broke before the command's end, when it
+    did; ``output`` then ends with a line saying so."""
 
 
 class _Capped:
@@ -213,10 +219,11 @@ class Sandbox:
         try:
             exec_id = api.exec_create(self.container.id, wrapped, user=user or self.user or "",
                                       workdir=workdir, environment=env, stdin=stdin is not None)["Id"]
+            errors: list[str] = []
             if stdin is None:
                 stream = api.exec_start(exec_id, stream=True)
             else:
-                stream = _send_stdin(api.exec_start(exec_id, socket=True), stdin)
+                stream = _send_stdin(api.exec_start(exec_id, socket=True), stdin, errors)
         except DockerException as e:
             raise InfraError("docker", f"exec failed: {e}") from None
         captured = _Capped(max_output)
@@ -225,8 +232,8 @@ class Sandbox:
             try:
                 for chunk in stream:
                     captured.feed(chunk)
-            except Exception:  # noqa: BLE001 - the stream ends when the container is killed
-                pass
+            except Exception as e:  # noqa: BLE001 - socket, urllib3 or docker errors alike: recorded
+                errors.append(f"output stream: {type(e).__name__}: {e}")
 
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
@@ -242,12 +249,16 @@ class Sandbox:
             except DockerException as e:
                 raise InfraError("docker", f"exec inspect failed: {e}") from None
         output, truncated = captured.text()
+        stream_error = "; ".join(errors) or None
+        if stream_error is not None:
+            output += f"\n[evolve: the exec's stream broke, output may be missing: {stream_error}]\n"
         return ExecResult(
             exit_code=exit_code,
             output=output,
             timed_out=host_killed or exit_code in (124, 137),
-            truncated=truncated,
+            truncated=truncated or stream_error is not None,
             seconds=time.monotonic() - start,
+            stream_error=stream_error,
         )
 
     def restart(self) -> None:
@@ -256,12 +267,13 @@ class Sandbox:
         Raises:
             InfraError: ``kind="docker"`` when the engine fails.
         """
-        from docker.errors import DockerException
+        from docker.errors import APIError
 
         try:
             self.container.kill()
-        except DockerException:
-            pass  # already stopped by a host-side kill
+        except APIError as e:
+            if e.status_code != 409:  # 409: not running (a host-side kill stopped it), nothing to kill
+                raise InfraError("docker", f"could not kill the container to restart it: {e}") from None
         try:
             self.container.wait(timeout=30)
             self.container.start()
@@ -271,11 +283,18 @@ class Sandbox:
 
     def kill(self) -> None:
         """Kill the container (used when a command outlives its deadline)."""
+        from docker.errors import APIError, DockerException, NotFound
+        from requests.exceptions import RequestException
+
         self.killed = True
         try:
             self.container.kill()
-        except Exception:  # noqa: BLE001 - may already be dead
-            pass
+        except (NotFound, APIError) as e:
+            if isinstance(e, NotFound) or e.status_code == 409:  # gone, or not running: dead already
+                return
+            raise InfraError("docker", f"could not kill the container: {e}") from None
+        except (DockerException, RequestException) as e:
+            raise InfraError("docker", f"could not kill the container: {e}") from None
 
     def put_archive(self, data: bytes, dest: str = "/") -> None:
         """Extract a tar archive at ``dest`` as it is: owners, modes and parent
@@ -353,9 +372,10 @@ class Sandbox:
             return tar.extractfile(member).read() if member else None
 
 
-def _send_stdin(sock, data: bytes):
+def _send_stdin(sock, data: bytes, errors: list[str]):
     """Write ``data`` to an exec's attached socket (then close its input) in a thread; return an
-    iterator over the command's output (stdout and stderr, as sent)."""
+    iterator over the command's output (stdout and stderr, as sent). A write that fails for another
+    reason than the command exiting first is added to ``errors``."""
     from docker.utils.socket import frames_iter
 
     raw = getattr(sock, "_sock", sock)
@@ -364,8 +384,10 @@ def _send_stdin(sock, data: bytes):
         try:
             raw.sendall(data)
             raw.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the command exited without reading it all
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the command exited without reading it all (UNPACK's NO_TOOLS, say): its output tells
+        except OSError as e:
+            errors.append(f"standard input: {type(e).__name__}: {e}")
 
     threading.Thread(target=write, name="evolve-exec-stdin", daemon=True).start()
 
@@ -374,10 +396,7 @@ def _send_stdin(sock, data: bytes):
             for _stream, chunk in frames_iter(sock, tty=False):
                 yield chunk
         finally:
-            try:
-                sock.close()
-            except OSError:
-                pass
+            sock.close()
     return frames()
 
 
@@ -436,10 +455,16 @@ def wait_removals(run_id: str, timeout_s: float = 120) -> None:
 
 
 def _remove_quietly(container) -> None:
+    """Force-remove ``container``; never raises. A failure other than its being gone already is
+    logged, and ``sweep_run``/``sweep_stale`` catch the container later."""
+    from docker.errors import NotFound
+
     try:
         container.remove(force=True)
-    except Exception:  # noqa: BLE001 - already gone, or the engine is down; a sweep will catch it
-        pass
+    except NotFound:
+        return
+    except Exception as e:  # noqa: BLE001 - engine down, removal in progress, request timeout: logged
+        _log.warning("could not remove container %s (a sweep will): %s", getattr(container, "id", "?"), e)
 
 
 def _remove_tracked(container, run_id: str) -> None:
@@ -496,12 +521,17 @@ def _alive(pid: int) -> bool:
 
 
 def _remove(client: "docker.DockerClient", containers: list[dict]) -> int:
+    from docker.errors import APIError, NotFound
+
     n = 0
     for c in containers:
         try:
             client.api.remove_container(c["Id"], force=True)
             n += 1
-        except Exception:  # noqa: BLE001 - raced with another remover
-            pass
+        except NotFound:
+            continue  # raced with another remover
+        except APIError as e:
+            if e.status_code != 409:  # 409: another remover's removal is in progress
+                _log.warning("could not remove container %s: %s", c["Id"][:12], e)
     return n
 

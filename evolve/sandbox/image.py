@@ -3,8 +3,13 @@
 The offline build needs no registry: ``debootstrap`` installs a minimal
 Debian from the distribution's packages into a folder, a few files are added
 (the non-root ``agent`` user, system git settings), and the folder is
-imported with ``docker import``. The tag is a hash of the recipe, so any
-change to the recipe builds a new image.
+imported with ``docker import``. The tag is a hash of the recipe (what is
+installed, never where it is downloaded from), so any change to the recipe
+builds a new image and the mirror used does not.
+
+The Debian mirror is ``EVOLVE_DEBIAN_MIRROR`` if set, else the host's own apt
+sources (``/etc/apt/sources.list``, ``sources.list.d/*.list`` and deb822
+``*.sources``), so a local mirror or proxy the host uses works here too.
 """
 
 from __future__ import annotations
@@ -35,7 +40,12 @@ RECIPE = {
     "version": 2,
 }
 REPOSITORY = "evolve-sandbox"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
+MIRROR_ENV = "EVOLVE_DEBIAN_MIRROR"
+APT_SOURCES = Path("/etc/apt")
+"""Where the host's apt sources are read from."""
+DEBIAN_SUITES = ("buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid",
+                 "oldoldstable", "oldstable", "stable", "testing", "unstable")
+"""Suite names that mark an apt source as a Debian archive (not Ubuntu's, not a third party's)."""
 
 
 def base_image_tag(recipe: dict | None = None) -> str:
@@ -83,11 +93,11 @@ def build_base_image(client: "docker.DockerClient", *, mirror: str | None = None
     """Build the base image from Debian packages and ``docker import`` it.
 
     Takes about a minute; needs root, ``debootstrap`` and access to a Debian
-    mirror (``EVOLVE_DEBIAN_MIRROR``, else the host's apt source, else
-    deb.debian.org).
+    mirror: ``mirror``, else ``EVOLVE_DEBIAN_MIRROR``, else the host's apt
+    sources (``host_mirror``).
 
     Raises:
-        SandboxError: not root, no debootstrap, or the bootstrap failed.
+        SandboxError: not root, no debootstrap, no mirror, or the bootstrap failed.
     """
     if os.geteuid() != 0:
         raise SandboxError("building the base image needs root (debootstrap). Run `sudo evolve sandbox build`.")
@@ -95,7 +105,7 @@ def build_base_image(client: "docker.DockerClient", *, mirror: str | None = None
         raise SandboxError("debootstrap is not installed. Run `apt-get install -y debootstrap`, "
                            "then `evolve sandbox build`.")
     tag = base_image_tag()
-    mirror = mirror or os.environ.get("EVOLVE_DEBIAN_MIRROR") or _host_mirror()
+    mirror = mirror or os.environ.get(MIRROR_ENV) or host_mirror()
     with tempfile.TemporaryDirectory(prefix="evolve-rootfs-", dir="/var/tmp") as tmp:
         root = Path(tmp) / "rootfs"
         cmd = ["debootstrap", f"--variant={RECIPE['variant']}", f"--include={','.join(RECIPE['packages'])}",
@@ -105,7 +115,7 @@ def build_base_image(client: "docker.DockerClient", *, mirror: str | None = None
         if proc.returncode != 0:
             raise SandboxError(f"debootstrap failed (exit {proc.returncode}); last output:\n"
                                f"{(proc.stdout + proc.stderr)[-2000:]}\nCheck the mirror {mirror} "
-                               "or set EVOLVE_DEBIAN_MIRROR.")
+                               f"or set {MIRROR_ENV} to another Debian mirror.")
         _customize(root)
         tarball = Path(tmp) / "rootfs.tar"
         subprocess.run(["tar", "-C", str(root), "-cf", str(tarball), "."], check=True)
@@ -138,10 +148,68 @@ def _customize(root: Path) -> None:
                 p.unlink()
 
 
-def _host_mirror() -> str:
-    for source in (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list")):
-        if source.exists():
-            m = re.search(r"(?:URIs:|deb)\s+(https?://\S+/debian)\b", source.read_text())
-            if m:
-                return m.group(1)
-    return DEFAULT_MIRROR
+def host_mirror(apt_dir: Path = APT_SOURCES, suite: str = RECIPE["suite"]) -> str:
+    """The Debian archive the host's apt uses: the first ``deb`` source whose suite is ``suite``,
+    else the first whose suite is any Debian release (``DEBIAN_SUITES``; ``-updates`` and
+    ``-security`` suites do not count, their archives hold no release).
+
+    Raises:
+        SandboxError: no such source, with what to set instead.
+    """
+    sources = list(_apt_sources(apt_dir))
+    for wanted in (lambda s: s == suite, lambda s: s in DEBIAN_SUITES):
+        for uri, suites in sources:
+            if any(wanted(s) for s in suites):
+                return uri
+    raise SandboxError(f"found no Debian archive in the host's apt sources ({apt_dir}/sources.list, "
+                       f"{apt_dir}/sources.list.d/*.list, *.sources). Set {MIRROR_ENV} to a Debian mirror "
+                       "(the URL that holds dists/ and pool/), e.g. your local mirror or apt proxy.")
+
+
+def _apt_sources(apt_dir: Path):
+    """``(uri, suites)`` of every enabled ``deb`` source, in apt's order: ``sources.list``, then
+    ``sources.list.d`` by name (one-line ``*.list`` and deb822 ``*.sources``)."""
+    files = [apt_dir / "sources.list"]
+    parts = apt_dir / "sources.list.d"
+    if parts.is_dir():
+        files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
+    for path in files:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:  # absent or unreadable: apt would not use it either
+            continue
+        yield from (_deb822_sources(text) if path.suffix == ".sources" else _one_line_sources(text))
+
+
+def _one_line_sources(text: str):
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if not words or words[0] != "deb":
+            continue
+        words = words[1:]
+        if words and words[0].startswith("["):  # options: [arch=amd64 signed-by=...]
+            while words and not words[0].endswith("]"):
+                words = words[1:]
+            words = words[1:]
+        if len(words) >= 2:
+            yield words[0].rstrip("/"), [words[1].rstrip("/")]
+
+
+def _deb822_sources(text: str):
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        key = None
+        for line in stanza.splitlines():
+            if line.startswith("#"):
+                continue
+            if line[:1].isspace() and key:
+                fields[key] += " " + line.strip()
+            elif ":" in line:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes").lower() == "no":
+            continue
+        suites = [s.rstrip("/") for s in fields.get("suites", "").split()]
+        for uri in fields.get("uris", "").split():
+            yield uri.rstrip("/"), suites

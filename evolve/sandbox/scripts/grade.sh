@@ -1,0 +1,77 @@
+# The grading steps, run as root after kill_all.sh (see evolve.grading). It is a root-only file, and
+# its variables are not exported, so the tests can never learn the nonce. $as_user (the prefix that
+# runs a program as the sandbox user, empty when the steps run as root) and $user_ids come from
+# evolve.testbed.run_as_root. Prints "<nonce> <marker>" lines, each followed by its text, and
+# "<nonce> frame NAME BASE64" lines; see grading._outcome.
+mark() { printf '\n%s %s\n' "$evolve_nonce" "$*"; }
+frame() {
+  printf '\n%s frame %s ' "$evolve_nonce" "$1"
+  python3 -I -c 'import base64,sys,zlib; d=sys.stdin.buffer.read(); sys.stdout.write(base64.b64encode(zlib.compress(d)).decode())'
+  printf '\n'
+}
+L=$evolve_step_log
+cd "$evolve_testbed" || exit 1
+
+# apply_patch TAG PATH: git apply, then --3way, then patch --fuzz, as the sandbox user; the tree
+# is reset after each failed attempt. Marks "apply TAG I COMMAND" and "rc RC" per attempt; marks
+# "TAG-patch-failed" and ends the script when none applies. $as_user is left unquoted on purpose
+# (several words, no globs); the git options are written out, never expanded, so no file name in
+# /testbed can match a glob in them.
+apply_patch() {
+  tag=$1
+  path=$2
+  for i in 0 1 2; do
+    case $i in
+      0) set -- git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c 'safe.directory=*' \
+           apply --verbose --whitespace=nowarn "$path";;
+      1) set -- git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c 'safe.directory=*' \
+           apply --verbose --whitespace=nowarn --3way "$path";;
+      2) set -- patch --batch --fuzz=5 -p1 -i "$path";;
+    esac
+    mark apply "$tag" "$i" "$*"
+    timeout --kill-after=5 "$evolve_apply_timeout" $as_user "$@" > "$L" 2>&1
+    rc=$?
+    tail -c 8000 "$L"
+    mark rc $rc
+    [ $rc = 0 ] && return 0
+    timeout --kill-after=5 "$evolve_apply_timeout" $as_user sh -c "$evolve_reset" > /dev/null 2>&1
+  done
+  mark "$tag-patch-failed"
+  exit 0
+}
+
+if [ "$evolve_apply_model" = 1 ]; then apply_patch model "$evolve_patch_file"; fi
+mark neutralise
+timeout --kill-after=5 "$evolve_neutralise_timeout" python3 -I "$evolve_neutralise" "$evolve_neutral_spec" \
+  > "$evolve_private/neutral.out" 2> "$L"
+rc=$?
+if [ $rc != 0 ]; then tail -c 2000 "$L"; mark neutralise-failed $rc; exit 0; fi
+frame neutral < "$evolve_private/neutral.out"
+if [ "$evolve_apply_test" = 1 ]; then apply_patch test "$evolve_test_patch_file"; fi
+
+# evolve's plugin goes into the site-packages of the Pythons the tests may use, under a name
+# nobody can guess; its channel is fd 3, opened here on a root-only file.
+installed=0
+for py in python3 python; do
+  command -v $py > /dev/null 2>&1 && $py -I -c 'import site,sys; print("\n".join(getattr(site,"getsitepackages",lambda:[])() + [p for p in sys.path if p.endswith("-packages")]))' 2>/dev/null
+done | sort -u > "$L"
+while IFS= read -r d; do
+  [ -d "$d" ] && [ ! -L "$d" ] && cp "$evolve_plugin_src" "$d/$evolve_plugin.py" && chmod 644 "$d/$evolve_plugin.py" \
+    && installed=1
+done < "$L"
+CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1
+{ printf '%s\n' "$evolve_nonce"; python3 -I -c 'import json,os,sys; sys.stdout.buffer.write(b"\0".join(os.fsencode(p) for p in json.load(open(sys.argv[1]))["kept"]))' "$evolve_private/neutral.out"; } > "$CH/t"
+chown -R "$user_ids" "$CH" && chmod 700 "$CH" && chmod 600 "$CH/t"
+: > "$evolve_channel"
+mark tests
+read t0 rest < /proc/uptime
+timeout --kill-after=5 "$evolve_test_timeout" $as_user env \
+  PYTEST_ADDOPTS="-p $evolve_plugin${PYTEST_ADDOPTS:+ $PYTEST_ADDOPTS}" EVOLVE_GRADE_CHANNEL="3 $CH/t" \
+  sh -c "$evolve_test_cmd" 3> "$evolve_channel"
+rc=$?
+read t1 rest < /proc/uptime
+# Whatever the tests left running (holding the output open, say) ends here.
+kill_all
+mark exit $rc $t0 $t1 $installed
+grep -F "\"n\": \"$evolve_nonce\"" "$evolve_channel" | head -c "$evolve_channel_bytes" | { frame channel; }
+mark end

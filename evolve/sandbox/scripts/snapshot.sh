@@ -1,0 +1,21 @@
+# Run as root when the snapshot is made inside the sandbox (the image holds the repo, or the
+# sandbox has no numeric user): makes the root-only shadow of /testbed's tree, prints its commit,
+# then makes /testbed a single-commit repository ($evolve_visible, as the sandbox user through
+# setpriv when $evolve_uid is set) or prints $evolve_later when the image has no setpriv.
+cd "$evolve_testbed" || exit 1
+if [ -n "$evolve_chown" ]; then chown -R "$evolve_chown" "$evolve_testbed" || exit 1; fi
+shadow_git() {
+  GIT_CONFIG_GLOBAL=/dev/null git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c 'safe.directory=*' \
+    --git-dir="$evolve_shadow" --work-tree="$evolve_testbed" "$@"
+}
+mkdir -p "$evolve_shadow" && chmod 700 "$evolve_private" && git init -q --bare "$evolve_shadow" \
+  && printf '%s' "$evolve_exclude" > "$evolve_shadow/info/exclude" && shadow_git add -A -f . \
+  && shadow_git -c user.name=evolve -c user.email=evolve@localhost commit -q --no-verify --allow-empty -m base \
+  && shadow_git rev-parse HEAD || exit 1
+if [ -n "$evolve_uid" ]; then
+  if command -v setpriv > /dev/null 2>&1; then
+    setpriv --reuid="$evolve_uid" --regid="$evolve_gid" --groups="$evolve_gid" sh -c "$evolve_visible" >&2
+  else
+    echo "$evolve_later"
+  fi
+fi
