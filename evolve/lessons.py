@@ -1,5 +1,10 @@
 """The run's lessons: one append-only entry per generation, never rewritten.
 
+A lesson is appended only after its generation's record is final, and at most once
+per generation (``append_once``), so a resumed run never adds a second, contradicting
+entry. ``load`` keeps the last line of each generation, which lets a later line
+supersede an earlier one in logs written before that rule.
+
 The planner reads the most relevant entries: those sharing the most words
 with the current failure analysis, ties broken by recency, always including
 the latest few so the model knows what was just tried.
@@ -14,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from evolve import store
+from evolve.errors import EvolveError
 
 
 class Lesson(BaseModel):
@@ -33,13 +39,49 @@ class Lesson(BaseModel):
 
 
 def append(path: Path, lesson: Lesson) -> None:
+    """Append ``lesson`` as one JSON line (fsynced)."""
     store.append_jsonl(path, lesson.model_dump(mode="json"))
 
 
-def load(path: Path) -> list[Lesson]:
+def append_once(path: Path, lesson: Lesson) -> bool:
+    """Append ``lesson`` unless the log already has one for its generation; True if appended.
+    A torn last line (a kill during an append) is cut off first."""
+    if any(entry.generation == lesson.generation for entry in load(path, repair=True)):
+        return False
+    append(path, lesson)
+    return True
+
+
+def load(path: Path, *, repair: bool = False) -> list[Lesson]:
+    """The lessons in generation order, one per generation (its last line wins).
+
+    A last line without its newline that is not valid JSON was torn by a kill during an append:
+    it is skipped, and cut off the file when ``repair`` is set.
+
+    Raises:
+        EvolveError: a line other than a torn last one is not a valid lesson.
+    """
     if not path.exists():
         return []
-    return [Lesson.model_validate(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.split("\n")
+    by_gen: dict[int, Lesson] = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            lesson = Lesson.model_validate(json.loads(line))
+        except (ValueError, TypeError) as e:
+            if i == len(lines) - 1:  # no newline after it: torn
+                if repair:
+                    with open(path, "r+b") as f:
+                        f.truncate(len(text.encode()) - len(line.encode()))
+                break
+            raise EvolveError(f"{path}, line {i + 1}: not a valid lesson ({str(e).splitlines()[0][:200]}). Delete "
+                              "that line; `evolve run --resume` writes a missing generation's lesson again "
+                              "from its record.") from None
+        by_gen[lesson.generation] = lesson
+    return [by_gen[g] for g in sorted(by_gen)]
 
 
 def _words(text: str) -> set[str]:

@@ -142,8 +142,21 @@ class Lineage:
         return sha
 
     def delete_branch(self, gen: int) -> None:
+        """Delete generation ``gen``'s branch if it exists (idempotent)."""
         if self.sha(self.refs.gen(gen)):
             self.repo.git.update_ref("-d", self.refs.gen(gen))
+
+    def verdict_of(self, gen: int) -> tuple[str, dict[str, str]] | None:
+        """(sha, trailers) of generation ``gen``'s verdict commit when it is the tip of the
+        generation's branch, else None (no verdict committed yet, or the branch was deleted)."""
+        tip = self.sha(self.refs.gen(gen))
+        if tip is None:
+            return None
+        trailers = self.trailers(tip)
+        if trailers.get("Evolve-Verdict") and trailers.get("Evolve-Generation") == str(gen) \
+                and trailers.get("Evolve-Run") == self.refs.run_id:
+            return tip, trailers
+        return None
 
     # -- reading ------------------------------------------------------------------
 
@@ -182,6 +195,26 @@ def identity() -> dict[str, str]:
     env.setdefault("GIT_COMMITTER_NAME", "evolve")
     env.setdefault("GIT_COMMITTER_EMAIL", "evolve@localhost")
     return env
+
+
+def candidate_trailers(run_id: str, gen: int, parent: str, files: list[str]) -> dict[str, str]:
+    """The git trailers of generation ``gen``'s candidate commit."""
+    return {"Evolve-Run": run_id, "Evolve-Generation": str(gen), "Evolve-Parent": parent,
+            "Evolve-Files": ", ".join(files)}
+
+
+def verdict_trailers(run_id: str, rec) -> dict[str, str]:
+    """The git trailers of a verdict commit, from the decided ``GenerationRecord`` ``rec``
+    (``pending`` holds the verdict; rates are resolve rates in [0, 1], written with 4 decimals).
+
+    Git holds the truth of a run: a resumed run rebuilds what its records miss from these.
+    """
+    return {"Evolve-Run": run_id, "Evolve-Generation": str(rec.gen), "Evolve-Verdict": rec.pending or rec.status,
+            "Evolve-Hypothesis": rec.hypothesis, "Evolve-Parent": rec.parent,
+            "Evolve-Parent-Score": f"{rec.parent_rate:.4f}", "Evolve-Child-Score": f"{rec.child_rate:.4f}",
+            "Evolve-Delta": f"{rec.delta:+.4f}", "Evolve-CI": f"[{rec.ci_low:+.4f}, {rec.ci_high:+.4f}]",
+            "Evolve-P-Value": f"{rec.p_value:.4g}", "Evolve-Tasks": str(rec.n_tasks),
+            "Evolve-Fixed": ", ".join(rec.fixed) or "-", "Evolve-Broken": ", ".join(rec.broken) or "-"}
 
 
 def message(subject: str, trailers: dict[str, str]) -> str:

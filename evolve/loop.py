@@ -1,49 +1,57 @@
 """The evolution loop: one generation = analyze -> plan -> patch -> evaluate and decide.
 
     run():
-        lock the repo's runs folder; open a new run or resume one
+        lock the repo's runs folder; open a new run, or resume one (reconciled with git)
         evaluate the accepted head (baseline) on the search split
         until a stop condition:
             generation():
                 1. analyze   the accepted harness's failures (optimizer)
                 2. plan      one change: hypothesis, files, expected effect (optimizer)
                 3. patch     the harness in the candidate's worktree (optimizer, SEARCH/REPLACE)
-                   check     it compiles in a sandbox and runs one smoke task
+                   check     it compiles and runs one smoke task
                 4. evaluate  paired with the parent on the same search tasks; re-run
-                             discordant tasks; accept (best advances) or roll back
-                append a lesson; save the record
+                             discordant tasks; decide: accept (best advances) or roll back
+                record, lesson, event, state: in that order (evolve.recorder)
         held-out check: baseline and best on the sealed holdout split
 
-Nothing here touches the user's checked-out branch or work tree: candidates
-live in worktrees (evolve.lineage). Evaluations go through the shared cache,
-so a resumed run repeats none of them.
+Evaluation goes through an ``evolve.evaluator.Evaluator``: ``DockerEvaluator`` by default,
+any other (tests) when given. Each step returns its outcome or raises ``GenerationFailed``.
+Nothing here touches the user's checked-out branch or work tree: candidates live in
+worktrees (evolve.lineage). Evaluations and optimizer replies are cached, so a resumed
+run repeats none of them, and a killed generation is redone to the same verdict.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from evolve import lessons as lessons_log
 from evolve.acceptance import Verdict, run_acceptance
 from evolve.analyze import analyze, collect_failures
-from evolve.config import EvalSettings, ProjectConfig
-from evolve.errors import EvolveError, HarnessError, InfraError, ModelError
-from evolve.evalsets.registry import EvalSet, load_evalset
-from evolve.evaluate import EvalReport, Evaluation, Progress
+from evolve.config import ProjectConfig
+from evolve.errors import (ContextWindowError, EvolveError, HarnessError, InfraError, ModelError, PlanError,
+                           RequestError, StopRun, UpstreamError)
+from evolve.evaluate import EvalReport, Progress
+from evolve.evaluator import DockerEvaluator, Evaluator
 from evolve.harness import Harness, resolve_harness
 from evolve.leakage import added_lines, task_leaks
-from evolve.lineage import Lineage
-from evolve.models import ContextWindowError, RequestError, UpstreamError
+from evolve.lineage import Lineage, candidate_trailers, verdict_trailers
 from evolve.optimizer import Optimizer
 from evolve.patch import patch
-from evolve.plan import PlanError, plan
-from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore
-from evolve.store import Cache, atomic_write, new_run_id, now_iso
+from evolve.plan import Plan, plan
+from evolve.recorder import Recorder, kill_point, reconcile
+from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
+from evolve.store import atomic_write, new_run_id, now_iso
 from evolve.types import IntegrityFlag, Task, TaskResult
+
+__all__ = ["GenerationFailed", "Loop", "LoopSettings", "Meter", "RunView", "StopRun", "flag_counts",
+           "new_tampering", "run_holdout"]
 
 
 def new_tampering(parent_results: Iterable[TaskResult], child_results: Iterable[TaskResult]) -> list[str]:
@@ -99,267 +107,339 @@ class LoopSettings:
     """Evaluation workers; None means ``evals.workers`` (already capped by any server's concurrency)."""
 
 
-class StopRun(EvolveError):
-    """Raised inside a generation when the whole run must stop (optimizer unreachable)."""
+class GenerationFailed(EvolveError):
+    """A step ends its generation: ``status`` is ``failed`` (it could not be done) or ``refused``
+    (the change is not allowed); ``reason`` says why, for the record and the lessons."""
+
+    def __init__(self, status: Literal["failed", "refused"], reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class Meter:
+    """The run's fresh spend in USD: solver evaluations (``EvalReport.fresh_usage``) plus optimizer
+    calls. Every cost the loop counts passes through here."""
+
+    def __init__(self) -> None:
+        self.solver_usd = 0.0
+        self.optimizer: Optimizer | None = None
+
+    def total(self) -> float:
+        """USD spent by this process so far (cached results and replies cost nothing)."""
+        return self.solver_usd + (self.optimizer.usage.cost_usd if self.optimizer else 0.0)
+
+    def evaluated(self, report: EvalReport) -> EvalReport:
+        """Count ``report``'s fresh solver spend; returns the report."""
+        self.solver_usd += report.fresh_usage.cost_usd
+        return report
 
 
 class Loop:
-    """One ``evolve run`` on the repository at ``repo_root``.
+    """One ``evolve run`` on the repository at ``repo_root``. The constructor does no I/O;
+    ``open()`` (called by ``run()``) loads and creates what the run needs.
 
     Args:
         cfg: the validated ``evolve.yaml``.
-        optimizer_backend: the optimizer model's backend (``evolve.models.backend_for``).
+        settings: solver model and output places.
+        optimizer_backend: the optimizer model's backend (``evolve.models.backend_for``); None
+            when only the held-out check runs.
         run_id: an existing run to resume, or None for a new one.
+        view: what the user sees; the base ``RunView`` shows nothing.
+        evaluator: evaluates harnesses; None builds ``DockerEvaluator.for_project`` at ``open()``.
     """
 
-    def __init__(self, cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, optimizer_backend,
-                 *, run_id: str | None = None, view: RunView | None = None) -> None:
+    def __init__(self, cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, optimizer_backend=None,
+                 *, run_id: str | None = None, view: RunView | None = None,
+                 evaluator: Evaluator | None = None) -> None:
         self.cfg, self.settings, self.view = cfg, settings, view or RunView()
+        self.requested_root, self.optimizer_backend, self.evaluator = repo_root, optimizer_backend, evaluator
         self.resume = run_id is not None
         self.run_id = run_id or new_run_id("run")
         self.store = RunStore(settings.runs_dir, self.run_id)
-        self.lineage = Lineage(repo_root, self.run_id, self.store.dir / "worktrees")
-        self.repo_root = self.lineage.root
+        self.recorder = Recorder(self.store, self.view)
         self.harness_dir = cfg.harness.strip("/")
-        self.evalset: EvalSet = load_evalset(cfg.evals.name)
-        self.search_ids = self._subset(self.evalset.tasks(cfg.evals.search))
-        self.evalset.tasks(cfg.evals.holdout)  # fail now, not after a night, if the split is missing
-        self.optimizer = Optimizer(optimizer_backend, self.store.dir / "optimizer_trace.jsonl",
-                                   self.store.dir / "optimizer_cache", settings.optimizer_params)
-        self.eval_settings = EvalSettings(
-            model=settings.solver_model, model_params=settings.solver_params,
-            harness_timeout_s=cfg.evals.harness_timeout_s, test_timeout_s=cfg.evals.test_timeout_s,
-            limits=cfg.limits, sandbox=cfg.sandbox)
-        self.workers = settings.workers or cfg.evals.workers
-        self.cache = Cache(settings.runs_dir / "cache")  # shared with `evolve eval`: nothing is evaluated twice
+        self.meter = Meter()
+        self.optimizer: Optimizer | None = None
+        self.lineage: Lineage | None = None
         self.started = time.monotonic()
+        self._cost = lambda: 0.0
 
     # -- the run, top to bottom -----------------------------------------------------
 
     def run(self, *, generations: int | None = None) -> RunState:
-        """Run generations until a stop condition; returns the final state.
+        """Run generations until a stop condition, then the held-out check; returns the final state.
 
         Raises:
-            KeyboardInterrupt: after saving the state (resume continues from there).
+            KeyboardInterrupt: after saving the state; the generation in progress is redone on resume.
             ModelError: a model cannot be called at all.
+            StopRun: the optimizer is unreachable.
+            RunFileError: the run's files cannot be read or written.
         """
         limit = generations if generations is not None else self.cfg.budget.generations
         with RunLock(self.settings.runs_dir):
-            state = self._open()
+            state = self.open()
             try:
-                best = self._evaluate_best(state, label="baseline")
+                mark = self.meter.total()
+                self.view.step(state, state.generations, "baseline")
+                best = self._evaluate(self._harness(state.best), self.search_ids, 0, "baseline")
+                state.spent_usd += self.meter.total() - mark
                 if state.baseline_rate is None:
                     state.baseline_rate = best.resolve_rate
                 state.best_rate = best.resolve_rate
-                self.store.save(state)
+                self.recorder.save(state)
                 while (reason := self._stop_reason(state, limit)) is None:
                     self.generation(state)
                 state.status, state.stop_reason = "stopped", reason
-                self.store.event("stop", reason=reason)
-                self.store.save(state)
+                self.recorder.event("stop", reason=reason)
+                self.recorder.save(state)
                 self.holdout(state)
             except KeyboardInterrupt:
                 state.status, state.stop_reason = "interrupted", "interrupted (Ctrl-C or SIGTERM)"
-                self.store.event("interrupted")
+                self.recorder.event("interrupted")
                 raise
             except (ModelError, StopRun) as e:
                 state.status, state.stop_reason = "failed", str(e)
-                self.store.event("failed", error=str(e))
+                self.recorder.event("failed", error=str(e))
                 raise
             finally:
-                self.store.save(state)
+                self.recorder.save(state)
         return state
 
     def generation(self, state: RunState) -> GenerationRecord:
-        """One generation; always ends with a record (accepted, rejected, refused or failed)."""
+        """One generation; ends with a final record (accepted, rejected, refused or failed), or,
+        when interrupted (Ctrl-C, SIGTERM, a model that cannot be called), with a running record
+        that a resumed run redoes.
+
+        Raises:
+            StopRun: after the record is final, when the optimizer is unreachable.
+        """
         gen = state.generations + 1
-        rec = GenerationRecord(gen=gen, parent=state.best)
-        state.generations = gen
-        self.store.save(state)
-        self.store.save_gen(rec)
-        self.store.event("generation_start", gen=gen, parent=state.best)
-        t0, spent0 = time.monotonic(), self.optimizer.usage.cost_usd
-        solver_spent = [0.0]
+        earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
+        rec = GenerationRecord(gen=gen, parent=state.best, cost_usd=earlier.cost_usd if earlier else 0.0)
+        self.recorder.begin(state, rec)
+        t0, mark, carried, stop = time.monotonic(), self.meter.total(), rec.cost_usd, None
+        self._cost = lambda: carried + self.meter.total() - mark
         try:
-            self._generation_steps(state, rec, solver_spent)
+            self._steps(state, rec)
+        except GenerationFailed as e:
+            rec.status, rec.reason = e.status, e.reason
         except (PlanError, HarnessError, ContextWindowError, RequestError) as e:
             rec.status, rec.reason = "failed", f"{type(e).__name__}: {e}"
         except InfraError as e:
             rec.status, rec.reason = "failed", f"infrastructure failure, not the candidate's: {e}"
         except UpstreamError as e:
             rec.status, rec.reason = "failed", f"optimizer unreachable: {e}"
-            raise StopRun(f"the optimizer model is unreachable: {e}") from None
+            stop = StopRun(f"the optimizer model is unreachable: {e}")
+        except BaseException:
+            rec.cost_usd = self._cost()  # a pending verdict stays: resume completes it from git
+            self.recorder.running(rec)
+            raise
         finally:
-            if rec.status == "running" and rec.reason == "":
-                rec.status, rec.reason = "failed", "interrupted"
             self.lineage.drop_worktree(gen)
-            rec.cost_usd = self.optimizer.usage.cost_usd - spent0 + solver_spent[0]
-            rec.seconds = time.monotonic() - t0
-            rec.finished = now_iso()
-            state.spent_usd += rec.cost_usd
-            if rec.reason != "interrupted":
-                self._finish(state, rec)
-            self.store.save_gen(rec)
-            self.store.save(state)
+        rec.cost_usd, rec.seconds, rec.finished = self._cost(), time.monotonic() - t0, now_iso()
+        self.recorder.finish(state, rec)
+        if rec.status == "rejected" and not self.cfg.acceptance.keep_rejected:
+            self.lineage.delete_branch(gen)
+        if stop is not None:
+            raise stop from None
         return rec
 
-    def _generation_steps(self, state: RunState, rec: GenerationRecord, solver_spent: list[float]) -> None:
+    def _steps(self, state: RunState, rec: GenerationRecord) -> None:
+        """The generation's steps; each returns its outcome or raises ``GenerationFailed``."""
         gen = rec.gen
         parent_h = self._harness(state.best)
-        best_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
-        solver_spent[0] += best_report.fresh_usage.cost_usd
+        parent_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
 
         self._step(state, rec, "analyze")
-        entries = {r.instance_id: self._entry(r) for r in best_report.results}
-        tasks = {t.instance_id: t for t in self.evalset.tasks(self.cfg.evals.search)}
-        analysis = analyze(self.optimizer, collect_failures(best_report.results, entries, tasks))
-        self._write(f"analysis/g{gen:03d}.md", analysis.text)
+        analysis = self._analyze(gen, parent_report)
 
         self._step(state, rec, "plan")
         files = self.lineage.tree_files(state.best, self.harness_dir)
-        history = lessons_log.load(self.store.lessons_path)
-        the_plan = plan(self.optimizer, analysis=analysis.text, files=files,
-                        lessons=lessons_log.relevant(history, analysis.text),
-                        harness_dir=self.harness_dir, score=state.best_rate or 0.0)
+        the_plan = self._plan(analysis, files, state.best_rate)
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")
-        worktree = self.lineage.worktree(gen)
-        outcome = patch(self.optimizer, the_plan, worktree=worktree, harness_dir=self.harness_dir, files=files,
-                        protected=self.cfg.protected_paths)
-        if not outcome.changed_files:
-            if outcome.refused:
-                rec.status, rec.reason = "refused", "edits refused: " + "; ".join(outcome.refused)[:500]
-            else:
-                rec.status, rec.reason = "failed", "no edit applied: " + (outcome.feedback[-1][:500]
-                                                                         if outcome.feedback else "empty reply")
-            return
-        rec.candidate = self.lineage.commit_candidate(gen, worktree, the_plan.hypothesis, {
-            "Evolve-Run": self.run_id, "Evolve-Generation": str(gen), "Evolve-Parent": state.best,
-            "Evolve-Files": ", ".join(outcome.changed_files)})
-
-        leaks = task_leaks(added_lines(files, self.lineage.tree_files(rec.candidate, self.harness_dir)),
-                           self._all_tasks())
-        if leaks:
-            rec.status, rec.reason = "refused", ("the change carries eval-set data, which would raise the score "
-                                                 "without improving the harness: " + "; ".join(leaks)[:500])
-            return
+        rec.candidate = self._patch(gen, the_plan, files, parent=state.best)
 
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
-        problem = self._check(child_h, best_report, gen)
-        if problem:
-            rec.status, rec.reason = "failed", problem
-            return
+        self._check(child_h, parent_report, gen)
 
         self._step(state, rec, "evaluate")
-        harnesses = {"parent": parent_h, "child": child_h}
+        verdict, seen = self._compare(parent_h, child_h, gen)
+        rec.flagged_tasks, rec.integrity_flags = flag_counts(seen["child"])
+        rec.tampering = new_tampering(seen["parent"], seen["child"])
+
+        self._step(state, rec, "decide")
+        self._decide(state, rec, verdict)
+
+    # -- the steps ----------------------------------------------------------------------
+
+    def _analyze(self, gen: int, parent_report: EvalReport) -> str:
+        """The optimizer's failure analysis of the parent's search results (also saved as analysis/gNNN.md)."""
+        entries = {r.instance_id: d for r in parent_report.results if (d := self.evaluator.result_dir(r)) is not None}
+        tasks = {t.instance_id: t for t in self.evalset.tasks(self.cfg.evals.search)}
+        text = analyze(self._optimizer(), collect_failures(parent_report.results, entries, tasks)).text
+        atomic_write(self.store.dir / f"analysis/g{gen:03d}.md", text)
+        return text
+
+    def _plan(self, analysis: str, files: dict[str, str], score: float | None) -> Plan:
+        """One change to make, seeing the analysis, the harness and the most relevant lessons."""
+        history = lessons_log.load(self.store.lessons_path)
+        return plan(self._optimizer(), analysis=analysis, files=files, lessons=lessons_log.relevant(history, analysis),
+                    harness_dir=self.harness_dir, score=score or 0.0)
+
+    def _patch(self, gen: int, the_plan: Plan, files: dict[str, str], *, parent: str) -> str:
+        """The candidate commit holding the plan's edits.
+
+        Raises:
+            GenerationFailed: no edit applied (failed), or edits refused or carrying eval-set data (refused).
+        """
+        worktree = self.lineage.worktree(gen)
+        outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir, files=files,
+                        protected=self.cfg.protected_paths)
+        if not outcome.changed_files:
+            if outcome.refused:
+                raise GenerationFailed("refused", "edits refused: " + "; ".join(outcome.refused)[:500])
+            raise GenerationFailed("failed", "no edit applied: " + (outcome.feedback[-1][:500]
+                                                                   if outcome.feedback else "empty reply"))
+        candidate = self.lineage.commit_candidate(gen, worktree, the_plan.hypothesis, candidate_trailers(
+            self.run_id, gen, parent, outcome.changed_files))
+        if candidate is None:
+            raise GenerationFailed("failed", "no edit applied: the edits left the harness unchanged")
+        leaks = task_leaks(added_lines(files, self.lineage.tree_files(candidate, self.harness_dir)), self._all_tasks())
+        if leaks:
+            raise GenerationFailed("refused", "the change carries eval-set data, which would raise the score "
+                                              "without improving the harness: " + "; ".join(leaks)[:500])
+        return candidate
+
+    def _check(self, child: Harness, parent_report: EvalReport, gen: int) -> None:
+        """The candidate must compile and run one smoke task cleanly.
+
+        Raises:
+            GenerationFailed: it does not compile, or its harness failed on the smoke task.
+        """
+        error = self.evaluator.compile(child)
+        if error:
+            raise GenerationFailed("failed", f"does not compile: {error}")
+        solved = [r.instance_id for r in parent_report.results if r.resolved]
+        smoke = (solved or self.search_ids)[0]
+        (result,) = self._evaluate(child, [smoke], 0, f"g{gen:03d}-smoke").results
+        if result.is_infra:
+            return  # not the candidate's fault; the full evaluation will retry
+        if result.harness_timed_out or result.harness_exit_code != 0:
+            timed_out = " (timed out)" if result.harness_timed_out else ""
+            raise GenerationFailed("failed", f"smoke task {smoke} failed: harness exit code "
+                                             f"{result.harness_exit_code}{timed_out}")
+
+    def _compare(self, parent: Harness, child: Harness, gen: int) -> tuple[Verdict, dict[str, list[TaskResult]]]:
+        """The paired comparison (``run_acceptance``) and every result it saw, by side."""
+        harnesses = {"parent": parent, "child": child}
         seen: dict[str, list[TaskResult]] = {"parent": [], "child": []}
 
         def evaluate(who: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
             report = self._evaluate(harnesses[who], ids, repeat, f"g{gen:03d}-{who}-r{repeat}")
-            solver_spent[0] += report.fresh_usage.cost_usd
             seen[who].extend(report.results)
             return {r.instance_id: None if r.is_infra else r.resolved for r in report.results}
 
-        verdict = run_acceptance(evaluate, self.search_ids, self.cfg.acceptance)
-        rec.flagged_tasks, rec.integrity_flags = flag_counts(seen["child"])
-        rec.tampering = new_tampering(seen["parent"], seen["child"])
-        self._decide(state, rec, verdict)
-
-    # -- pieces -----------------------------------------------------------------------
+        return run_acceptance(evaluate, self.search_ids, self.cfg.acceptance), seen
 
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
+        """Record the verdict, then write it to git: a verdict commit, and ``best`` moved on accept.
+        The decided record is saved before git changes, so a resumed run can complete it from git."""
         if rec.tampering:  # whatever the scores say
             v = replace(v, accepted=False, reason=f"rejected: tampering its parent did not do on the same tasks "
                                                   f"({'; '.join(rec.tampering)}); the paired test: {v.reason}")
         rec.parent_rate, rec.child_rate, rec.delta = v.parent_rate, v.child_rate, v.delta
         rec.ci_low, rec.ci_high, rec.p_value, rec.task_runs = v.ci_low, v.ci_high, v.p_value, v.task_runs
-        rec.fixed, rec.broken, rec.reason = list(v.fixed), list(v.broken), v.reason
-        rec.status = "accepted" if v.accepted else "rejected"
-        rec.verdict_commit = self.lineage.commit_verdict(rec.gen, f"evolve: {rec.status} g{rec.gen:03d}: "
-                                                                  f"{rec.hypothesis}", {
-            "Evolve-Run": self.run_id, "Evolve-Generation": str(rec.gen), "Evolve-Verdict": rec.status,
-            "Evolve-Hypothesis": rec.hypothesis, "Evolve-Parent": rec.parent,
-            "Evolve-Parent-Score": f"{v.parent_rate:.4f}", "Evolve-Child-Score": f"{v.child_rate:.4f}",
-            "Evolve-Delta": f"{v.delta:+.4f}", "Evolve-CI": f"[{v.ci_low:+.4f}, {v.ci_high:+.4f}]",
-            "Evolve-P-Value": f"{v.p_value:.4g}", "Evolve-Tasks": str(v.n_tasks),
-            "Evolve-Fixed": ", ".join(v.fixed) or "-", "Evolve-Broken": ", ".join(v.broken) or "-"})
+        rec.fixed, rec.broken, rec.reason, rec.n_tasks = list(v.fixed), list(v.broken), v.reason, v.n_tasks
+        rec.pending, rec.cost_usd = ("accepted" if v.accepted else "rejected"), self._cost()
+        self.recorder.running(rec)
+        rec.verdict_commit = self.lineage.commit_verdict(
+            rec.gen, f"evolve: {rec.pending} g{rec.gen:03d}: {rec.hypothesis}", verdict_trailers(self.run_id, rec))
+        kill_point("verdict-committed", rec.gen)
         if v.accepted:
             self.lineage.move_best(rec.verdict_commit, state.best)
-            state.best, state.best_rate = rec.verdict_commit, v.child_rate
-            self.store.event("accept", gen=rec.gen, best=state.best, delta=v.delta)
+            kill_point("best-moved", rec.gen)
+            self.recorder.event("accept", gen=rec.gen, best=rec.verdict_commit, delta=v.delta)
         else:
-            if not self.cfg.acceptance.keep_rejected:
-                self.lineage.delete_branch(rec.gen)
-            self.store.event("reject", gen=rec.gen, delta=v.delta, reason=v.reason)
+            self.recorder.event("reject", gen=rec.gen, delta=v.delta, reason=v.reason)
+        rec.status = rec.pending
 
-    def _finish(self, state: RunState, rec: GenerationRecord) -> None:
-        change = f"files: {', '.join(rec.files) or '-'}; expected: {rec.expected_effect}"
-        lessons_log.append(self.store.lessons_path, lessons_log.Lesson(
-            generation=rec.gen, hypothesis=rec.hypothesis, change=change, outcome=rec.status,
-            reason=rec.reason, delta=rec.delta, fixed=rec.fixed, broken=rec.broken))
-        self.store.event("generation_end", gen=rec.gen, status=rec.status, reason=rec.reason,
-                         cost_usd=rec.cost_usd)
-        self.view.verdict(state, rec)
+    # -- opening, the held-out check, pieces --------------------------------------------
 
-    def _all_tasks(self) -> list[Task]:
-        """Every task of the eval set, every split: the holdout's data must not leak in either."""
-        return [t for tasks in self.evalset.splits.values() for t in tasks]
+    def open(self) -> RunState:
+        """Load the eval set, open the repository, and create the run, or resume it: its files are
+        reconciled with git (``evolve.recorder.reconcile``) and an interrupted generation is redone.
 
-    def _check(self, child: Harness, parent_report: EvalReport, gen: int) -> str | None:
-        """Why the candidate can't be evaluated, or None: it must compile and run one smoke task cleanly."""
-        from evolve.check import compile_in_sandbox
+        Raises:
+            HarnessError: no committed harness at HEAD (new run).
+            ConfigError: no such run (resume), or the eval set or a split is missing.
+            RunFileError: the run's files are unreadable or cannot be written.
+        """
+        self._prepare()
+        if not self.resume:
+            return self._create()
+        state = self.store.load()
+        previous = state.status
+        notes = reconcile(state, self.recorder, self.lineage, keep_rejected=self.cfg.acceptance.keep_rejected)
+        state.status, state.stop_reason, state.pid = "running", "", os.getpid()
+        self.recorder.save(state)
+        self.recorder.event("resume", best=state.best, generations=state.generations, previous=previous, notes=notes)
+        for note in notes:
+            self.view.note(note)
+        self.view.note(f"resuming {self.run_id} at generation {state.generations + 1}")
+        return state
 
-        error = compile_in_sandbox(child, self.run_id, self.cfg.sandbox)
-        if error:
-            return f"does not compile: {error}"
-        solved = [r.instance_id for r in parent_report.results if r.resolved]
-        smoke = (solved or self.search_ids)[0]
-        (result,) = self._evaluate(child, [smoke], 0, f"g{gen:03d}-smoke").results
-        if result.is_infra:
-            return None  # not the candidate's fault; the full evaluation will retry
-        if result.harness_timed_out or result.harness_exit_code != 0:
-            return (f"smoke task {smoke} failed: harness exit code {result.harness_exit_code}"
-                    f"{' (timed out)' if result.harness_timed_out else ''}")
-        return None
+    def _prepare(self) -> None:
+        """Load what the run reads: eval set, repository, optimizer (if a backend was given), evaluator."""
+        if self.lineage is not None:
+            return
+        from evolve.evalsets.registry import load_evalset
 
-    def holdout(self, state: RunState) -> dict:
-        """Evaluate the baseline and the accepted head on the sealed holdout split and record both."""
-        split = self.cfg.evals.holdout
-        ids = [t.instance_id for t in self.evalset.tasks(split)]
-        self.view.step(state, state.generations, "holdout")
-        rates = {}
-        for who, sha in (("baseline", state.base), ("best", state.best)):
-            report = self._evaluate(self._harness(sha), ids, 0, f"holdout-{who}", split=split)
-            state.spent_usd += report.fresh_usage.cost_usd
-            rates[who] = report.resolve_rate
-        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso()}
-        self.store.event("holdout", **state.holdout)
-        self.store.save(state)
-        return state.holdout
+        self.evalset = load_evalset(self.cfg.evals.name)
+        self.search_ids = self._subset(self.evalset.tasks(self.cfg.evals.search))
+        self.evalset.tasks(self.cfg.evals.holdout)  # fail now, not after a night, if the split is missing
+        self.lineage = Lineage(self.requested_root, self.run_id, self.store.dir / "worktrees")
+        self.repo_root = self.lineage.root
+        if self.optimizer_backend is not None:
+            self.optimizer = Optimizer(self.optimizer_backend, self.store.dir / "optimizer_trace.jsonl",
+                                       self.store.dir / "optimizer_cache", self.settings.optimizer_params)
+            self.meter.optimizer = self.optimizer
+        if self.evaluator is None:
+            self.evaluator = DockerEvaluator.for_project(
+                self.cfg, self.evalset, solver_model=self.settings.solver_model,
+                solver_params=self.settings.solver_params, runs_dir=self.settings.runs_dir, run_dir=self.store.dir,
+                run_id=self.run_id, workers=self.settings.workers, progress=self.view.eval_progress)
 
-    def _open(self) -> RunState:
-        if self.resume:
-            state = self.store.load()
-            best = self.lineage.sha(self.lineage.refs.best) or state.best
-            state.best, state.status, state.stop_reason = best, "running", ""
-            for rec in self.store.gens():
-                if rec.status == "running":  # died mid-generation: redo it (evaluations are cached)
-                    self.lineage.drop_worktree(rec.gen)
-                    state.generations = rec.gen - 1
-            self.store.event("resume", best=best, generations=state.generations)
-            self.view.note(f"resuming {self.run_id} at generation {state.generations + 1}")
-            return state
+    def _create(self) -> RunState:
         base = self.lineage.start("HEAD")
         if not self.lineage.tree_files(base, self.harness_dir):
             raise HarnessError(f"no committed harness in {self.harness_dir}/ at HEAD. Commit it first "
                                "(evolve only evolves committed code; your work tree is never touched).")
         state = RunState(run_id=self.run_id, repo=str(self.repo_root), harness_dir=self.harness_dir,
-                         evalset=self.evalset.name, base=base, best=base)
-        self.store.save(state)
-        self.store.event("start", base=base, evalset=self.evalset.name, search=len(self.search_ids))
+                         evalset=self.evalset.name, base=base, best=base, pid=os.getpid())
+        self.recorder.save(state)
+        self.recorder.event("start", base=base, evalset=self.evalset.name, search=len(self.search_ids))
         return state
+
+    def holdout(self, state: RunState) -> dict:
+        """Evaluate the baseline and the accepted head on the sealed holdout split; record both in
+        ``state.holdout`` (``{"baseline": rate, "best": rate, "n", "best_commit", "at"}``, rates in
+        [0, 1]) and return it. Needs no optimizer."""
+        self._prepare()
+        split = self.cfg.evals.holdout
+        ids = [t.instance_id for t in self.evalset.tasks(split)]
+        self.view.step(state, state.generations, "holdout")
+        rates, mark = {}, self.meter.total()
+        for who, sha in (("baseline", state.base), ("best", state.best)):
+            rates[who] = self._evaluate(self._harness(sha), ids, 0, f"holdout-{who}", split=split).resolve_rate
+        state.spent_usd += self.meter.total() - mark
+        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso()}
+        self.recorder.event("holdout", **state.holdout)
+        self.recorder.save(state)
+        kill_point("holdout")
+        return state.holdout
 
     def _stop_reason(self, state: RunState, limit: int | None) -> str | None:
         budget = self.cfg.budget
@@ -371,27 +451,27 @@ class Loop:
             return f"ran {budget.max_hours} hours"
         return None
 
-    def _evaluate_best(self, state: RunState, label: str) -> EvalReport:
-        self.view.step(state, state.generations, label)
-        report = self._evaluate(self._harness(state.best), self.search_ids, 0, label)
-        state.spent_usd += report.fresh_usage.cost_usd
-        return report
+    def _optimizer(self) -> Optimizer:
+        if self.optimizer is None:
+            raise EvolveError("this Loop was built without an optimizer backend: it can only run the held-out check")
+        return self.optimizer
 
     def _evaluate(self, harness: Harness, ids: list[str], repeat: int, label: str,
                   split: str | None = None) -> EvalReport:
-        ev = Evaluation(evalset=self.evalset, split=split or self.cfg.evals.search, harness=harness,
-                        settings=self.eval_settings, runs_dir=self.store.dir / "evals",
-                        cache_dir=self.cache.root, workers=self.workers, instance_ids=ids,
-                        first_repeat=repeat, run_id=new_run_id(label),
-                        progress=self.view.eval_progress(label, len(ids)))
-        return ev.run()
+        return self.meter.evaluated(self.evaluator.evaluate(harness, ids, repeat, label,
+                                                            split or self.cfg.evals.search))
+
+    def _step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
+        rec.cost_usd = self._cost()
+        self.recorder.step(state, rec, step)
+
+    def _all_tasks(self) -> list[Task]:
+        """Every task of the eval set, every split: the holdout's data must not leak in either."""
+        return [t for tasks in self.evalset.splits.values() for t in tasks]
 
     def _harness(self, sha: str) -> Harness:
         return resolve_harness(f"{sha}:{self.harness_dir}", repo=self.repo_root,
                                workdir=self.settings.runs_dir / "harnesses")
-
-    def _entry(self, result) -> Path:
-        return self.cache.entry(result.key)
 
     def _subset(self, tasks) -> list[str]:
         ids = sorted(t.instance_id for t in tasks)
@@ -399,11 +479,22 @@ class Loop:
             ids = sorted(ids, key=lambda i: hashlib.sha256(i.encode()).hexdigest())[: self.cfg.evals.max_tasks]
         return sorted(ids)
 
-    def _step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
-        rec.step = step
-        self.store.save_gen(rec)
-        self.view.step(state, rec.gen, step)
 
-    def _write(self, rel: str, text: str) -> None:
-        atomic_write(self.store.dir / rel, text)
+def run_holdout(cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, evaluator: Evaluator | None = None,
+                *, run_id: str | None = None, view: RunView | None = None) -> RunState:
+    """Evaluate run ``run_id``'s (default: the latest in ``settings.runs_dir``) baseline and accepted
+    head (the ``best`` ref in git) on the sealed holdout split with the solver only: no optimizer is
+    built. Records ``state.holdout`` and returns the state. Takes the runs folder's lock itself: the
+    caller must not hold it. ``evaluator`` None means ``DockerEvaluator.for_project``.
 
+    Raises:
+        EvolveError: another run holds the lock. ConfigError: no such run. RunFileError: unreadable files.
+    """
+    with RunLock(settings.runs_dir):
+        loop = Loop(cfg, repo_root, settings, None, run_id=run_id or latest_run(settings.runs_dir), view=view,
+                    evaluator=evaluator)
+        loop._prepare()
+        state = loop.store.load()
+        state.best = loop.lineage.sha(loop.lineage.refs.best) or state.best
+        loop.holdout(state)
+        return state

@@ -6,21 +6,33 @@
     runs/<run>/lessons.jsonl        append-only lessons (evolve.lessons)
     runs/<run>/optimizer_trace.jsonl  every optimizer call
     runs/evolve.lock                held (flock) while a run is active; the kernel frees it on kill -9
+
+A generation's writes happen in one order (``evolve.recorder``): record (running, each
+step) -> git (candidate, verdict commit, ``best``) -> record (final) -> lesson -> event
+-> state. Git holds the truth: a resumed run reconciles the files from it.
+
+Unreadable files raise ``RunFileError`` (an ``EvolveError``) naming the file and the fix.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from evolve import store
 from evolve.errors import ConfigError, EvolveError
 
 Status = Literal["running", "accepted", "rejected", "refused", "failed"]
+FINAL = ("accepted", "rejected", "refused", "failed")
+
+
+class RunFileError(EvolveError):
+    """A run file cannot be read or written; the message names the file and how to recover."""
 
 
 class GenerationRecord(BaseModel):
@@ -38,6 +50,11 @@ class GenerationRecord(BaseModel):
     files: list[str] = Field(default_factory=list)
     expected_effect: str = ""
     reason: str = ""
+    pending: Literal["accepted", "rejected"] | None = None
+    """The decided verdict while its git writes are under way (step ``decide``); a resumed run
+    completes it from git (``evolve.recorder.reconcile``)."""
+    n_tasks: int = 0
+    """Tasks in the paired comparison."""
     parent_rate: float | None = None
     child_rate: float | None = None
     delta: float | None = None
@@ -54,15 +71,18 @@ class GenerationRecord(BaseModel):
     tampering: list[str] = Field(default_factory=list)
     """``"instance_id: flags"`` where the candidate tampered and its parent did not: rejected for it."""
     cost_usd: float = 0.0
-    """Optimizer plus fresh solver spend of this generation (USD)."""
+    """Optimizer plus fresh solver spend of this generation (USD), including attempts before a resume."""
     seconds: float = 0.0
     started: str = Field(default_factory=store.now_iso)
     finished: str | None = None
 
 
 class RunState(BaseModel):
+    """The run as a whole; ``best`` mirrors the git ref ``evolve/<run>/best`` (git wins on resume)."""
+
     run_id: str
     repo: str
+    """The repository's root (absolute)."""
     harness_dir: str
     evalset: str
     base: str
@@ -71,6 +91,11 @@ class RunState(BaseModel):
     stop_reason: str = ""
     generations: int = 0
     """Generations started so far."""
+    finished: int | None = 0
+    """Generations whose final record, lesson and cost (in ``spent_usd``) are written; None in runs
+    written before this field existed (all their final records count as written)."""
+    pid: int | None = None
+    """Process id of the ``evolve run`` that last opened the run."""
     baseline_rate: float | None = None
     best_rate: float | None = None
     spent_usd: float = 0.0
@@ -95,30 +120,157 @@ class RunStore:
         return (self.dir / "state.json").exists()
 
     def load(self) -> RunState:
+        """The run's state. A state saved as ``running`` whose owner is gone (the runs folder's
+        lock is free, or its pid is dead) reads as ``interrupted``; nothing is written.
+
+        Raises:
+            ConfigError: no such run.
+            RunFileError: state.json is unreadable or invalid.
+        """
         if not self.exists():
             raise ConfigError(f"no run {self.run_id!r} in {self.runs_dir}. See `evolve status` for the runs there.")
-        return RunState.model_validate_json((self.dir / "state.json").read_text())
+        state = _read_model(RunState, self.dir / "state.json",
+                            "restore it from a backup; the generation records in generations/ and the git refs "
+                            f"evolve/{self.run_id}/* are intact")
+        if state.status == "running" and not owner_alive(self.runs_dir, state.pid):
+            state.status, state.stop_reason = "interrupted", ("the process running it ended without saving "
+                                                             "(kill -9 or a crash); continue with "
+                                                             f"`evolve run --resume {self.run_id}`")
+        return state
 
     def save(self, state: RunState) -> None:
+        """Rewrite state.json atomically. Raises RunFileError when it cannot be written."""
         state.updated = store.now_iso()
-        store.atomic_write_json(self.dir / "state.json", state.model_dump(mode="json"))
+        self._write(lambda: store.atomic_write_json(self.dir / "state.json", state.model_dump(mode="json")))
+
+    def gen_path(self, gen: int) -> Path:
+        return self.dir / "generations" / f"g{gen:03d}.json"
 
     def save_gen(self, rec: GenerationRecord) -> None:
-        store.atomic_write_json(self.dir / "generations" / f"g{rec.gen:03d}.json", rec.model_dump(mode="json"))
+        """Rewrite generation ``rec.gen``'s record atomically. Raises RunFileError when it cannot be written."""
+        self._write(lambda: store.atomic_write_json(self.gen_path(rec.gen), rec.model_dump(mode="json")))
+
+    def gen(self, gen: int) -> GenerationRecord | None:
+        """Generation ``gen``'s record, or None. Raises RunFileError when it is unreadable."""
+        path = self.gen_path(gen)
+        return _read_model(GenerationRecord, path, f"delete it and run `evolve run --resume {self.run_id}`") \
+            if path.exists() else None
 
     def gens(self) -> list[GenerationRecord]:
+        """Every generation record, in order.
+
+        Raises:
+            RunFileError: a record is unreadable or invalid.
+        """
         d = self.dir / "generations"
-        return [GenerationRecord.model_validate_json(p.read_text()) for p in sorted(d.glob("g*.json"))] \
-            if d.exists() else []
+        return [_read_model(GenerationRecord, p, "delete it and run `evolve run --resume "
+                                                 f"{self.run_id}`: the generation is redone from the caches and "
+                                                 "git (its verdict commit, if any, is kept)")
+                for p in sorted(d.glob("g*.json"))] if d.exists() else []
 
     def event(self, event: str, **fields) -> None:
-        store.append_jsonl(self.dir / "events.jsonl", {"ts": store.now_iso(), "event": event, **fields})
+        """Append one line to events.jsonl. Raises RunFileError when it cannot be written."""
+        path = self.dir / "events.jsonl"
+
+        def write() -> None:
+            _cut_torn_line(path)
+            store.append_jsonl(path, {"ts": store.now_iso(), "event": event, **fields})
+
+        self._write(write)
 
     def events(self) -> list[dict]:
-        import json
-
+        """Every event, in order; a torn last line (a kill during an append) is left out."""
         path = self.dir / "events.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        if not path.exists():
+            return []
+        out, lines = [], path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            try:
+                if line.strip():
+                    out.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break
+                raise RunFileError(f"{path}, line {i + 1}: not JSON. Delete that line (the log is informational)."
+                                   ) from None
+        return out
+
+    def _write(self, write) -> None:
+        try:
+            write()
+        except OSError as e:
+            raise RunFileError(f"cannot write the run's files in {self.dir}: {e.strerror or e}. Make the folder "
+                               f"writable (e.g. `chmod -R u+w {self.dir}`) or free some space, then "
+                               f"`evolve run --resume {self.run_id}`.") from None
+
+
+def _cut_torn_line(path: Path) -> None:
+    """Cut off a last line left without its newline (a kill during an append), so the log stays
+    one whole JSON object per line."""
+    if not path.exists() or not path.stat().st_size:
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = size
+        while pos > 0:
+            step = min(4096, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                f.truncate(pos - step + nl + 1)
+                return
+            pos -= step
+        f.truncate(0)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read_model(model: type[M], path: Path, fix: str) -> M:
+    try:
+        return model.model_validate_json(path.read_text())
+    except OSError as e:
+        raise RunFileError(f"cannot read {path}: {e.strerror or e}. Make it readable, then try again.") from None
+    except ValidationError as e:
+        problem = e.errors()[0]
+        where = ".".join(str(x) for x in problem.get("loc", ())) or "the file"
+        raise RunFileError(f"{path} is damaged ({where}: {problem.get('msg')}). To recover: {fix}.") from None
+
+
+def owner_alive(runs_dir: Path, pid: int | None) -> bool:
+    """Whether a process may still be running a run of ``runs_dir``: the folder's lock is held
+    (by another open file; our own ``RunLock`` counts as held) and ``pid``, when known, exists."""
+    path = runs_dir / "evolve.lock"
+    if not path.exists():
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True  # can't tell: assume alive
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        held = True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        held = False
+    finally:
+        os.close(fd)
+    if not held:
+        return False
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def latest_run(runs_dir: Path) -> str:
@@ -144,8 +296,12 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RunFileError(f"cannot create the run lock {self.path}: {e.strerror or e}. Make "
+                               f"{self.path.parent} writable or choose another folder with --runs-dir.") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,0 +1,102 @@
+"""The loop's seam to evaluation: an ``Evaluator`` runs a harness on tasks and says how it did.
+
+``evolve.loop.Loop`` only talks to this Protocol. ``DockerEvaluator`` is the real one
+(sandboxes, the gateway, the shared result cache, via ``evolve.evaluate.Evaluation``);
+tests pass one that decides outcomes from the harness's content, so the loop, analyze,
+plan, patch and the optimizer run for real without Docker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+from evolve.config import EvalSettings, ProjectConfig
+from evolve.evalsets.registry import EvalSet
+from evolve.evaluate import EvalReport, Progress
+from evolve.harness import Harness
+from evolve.types import TaskResult
+
+
+class Evaluator(Protocol):
+    """How the loop evaluates harnesses. Implementations must be deterministic for a given
+    (harness tree, task, repeat) or cache their answers, so a resumed run repeats a killed one."""
+
+    def evaluate(self, harness: Harness, instance_ids: list[str], repeat: int, label: str,
+                 split: str) -> EvalReport:
+        """Evaluate ``harness`` on ``instance_ids`` of ``split`` at repeat index ``repeat``.
+
+        ``label`` names the evaluation in outputs (``g001-child-r0``, ``baseline``...).
+        The loop reads the report's ``results`` (one ``TaskResult`` per id; ``failure_class``
+        ``infra`` means not scored, and must not be cached), ``resolve_rate`` (in [0, 1]) and
+        ``fresh_usage.cost_usd`` (USD spent by this call; 0 for cached results).
+
+        Raises:
+            InfraError, SandboxError: the evaluation could not run (the generation fails).
+            ModelError: the solver model cannot be called at all (the run stops).
+        """
+        ...
+
+    def compile(self, harness: Harness) -> str | None:
+        """The compiler's complaint about the harness's code, or None when it compiles."""
+        ...
+
+    def result_dir(self, result: TaskResult) -> Path | None:
+        """The directory of ``result``'s files (trace.jsonl, trajectory.json, test_output.txt)
+        for the failure analysis, or None when there are none."""
+        ...
+
+
+class DockerEvaluator:
+    """The real evaluator: each call is an ``Evaluation`` in Docker sandboxes, cached in
+    ``cache_dir`` (the cache ``evolve eval`` uses too, so nothing is evaluated twice).
+
+    Args:
+        evalset: the eval set (already loaded).
+        settings: solver model, limits and timeouts; all of it enters the cache key.
+        out_dir: where each evaluation's run folder goes (``runs/<run>/evals``).
+        cache_dir: the shared result cache (``runs/cache``).
+        workers: tasks evaluated at once.
+        sandbox_run_id: labels the compile check's sandbox (the loop's run id).
+        progress: ``progress(label, n_tasks)`` gives a progress sink or None.
+    """
+
+    def __init__(self, evalset: EvalSet, settings: EvalSettings, *, out_dir: Path, cache_dir: Path, workers: int,
+                 sandbox_run_id: str, progress: Callable[[str, int], Progress | None] | None = None) -> None:
+        from evolve.store import Cache
+
+        self.evalset, self.settings, self.out_dir, self.workers = evalset, settings, out_dir, workers
+        self.cache = Cache(cache_dir)
+        self.sandbox_run_id = sandbox_run_id
+        self.progress = progress or (lambda label, n: None)
+
+    @classmethod
+    def for_project(cls, cfg: ProjectConfig, evalset: EvalSet, *, solver_model: str, solver_params: dict,
+                    runs_dir: Path, run_dir: Path, run_id: str, workers: int | None = None,
+                    progress: Callable[[str, int], Progress | None] | None = None) -> "DockerEvaluator":
+        """The evaluator ``evolve run`` uses: ``cfg``'s timeouts, limits and sandbox, the given solver,
+        outputs under ``run_dir/evals``, the cache ``runs_dir/cache``; ``workers`` None means
+        ``cfg.evals.workers``."""
+        settings = EvalSettings(model=solver_model, model_params=solver_params,
+                                harness_timeout_s=cfg.evals.harness_timeout_s, test_timeout_s=cfg.evals.test_timeout_s,
+                                limits=cfg.limits, sandbox=cfg.sandbox)
+        return cls(evalset, settings, out_dir=run_dir / "evals", cache_dir=runs_dir / "cache",
+                   workers=workers or cfg.evals.workers, sandbox_run_id=run_id, progress=progress)
+
+    def evaluate(self, harness: Harness, instance_ids: list[str], repeat: int, label: str,
+                 split: str) -> EvalReport:
+        from evolve.evaluate import Evaluation
+        from evolve.store import new_run_id
+
+        return Evaluation(evalset=self.evalset, split=split, harness=harness, settings=self.settings,
+                          runs_dir=self.out_dir, cache_dir=self.cache.root, workers=self.workers,
+                          instance_ids=instance_ids, first_repeat=repeat, run_id=new_run_id(label),
+                          progress=self.progress(label, len(instance_ids))).run()
+
+    def compile(self, harness: Harness) -> str | None:
+        from evolve.check import compile_in_sandbox
+
+        return compile_in_sandbox(harness, self.sandbox_run_id, self.settings.sandbox)
+
+    def result_dir(self, result: TaskResult) -> Path | None:
+        return self.cache.entry(result.key)

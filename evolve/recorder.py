@@ -1,0 +1,201 @@
+"""Everything a run writes about itself, in one order, and how a resumed run catches up.
+
+A generation is a transaction whose writes happen in this order::
+
+    record (running; once per step)           runs/<run>/generations/gNNN.json
+    git: candidate commit, verdict commit, best   (evolve.lineage)
+    record (final)
+    lesson (at most one per generation)       runs/<run>/lessons.jsonl
+    event generation_end                      runs/<run>/events.jsonl
+    state (generation counted: finished, spent_usd, best)   runs/<run>/state.json
+
+Git holds the truth. A kill at any instant leaves a prefix of these writes, and
+``reconcile`` (run when a run is resumed) completes it: a verdict already committed
+in git is finished (``best`` moved, record, lesson, event, state), a final record
+without its lesson, event or cost gets them, and a generation that never reached its
+verdict commit is redone from the start (evaluations and optimizer replies are cached,
+so it decides the same). Ctrl-C and SIGTERM leave the generation running, for resume.
+
+Test-only: ``EVOLVE_TEST_KILL_AT=<point>`` makes the process SIGKILL itself when it
+reaches ``<point>`` (see ``kill_point``); the kill-and-resume tests use it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from evolve import lessons as lessons_log
+from evolve.lineage import Lineage
+from evolve.runstate import FINAL, GenerationRecord, RunState, RunStore
+
+KILL_POINTS = ("start", "analyze", "plan", "patch", "check", "evaluate", "decide", "verdict-committed",
+               "best-moved", "record-final", "lesson-written", "event-written", "state-saved", "holdout")
+"""Named instants of a run where ``EVOLVE_TEST_KILL_AT`` can kill it."""
+
+
+VERDICT_FIELDS = ("parent_rate", "child_rate", "delta", "ci_low", "ci_high", "p_value", "n_tasks", "fixed",
+                  "broken")
+"""Record fields a verdict commit's trailers hold."""
+
+
+def kill_point(point: str, gen: int | None = None) -> None:
+    """Test-only: SIGKILL this process if ``EVOLVE_TEST_KILL_AT`` is ``point`` or ``point@gen``.
+    Never set it outside tests: the process dies without cleanup, as with ``kill -9``."""
+    wanted = os.environ.get("EVOLVE_TEST_KILL_AT")
+    if wanted and wanted in (point, f"{point}@{gen}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Recorder:
+    """Saves, events and lessons of one run, written in the transaction's order.
+
+    Args:
+        store: the run's files.
+        view: what the user sees (``evolve.loop.RunView``).
+    """
+
+    def __init__(self, store: RunStore, view) -> None:
+        self.store, self.view = store, view
+
+    def save(self, state: RunState) -> None:
+        self.store.save(state)
+
+    def event(self, event: str, **fields) -> None:
+        self.store.event(event, **fields)
+
+    def begin(self, state: RunState, rec: GenerationRecord) -> None:
+        """Generation ``rec.gen`` starts (or restarts after a resume): record, state, event."""
+        state.generations = rec.gen
+        self.store.save_gen(rec)
+        self.store.save(state)
+        self.store.event("generation_start", gen=rec.gen, parent=rec.parent)
+        kill_point("start", rec.gen)
+
+    def step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
+        """The generation enters ``step``; the record (with the cost so far) is saved first."""
+        rec.step = step
+        self.store.save_gen(rec)
+        self.view.step(state, rec.gen, step)
+        kill_point(step, rec.gen)
+
+    def running(self, rec: GenerationRecord) -> None:
+        """Save the record as it is, still running (Ctrl-C: resume redoes the generation)."""
+        self.store.save_gen(rec)
+
+    def lesson(self, rec: GenerationRecord) -> None:
+        """Append the final ``rec``'s lesson unless its generation already has one."""
+        change = f"files: {', '.join(rec.files) or '-'}; expected: {rec.expected_effect}"
+        lessons_log.append_once(self.store.lessons_path, lessons_log.Lesson(
+            generation=rec.gen, hypothesis=rec.hypothesis, change=change, outcome=rec.status,
+            reason=rec.reason, delta=rec.delta, fixed=rec.fixed, broken=rec.broken))
+
+    def finish(self, state: RunState, rec: GenerationRecord) -> None:
+        """Write a final generation's record, lesson, event and state, in that order; each write is
+        skipped when already done, so a resumed run calls this again safely. An accepted ``rec``
+        makes its verdict commit ``state.best`` (git's ``best`` already moved there)."""
+        assert rec.status in FINAL, rec.status
+        rec.pending = None
+        self.store.save_gen(rec)
+        kill_point("record-final", rec.gen)
+        self.lesson(rec)
+        kill_point("lesson-written", rec.gen)
+        if not any(e.get("event") == "generation_end" and e.get("gen") == rec.gen for e in self.store.events()):
+            self.store.event("generation_end", gen=rec.gen, status=rec.status, reason=rec.reason,
+                             cost_usd=rec.cost_usd)
+        kill_point("event-written", rec.gen)
+        if state.finished is not None and state.finished < rec.gen:
+            state.spent_usd += rec.cost_usd
+            state.finished = rec.gen
+        if rec.status == "accepted" and rec.verdict_commit:
+            state.best, state.best_rate = rec.verdict_commit, rec.child_rate
+        self.store.save(state)
+        kill_point("state-saved", rec.gen)
+        self.view.verdict(state, rec)
+
+
+def reconcile(state: RunState, recorder: Recorder, lineage: Lineage, *, keep_rejected: bool) -> list[str]:
+    """Bring a resumed run's files in line with git and with each other; returns notes on what
+    was completed. After it, ``state.generations`` is the last final generation (the next one
+    starts after it), ``state.best`` is the ``best`` ref, and every final record has its lesson,
+    event and cost counted.
+
+    Raises:
+        EvolveError: ``best`` moved away from a generation's parent while its verdict was
+            being written (another writer); nothing is overwritten.
+        RunFileError: a run file is unreadable.
+    """
+    store, notes = recorder.store, []
+    legacy = state.finished is None
+    records = {rec.gen: rec for rec in store.gens()}
+    rebuilt = set()
+    for gen in range(1, state.generations + 1):  # a record deleted (it was damaged): git may know it
+        if gen not in records and (found := lineage.verdict_of(gen)) is not None:
+            records[gen] = record_from_git(gen, *found, lineage)
+            rebuilt.add(gen)
+            notes.append(f"generation {gen}: its record was missing and is rebuilt from its verdict commit")
+    for rec in sorted(records.values(), key=lambda r: r.gen):
+        if rec.status == "running":
+            found = lineage.verdict_of(rec.gen)
+            if found is None:
+                lineage.drop_worktree(rec.gen)  # never reached its verdict commit: redone from the start
+                state.generations = rec.gen - 1
+                notes.append(f"generation {rec.gen} was interrupted at {rec.step}: it is redone")
+                break
+            if rec.pending is None:  # written before records held the pending verdict: git's trailers
+                from_git = record_from_git(rec.gen, *found, lineage)
+                rec = rec.model_copy(update={k: getattr(from_git, k) for k in VERDICT_FIELDS})
+            rec.verdict_commit, rec.status = found[0], found[1]["Evolve-Verdict"]
+            if rec.status == "accepted" and lineage.sha(lineage.refs.best) != rec.verdict_commit:
+                lineage.move_best(rec.verdict_commit, rec.parent)
+            notes.append(f"generation {rec.gen}: its {rec.status} verdict was in git; its record is completed")
+            recorder.finish(state, rec)
+        elif rec.gen in rebuilt or (not legacy and rec.gen > state.finished):
+            notes.append(f"generation {rec.gen}: its lesson, event and cost are completed")
+            recorder.finish(state, rec)
+        else:
+            recorder.lesson(rec)
+        if rec.status == "rejected" and not keep_rejected:
+            lineage.delete_branch(rec.gen)
+        state.generations = rec.gen
+    if legacy:
+        state.finished = state.generations
+    best = lineage.sha(lineage.refs.best)
+    if best and best != state.best:
+        notes.append(f"the accepted head is {best[:10]} in git (the state said {state.best[:10]})")
+        state.best, state.best_rate = best, _rate_of(best, store.gens(), state)
+    recorder.save(state)
+    return notes
+
+
+def record_from_git(gen: int, sha: str, trailers: dict[str, str], lineage: Lineage) -> GenerationRecord:
+    """A final record rebuilt from generation ``gen``'s verdict commit ``sha`` and its trailers
+    (``evolve.lineage.verdict_trailers``); what git does not hold (files, costs, integrity counts)
+    is left empty and ``reason`` says so."""
+    def rate(key: str) -> float | None:
+        try:
+            return float(trailers[key])
+        except (KeyError, ValueError):
+            return None
+
+    def ids(key: str) -> list[str]:
+        value = trailers.get(key, "-")
+        return [] if value == "-" else [i.strip() for i in value.split(",") if i.strip()]
+
+    low, _, high = trailers.get("Evolve-CI", "").strip("[]").partition(",")
+    return GenerationRecord(
+        gen=gen, parent=trailers.get("Evolve-Parent", ""), status=trailers["Evolve-Verdict"], step="decide",
+        candidate=lineage.sha(f"{sha}^"), verdict_commit=sha, hypothesis=trailers.get("Evolve-Hypothesis", ""),
+        reason="record rebuilt from the verdict commit's trailers", parent_rate=rate("Evolve-Parent-Score"),
+        child_rate=rate("Evolve-Child-Score"), delta=rate("Evolve-Delta"), p_value=rate("Evolve-P-Value"),
+        ci_low=float(low) if low.strip() else None, ci_high=float(high) if high.strip() else None,
+        n_tasks=int(trailers.get("Evolve-Tasks", "0") or 0), fixed=ids("Evolve-Fixed"), broken=ids("Evolve-Broken"))
+
+
+def _rate_of(best: str, gens: list[GenerationRecord], state: RunState) -> float | None:
+    if best == state.base:
+        return state.baseline_rate
+    for rec in gens:
+        if rec.verdict_commit == best:
+            return rec.child_rate
+    return state.best_rate

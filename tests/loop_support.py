@@ -1,0 +1,118 @@
+"""A Docker-free way to run the real loop: the scripted optimizer and an evaluator that
+decides each task's outcome from the harness's content.
+
+``MarkerEvaluator`` is the loop's seam (``evolve.evaluator.Evaluator``), not a mock of
+evolve's parts: analyze, plan, patch, the optimizer, git and the run files all run for
+real. A task counts as resolved when the harness's files contain ``WIDE_MARKER`` (what
+the scripted solver of the Docker tests needs to fix a task).
+
+Run as a script it is the process the kill-and-resume tests start and kill::
+
+    python tests/loop_support.py REPO [RUN_ID]   # RUN_ID: resume that run
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import FIXTURES, WIDE_MARKER, build_wide_evalset  # noqa: E402
+
+from evolve.evaluate import EvalReport  # noqa: E402
+from evolve.harness import Harness  # noqa: E402
+from evolve.types import FailureClass, TaskResult  # noqa: E402
+
+OPTIMIZER = FIXTURES / "loop" / "optimizer.yaml"
+
+
+class MarkerEvaluator:
+    """Resolved iff any file of the harness contains ``marker``; deterministic, free, no Docker.
+
+    ``calls`` lists ``(label, split, instance_ids, repeat)`` of every evaluation.
+    """
+
+    def __init__(self, out_dir: Path, marker: str = WIDE_MARKER) -> None:
+        self.out_dir, self.marker = out_dir, marker
+        self.calls: list[tuple[str, str, list[str], int]] = []
+
+    def evaluate(self, harness: Harness, instance_ids: list[str], repeat: int, label: str,
+                 split: str) -> EvalReport:
+        self.calls.append((label, split, list(instance_ids), repeat))
+        text = "\n".join(p.read_text(errors="replace") for p in sorted(harness.root.rglob("*")) if p.is_file())
+        resolved = self.marker in text
+        results = [TaskResult(instance_id=i, repeat=repeat, resolved=resolved, harness_exit_code=0,
+                              key=hashlib.sha256(f"{harness.tree_hash}/{i}/{repeat}".encode()).hexdigest(),
+                              failure_class=FailureClass.NONE if resolved else FailureClass.TESTS_FAILED)
+                   for i in instance_ids]
+        return EvalReport(run_id=label, run_dir=self.out_dir / label, evalset="wide", split=split,
+                          harness=harness.source, harness_tree=harness.tree_hash, model="marker", results=results)
+
+    def compile(self, harness: Harness) -> str | None:
+        for path in sorted(harness.root.rglob("*.py")):
+            try:
+                compile(path.read_text(), str(path), "exec")
+            except SyntaxError as e:
+                return f"{path.name}: {e}"
+        return None
+
+    def result_dir(self, result: TaskResult) -> Path | None:
+        d = self.out_dir / "results" / result.key
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "test_output.txt").write_text(f"FAILED tests for {result.instance_id}\n")
+        return d
+
+
+def make_project(root: Path, generations: int = 3) -> Path:
+    """A repo made by ``evolve init`` (minimal harness) configured for the wide eval set and the
+    scripted optimizer, committed; returns the repo."""
+    import git
+
+    from evolve.project import init_project
+
+    evals = build_wide_evalset(root / "evals" / "wide")
+    repo = root / "proj"
+    init_project(repo, "minimal", "harness")
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    cfg["models"]["optimizer"]["model"] = f"scripted/{OPTIMIZER}"
+    cfg["evals"].update(name=str(evals), workers=1)
+    cfg["acceptance"]["rerun_discordant"] = 1
+    cfg["budget"]["generations"] = generations
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = git.Repo(repo)
+    r.git.add("evolve.yaml")
+    r.git.commit("-qm", "configure evolve", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    return repo
+
+
+def make_loop(repo: Path, run_id: str | None = None, evaluator: MarkerEvaluator | None = None):
+    """(Loop, close): the real loop on ``repo`` with the scripted optimizer and a MarkerEvaluator."""
+    from evolve.config import load_project_config
+    from evolve.loop import Loop, LoopSettings
+    from evolve.models import backend_for
+
+    cfg = load_project_config(repo / "evolve.yaml")
+    backend, close = backend_for(cfg.models.optimizer.model)
+    evaluator = evaluator or MarkerEvaluator(repo / "runs" / "marker")
+    loop = Loop(cfg, repo, LoopSettings(solver_model="marker", runs_dir=repo / "runs"), backend,
+                run_id=run_id, evaluator=evaluator)
+    return loop, close
+
+
+def main(argv: list[str]) -> int:
+    repo = Path(argv[0])
+    loop, close = make_loop(repo, argv[1] if len(argv) > 1 else None)
+    try:
+        print(loop.run_id, flush=True)
+        loop.run()
+    finally:
+        close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
