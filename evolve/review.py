@@ -16,24 +16,36 @@ from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, lates
 
 @dataclass
 class RunView:
+    """One run as read from its files.
+
+    Attributes:
+        root: the project the command runs in (``evolve.project.find_project``): git refs are read and
+            moved there, never in ``state.repo`` (where the run was made: a label only, since a copied
+            project must not move the original repo's refs). None for views that need no git.
+    """
+
     state: RunState
     gens: list[GenerationRecord]
     store: RunStore
+    root: Path | None = None
 
 
-def open_run(runs_dir: Path, run_id: str | None) -> RunView:
-    """The run ``run_id`` (default: the latest) with its generations.
+def open_run(runs_dir: Path, run_id: str | None, *, root: Path | None = None) -> RunView:
+    """The run ``run_id`` (default: the latest) with its generations; ``root`` is the project's
+    repo, needed by ``diff``, ``plain_diff`` and ``rollback``.
 
     Raises:
         ConfigError: no such run.
     """
     rid = run_id or latest_run(runs_dir)
     store = RunStore(runs_dir, rid)
-    return RunView(store.load(), store.gens(), store)
+    return RunView(store.load(), store.gens(), store, root)
 
 
 def _lineage(view: RunView) -> Lineage:
-    return Lineage(Path(view.state.repo), view.state.run_id, view.store.dir / "worktrees")
+    if view.root is None:
+        raise ConfigError("this command needs the project's repo: run it inside the project")
+    return Lineage(view.root, view.state.run_id, view.store.dir / "worktrees")
 
 
 def _gen(view: RunView, n: int) -> GenerationRecord:
@@ -90,9 +102,9 @@ def plain_diff(view: RunView, gen: int | None = None) -> str:
     return text + "\n" if text else ""
 
 
-def rollback(runs_dir: Path, run_id: str | None, *, to: int | None = None, revert: int | None = None,
+def rollback(runs_dir: Path, run_id: str | None, *, root: Path, to: int | None = None, revert: int | None = None,
              undo: bool = False) -> tuple[str, str]:
-    """Move the run's accepted head; returns (old sha, new sha). History is kept and
+    """Move the run's accepted head in the repo at ``root``; returns (old sha, new sha). History is kept and
     the move is recorded as an event, so ``undo`` can reverse it.
 
     - ``to=N``: the head becomes generation N's accepted state (0 = the base).
@@ -106,7 +118,7 @@ def rollback(runs_dir: Path, run_id: str | None, *, to: int | None = None, rever
     if sum(x is not None and x is not False for x in (to, revert, undo or None)) != 1:
         raise ConfigError("give exactly one of --to GEN, --gen N or --undo")
     with RunLock(runs_dir):
-        view = open_run(runs_dir, run_id)
+        view = open_run(runs_dir, run_id, root=root)
         lin = _lineage(view)
         old = lin.sha(lin.refs.best) or view.state.best
         rate = view.state.best_rate
