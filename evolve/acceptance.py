@@ -139,20 +139,26 @@ from typing import Optional
 
 from evolve.config import AcceptanceConfig
 
-Outcome = Optional[bool]
-"""Resolved or not; None = infrastructure failure: asked again if only one side had it (and then
-not resolved for that side if it persists), left out if both sides had it."""
+RunOutcome = Optional[bool]
+"""One harness's outcome on one task at one repeat: True resolved, False not resolved, None an
+infrastructure failure (asked again if only one side had it, and then not resolved for that side if
+it persists; left out if both sides had it). Unrelated to synthesis's outcome of one candidate
+(``evolve.synth.env``)."""
 
-EvaluateFn = Callable[[str, list[str], int], Mapping[str, Outcome]]
+EvaluateFn = Callable[[str, list[str], int], Mapping[str, RunOutcome]]
 """``evaluate(who, instance_ids, repeat) -> {instance_id: resolved?}``; who is "parent" or "child".
 An instance_id missing from the answer counts as an infrastructure failure."""
 
 PARENT, CHILD = "parent", "child"
+"""The ``who`` an ``EvaluateFn`` is called with."""
 DEFAULT_STAGES: tuple[float, ...] = (0.5, 1.0)
+"""Cumulative fractions of the tasks evaluated before each look: half, then the rest."""
 DEFAULT_FUTILITY_Z = 0.0
+"""Reject at an interim look when the standardized statistic is below this (the child is behind)."""
 EXACT_LIMIT = 20_000_000
 """Above this many cells x steps the exact sign-flip convolution gives way to Monte Carlo."""
 MC_RESAMPLES = 100_000
+"""Random sign vectors of the Monte-Carlo fallback (seeded from the records: reproducible)."""
 
 
 @dataclass(frozen=True)
@@ -200,14 +206,6 @@ class TaskRecord:
         """The outcomes differ in at least one paired repeat."""
         return self.wins + self.losses > 0
 
-    @property
-    def parent_mean(self) -> float:
-        return sum(self.parent) / self.n if self.n else 0.0
-
-    @property
-    def child_mean(self) -> float:
-        return sum(self.child) / self.n if self.n else 0.0
-
     def diff_fraction(self, estimator: str = "rao-blackwell") -> tuple[int, int]:
         """d_i as (numerator, denominator), exact. ``rao-blackwell`` (the default):
         (wins - losses) / (wins + losses), 0 without a discordant pair; ``mean``:
@@ -252,8 +250,11 @@ class Verdict:
     broken: list[str]
     """Tasks where it is worse (d_i < 0)."""
     stopped_early: bool
+    """Rejected by the futility stop before every stage was evaluated."""
     records: list[TaskRecord]
+    """Every task asked for, paired or not, in evaluation order."""
     child_runs: int = 0
+    """Task evaluations requested for the child (task_runs = child_runs + parent_runs)."""
     parent_runs: int = 0
     n_discordant: int = 0
     """Tasks whose paired outcomes differ in at least one repeat."""
@@ -432,7 +433,7 @@ class _Pairs:
     one_sided: list[int] = field(default_factory=lambda: [0, 0])
     losses: list[int] = field(default_factory=lambda: [0, 0])
 
-    def add(self, rep: int, first: tuple[Outcome, Outcome], final: tuple[Outcome, Outcome]) -> None:
+    def add(self, rep: int, first: tuple[RunOutcome, RunOutcome], final: tuple[RunOutcome, RunOutcome]) -> None:
         """One repeat's (parent, child) outcomes when first asked and after the one-sided infra
         re-asks: both None is left out, one None that persisted is not resolved for that side."""
         if first[0] is None and first[1] is None:
@@ -478,7 +479,7 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
     ends = _stage_ends(len(order), stages)
     runs = {PARENT: 0, CHILD: 0}
 
-    def call(who: str, batch: list[str], rep: int) -> dict[str, Outcome]:
+    def call(who: str, batch: list[str], rep: int) -> dict[str, RunOutcome]:
         if not batch:
             return {}
         runs[who] += len(batch)

@@ -23,30 +23,41 @@ from evolve.replies import json_block
 from evolve.types import IntegrityFlag, Task, TaskResult
 
 MAX_FAILURES = 8
+"""Failed tasks shown to the optimizer at most."""
 PER_PART_CHARS = 3000
+"""Characters kept of each part of a failure (trajectory, calls, test output)."""
 MAX_CALL_LINES = 400
 """Lines of a trace's summary (one per request) kept for the analysis, first and last halves."""
 
 
 @dataclass(frozen=True)
 class Failure:
+    """One failed task as the analysis prompt shows it; every text already cut to fit."""
+
     instance_id: str
     failure_class: str
+    """A ``FailureClass`` value."""
     problem_statement: str
     trajectory: str
+    """The harness's steps (``trajectory.json``): one command and its result per step."""
     calls: str
+    """One line per model call of the gateway's trace (``trace.jsonl``)."""
     tests: str
+    """The test output (``test_output.txt``), or the patch-apply log when tests did not run."""
     integrity_flags: tuple[str, ...] = ()
     """What grading undid or detected on this task (``IntegrityFlag`` values); empty when clean."""
 
 
 @dataclass
 class Analysis:
+    """The optimizer's failure analysis. The loop passes ``text`` on to the plan step."""
+
     text: str
     """The optimizer's whole reply."""
     categories: list[dict] = field(default_factory=list)
     """``[{"name", "description", "instance_ids"}]``; empty if the reply had no JSON."""
     summary: str = ""
+    """The reply's one-paragraph summary; empty if the reply had no JSON."""
 
 
 def collect_failures(results: list[TaskResult], entries: dict[str, Path], tasks: dict[str, Task],

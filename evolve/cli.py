@@ -170,12 +170,29 @@ def serve_cmd(
 
 @sandbox_app.command("build")
 def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make available; default: "
-                                                                 "evolve's base image.")) -> None:
+                                                                 "evolve's base image."),
+                  mirror: Optional[str] = typer.Option(None, metavar="URL", help="Debian mirror to build the base "
+                                                       "image from (default: EVOLVE_DEBIAN_MIRROR, else the host's "
+                                                       "apt sources); builds it unless present, without pulling.")
+                  ) -> None:
     """Make the sandbox image available: use it if present, pull it, or build it offline."""
     from evolve.sandbox.docker import docker_client
-    from evolve.sandbox.image import ensure_image
+    from evolve.sandbox.image import base_image_tag, build_base_image, ensure_image
 
-    ref = ensure_image(docker_client(), image, log=lambda m: console.print(f"[dim]{m}[/]"))
+    def log(m: str) -> None:
+        console.print(f"[dim]{m}[/]")
+
+    client = docker_client()
+    if mirror is None:
+        ref = ensure_image(client, image, log=log)
+    elif image not in (None, base_image_tag()):
+        raise ConfigError(f"--mirror builds evolve's base image ({base_image_tag()}), not {image}: "
+                          "drop --image, or build that image yourself")
+    elif client.images.list(name=base_image_tag()):
+        ref = base_image_tag()
+        log(f"{ref} is present; `docker rmi {ref}` first to build it again from {mirror}")
+    else:
+        ref = build_base_image(client, mirror=mirror, log=log)
     console.print(f"sandbox image ready: [bold]{ref}[/]")
 
 

@@ -140,6 +140,9 @@ class ServeConfig(BaseModel):
 
 
 class ModelsConfig(BaseModel):
+    """``models:`` in evolve.yaml: the solver's and the optimizer's model; a role without one gets its
+    default from ``evolve.roles.resolve_role``."""
+
     model_config = ConfigDict(extra="forbid")
 
     solver: RoleConfig = Field(default_factory=RoleConfig)
@@ -147,6 +150,8 @@ class ModelsConfig(BaseModel):
 
 
 class EvalsConfig(BaseModel):
+    """``evals:`` in evolve.yaml: the eval set, its splits, and how the loop evaluates on it."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = "default"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
-from evolve import store
+from evolve import owner, store
 from evolve.config import EvalSettings
 from evolve.errors import ConfigError, InfraError
 from evolve.evalsets.registry import EvalSet
@@ -57,9 +56,17 @@ def merge_flags(*groups) -> list[IntegrityFlag]:
     return [f for f in IntegrityFlag if f in raised]
 
 
-class Progress(Protocol):
-    def started(self, instance_id: str, repeat: int) -> None: ...
-    def finished(self, result: TaskResult, cached: bool) -> None: ...
+class EvalProgress(Protocol):
+    """What an ``Evaluation`` reports per task while it runs, from its worker threads (so an
+    implementation must be thread-safe). ``evolve.report.EvalProgressView`` draws it; synthesis has
+    its own, unrelated progress (``evolve.synth``)."""
+
+    def started(self, instance_id: str, repeat: int) -> None:
+        """A (task, repeat) missed the cache and its agent phase is about to run."""
+
+    def finished(self, result: TaskResult, cached: bool) -> None:
+        """A (task, repeat) has its result; ``cached`` is True when it came from the cache (no
+        ``started`` call came before it then)."""
 
 
 class _Quiet:
@@ -94,6 +101,7 @@ class EvalReport(BaseModel):
 
     @property
     def resolved(self) -> int:
+        """Resolved results among the scored ones (every repeat counts)."""
         return sum(r.resolved for r in self.scored)
 
     @property
@@ -115,12 +123,15 @@ class EvalReport(BaseModel):
 
     @property
     def usage(self) -> Usage:
+        """Model usage summed over every result, cached ones included (``fresh_usage`` is this run's spend)."""
         total = Usage()
         for r in self.results:
             total = total.add(r.usage)
         return total
 
     def summary(self) -> dict:
+        """The report as plain JSON data (``summary.json``): counts, ``resolve_rate`` in [0, 1],
+        ``cost_usd`` in USD over every result, tokens, wall-clock ``seconds``, ``interrupted``."""
         u = self.usage
         return {"run_id": self.run_id, "evalset": self.evalset, "split": self.split,
                 "harness": self.harness, "harness_tree": self.harness_tree, "model": self.model,
@@ -159,7 +170,7 @@ class Evaluation:
 
     def __init__(self, *, evalset: EvalSet, split: str, harness: Harness, settings: EvalSettings,
                  runs_dir: Path, workers: int = 2, repeats: int = 1, instance_ids: list[str] | None = None,
-                 use_cache: bool = True, run_id: str | None = None, progress: Progress | None = None,
+                 use_cache: bool = True, run_id: str | None = None, progress: EvalProgress | None = None,
                  first_repeat: int = 0, cache_dir: Path | None = None) -> None:
         if workers < 1 or repeats < 1:
             raise ConfigError("--workers and --repeats must be at least 1")
@@ -189,6 +200,7 @@ class Evaluation:
         return [known[i] for i in instance_ids]
 
     def jobs(self) -> list[_Job]:
+        """One job per (task, repeat), with its cache key (``store.cache_key``)."""
         fp = self.settings.fingerprint()
         return [_Job(t, k, store.cache_key(self.harness.tree_hash, t.content_hash(), self.settings.model, fp, k))
                 for t in self.tasks for k in range(self.first_repeat, self.first_repeat + self.repeats)]
@@ -209,7 +221,10 @@ class Evaluation:
         check_model(self.settings.model, self.settings.model_params, role="solver")
         start = time.monotonic()
         client = docker_client()
-        sweep_stale(client)
+        sweep_stale(client)  # containers and temp dirs of dead evolve processes
+        for run_id in store.mark_dead_runs(self.run_dir.parent):
+            log.info("evaluation %s was left running by a dead process: marked interrupted", run_id)
+        store.remove_orphans(self.run_dir)
         images = {t.image for t in self.tasks}
         self.images = {img: ensure_image(client, img) for img in images}
         self._write_meta("running")
@@ -261,7 +276,7 @@ class Evaluation:
 
     def _write_meta(self, status: str, error: str | None = None) -> None:
         store.atomic_write_json(self.run_dir / "run.json", {
-            "run_id": self.run_id, "kind": "eval", "status": status, "error": error,
+            "run_id": self.run_id, "kind": "eval", "status": status, "error": error, "owner": owner.current(),
             "evalset": self.evalset.name, "evalset_root": str(self.evalset.root), "split": self.split,
             "harness": self.harness.source, "harness_tree": self.harness.tree_hash,
             "settings": self.settings.model_dump(mode="json", exclude={"model_params": {"api_key"}}),
@@ -279,7 +294,7 @@ class Evaluation:
             return
         self.progress.started(job.task.instance_id, job.repeat)
         # The task's trace stays a file in `scratch` until it is stored: streamed, never read whole.
-        with tempfile.TemporaryDirectory(prefix="evolve-task-") as scratch:
+        with owner.temp_dir("task") as scratch:  # swept once this process is dead (kill -9)
             try:
                 result, files = self._evaluate(client, backend, job, Path(scratch))
             except (_Cancelled, InfraError):

@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 
 from evolve.config import EvalSettings, ProjectConfig
 from evolve.evalsets.registry import EvalSet
-from evolve.evaluate import EvalReport, Progress
+from evolve.evaluate import EvalProgress, EvalReport
 from evolve.harness import Harness
 from evolve.types import TaskResult
 
@@ -62,7 +62,7 @@ class DockerEvaluator:
     """
 
     def __init__(self, evalset: EvalSet, settings: EvalSettings, *, out_dir: Path, cache_dir: Path, workers: int,
-                 sandbox_run_id: str, progress: Callable[[str, int], Progress | None] | None = None) -> None:
+                 sandbox_run_id: str, progress: Callable[[str, int], EvalProgress | None] | None = None) -> None:
         from evolve.store import Cache
 
         self.evalset, self.settings, self.out_dir, self.workers = evalset, settings, out_dir, workers
@@ -73,7 +73,7 @@ class DockerEvaluator:
     @classmethod
     def for_project(cls, cfg: ProjectConfig, evalset: EvalSet, *, solver_model: str, solver_params: dict,
                     runs_dir: Path, run_dir: Path, run_id: str, workers: int | None = None,
-                    progress: Callable[[str, int], Progress | None] | None = None) -> "DockerEvaluator":
+                    progress: Callable[[str, int], EvalProgress | None] | None = None) -> "DockerEvaluator":
         """The evaluator ``evolve run`` uses: ``cfg``'s timeouts, limits and sandbox, the given solver,
         outputs under ``run_dir/evals``, the cache ``runs_dir/cache``; ``workers`` None means
         ``cfg.evals.workers``."""

@@ -151,6 +151,14 @@ def patch_paths(diff: bytes | str) -> list[str]:
     Lines inside hunks are skipped by counting each hunk's lines, so a ``+++`` line
     of content is never taken for a header. Prefixes ``a/`` and ``b/`` are removed;
     C-quoted names are decoded (as bytes, shown with ``surrogateescape``).
+
+    Why not ``unidiff`` (which ``evolve.edits.parse_unified_diff`` uses): this reads a
+    candidate's patch, hostile bytes, to find every path ``git apply`` will touch.
+    unidiff 1.0 decodes the patch as UTF-8 (a Latin-1 patch raises
+    ``UnicodeDecodeError``), and it keeps git's C-quoted names quoted and escaped
+    (``"a/\\056\\056/x"`` would hide a ``..`` from ``malformed``). Counting hunk lines
+    the way git does, here, is what keeps a ``+++`` line of content from passing for
+    a header.
     """
     data = diff.encode("utf-8", "surrogateescape") if isinstance(diff, str) else diff
     names: list[bytes] = []

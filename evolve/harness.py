@@ -13,7 +13,7 @@ user's files cannot change a harness in the middle of an evaluation.
 
 from __future__ import annotations
 
-import os
+import io
 import shutil
 import tarfile
 import tempfile
@@ -21,23 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evolve import hostgit
 from evolve.errors import HarnessError
 
 SPEC_FILE = "harness.yaml"
 EXCLUDED = ("__pycache__/", "*.pyc", ".git")
 """Never part of a harness directory's content (git itself always skips .git)."""
 _TEMPLATES = Path(__file__).resolve().parent.parent / "harness_templates"
-_GIT_ENV = {
-    # Hash the content alone: no user or system git config (autocrlf, global
-    # excludes, attributes) may change which bytes get hashed.
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0",
-}
 
 
 class HarnessSpec(BaseModel):
@@ -94,23 +87,21 @@ def _from_directory(directory: Path, workdir: Path) -> Harness:
     source = str(directory)
     with tempfile.TemporaryDirectory(prefix="evolve-hash-") as tmp:
         gitdir = Path(tmp) / "git"
-        g = git.Git(str(directory))
-        g.update_environment(**_GIT_ENV)
-        base = ["git", f"--git-dir={gitdir}"]
+        # Hash the content alone: no user or system git config (autocrlf, global excludes,
+        # attributes) may change which bytes get hashed (``evolve.hostgit`` pins them).
+        base = [f"--git-dir={gitdir}"]
         try:
-            g.execute(["git", "init", "-q", "--bare", str(gitdir)])
+            hostgit.run(["init", "-q", "--bare", str(gitdir)])
             (gitdir / "info").mkdir(exist_ok=True)
             (gitdir / "info" / "exclude").write_text("\n".join(EXCLUDED) + "\n")
-            g.execute(base + [f"--work-tree={directory}", "-c", "core.autocrlf=false",
-                              "-c", "core.fileMode=true", "add", "-A", "."])
-            tree_hash = g.execute(base + ["write-tree"]).strip()
-        except git.GitCommandError as e:
+            hostgit.run(base + [f"--work-tree={directory}", "add", "-A", "."], cwd=directory)
+            tree_hash = hostgit.text(base + ["write-tree"], cwd=directory).strip()
+        except hostgit.HostGitError as e:
             raise HarnessError(f"{source}: cannot read the harness directory with git: "
-                               f"{(e.stderr or str(e)).strip()}") from None
+                               f"{e.output.strip()[-400:]}") from None
 
         def extract(dest: Path) -> None:
-            _untar(dest, lambda out: g.execute(base + ["archive", "--format=tar", tree_hash],
-                                               output_stream=out))
+            _untar(dest, hostgit.run(base + ["archive", "--format=tar", tree_hash], cwd=directory))
 
         root = _snapshot(workdir, tree_hash, extract, label=f"{source}/{SPEC_FILE}")
     return Harness(spec=_load_spec(root, f"{source}/{SPEC_FILE}"), root=root,
@@ -121,54 +112,54 @@ def _from_git_ref(ref_or_path: str, workdir: Path, repo_path: Path | None) -> Ha
     ref, _, subdir = ref_or_path.partition(":")
     subdir = subdir.strip("/")
     subdir = "" if subdir in ("", ".") else subdir.removeprefix("./")
-    try:
-        repo = git.Repo(repo_path or Path.cwd(), search_parent_directories=repo_path is None)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        where = repo_path or Path.cwd()
+    where = repo_path or Path.cwd()
+    repo = hostgit.Repo.find(where, search_parents=repo_path is None)
+    if repo is None:
         raise HarnessError(f"{ref_or_path!r} is not an existing directory, and {where} is not inside a "
                            "git repository to look it up as a git ref; pass a harness directory, "
-                           "or run evolve from inside the git repository holding the ref") from None
-    with repo:
-        repo_dir = repo.working_tree_dir or repo.git_dir
-        try:
-            obj = repo.rev_parse(ref)
-            while isinstance(obj, git.TagObject):
-                obj = obj.object
-            tree = obj.tree if isinstance(obj, git.Commit) else obj
-            if not isinstance(tree, git.Tree):
-                raise ValueError(f"{ref} names a {obj.type}, not a commit")
-        except (ValueError, git.BadName, git.BadObject, git.exc.ODBError, IndexError) as e:
-            raise HarnessError(f"{ref_or_path!r} is neither an existing directory nor a git ref in "
-                               f"{repo_dir} ({e}); pass a harness directory, or REF or REF:SUBDIR "
-                               "naming a commit of that repository (e.g. 'main:harness')") from None
-        source = f"{repo_dir}@{ref}" + (f":{subdir}" if subdir else "")
-        if subdir:
-            try:
-                tree = tree / subdir
-            except KeyError:
-                raise HarnessError(f"{source}: no directory {subdir!r} at {ref} in {repo_dir}; "
-                                   f"check the path with `git ls-tree {ref} -- {subdir}`") from None
-            if not isinstance(tree, git.Tree):
-                raise HarnessError(f"{source}: {subdir!r} is a file at {ref}, not a directory "
-                                   f"holding a {SPEC_FILE}")
-        label = f"{source}/{SPEC_FILE}" if subdir else f"{source}:{SPEC_FILE}"
-        tree_hash = tree.hexsha
-        root = _snapshot(workdir, tree_hash,
-                         lambda dest: _untar(dest, lambda out: repo.archive(out, tree_hash, format="tar")),
-                         label=label)
+                           "or run evolve from inside the git repository holding the ref")
+    repo_dir = repo.root
+    tree_hash = repo.sha(ref, "tree")
+    if tree_hash is None:
+        kind = _object_type(repo, ref)
+        said = f"{ref} names a {kind}, not a commit" if kind else f"no commit named {ref!r}"
+        raise HarnessError(f"{ref_or_path!r} is neither an existing directory nor a git ref in "
+                           f"{repo_dir} ({said}); pass a harness directory, or REF or REF:SUBDIR "
+                           "naming a commit of that repository (e.g. 'main:harness')")
+    source = f"{repo_dir}@{ref}" + (f":{subdir}" if subdir else "")
+    if subdir:
+        kind = _object_type(repo, f"{tree_hash}:{subdir}")
+        if kind is None:
+            raise HarnessError(f"{source}: no directory {subdir!r} at {ref} in {repo_dir}; "
+                               f"check the path with `git ls-tree {ref} -- {subdir}`")
+        if kind != "tree":
+            raise HarnessError(f"{source}: {subdir!r} is a file at {ref}, not a directory "
+                               f"holding a {SPEC_FILE}")
+        tree_hash = repo.git("rev-parse", "--verify", "--end-of-options", f"{tree_hash}:{subdir}")
+    label = f"{source}/{SPEC_FILE}" if subdir else f"{source}:{SPEC_FILE}"
+    # The archive is read with pinned line endings (``hostgit.run``), so the snapshot holds the
+    # committed bytes whatever the repository's autocrlf says.
+    root = _snapshot(workdir, tree_hash,
+                     lambda dest: _untar(dest, hostgit.run(["archive", "--format=tar", tree_hash], cwd=repo_dir)),
+                     label=label)
     return Harness(spec=_load_spec(root, label), root=root, tree_hash=tree_hash, source=source)
 
 
-def _untar(dest: Path, write_tar: Callable[[object], object]) -> None:
-    """Run ``write_tar(stream)`` (a ``git archive``) and unpack its output into ``dest``."""
-    with tempfile.TemporaryFile() as f:
-        write_tar(f)
-        f.seek(0)
-        with tarfile.open(fileobj=f, mode="r:") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(dest, filter="tar")
-            else:  # Python < 3.10.12: no extraction filters; the archive comes from our own git
-                tar.extractall(dest)
+def _object_type(repo: hostgit.Repo, rev: str) -> str | None:
+    """``blob``, ``tree``, ``commit`` or ``tag``: what ``rev`` names in ``repo``; None if nothing."""
+    try:
+        return repo.git("cat-file", "-t", "--end-of-options", rev) or None
+    except hostgit.HostGitError:
+        return None
+
+
+def _untar(dest: Path, data: bytes) -> None:
+    """Unpack the tar archive ``data`` (a ``git archive``) into ``dest``."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="tar")
+        else:  # Python < 3.10.12: no extraction filters; the archive comes from our own git
+            tar.extractall(dest)
 
 
 def _snapshot(workdir: Path, tree_hash: str, extract: Callable[[Path], None], *, label: str) -> Path:

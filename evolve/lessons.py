@@ -27,15 +27,19 @@ class Lesson(BaseModel):
 
     generation: int
     hypothesis: str = ""
+    """The plan's hypothesis; empty when the generation failed before it had a plan."""
     change: str = ""
-    """Summary of the change: files touched and the plan's description."""
+    """Summary of the change: the plan's files and its expected effect."""
     outcome: str
     """accepted, rejected, refused or failed."""
     reason: str = ""
+    """Why: the verdict's sentence (``acceptance.Verdict.reason``) or what failed."""
     delta: float | None = None
-    """Child minus parent resolve rate on the search split (0.05 = +5 points)."""
+    """Child minus parent resolve rate on the search split (0.05 = +5 points); None without a verdict."""
     fixed: list[str] = Field(default_factory=list)
+    """instance_ids the child resolved more often than its parent."""
     broken: list[str] = Field(default_factory=list)
+    """instance_ids it resolved less often."""
 
 
 def append(path: Path, lesson: Lesson) -> None:

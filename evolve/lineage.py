@@ -15,30 +15,24 @@ trailers; accepting moves ``best`` to it. Refs are moved with a compare-and-swap
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from evolve.errors import ConfigError, EvolveError
+from evolve.hostgit import HostGitError, Repo
 
 
-def _git():
-    import git
-
-    return git
-
-
-def open_repo(path: Path):
-    """The git repository containing ``path``.
+def open_repo(path: Path) -> Repo:
+    """The git repository containing ``path``, driven through ``evolve.hostgit`` (the user's git config,
+    hooks and signing never apply; the repository's own config does).
 
     Raises:
         ConfigError: ``path`` is not inside a git repository.
     """
-    git = _git()
-    try:
-        return git.Repo(path, search_parent_directories=True)
-    except (git.exc.InvalidGitRepositoryError, git.exc.NoSuchPathError):
-        raise ConfigError(f"{path} is not inside a git repository. Run `evolve init` there first.") from None
+    repo = Repo.find(path)
+    if repo is None:
+        raise ConfigError(f"{path} is not inside a git repository. Run `evolve init` there first.")
+    return repo
 
 
 @dataclass(frozen=True)
@@ -62,11 +56,12 @@ class Refs:
 
 
 class Lineage:
-    """Git operations of one run on the user's repository."""
+    """Git operations of one run on the user's repository (through ``evolve.hostgit``: evolve's commits
+    carry its own identity, and no hook, signing or other user git config can fail or slow a night)."""
 
     def __init__(self, repo_root: Path, run_id: str, worktrees: Path) -> None:
         self.repo = open_repo(repo_root)
-        self.root = Path(self.repo.working_tree_dir)
+        self.root = self.repo.root
         self.refs = Refs(run_id)
         self.worktrees = worktrees
 
@@ -74,17 +69,16 @@ class Lineage:
 
     def sha(self, ref: str) -> str | None:
         """The commit a ref points at, or None if it doesn't exist."""
-        try:
-            return self.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
-        except _git().exc.GitCommandError:
-            return None
+        return self.repo.sha(ref)
 
     def start(self, commit: str = "HEAD") -> str:
         """Create the run's base and best refs at ``commit`` (idempotent). Returns the base sha."""
-        sha = self.repo.git.rev_parse("--verify", f"{commit}^{{commit}}")
+        sha = self.repo.sha(commit)
+        if sha is None:
+            raise ConfigError(f"{commit} is not a commit in {self.root}: commit the harness first")
         for ref in (self.refs.base, self.refs.best):
             if self.sha(ref) is None:
-                self.repo.git.update_ref(ref, sha, "")
+                self.repo.update_ref(ref, sha, "")
         return self.sha(self.refs.base)
 
     def move_best(self, new: str, expected_old: str) -> None:
@@ -94,9 +88,10 @@ class Lineage:
             EvolveError: ``best`` moved meanwhile (another writer).
         """
         try:
-            self.repo.git.update_ref(self.refs.best, new, expected_old)
-        except _git().exc.GitCommandError as e:
-            raise EvolveError(f"{Refs.short(self.refs.best)} moved meanwhile; not overwriting it ({e.stderr.strip()})")
+            self.repo.update_ref(self.refs.best, new, expected_old)
+        except HostGitError as e:
+            raise EvolveError(f"{Refs.short(self.refs.best)} moved meanwhile; not overwriting it "
+                              f"({e.output.strip()})") from None
 
     # -- candidates ---------------------------------------------------------------
 
@@ -108,43 +103,29 @@ class Lineage:
         path = self.worktrees / f"g{gen:03d}"
         self.drop_worktree(gen)
         path.parent.mkdir(parents=True, exist_ok=True)
-        branch = Refs.short(self.refs.gen(gen))
-        self.repo.git.worktree("add", "--force", "-B", branch, str(path), self.sha(self.refs.best))
+        self.repo.add_worktree(path, self.sha(self.refs.best), branch=Refs.short(self.refs.gen(gen)))
         return path
 
     def drop_worktree(self, gen: int) -> None:
-        path = self.worktrees / f"g{gen:03d}"
-        if path.exists():
-            try:
-                self.repo.git.worktree("remove", "--force", str(path))
-            except _git().exc.GitCommandError:
-                shutil.rmtree(path, ignore_errors=True)
-        self.repo.git.worktree("prune")
+        self.repo.remove_worktree(self.worktrees / f"g{gen:03d}")
 
     def commit_candidate(self, gen: int, path: Path, subject: str, trailers: dict[str, str]) -> str | None:
         """Commit every change in the worktree at ``path``; None if nothing changed."""
-        import git
-
-        wt = git.Repo(path)
-        wt.git.add("-A", ".")
-        if not wt.git.diff("--cached", "--name-only").strip():
-            return None
-        wt.git.commit("--no-verify", "-q", "-m", message(subject, trailers), env=identity())
-        return wt.head.commit.hexsha
+        return Repo(path).commit_all(message(subject, trailers))
 
     def commit_verdict(self, gen: int, subject: str, trailers: dict[str, str]) -> str:
         """An empty commit on the generation's branch recording its verdict; returns its sha."""
         branch = self.refs.gen(gen)
         parent = self.sha(branch)
-        tree = self.repo.git.rev_parse(f"{parent}^{{tree}}")
-        sha = self.repo.git.commit_tree(tree, "-p", parent, "-m", message(subject, trailers), env=identity())
-        self.repo.git.update_ref(branch, sha, parent)
+        tree = self.repo.sha(parent, "tree")
+        sha = self.repo.git("commit-tree", tree, "-p", parent, "-F", "-", input=message(subject, trailers).encode())
+        self.repo.update_ref(branch, sha, parent)
         return sha
 
     def delete_branch(self, gen: int) -> None:
         """Delete generation ``gen``'s branch if it exists (idempotent)."""
         if self.sha(self.refs.gen(gen)):
-            self.repo.git.update_ref("-d", self.refs.gen(gen))
+            self.repo.delete_ref(self.refs.gen(gen))
 
     def verdict_of(self, gen: int) -> tuple[str, dict[str, str]] | None:
         """(sha, trailers) of generation ``gen``'s verdict commit when it is the tip of the
@@ -161,40 +142,26 @@ class Lineage:
     # -- reading ------------------------------------------------------------------
 
     def diff(self, old: str, new: str, paths: list[str] | None = None, *, stat: bool = False) -> str:
-        args = ["--stat"] if stat else ["--no-color"]
-        return self.repo.git.diff(*args, old, new, "--", *(paths or []))
+        args = ["--stat"] if stat else ["--no-color", "--no-ext-diff"]
+        return self.repo.git("diff", *args, old, new, "--", *(paths or []))
 
     def trailers(self, sha: str) -> dict[str, str]:
-        body = self.repo.git.log("-1", "--format=%B", sha)
-        out = {}
-        for line in body.splitlines():
-            key, sep, value = line.partition(": ")
-            if sep and key.startswith("Evolve-"):
-                out[key] = value
-        return out
+        """The ``Evolve-*`` trailers of commit ``sha``."""
+        return {k: v for k, v in self.repo.trailers(sha).items() if k.startswith("Evolve-")}
 
     def tree_files(self, ref: str, subdir: str) -> dict[str, str]:
         """``{path relative to subdir: text}`` of the tree at ``ref`` (binary files skipped)."""
         out = {}
-        listing = self.repo.git.ls_tree("-r", "--name-only", ref, "--", subdir)
-        for name in listing.splitlines():
+        listing = self.repo.git("ls-tree", "-r", "--name-only", "-z", ref, "--", subdir)
+        for name in listing.split("\0"):
+            if not name:
+                continue
             try:
-                out[name[len(subdir):].lstrip("/")] = self.repo.git.show(f"{ref}:{name}")
-            except (_git().exc.GitCommandError, UnicodeDecodeError):
+                content = self.repo.run("cat-file", "blob", f"{ref}:{name}")
+                out[name[len(subdir):].lstrip("/")] = content.decode("utf-8")
+            except (HostGitError, UnicodeDecodeError):
                 continue
         return out
-
-
-def identity() -> dict[str, str]:
-    """The environment for git commits evolve makes: the user's identity if set, else ``evolve``."""
-    import os
-
-    env = dict(os.environ)
-    env.setdefault("GIT_AUTHOR_NAME", "evolve")
-    env.setdefault("GIT_AUTHOR_EMAIL", "evolve@localhost")
-    env.setdefault("GIT_COMMITTER_NAME", "evolve")
-    env.setdefault("GIT_COMMITTER_EMAIL", "evolve@localhost")
-    return env
 
 
 def candidate_trailers(run_id: str, gen: int, parent: str, files: list[str]) -> dict[str, str]:

@@ -37,7 +37,7 @@ from evolve.analyze import analyze, collect_failures
 from evolve.config import ProjectConfig
 from evolve.errors import (ContextWindowError, EvolveError, HarnessError, InfraError, ModelError, PlanError,
                            RequestError, StopRun, UpstreamError)
-from evolve.evaluate import EvalReport, Progress
+from evolve.evaluate import EvalProgress, EvalReport
 from evolve.evaluator import DockerEvaluator, Evaluator
 from evolve.harness import Harness, resolve_harness
 from evolve.leakage import added_lines, task_leaks
@@ -47,7 +47,7 @@ from evolve.patch import patch
 from evolve.plan import Plan, plan
 from evolve.recorder import Recorder, kill_point, reconcile
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
-from evolve.store import atomic_write, new_run_id, now_iso
+from evolve.store import atomic_write, new_run_id, now_iso, remove_orphans
 from evolve.types import IntegrityFlag, Task, TaskResult
 
 __all__ = ["GenerationFailed", "Loop", "LoopSettings", "Meter", "RunView", "StopRun", "flag_counts",
@@ -85,7 +85,7 @@ class RunView:
     def step(self, state: RunState, gen: int, step: str) -> None:
         pass
 
-    def eval_progress(self, label: str, total: int) -> Progress | None:
+    def eval_progress(self, label: str, total: int) -> EvalProgress | None:
         return None
 
     def verdict(self, state: RunState, rec: GenerationRecord) -> None:
@@ -381,6 +381,7 @@ class Loop:
         if not self.resume:
             return self._create()
         state = self.store.load()
+        remove_orphans(self.store.dir)  # temp files of atomic writes a killed process left
         previous = state.status
         notes = reconcile(state, self.recorder, self.lineage, keep_rejected=self.cfg.acceptance.keep_rejected)
         state.status, state.stop_reason, state.pid = "running", "", os.getpid()
@@ -417,7 +418,7 @@ class Loop:
         if not self.lineage.tree_files(base, self.harness_dir):
             raise HarnessError(f"no committed harness in {self.harness_dir}/ at HEAD. Commit it first "
                                "(evolve only evolves committed code; your work tree is never touched).")
-        state = RunState(run_id=self.run_id, repo=str(self.repo_root), harness_dir=self.harness_dir,
+        state = RunState(run_id=self.run_id, repo=self.repo_root.name, harness_dir=self.harness_dir,
                          evalset=self.evalset.name, base=base, best=base, pid=os.getpid())
         self.recorder.save(state)
         self.recorder.event("start", base=base, evalset=self.evalset.name, search=len(self.search_ids))

@@ -22,16 +22,34 @@ ROUNDS = 3
 
 @dataclass
 class PatchOutcome:
+    """What the patch step did to the worktree, over all its rounds.
+
+    The loop fails the generation when ``changed_files`` is empty: as ``refused`` when
+    blocks were refused, else as ``failed`` with the last ``feedback``.
+    """
+
     changed_files: list[str] = field(default_factory=list)
+    """Repo-relative posix paths whose content changed, each once, in order of first edit."""
     refused: list[str] = field(default_factory=list)
     """Reasons for refused blocks (protected paths, outside the harness)."""
-    rounds: int = 0
     feedback: list[str] = field(default_factory=list)
+    """The message sent back to the optimizer after each round that did not apply cleanly."""
 
 
 def patch(optimizer: Optimizer, plan: Plan, *, worktree: Path, harness_dir: str, files: dict[str, str],
           protected: list[str]) -> PatchOutcome:
-    """Apply the optimizer's edits for ``plan`` in ``worktree``; never raises for a bad reply."""
+    """Apply the optimizer's edits for ``plan`` in ``worktree``: at most ``ROUNDS`` replies, each
+    failed or refused block answered with ``evolve.edits``' feedback.
+
+    Args:
+        worktree: the candidate's git worktree; only files under ``harness_dir`` in it are written.
+        harness_dir: the harness directory, relative to the worktree.
+        files: the harness's files shown to the optimizer (path relative to ``harness_dir``: text).
+        protected: repo-relative globs never written (``ProjectConfig.protected_paths``).
+
+    A bad reply never raises: it ends up in ``PatchOutcome.feedback``. Errors of the model call
+    itself propagate as from ``Optimizer.ask_fitting``.
+    """
     def build(scale: float) -> list[dict]:
         first = render("patch.j2", plan=plan, harness_dir=harness_dir, protected_paths=protected,
                        files={p: cut(t, int(30_000 * scale)) for p, t in files.items()})
@@ -40,7 +58,6 @@ def patch(optimizer: Optimizer, plan: Plan, *, worktree: Path, harness_dir: str,
     messages: list[dict] = []
     outcome = PatchOutcome()
     for _ in range(ROUNDS):
-        outcome.rounds += 1
         reply = optimizer.ask_fitting("patch", build)
         try:
             blocks = parse_edits(reply)

@@ -17,22 +17,36 @@ from evolve.prompting import render
 from evolve.replies import json_block
 
 FORMAT_RETRIES = 1
-
+"""Extra asks after a reply without a usable JSON plan."""
 
 
 @dataclass(frozen=True)
 class Plan:
+    """The one change the optimizer proposes, read from its JSON reply (the shape ``plan.j2`` asks for)."""
+
     hypothesis: str
+    """Why the change should resolve more tasks; never empty. Recorded in the lesson and the verdict commit."""
     files: list[str] = field(default_factory=list)
+    """Files the optimizer means to touch, relative to the harness directory (as the model wrote them)."""
     expected_effect: str = ""
+    """Which tasks or failure categories should improve."""
     change: str = ""
+    """Precisely what to change: the instruction the patch step follows."""
 
 
 def plan(optimizer: Optimizer, *, analysis: str, files: dict[str, str], lessons: list[Lesson],
          harness_dir: str, score: float) -> Plan:
     """One change to make, from the optimizer.
 
+    Args:
+        analysis: the failure analysis text (``analyze.Analysis.text``), cut to fit.
+        files: the harness's files (path relative to ``harness_dir``: text), each cut to fit.
+        lessons: the run's relevant lessons (``lessons.relevant``).
+        harness_dir: the harness directory, relative to the repository.
+        score: the accepted harness's resolve rate on the search split, in [0, 1].
+
     Raises:
+        ContextWindowError: the prompt does not fit even when cut down (``Optimizer.ask_fitting``).
         PlanError: no JSON plan with a hypothesis after ``FORMAT_RETRIES`` retries.
     """
     def build(scale: float) -> list[dict]:

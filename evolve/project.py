@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from evolve import hostgit
 from evolve.config import CONFIG_FILE, ProjectConfig, load_project_config
 from evolve.errors import ConfigError
 from evolve.harness import template_dir
@@ -28,20 +29,17 @@ def init_project(root: Path, template: str = "minimal", harness: str = "harness"
         ConfigError: ``harness/`` or ``evolve.yaml`` already exists.
         HarnessError: unknown template.
     """
-    import git
-
     src = template_dir(template)
     root.mkdir(parents=True, exist_ok=True)
     for existing in (root / harness, root / CONFIG_FILE):
         if existing.exists():
             raise ConfigError(f"{existing} already exists: evolve init never overwrites. Remove it or "
                               "pick another directory.")
-    try:
-        repo = git.Repo(root, search_parent_directories=False)
-        fresh = False
-    except git.exc.InvalidGitRepositoryError:
-        repo = git.Repo.init(root)
-        fresh = True
+    repo = hostgit.Repo.find(root, search_parents=False)  # hostgit: the user's git config and hooks never apply
+    fresh = repo is None
+    if repo is None:
+        hostgit.run(["init", "-q", str(root)], pinned=False)
+        repo = hostgit.Repo(root)
     shutil.copytree(src, root / harness, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     text = DEFAULT_CONFIG.read_text()
     if harness != "harness":
@@ -52,11 +50,9 @@ def init_project(root: Path, template: str = "minimal", harness: str = "harness"
     if "runs/" not in lines:
         ignore.write_text("\n".join([*lines, "runs/"]) + "\n")
     added = [harness, CONFIG_FILE, ".gitignore"]
-    repo.git.add("--", *added)
-    if fresh or not repo.head.is_valid():
-        from evolve.lineage import identity
-
-        repo.git.commit("-q", "-m", f"evolve init: harness template {template}", env=identity())
+    repo.run("add", "--", *added)
+    if fresh or repo.sha("HEAD") is None:
+        repo.run("commit", "--no-verify", "-q", "-m", f"evolve init: harness template {template}")
     return added
 
 

@@ -17,5 +17,10 @@ def _env():
 
 
 def render(name: str, **context) -> str:
-    """Render ``evolve/prompts/<name>``; a missing variable raises jinja2.UndefinedError."""
+    """Render ``evolve/prompts/<name>`` with ``context``.
+
+    Raises:
+        jinja2.UndefinedError: the template uses a variable ``context`` does not give (a bug, not the model's).
+        jinja2.TemplateNotFound: no such template.
+    """
     return _env().get_template(name).render(**context)

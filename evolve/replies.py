@@ -9,7 +9,8 @@ _FENCE = re.compile(r"```(?:json)?\s*\n(.*?)\n```", re.S)
 
 
 def json_block(text: str):
-    """The first JSON value in a fenced block (or the whole reply), or None."""
+    """The first JSON value (object or array, as Python data) in a fenced block of ``text``, else in the
+    whole reply; None if there is none. Never raises for a malformed reply."""
     for candidate in [*_FENCE.findall(text), text]:
         candidate = candidate.strip()
         start = min((i for i in (candidate.find("{"), candidate.find("[")) if i >= 0), default=-1)

@@ -28,7 +28,7 @@ class _Counts(ProgressColumn):
 class EvalProgressView:
     """A progress bar showing done/total, resolved, running, infra, cost and ETA.
 
-    Implements ``evolve.evaluate.Progress``; safe to call from worker threads.
+    Implements ``evolve.evaluate.EvalProgress``; safe to call from worker threads.
     """
 
     def __init__(self, console: Console, total: int, label: str) -> None:
@@ -49,11 +49,13 @@ class EvalProgressView:
         self.bar.stop()
 
     def started(self, instance_id: str, repeat: int) -> None:
+        """One more task running."""
         with self._lock:
             self.running += 1
         self.bar.refresh()
 
     def finished(self, result: TaskResult, cached: bool) -> None:
+        """Advance the bar and add ``result`` to the counts (a cached result was never running)."""
         with self._lock:
             if not cached:
                 self.running -= 1
@@ -113,6 +115,7 @@ def summary_table(report: EvalReport) -> Table:
 # -- evolve run: live view, status -------------------------------------------------------------
 
 def now_hms() -> str:
+    """The local time as ``HH:MM:SS``, for log lines."""
     import time
 
     return time.strftime("%H:%M:%S")
@@ -151,6 +154,9 @@ def generations_table(gens, title: str = "generations") -> Table:
 
 
 def run_summary(state, budget_usd: float | None = None) -> Table:
+    """A run at a glance from its ``runstate.RunState``: status, eval set, baseline and accepted search
+    scores, the accepted head, generations, USD spent (against ``budget_usd`` when given) and the
+    held-out check once it has run."""
     table = Table(show_header=False, title=f"run {state.run_id}", title_justify="left")
     table.add_column(style="bold")
     table.add_column()
@@ -229,9 +235,11 @@ class RunLiveView:
         return Group(*parts)
 
     def refresh(self) -> None:
+        """Redraw the screen now."""
         self.live.update(self._render())
 
     def step(self, state, gen: int, step: str) -> None:
+        """Generation ``gen`` starts ``step``; printed as one line when the console is not a terminal."""
         spend = f"${state.spent_usd + self.spent_live:.4f}" + (f" / ${self.budget:.2f}" if self.budget else "")
         if not self.console.is_terminal:  # a log file: one line per step instead of a live screen
             self.console.print(f"[{now_hms()}] generation {gen}: {step}; accepted {_pct(state.best_rate)}; "
@@ -243,9 +251,11 @@ class RunLiveView:
         self.refresh()
 
     def eval_progress(self, label: str, total: int):
+        """A new progress line for an evaluation of ``total`` (task, repeat) jobs; the three latest stay shown."""
         return _LiveEvalProgress(self, label, total)
 
     def verdict(self, state, rec) -> None:
+        """Generation ``rec.gen`` is decided: add it to the last verdicts (and print it off a terminal)."""
         if not self.console.is_terminal:
             self.console.print(f"[{now_hms()}] generation {rec.gen}: {rec.status} ({_pts(rec.delta)} pts) "
                                f"{rec.hypothesis[:100]!r}: {rec.reason}"[:400])
@@ -254,4 +264,5 @@ class RunLiveView:
         self.refresh()
 
     def note(self, text: str) -> None:
+        """Print ``text`` above the live view."""
         self.console.print(text)

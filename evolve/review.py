@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evolve.errors import ConfigError, EvolveError
-from evolve.lineage import Lineage
+from evolve.hostgit import HostGitError
+from evolve.lineage import Lineage, message
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
 
 
 @dataclass
-class RunView:
-    """One run as read from its files.
+class RunReview:
+    """One run as read from its files (for ``evolve status``, ``diff`` and ``rollback``).
 
     Attributes:
         root: the project the command runs in (``evolve.project.find_project``): git refs are read and
@@ -30,7 +31,7 @@ class RunView:
     root: Path | None = None
 
 
-def open_run(runs_dir: Path, run_id: str | None, *, root: Path | None = None) -> RunView:
+def open_run(runs_dir: Path, run_id: str | None, *, root: Path | None = None) -> RunReview:
     """The run ``run_id`` (default: the latest) with its generations; ``root`` is the project's
     repo, needed by ``diff``, ``plain_diff`` and ``rollback``.
 
@@ -39,16 +40,16 @@ def open_run(runs_dir: Path, run_id: str | None, *, root: Path | None = None) ->
     """
     rid = run_id or latest_run(runs_dir)
     store = RunStore(runs_dir, rid)
-    return RunView(store.load(), store.gens(), store, root)
+    return RunReview(store.load(), store.gens(), store, root)
 
 
-def _lineage(view: RunView) -> Lineage:
+def _lineage(view: RunReview) -> Lineage:
     if view.root is None:
         raise ConfigError("this command needs the project's repo: run it inside the project")
     return Lineage(view.root, view.state.run_id, view.store.dir / "worktrees")
 
 
-def _gen(view: RunView, n: int) -> GenerationRecord:
+def _gen(view: RunReview, n: int) -> GenerationRecord:
     for g in view.gens:
         if g.gen == n:
             return g
@@ -65,7 +66,7 @@ class DiffPart:
     diff: str
 
 
-def diff(view: RunView, gen: int | None = None, *, stat: bool = False) -> list[DiffPart]:
+def diff(view: RunReview, gen: int | None = None, *, stat: bool = False) -> list[DiffPart]:
     """The accepted changes since the base (one part per accepted generation on the
     current head, then the net diffstat), or one generation's change."""
     lin = _lineage(view)
@@ -88,7 +89,7 @@ def diff(view: RunView, gen: int | None = None, *, stat: bool = False) -> list[D
     return parts
 
 
-def plain_diff(view: RunView, gen: int | None = None) -> str:
+def plain_diff(view: RunReview, gen: int | None = None) -> str:
     """A patch that ``git apply`` takes: the accepted changes since the base, or one generation's."""
     lin = _lineage(view)
     if gen is not None:
@@ -98,8 +99,8 @@ def plain_diff(view: RunView, gen: int | None = None) -> str:
         old, new = g.parent, g.candidate
     else:
         old, new = view.state.base, lin.sha(lin.refs.best) or view.state.best
-    text = lin.repo.git.diff("--no-color", "--binary", old, new, "--", view.state.harness_dir)
-    return text + "\n" if text else ""
+    return lin.repo.run("diff", "--no-color", "--no-ext-diff", "--no-textconv", "--binary", old, new, "--",
+                        view.state.harness_dir).decode("utf-8", "replace")
 
 
 def rollback(runs_dir: Path, run_id: str | None, *, root: Path, to: int | None = None, revert: int | None = None,
@@ -148,41 +149,33 @@ def rollback(runs_dir: Path, run_id: str | None, *, root: Path, to: int | None =
         return old, new
 
 
-def _revert(lin: Lineage, view: RunView, g: GenerationRecord, head: str) -> str:
-    import git
-
+def _revert(lin: Lineage, view: RunReview, g: GenerationRecord, head: str) -> str:
     if g.status != "accepted" or not g.candidate:
         raise ConfigError(f"generation {g.gen} was {g.status}: it changed nothing on the accepted head")
-    patch = lin.repo.git.diff("--binary", g.parent, g.candidate, "--", view.state.harness_dir) + "\n"
+    patch = lin.repo.run("diff", "--no-ext-diff", "--no-textconv", "--binary", g.parent, g.candidate, "--",
+                         view.state.harness_dir)
     with tempfile.TemporaryDirectory(prefix="evolve-revert-") as tmp:
         wt = Path(tmp) / "wt"
-        lin.repo.git.worktree("add", "--detach", str(wt), head)
+        wrepo = lin.repo.add_worktree(wt, head)
         try:
-            wrepo = git.Repo(wt)
-            (Path(tmp) / "g.patch").write_text(patch)
             try:
-                wrepo.git.apply("-R", "--3way", str(Path(tmp) / "g.patch"))
-            except git.exc.GitCommandError as e:
+                wrepo.run("apply", "-R", "--3way", "-", input=patch)
+            except HostGitError as e:
                 raise EvolveError(f"generation {g.gen}'s change no longer reverses cleanly on the head: "
-                                  f"{e.stderr.strip()[:400]}. Use `evolve rollback --to N` instead.") from None
-            wrepo.git.add("-A", ".")
-            from evolve.lineage import identity, message
-
-            wrepo.git.commit("--no-verify", "-q", "-m", message(
-                f"evolve: revert generation {g.gen}: {g.hypothesis}",
-                {"Evolve-Run": view.state.run_id, "Evolve-Revert": str(g.gen)}), env=identity())
-            return wrepo.head.commit.hexsha
+                                  f"{e.output.strip()[:400]}. Use `evolve rollback --to N` instead.") from None
+            sha = wrepo.commit_all(message(f"evolve: revert generation {g.gen}: {g.hypothesis}",
+                                           {"Evolve-Run": view.state.run_id, "Evolve-Revert": str(g.gen)}))
+            if sha is None:
+                raise ConfigError(f"generation {g.gen}'s change is no longer on the head: nothing to revert")
+            return sha
         finally:
-            lin.repo.git.worktree("remove", "--force", str(wt))
+            lin.repo.remove_worktree(wt)
 
 
 def _is_ancestor(lin: Lineage, a: str, b: str) -> bool:
-    import git
-
     try:
-        lin.repo.git.merge_base("--is-ancestor", a, b)
-        return True
-    except git.exc.GitCommandError:
+        return lin.repo.is_ancestor(a, b)
+    except HostGitError:
         return False
 
 

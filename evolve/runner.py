@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from evolve import owner
 from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.gateway import Gateway
@@ -115,7 +115,7 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
         ModelError: the model cannot be called at all (bad key, unknown model).
     """
     start = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="evolve-gw-") as gw_root:
+    with owner.temp_dir("gw") as gw_root:  # swept once this process is dead (kill -9)
         # Only the sandbox user and root reach the socket: its parent is private (0700, evolve's user),
         # so no other host user can traverse to it, and `gw` (0711) holds nothing but the socket and is
         # mounted read-only, so the harness can't put a file on the host through it.

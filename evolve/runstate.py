@@ -82,7 +82,9 @@ class RunState(BaseModel):
 
     run_id: str
     repo: str
-    """The repository's root (absolute)."""
+    """The name of the project's directory when the run began: a label for people only. Commands find
+    the repository from where they run (``evolve.project.find_project``), never from this, so a copied
+    or moved project never touches the original's refs."""
     harness_dir: str
     evalset: str
     base: str

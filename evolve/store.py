@@ -5,7 +5,9 @@ Layout::
     runs/cache/<key[:2]>/<key>/      one finished (task, repeat) evaluation
         result.json  model.patch  trace.jsonl  trajectory.json  harness.log  test_output.txt
     runs/<run_id>/
-        run.json             what was evaluated, and its status (rewritten atomically)
+        run.json             what was evaluated, its status and owner (rewritten atomically);
+                             ``running`` with a dead owner is rewritten ``interrupted`` by
+                             ``mark_dead_runs`` at the next evaluation's start
         events.jsonl         append-only event log
         results.jsonl        append-only, one TaskResult per finished task
         tasks/<instance_id>/r<k>/   the task's files (hard links into the cache)
@@ -19,7 +21,9 @@ it is UTF-8; a patch that is not UTF-8 is stored there in base64, with
 ``predictions.jsonl`` only then; ``TaskResult.patch_bytes()`` decodes either).
 
 A cache entry is written in a temporary directory and renamed into place, so
-an entry either exists whole or not at all.
+an entry either exists whole or not at all. A file is rewritten through a
+temporary file named after its owner process (``atomic_write``), so what a
+killed process left is found and removed (``remove_orphans``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -35,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from evolve import owner
 from evolve.types import TaskResult
 
 
@@ -54,9 +60,12 @@ def write_content(f: Any, data: str | bytes | Path) -> None:
 
 def atomic_write(path: Path, data: str | bytes | Path) -> None:
     """Write ``data`` to ``path`` via a temporary file and ``os.replace``; a ``Path`` means
-    "copy that file's content", streamed (see ``write_content``)."""
+    "copy that file's content", streamed (see ``write_content``).
+
+    The temporary file is ``.<name>.~<owner>~XXXXXXXX`` (``evolve.owner``): when this process is
+    killed mid-write, ``remove_orphans`` removes it on the next open."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.~{owner.current()}~")
     try:
         with os.fdopen(fd, "wb") as f:
             write_content(f, data)
@@ -66,6 +75,59 @@ def atomic_write(path: Path, data: str | bytes | Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_ORPHAN = re.compile(rf"^\..+\.~({owner.TOKEN})~[a-z0-9_]+$")
+_LEGACY_ORPHAN = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+LEGACY_ORPHAN_AGE_S = 24 * 3600
+"""A temporary file of an atomic write made before owner tokens (``.<name>.XXXXXXXX``) is an
+orphan once it is this old: a write takes seconds."""
+
+
+def remove_orphans(root: Path) -> int:
+    """Remove the temporary files ``atomic_write`` left under ``root`` (recursively) when its
+    process died mid-write: those whose owner (``evolve.owner``) is dead, and untokened ones older
+    than ``LEGACY_ORPHAN_AGE_S``. Returns how many were removed. Call it when a run is opened."""
+    n = 0
+    now = time.time()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if not name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            m = _ORPHAN.match(name)
+            try:
+                if m is not None:
+                    if owner.alive(m.group(1)):
+                        continue
+                elif not (_LEGACY_ORPHAN.match(name) and now - path.lstat().st_mtime > LEGACY_ORPHAN_AGE_S):
+                    continue
+                path.unlink()
+                n += 1
+            except FileNotFoundError:
+                continue
+    return n
+
+
+def mark_dead_runs(runs_dir: Path) -> list[str]:
+    """Rewrite as ``interrupted`` every evaluation run.json under ``runs_dir`` that says ``running``
+    while its ``owner`` (``evolve.owner``) is dead (a ``kill -9``); returns their run ids. A
+    run.json without an ``owner`` (written before owners were recorded) is left as it is."""
+    marked = []
+    for meta in sorted(runs_dir.glob("*/run.json")):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict) or data.get("kind") != "eval" or data.get("status") != "running":
+            continue
+        if not data.get("owner") or owner.alive(data["owner"]):
+            continue
+        data.update(status="interrupted", updated=now_iso(),
+                    error=data.get("error") or "the process running it died without finishing (kill -9 or a crash)")
+        atomic_write_json(meta, data)
+        marked.append(str(data.get("run_id") or meta.parent.name))
+    return marked
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

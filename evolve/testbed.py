@@ -37,14 +37,13 @@ import os
 import re
 import shlex
 import tarfile
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from evolve import hostgit
+from evolve import hostgit, owner
 from evolve.errors import EvalSetError, InfraError
 from evolve.sandbox.docker import TAR_TRAILER, ExecResult, Sandbox, tar_entry
 from evolve.types import Task
@@ -189,7 +188,7 @@ def _safe_name(name: str) -> str | None:
 def _build_snapshot(repo_dir: Path, commit: str, uid: int, gid: int) -> Snapshot:
     data = archive_at(repo_dir, commit)
     out: list[bytes] = [tar_entry("testbed", uid=uid, gid=gid, mode=0o755)]
-    with tempfile.TemporaryDirectory(prefix="evolve-snapshot-") as tmp:
+    with owner.temp_dir("snapshot") as tmp:
         tmp_path = Path(tmp)
         tree = tmp_path / "testbed"
         tree.mkdir()

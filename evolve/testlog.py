@@ -54,7 +54,6 @@ _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 _STATUS = "|".join(s.value for s in _REPORTED)
-_STATUS_NAMES = frozenset(s.value for s in _REPORTED)
 
 _PATH_PART = re.compile(r"[^\s\[]+")
 """The part of a node id before its parametrize brackets: path and names."""

@@ -13,10 +13,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SANDBOX_USER = "1000:1000"
-"""uid:gid the harness runs as inside a sandbox when the image allows."""
-
-
 def _json_list(value: Any) -> Any:
     # SWE-bench's Hugging Face exports store test lists as JSON-encoded strings.
     if isinstance(value, str):
@@ -181,6 +177,7 @@ class Usage(BaseModel):
     """Calls that returned an error to the harness (limits, context overflow, upstream)."""
 
     def add(self, other: "Usage") -> "Usage":
+        """A new ``Usage`` with every field the sum of this one's and ``other``'s (neither is changed)."""
         return Usage(**{k: getattr(self, k) + getattr(other, k) for k in Usage.model_fields})
 
 
@@ -208,7 +205,9 @@ class TaskResult(BaseModel):
     seconds: float = 0.0
     """Wall-clock seconds for the whole task: agent run plus grading."""
     agent_seconds: float = 0.0
+    """Wall-clock seconds of the agent phase's last attempt (``runner.run_agent``); 0 if it never finished."""
     grade_seconds: float = 0.0
+    """Wall-clock seconds of grading (``grading.grade``); 0 when the patch was not graded."""
     attempts: int = 1
     """1 plus the number of infrastructure retries."""
     integrity_flags: list[IntegrityFlag] = Field(default_factory=list)
@@ -236,4 +235,5 @@ class TaskResult(BaseModel):
 
     @property
     def is_infra(self) -> bool:
+        """The ``failure_class`` is ``infra``: left out of the score (``EvalReport.scored``) and never cached."""
         return self.failure_class is FailureClass.INFRA

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Docker engine, the base image, and a tiny eval set.
+"""Shared fixtures: a real Docker engine, the base image, a tiny eval set, and stand-in model
+providers (``provider_factory``, ``stub_script``; the helpers themselves are in tests/support.py).
 
 The eval set is built from ``tests/fixtures/mini/repo`` into a real git repo:
 three tasks with real bugs, real tests, a reference ``patch`` and a
@@ -134,6 +135,34 @@ def base_image(docker_client) -> str:
 
 
 SOLVER_SCRIPT = FIXTURES / "mini" / "solver.yaml"
+
+
+@pytest.fixture
+def provider_factory():
+    """``make(*answers, delay_s=0.0, api_key=...)`` starts a ``support.FakeProvider``; all are closed
+    after the test."""
+    from support import FakeProvider
+
+    made: list[FakeProvider] = []
+
+    def make(*answers: tuple[int, dict], **kw) -> FakeProvider:
+        p = FakeProvider(*answers, **kw)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture(scope="session")
+def stub_script(tmp_path_factory) -> Path:
+    """``support.STUB_SERVER`` written to a file, to run with ``support.stub_cfg``."""
+    from support import STUB_SERVER
+
+    path = tmp_path_factory.mktemp("stub") / "stub_server.py"
+    path.write_text(STUB_SERVER)
+    return path
 
 
 # -- a wider eval set for the loop: one bug per function, each fixed only by a "careful" harness -------

@@ -2,7 +2,7 @@
 
 The model behind the gateway is the scripted model (a real OpenAI-compatible
 HTTP server reached through litellm) or a small local HTTP "provider" that
-answers with chosen status codes.
+answers with chosen status codes (tests/support.py's FakeProvider).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -105,51 +104,17 @@ def trace(gw: Gateway) -> list[dict]:
     return [json.loads(line) for line in gw.trace_path.read_text().splitlines()]
 
 
-class Provider:
-    """An OpenAI-compatible endpoint on 127.0.0.1 answering a fixed (status, body); counts hits."""
-
-    def __init__(self, status: int, payload: dict, delay_s: float = 0.0) -> None:
-        self.hits = 0
-        provider = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers["Content-Length"]))
-                provider.hits += 1
-                time.sleep(delay_s)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def backend(self, **params) -> LiteLLMBackend:
-        return LiteLLMBackend("openai/x", {"api_base": self.url, "api_key": "sk-gw-secret-42", **FREE, **params},
-                              retries=2, max_wait_s=0.05)
+GW_API_KEY = "sk-gw-secret-42"
+"""The key this file's providers are called with (the 401 test checks it never leaks)."""
 
 
 @pytest.fixture
-def provider():
-    made: list[Provider] = []
+def provider(provider_factory):
+    """``make(status, payload, delay_s=0.0)``: a ``support.FakeProvider`` with one fixed answer."""
+    def make(status: int, payload: dict, delay_s: float = 0.0):
+        return provider_factory((status, payload), delay_s=delay_s, api_key=GW_API_KEY)
 
-    def make(status: int, payload: dict, delay_s: float = 0.0) -> Provider:
-        p = Provider(status, payload, delay_s)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.server.shutdown()
-        p.server.server_close()
+    return make
 
 
 # -- success path ------------------------------------------------------------------------------
@@ -285,7 +250,8 @@ def test_token_limit(make_gateway, scripted):
 
 def test_cost_limit(make_gateway, provider):
     p = provider(200, OK_BODY)
-    backend = p.backend(input_cost_per_token=1e-4, output_cost_per_token=1e-3)  # 0.1 + 0.1 USD a call
+    backend = p.backend(params={"input_cost_per_token": 1e-4,
+                                "output_cost_per_token": 1e-3})  # 0.1 + 0.1 USD a call
     gw = make_gateway(backend, Limits(max_cost_usd=0.3))
     costs = []
     for _ in range(2):

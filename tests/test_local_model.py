@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from evolve.gateway import Gateway
 from evolve.models import LiteLLMBackend
 from evolve.roles import DEFAULT_API_MODELS, resolve_role
 from evolve.serve import EMBEDDED_FILE, LocalServer, embedded_model_path, llama_cpp_available
+from support import port_open
 
 EVOLVE = str(Path(sys.executable).parent / "evolve")
 MINIMAL = Path(__file__).resolve().parent.parent / "harness_templates" / "minimal"
@@ -65,11 +65,6 @@ def offline_env() -> dict[str, str]:
     """This environment without provider API keys, so evolve falls back to the embedded model."""
     return {k: v for k, v in os.environ.items() if k not in {var for var, _ in DEFAULT_API_MODELS}} | {
         "COLUMNS": "200"}
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 INSIDE = r'''

@@ -1,8 +1,9 @@
 """Model backends and the scripted model, over real HTTP and real litellm.
 
 The "providers" here are small HTTP servers on 127.0.0.1 that answer like an
-OpenAI-compatible API (with scripted status codes), so litellm's real client,
-exception mapping and our retry/classification logic all run.
+OpenAI-compatible API (with scripted status codes: tests/support.py's FakeProvider,
+made by the ``provider_factory`` fixture), so litellm's real client, exception
+mapping and our retry/classification logic all run.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,78 +32,13 @@ from evolve.models import (
     model_price,
 )
 from evolve.scripted import FALLBACK_REPLY, ScriptedModel, ScriptedServer
+from support import OK_BODY
 
 REPO = Path(__file__).resolve().parents[1]
 
-OK_BODY = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "x",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello there"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-}
 CONTEXT_BODY = {"error": {"message": "This model's maximum context length is 8192 tokens. However, your "
                                      "messages resulted in 9000 tokens. Please reduce the length of the messages.",
                           "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
-
-
-class Provider:
-    """An OpenAI-compatible endpoint answering a fixed sequence of (status, body); the last repeats."""
-
-    def __init__(self, *answers: tuple[int, dict]) -> None:
-        self.answers = list(answers) or [(200, OK_BODY)]
-        self.bodies: list[dict] = []
-        self.headers: list[dict] = []
-        lock = threading.Lock()
-        provider = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with lock:
-                    i = len(provider.bodies)
-                    provider.bodies.append(body)
-                    provider.headers.append(dict(self.headers))
-                status, payload = provider.answers[min(i, len(provider.answers) - 1)]
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    @property
-    def hits(self) -> int:
-        return len(self.bodies)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def backend(self, **kw) -> LiteLLMBackend:
-        params = {"api_base": self.url, "api_key": "sk-test-secret-123", **FREE, **kw.pop("params", {})}
-        return LiteLLMBackend(kw.pop("model", "openai/x"), params, **{"retries": 2, "max_wait_s": 0.05, **kw})
-
-
-@pytest.fixture
-def provider_factory():
-    made: list[Provider] = []
-
-    def make(*answers):
-        p = Provider(*answers)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def ask(text: str = "hi", **extra) -> dict:

@@ -1,8 +1,8 @@
 """Role routing, optimizer calls, prices and estimates, over real HTTP and real litellm.
 
-"Providers" are small HTTP servers on 127.0.0.1 (tests/test_models.py's Provider,
-answering chosen status codes) or the stub OpenAI-compatible server of
-tests/test_serve.py run as a real LocalServer child process.
+"Providers" are small HTTP servers on 127.0.0.1 (tests/support.py's FakeProvider,
+answering chosen status codes) or its stub OpenAI-compatible server run as a
+real LocalServer child process.
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from evolve.roles import (
     roles_needing_server,
 )
 from evolve.serve import LocalServer
-from test_models import OK_BODY, Provider
-from test_serve import stub_cfg, stub_script  # noqa: F401 - fixture
+from support import OK_BODY, stub_cfg
 
 NO_KEYS: dict[str, str] = {}
 ANTHROPIC = {"ANTHROPIC_API_KEY": "sk-ant-test"}
@@ -55,22 +54,8 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture
-def provider():
-    made: list[Provider] = []
-
-    def make(*answers):
-        p = Provider(*answers)
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        p.close()
-
-
 @pytest.fixture(scope="module")
-def stub_server(stub_script):  # noqa: F811 - the fixture imported above
+def stub_server(stub_script):
     with LocalServer(stub_cfg(stub_script, "--model-id", "stub-7b")) as server:
         yield server
 
@@ -199,8 +184,9 @@ def test_complete_through_the_served_model_is_traced_like_the_gateway(stub_serve
     assert json.loads(lines(trace_path)[-1]["response"]["choices"][0]["message"]["content"])["max_tokens"] == 77
 
 
-def test_rate_limit_is_retried_then_succeeds(provider, tmp_path):
-    p = provider((429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}), (200, OK_BODY))
+def test_rate_limit_is_retried_then_succeeds(provider_factory, tmp_path):
+    p = provider_factory((429, {"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}),
+                         (200, OK_BODY))
     role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url, **FREE), env=NO_KEYS)
     t0 = time.monotonic()
     text, usage = complete(role, msgs(), trace_path=tmp_path / "t.jsonl")
@@ -209,8 +195,8 @@ def test_rate_limit_is_retried_then_succeeds(provider, tmp_path):
     assert [r["status"] for r in lines(tmp_path / "t.jsonl")] == [200]  # one call, retried inside
 
 
-def test_persistent_5xx_is_upstream_error_and_traced(provider, tmp_path):
-    p = provider((503, {"error": {"message": "engine overloaded"}}))
+def test_persistent_5xx_is_upstream_error_and_traced(provider_factory, tmp_path):
+    p = provider_factory((503, {"error": {"message": "engine overloaded"}}))
     role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url, **FREE), env=NO_KEYS)
     backend = LiteLLMBackend(role.model, role.params, retries=2, max_wait_s=0.05)
     with RoleClient(role, trace_path=tmp_path / "t.jsonl", backend=backend) as client:
@@ -223,9 +209,9 @@ def test_persistent_5xx_is_upstream_error_and_traced(provider, tmp_path):
     assert "engine overloaded" in line["error"]["message"]
 
 
-def test_bad_key_fails_fast_naming_the_env_var(provider, tmp_path):
-    p = provider((401, {"error": {"message": "Incorrect API key provided: sk-role-secret-9",
-                                  "type": "invalid_request_error", "code": "invalid_api_key"}}))
+def test_bad_key_fails_fast_naming_the_env_var(provider_factory, tmp_path):
+    p = provider_factory((401, {"error": {"message": "Incorrect API key provided: sk-role-secret-9",
+                                          "type": "invalid_request_error", "code": "invalid_api_key"}}))
     role = resolve_role("optimizer", RoleConfig(model="openai/x", api_base=p.url, **FREE,
                                                 params={"api_key": "sk-role-secret-9"}), env=NO_KEYS)
     t0 = time.monotonic()
@@ -238,8 +224,8 @@ def test_bad_key_fails_fast_naming_the_env_var(provider, tmp_path):
     assert "sk-role-secret-9" not in json.dumps(line)
 
 
-def test_unmapped_hosted_vllm_model_is_refused_unless_priced(provider):
-    p = provider((200, OK_BODY))
+def test_unmapped_hosted_vllm_model_is_refused_unless_priced(provider_factory):
+    p = provider_factory((200, OK_BODY))
     role = resolve_role("solver", RoleConfig(model="hosted_vllm/my-finetune", api_base=p.url), env=NO_KEYS)
     with pytest.raises(ConfigError, match=r"models\.solver\.input_cost_per_token: 0 .*free local model"):
         complete(role, msgs())
@@ -249,9 +235,9 @@ def test_unmapped_hosted_vllm_model_is_refused_unless_priced(provider):
     assert text == "hello there" and usage.cost_usd == 0.0 and usage.prompt_tokens == 11
 
 
-def test_configured_price_and_the_gateway_budget(provider, tmp_path):
+def test_configured_price_and_the_gateway_budget(provider_factory, tmp_path):
     """A local model with a per-token price: the gateway prices each call and stops the task at its budget."""
-    p = provider((200, OK_BODY))  # 11 prompt + 7 completion tokens a call
+    p = provider_factory((200, OK_BODY))  # 11 prompt + 7 completion tokens a call
     role = resolve_role("solver", RoleConfig(model="openai/local-model", api_base=p.url,
                                              input_cost_per_token=0.01, output_cost_per_token=0.1), env=NO_KEYS)
     backend = LiteLLMBackend(role.model, role.params)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from evolve import owner
 from evolve.config import SandboxLimits
 from evolve.sandbox.docker import LABEL, Sandbox, run_labels, sweep_run, sweep_stale
 from evolve.sandbox.image import RECIPE, base_image_tag
@@ -96,18 +97,26 @@ def test_sweeps(docker_client, base_image):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     labels = {**run_labels("test-sweep"), "evolve.pid": dead}
+    del labels["evolve.owner"]  # labelled before owner tokens: the pid decides
     stale = docker_client.containers.run(base_image, ["sleep", "infinity"], detach=True, init=True,
                                          network_mode="none", labels=labels)
+    # Our own PID, but another start time: the PID was reused by this process, the owner is dead.
+    me, start = owner.current().rsplit("-", 1)
+    reused = docker_client.containers.run(base_image, ["sleep", "infinity"], detach=True, init=True,
+                                          network_mode="none",
+                                          labels={**run_labels("test-sweep-reused"),
+                                                  "evolve.owner": f"{me}-{int(start) + 1}"})
     live = docker_client.containers.run(base_image, ["sleep", "infinity"], detach=True, init=True,
                                         network_mode="none", labels=run_labels("test-sweep-live"))
     try:
-        assert sweep_stale(docker_client) >= 1
+        assert sweep_stale(docker_client) >= 2
         ids = {c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL})}
         assert stale.id not in ids
+        assert reused.id not in ids
         assert live.id in ids  # our own process is alive: its containers stay
         assert sweep_run(docker_client, "test-sweep-live") == 1
     finally:
-        for c in (stale, live):
+        for c in (stale, reused, live):
             try:
                 c.remove(force=True)
             except Exception:

@@ -1,8 +1,8 @@
 """LocalServer: readiness polling, early exit, timeout, and stopping, with real child processes.
 
-The servers here are a small OpenAI-compatible HTTP server (STUB, run as a real
-child process through ``serve.command``) that can be told to be slow, to list no
-model at first, to crash, or to ignore SIGTERM. The real llama.cpp server is
+The servers here are a small OpenAI-compatible HTTP server (tests/support.py's
+STUB_SERVER, run as a real child process through ``serve.command``) that can be
+told to be slow, to list no model at first, to crash, or to ignore SIGTERM. The real llama.cpp server is
 exercised in tests/test_local_model.py.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,88 +22,7 @@ import pytest
 from evolve.config import ServeConfig
 from evolve.errors import ConfigError
 from evolve.serve import LocalServer, ServeError, pick_backend
-
-STUB = r'''
-"""An OpenAI-compatible stand-in server for tests (stdlib only)."""
-import argparse, json, os, signal, subprocess, sys, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-p = argparse.ArgumentParser()
-p.add_argument("--host", default="127.0.0.1")
-p.add_argument("--port", type=int, required=True)
-p.add_argument("--model-id", default="stub-model")
-p.add_argument("--unavailable-s", type=float, default=0.0, help="answer 503 for this long")
-p.add_argument("--no-models-s", type=float, default=0.0, help="then list no model for this long")
-p.add_argument("--delay-s", type=float, default=0.0, help="sleep before listening at all")
-p.add_argument("--exit-after-s", type=float, default=None, help="exit with --exit-code after this long")
-p.add_argument("--exit-code", type=int, default=3)
-p.add_argument("--ignore-term", action="store_true")
-p.add_argument("--child-pid-file", default=None, help="spawn a sleeping grandchild, write its pid here")
-a = p.parse_args()
-print(f"stub: starting on {a.host}:{a.port}", flush=True)
-if a.ignore_term:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if a.child_pid_file:
-    child = subprocess.Popen(["sleep", "1000"])
-    with open(a.child_pid_file, "w") as f:
-        f.write(str(child.pid))
-if a.exit_after_s is not None:
-    time.sleep(a.exit_after_s)
-    print("stub: fatal: cannot load model weights (simulated)", flush=True)
-    sys.exit(a.exit_code)
-time.sleep(a.delay_s)
-t0 = time.monotonic()
-
-
-class H(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        age = time.monotonic() - t0
-        if self.path.rstrip("/") == "/health":
-            return self.send(200, {"ok": True})
-        if self.path.rstrip("/") != "/v1/models":
-            return self.send(404, {"error": "no route"})
-        if age < a.unavailable_s:
-            return self.send(503, {"error": "loading"})
-        if age < a.unavailable_s + a.no_models_s:
-            return self.send(200, {"object": "list", "data": []})
-        self.send(200, {"object": "list", "data": [{"id": a.model_id, "object": "model"}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-        seen = {"model": body.get("model"), "auth": self.headers.get("Authorization"),
-                "max_tokens": body.get("max_tokens"), "temperature": body.get("temperature")}
-        self.send(200, {"id": "stub-1", "object": "chat.completion", "created": 1, "model": a.model_id,
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": json.dumps(seen)}}],
-                        "usage": {"prompt_tokens": words, "completion_tokens": 5, "total_tokens": words + 5}})
-
-
-ThreadingHTTPServer((a.host, a.port), H).serve_forever()
-'''
-
-
-@pytest.fixture(scope="session")
-def stub_script(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("stub") / "stub_server.py"
-    path.write_text(STUB)
-    return path
-
-
-def stub_cfg(script: Path, *args: str, **kw) -> ServeConfig:
-    return ServeConfig(command=[sys.executable, str(script), "--host", "{host}", "--port", "{port}"],
-                       args=list(args), **kw)
+from support import port_open, stub_cfg
 
 
 def alive(pid: int) -> bool:
@@ -117,11 +35,6 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- readiness ---------------------------------------------------------------------------------------

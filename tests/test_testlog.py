@@ -228,3 +228,22 @@ def test_status_of_matches_swebench_cut_ids() -> None:
     # Two ids cut to the same form: the worst outcome counts.
     statuses["t.py::test_f[a c]"] = Status.FAILED
     assert status_of(statuses, "t.py::test_f[a") is Status.FAILED
+
+
+def test_grader_script_copies_the_one_test_path_pattern():
+    """The grader's script runs under ``python3 -I`` and cannot import evolve: its copy of the
+    test-path pattern must be ``evolve.testfiles``'s string, character for character."""
+    import ast
+    from importlib import resources
+
+    from evolve.testfiles import TEST_LIKE, TEST_LIKE_PATTERN
+
+    source = resources.files("evolve.sandbox.scripts").joinpath("grade_neutralise.py").read_text()
+    copies = [node.value.args[0].value for node in ast.walk(ast.parse(source))
+              if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["TEST_LIKE"]]
+    assert copies == [TEST_LIKE_PATTERN]
+    assert TEST_LIKE.pattern == TEST_LIKE_PATTERN
+    for path in ("tests/test_a.py", "pkg/testing/util.py", "a/tests", "conftest.py", "pkg/x_test.py"):
+        assert TEST_LIKE.search(path), path
+    for path in ("pkg/contest.py", "src/attest/x.py", "pkg/testsuite.py"):
+        assert not TEST_LIKE.search(path), path

@@ -54,7 +54,7 @@ not large refactors; the lazy failure is caught here (a REPLACE line like
 "# ... rest of code unchanged" fails the block with feedback instead of
 deleting code); and blocks need no line numbers. We have no capable model
 offline to measure formats ourselves, so this is a judgement, not a
-measurement. It is cheap to revisit: formats are pluggable (``EDIT_FORMATS``),
+measurement. It is cheap to revisit: ``parse_unified_diff`` reads the other format,
 each parses into ``EditBlock`` objects and shares the tolerant matcher.
 ``parse_unified_diff`` is the second format: each hunk's ``-`` and context
 lines become SEARCH, its ``+`` and context lines REPLACE (``@@`` line numbers
@@ -68,9 +68,9 @@ and rounds per generation.
 from __future__ import annotations
 
 from evolve.edits.apply import NEW_FILE_MODE, EditReport, apply_edits
-from evolve.edits.parse import EDIT_FORMATS, EditBlock, parse_edits, parse_unified_diff
+from evolve.edits.parse import EditBlock, parse_edits, parse_unified_diff
 from evolve.edits.paths import protected_match
 from evolve.errors import EditFormatError
 
-__all__ = ["EditBlock", "EditFormatError", "EditReport", "EDIT_FORMATS", "NEW_FILE_MODE", "apply_edits",
+__all__ = ["EditBlock", "EditFormatError", "EditReport", "NEW_FILE_MODE", "apply_edits",
            "parse_edits", "parse_unified_diff", "protected_match"]

@@ -12,7 +12,7 @@ not large refactors; the lazy failure is caught here (a REPLACE line like
 "# ... rest of code unchanged" fails the block with feedback instead of
 deleting code); and blocks need no line numbers. We have no capable model
 offline to measure formats ourselves, so this is a judgement, not a
-measurement. It is cheap to revisit: formats are pluggable (``EDIT_FORMATS``),
+measurement. It is cheap to revisit: ``parse_unified_diff`` reads the other format,
 each parses into ``EditBlock`` objects and shares the tolerant matcher.
 ``parse_unified_diff`` is the second format: each hunk's ``-`` and context
 lines become SEARCH, its ``+`` and context lines REPLACE (``@@`` line numbers
@@ -20,6 +20,18 @@ are ignored, as models get them wrong). ``parse_edits`` also falls back to it
 when a reply holds a diff and no block. To measure: replay recorded plans
 through the patch step with each format and compare first-round apply rates
 and rounds per generation.
+
+One unified-diff parser. The hunks' lines are read by ``unidiff`` (PyPI),
+the parser the project uses for diffs. A model's diff is not one git made,
+though: unidiff trusts the ``@@`` counts and silently cuts a hunk that says
+fewer lines than it has. So ``parse_unified_diff`` first finds the file
+headers and hunks tolerantly (fences, blank context lines that lost their
+space, missing or wrong numbers) and rewrites each ``@@`` header with the
+counts of the lines it has; unidiff then classifies the lines. The grader's
+``evolve.grading.patch_paths`` is the only other diff reader, and it stays
+hand-written on purpose (see its docstring): it reads headers of hostile
+bytes, which unidiff decodes as UTF-8 only, and git's C-quoted names, which
+unidiff leaves quoted and escaped.
 
 """
 
@@ -168,7 +180,7 @@ def parse_unified_diff(text: str) -> list[EditBlock]:
             that deletes a file (not supported: empty it instead).
     """
     lines = _normalize_newlines(text).split("\n")
-    blocks: list[EditBlock] = []
+    hunks_found: list[tuple[str, str, list[str]]] = []
     old = new = None
     hunks = 0
     i = 0
@@ -209,14 +221,35 @@ def parse_unified_diff(text: str) -> list[EditBlock]:
             i += 1
         while body and body[-1] == "":
             body.pop()
-        search = [ln[1:] if ln else "" for ln in body if not ln or ln[0] in " -"]
-        replace = [ln[1:] if ln else "" for ln in body if not ln or ln[0] in " +"]
+        hunks_found.append((old, new, body))
+    blocks = []
+    for (old, new, _body), hunk in zip(hunks_found, _parsed_hunks(hunks_found)):
+        search = [ln.value.rstrip("\n") for ln in hunk if ln.is_context or ln.is_removed]
+        replace = [ln.value.rstrip("\n") for ln in hunk if ln.is_context or ln.is_added]
         blocks.append(EditBlock(new, "" if old == "/dev/null" else _join(search), _join(replace)))
     return blocks
+
+
+def _parsed_hunks(found: list[tuple[str, str, list[str]]]) -> list:
+    """Each found hunk parsed by ``unidiff``, its ``@@`` header rewritten with the counts of the
+    lines it has (models get them wrong, and unidiff trusts them: a short count cuts the hunk)."""
+    from unidiff import PatchSet
+    from unidiff.errors import UnidiffParseError
+
+    text = []
+    for n, (_old, _new, body) in enumerate(found, 1):
+        lines = [ln or " " for ln in body]  # an empty line is an empty context line whose space was dropped
+        removed = sum(ln[0] in " -" for ln in lines)
+        added = sum(ln[0] in " +" for ln in lines)
+        text += [f"--- a/hunk{n}", f"+++ b/hunk{n}", f"@@ -1,{removed} +1,{added} @@", *lines]
+    try:
+        files = PatchSet("\n".join(text) + "\n") if text else []
+    except UnidiffParseError as e:  # not expected: the hunks were cut and counted above
+        raise EditFormatError(f"the unified diff cannot be parsed: {e}") from None
+    return [f[0] if len(f) else [] for f in files]
 
 
 def _diff_path(s: str) -> str:
     return s.split("\t")[0].strip().strip('"')
 
-EDIT_FORMATS = {"search-replace": parse_edits, "udiff": parse_unified_diff}
 """Reply parsers by format name; each returns ``EditBlock`` objects for ``apply_edits``."""

@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evolve import hostgit
 from evolve.errors import EvalSetError
 from evolve.evalsets.format import load_task_lines
 from evolve.types import Task
@@ -439,15 +440,14 @@ def _assemble(name: str, root: Path, spec: EvalSetSpec, files: dict[str, Path],
 
 
 class _RepoChecker:
-    """Checks that ``repo_path`` is a git repository holding ``base_commit``; opens each repo once."""
+    """Checks that ``repo_path`` is a git repository holding ``base_commit`` (through ``evolve.hostgit``:
+    no user config or fsmonitor of the host runs)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._repos: dict[Path, object] = {}
+        self._repos: dict[Path, hostgit.Repo] = {}
 
     def check(self, task: Task, path: Path, lineno: int) -> None:
-        import git
-
         repo_dir = (self.root / task.repo_path).resolve()
         where = dict(path=str(path), line=lineno)
         repo = self._repos.get(repo_dir)
@@ -456,22 +456,17 @@ class _RepoChecker:
                 raise EvalSetError(f"repository {task.repo_path!r} does not exist (looked for "
                                    f"{repo_dir}); repo_path is relative to {self.root}",
                                    field="repo_path", **where)
-            try:
-                repo = git.Repo(repo_dir)
-            except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            repo = hostgit.Repo.find(repo_dir, search_parents=False)
+            if repo is None:
                 raise EvalSetError(f"{repo_dir} is not a git repository (git init it, commit the "
                                    "snapshot and use that commit as base_commit)",
-                                   field="repo_path", **where) from None
+                                   field="repo_path", **where)
             self._repos[repo_dir] = repo
-        try:
-            repo.commit(task.base_commit)  # type: ignore[attr-defined]
-        except (ValueError, git.BadName, git.BadObject):
+        if repo.sha(task.base_commit) is None:
             raise EvalSetError(f"commit {task.base_commit!r} is not in the repository "
-                               f"{repo_dir}", field="base_commit", **where) from None
+                               f"{repo_dir}", field="base_commit", **where)
 
     def close(self) -> None:
-        for repo in self._repos.values():
-            repo.close()  # type: ignore[attr-defined]
         self._repos.clear()
 
 

@@ -4,9 +4,13 @@ Every container evolve starts
 - has no network (``network_mode="none"``),
 - runs as a non-root user (``1000:1000`` unless configured otherwise),
 - has memory, CPU and pids limits and ``init=True``,
-- carries the labels ``evolve.managed``, ``evolve.run``, ``evolve.pid`` and
-  ``evolve.host``, so that ``sweep_run`` (Ctrl-C) and ``sweep_stale`` (start
-  of every command) can remove what a dead or interrupted process left,
+- carries the labels ``evolve.managed``, ``evolve.run``, ``evolve.owner``,
+  ``evolve.pid`` and ``evolve.host``, so that ``sweep_run`` (Ctrl-C) and
+  ``sweep_stale`` (start of every command) can remove what a dead or
+  interrupted process left. The owner is ``evolve.owner.current()``: boot id,
+  PID and the process's start time, so a reused PID does not keep a dead
+  process's containers alive (``evolve.pid`` is kept for filters and for
+  containers labelled before owners had tokens),
 - is removed in ``Sandbox.close`` (called from ``__exit__``), or in the
   background with ``close(background=True)``; ``wait_removals(run_id)`` waits
   for those, and ``sweep_run`` catches any that failed.
@@ -32,6 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from evolve import owner
 from evolve.config import SandboxLimits
 from evolve.errors import InfraError, SandboxError
 
@@ -480,8 +485,8 @@ def _remove_tracked(container, run_id: str) -> None:
 
 
 def run_labels(run_id: str) -> dict[str, str]:
-    """Labels that tie a container to this process and run."""
-    return {LABEL: "1", "evolve.run": run_id, "evolve.pid": str(os.getpid()),
+    """Labels that tie a container to this process (``evolve.owner``: see ``evolve.owner``) and run."""
+    return {LABEL: "1", "evolve.run": run_id, "evolve.owner": owner.current(), "evolve.pid": str(os.getpid()),
             "evolve.host": socket.gethostname()}
 
 
@@ -491,10 +496,13 @@ def sweep_run(client: "docker.DockerClient", run_id: str) -> int:
 
 
 def sweep_stale(client: "docker.DockerClient") -> int:
-    """Remove evolve containers whose owning process on this host is gone.
+    """Remove evolve containers, and evolve's temporary directories (``owner.sweep_temp_dirs``),
+    whose owning process on this host is gone.
 
-    Containers of live evolve processes (another run on the same machine) are
-    left alone. Returns how many were removed.
+    The owner is told by its ``evolve.owner`` token (boot id, PID, start time), so a PID that a
+    new process reused does not count as alive; a container labelled before tokens existed falls
+    back to its ``evolve.pid``. What live evolve processes own (another run on the same machine)
+    is left alone. Returns how many containers were removed; removed directories are logged.
     """
     stale = []
     # The low-level listing: no per-container request, so containers other
@@ -503,8 +511,15 @@ def sweep_stale(client: "docker.DockerClient") -> int:
         labels = c.get("Labels") or {}
         if labels.get("evolve.host") != socket.gethostname():
             continue
-        if not _alive(int(labels.get("evolve.pid", "0") or 0)):
+        if "evolve.owner" in labels:
+            dead = not owner.alive(labels["evolve.owner"])
+        else:
+            dead = not _alive(int(labels.get("evolve.pid", "0") or 0))
+        if dead:
             stale.append(c)
+    dirs = owner.sweep_temp_dirs()
+    if dirs:
+        _log.info("removed %d temporary director%s left by dead evolve processes", dirs, "y" if dirs == 1 else "ies")
     return _remove(client, stale)
 
 

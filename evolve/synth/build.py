@@ -37,9 +37,10 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from evolve import owner
 from evolve.errors import DownloadError, RecipeError, SynthError
 from evolve.evalsets.registry import evalset_dirs, evolve_home
-from evolve.synth.env import DEFAULT_TEST_CMD, Progress, ProjectSource, SynthEnv, SynthOptions
+from evolve.synth.env import DEFAULT_TEST_CMD, ProjectSource, SynthEnv, SynthOptions, SynthProgress
 from evolve.synth.mutation import mutation_tasks
 from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import require_tests, slug
@@ -196,7 +197,7 @@ def _test_cmd(spec: ProjectSpec, recipe: Recipe, root: Path) -> str:
 
 
 def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None, per_project: int | None = None,
-          projects: list[str] | None = None, workers: int = 2, progress: Progress | None = None,
+          projects: list[str] | None = None, workers: int = 2, progress: SynthProgress | None = None,
           env: SynthEnv | None = None, cache: Path | None = None) -> dict:
     """Build the eval set of a recipe; returns the metadata written to its ``synth.json``.
 
@@ -205,7 +206,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
         DownloadError: a project cannot be downloaded; nothing is written.
         SynthError: a project's suite does not pass, or no task validated; nothing is written.
     """
-    progress = progress or Progress()
+    progress = progress or SynthProgress()
     recipe_path = find_recipe(recipe_ref)
     recipe = load_recipe(recipe_path)
     chosen = list(recipe.projects)
@@ -233,7 +234,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
     own_env = env is None
     env = env or SynthEnv.connect()
     try:
-        with tempfile.TemporaryDirectory(prefix="evolve-build-") as tmp, \
+        with owner.temp_dir("build") as tmp, \
                 EvalSetWriter(dest, name=recipe.name, description=recipe.description) as writer:
             tasks: list[Task] = []
             meta_projects: dict[str, dict] = {}

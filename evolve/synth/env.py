@@ -23,17 +23,16 @@ from evolve.synth.validate import TestRun, Workbench
 if TYPE_CHECKING:  # pragma: no cover
     import docker
 
-__all__ = ["DEFAULT_TEST_CMD", "NOT_SOURCE", "TEST_FILE", "TEST_LIKE", "NoTestsError", "Outcome", "Progress",
-           "ProjectSource", "SuiteFailsError", "SynthEnv", "SynthError", "SynthOptions", "run_candidates"]
+__all__ = ["DEFAULT_TEST_CMD", "NOT_SOURCE", "TEST_FILE", "CandidateOutcome", "NoTestsError", "ProjectSource",
+           "SuiteFailsError", "SynthEnv", "SynthError", "SynthOptions", "SynthProgress", "run_candidates"]
 
 DEFAULT_TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider --rootdir=."
 """The grader's default command plus ``--rootdir=.``: node ids are relative to /testbed whatever
 test files are named on the command line."""
 
 TEST_FILE = re.compile(r"(^|/)test_[^/]*\.py$|(^|/)[^/]*_test\.py$")
-# The grader restores paths like these to their base content before running tests (see TEST_LIKE in
-# evolve/sandbox/scripts/grade_neutralise.py), so a bug in such a file could never be fixed: never mutate them.
-TEST_LIKE = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
+# Paths the grader restores before running tests (evolve.testfiles.TEST_LIKE) are never mutated:
+# a bug there could never be fixed.
 NOT_SOURCE = re.compile(r"(^|/)(setup|noxfile|fabfile|conftest)\.py$|(^|/)(docs?|examples?|benchmarks?|bench|"
                         r"scripts|tools|build|dist)/")
 
@@ -70,7 +69,7 @@ class SynthOptions:
         return self.max_candidates if self.max_candidates is not None else 10 * self.max_tasks + 20
 
 
-class Progress:
+class SynthProgress:
     """What synthesis reports while it runs. The base class ignores everything."""
 
     def phase(self, project: str, name: str, total: int | None = None) -> None:
@@ -134,7 +133,7 @@ class ProjectSource:
 
 
 @dataclass
-class Outcome:
+class CandidateOutcome:
     """What trying one candidate (a mutant, a commit) gave; ``f2p``/``p2p`` are set when it is ``kept``."""
 
     verdict: str
@@ -154,9 +153,9 @@ _C = TypeVar("_C", bound=_Indexed)
 
 
 def run_candidates(cands: list[_C], workbenches: list[Workbench],
-                   evaluate: Callable[[Workbench, _C], Outcome], want: int, progress: Progress,
+                   evaluate: Callable[[Workbench, _C], CandidateOutcome], want: int, progress: SynthProgress,
                    function_key: Callable[[_C], object] | None = None,
-                   abort: Callable[[], None] = lambda: None) -> tuple[list[tuple[_C, Outcome]], dict[str, int]]:
+                   abort: Callable[[], None] = lambda: None) -> tuple[list[tuple[_C, CandidateOutcome]], dict[str, int]]:
     """Evaluate candidates in order on the workbenches until ``want`` are kept; the first ``want``
     kept in candidate order (one per ``function_key``), and the count of every verdict.
 
@@ -165,14 +164,14 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
     interrupts, Ctrl-C included."""
     free = list(workbenches)
     lock = threading.Lock()
-    outcomes: dict[int, Outcome] = {}
+    outcomes: dict[int, CandidateOutcome] = {}
     kept_keys: dict[object, int] = {}
     key = function_key or (lambda c: c.index)
 
     def enough() -> bool:
         return len(kept_keys) >= want
 
-    def job(c: _C) -> tuple[_C, Outcome]:
+    def job(c: _C) -> tuple[_C, CandidateOutcome]:
         with lock:
             wb = free.pop()
         try:
@@ -184,7 +183,7 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
                     wb.recover()
                 except InfraError:
                     pass
-            return c, Outcome("infra")
+            return c, CandidateOutcome("infra")
         finally:
             with lock:
                 free.append(wb)
@@ -199,7 +198,7 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
                     next_i += 1
                     k = key(c)
                     if k in kept_keys and kept_keys[k] < c.index:
-                        outcomes[c.index] = Outcome("skipped")
+                        outcomes[c.index] = CandidateOutcome("skipped")
                         continue
                     pending.add(pool.submit(job, c))
                 if not pending:
@@ -217,7 +216,7 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
                 f.cancel()
             abort()
             raise
-    chosen: list[tuple[_C, Outcome]] = []
+    chosen: list[tuple[_C, CandidateOutcome]] = []
     used: set = set()
     for c in cands[:next_i]:
         out = outcomes.get(c.index)

@@ -26,13 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from evolve import hostgit
 from evolve.errors import InfraError
-from evolve.synth.env import (NOT_SOURCE, TEST_FILE, TEST_LIKE, Outcome, Progress, ProjectSource, SynthEnv,
-                              SynthOptions, run_candidates)
-from evolve.synth.output import SnapshotRepo, host_git
+from evolve.synth.env import (NOT_SOURCE, TEST_FILE, CandidateOutcome, ProjectSource, SynthEnv, SynthOptions,
+                              SynthProgress, run_candidates)
+from evolve.synth.output import SnapshotRepo
 from evolve.synth.problem import history_statement, leaks
 from evolve.synth.source import extract_tar
 from evolve.synth.validate import TestRun
+from evolve.testfiles import TEST_LIKE
 from evolve.types import Task, TestStatus
 
 __all__ = ["Commit", "history_tasks", "mine_commits"]
@@ -40,6 +42,8 @@ __all__ = ["Commit", "history_tasks", "mine_commits"]
 MAX_PATCH_LINES = 400
 """Changed lines of the code diff, at most."""
 MAX_PATCH_FILES = 10
+_PATCH = ("diff", "--no-renames", "--no-color", "--no-ext-diff", "--no-textconv")
+"""A diff ``git apply`` takes: no external diff or textconv command of the repository's config runs."""
 _DOC = re.compile(r"(^|/)(docs?|changelog\.d|changes)/|\.(md|rst|txt|adoc)$|(^|/)(CHANGELOG|CHANGES|NEWS|HISTORY|"
                   r"AUTHORS|CONTRIBUTORS)[^/]*$", re.I)
 
@@ -54,7 +58,9 @@ class Commit:
 
 
 def _git(git_dir: Path, *args: str) -> str:
-    return host_git(["-C", str(git_dir), *args])
+    """``git ARGS`` in the user's repository ``git_dir``, through ``evolve.hostgit`` (no user config, hooks
+    or fsmonitor)."""
+    return hostgit.text(list(args), only=git_dir)
 
 
 def mine_commits(git_dir: Path, max_commits: int, stats: dict | None = None) -> list[Commit]:
@@ -81,8 +87,8 @@ def mine_commits(git_dir: Path, max_commits: int, stats: dict | None = None) -> 
         if not py_code or not runnable:
             skipped["no_code_or_tests"] += 1
             continue
-        patch = _git(git_dir, "diff", "--no-renames", "--no-color", "--no-ext-diff", parent, sha, "--", *code)
-        test_patch = _git(git_dir, "diff", "--no-renames", "--no-color", "--no-ext-diff", parent, sha, "--", *tests)
+        patch = _git(git_dir, *_PATCH, parent, sha, "--", *code)
+        test_patch = _git(git_dir, *_PATCH, parent, sha, "--", *tests)
         if "\nBinary files " in "\n" + patch + test_patch or "GIT binary patch" in patch + test_patch:
             skipped["binary"] += 1
             continue
@@ -96,7 +102,7 @@ def mine_commits(git_dir: Path, max_commits: int, stats: dict | None = None) -> 
     return found
 
 
-def _evaluate(commit: Commit, git_dir: Path, source: ProjectSource, env: SynthEnv, opts: SynthOptions) -> Outcome:
+def _evaluate(commit: Commit, git_dir: Path, source: ProjectSource, env: SynthEnv, opts: SynthOptions) -> CandidateOutcome:
     tree = _git_archive(git_dir, commit.parent)
     wb = env.workbench(source.test_cmd)
     try:
@@ -106,35 +112,33 @@ def _evaluate(commit: Commit, git_dir: Path, source: ProjectSource, env: SynthEn
             for state, diffs in (("before", [commit.test_patch]), ("after", [commit.test_patch, commit.patch])):
                 run = wb.run(commit.test_files, diffs=diffs, timeout_s=opts.suite_timeout_s)
                 if not run.applied:
-                    return Outcome("apply", run=run)
+                    return CandidateOutcome("apply", run=run)
                 if run.timed_out:
-                    return Outcome("timeout", run=run)
+                    return CandidateOutcome("timeout", run=run)
                 runs[state].append(run)
     finally:
         wb.close()
     before, after = runs["before"], runs["after"]
     fixed = after[0].passing() & after[1].passing()
     if any(r.collection_errors for r in after):
-        return Outcome("collection", run=before[0])
+        return CandidateOutcome("collection", run=before[0])
     # Failing (or absent) in both runs without the fix, passing in both with it.
     f2p = [t for t in sorted(fixed) if not any(r.statuses.get(t, TestStatus.MISSING).passing for r in before)]
     if not f2p:
-        return Outcome("equivalent", run=before[0])
+        return CandidateOutcome("equivalent", run=before[0])
     p2p = [t for t in sorted(fixed) if all(r.statuses.get(t, TestStatus.MISSING).passing for r in before)]
-    return Outcome("kept", None, before[0], f2p, p2p[: opts.max_pass_to_pass])
+    return CandidateOutcome("kept", None, before[0], f2p, p2p[: opts.max_pass_to_pass])
 
 
 def _git_archive(git_dir: Path, rev: str) -> bytes:
-    import subprocess
-
-    proc = subprocess.run(["git", "-C", str(git_dir), "archive", "--format=tar", rev], capture_output=True)
-    if proc.returncode != 0:
-        raise InfraError("git", f"git archive {rev} failed: {proc.stderr.decode(errors='replace')[-300:]}")
-    return proc.stdout
+    try:
+        return hostgit.run(["archive", "--format=tar", rev], only=git_dir)
+    except hostgit.HostGitError as e:
+        raise InfraError("git", f"git archive {rev} failed: {e.output[-300:]}") from None
 
 
 def history_tasks(source: ProjectSource, repo: SnapshotRepo, env: SynthEnv, opts: SynthOptions,
-                  progress: Progress, stats: dict) -> list[Task]:
+                  progress: SynthProgress, stats: dict) -> list[Task]:
     """Up to ``opts.max_tasks`` validated tasks mined from the history of ``source.git_dir``."""
     assert source.git_dir is not None
     started = time.monotonic()

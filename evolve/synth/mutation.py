@@ -22,13 +22,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from evolve.synth.env import (TEST_LIKE, NoTestsError, Outcome, Progress, ProjectSource, SuiteFailsError, SynthEnv,
-                              SynthOptions, run_candidates)
+from evolve.synth.env import (CandidateOutcome, NoTestsError, ProjectSource, SuiteFailsError, SynthEnv, SynthOptions,
+                              SynthProgress, run_candidates)
 from evolve.synth.mutate import OPERATORS, Site, apply_site, find_sites, unified_diff
 from evolve.synth.output import SnapshotRepo
 from evolve.synth.problem import leaks, mutation_statement
 from evolve.synth.source import require_tests, source_files_of
 from evolve.synth.validate import TestRun, Workbench, tree_tar
+from evolve.testfiles import TEST_LIKE
 from evolve.types import Task, TestStatus
 
 __all__ = ["Baseline", "Candidate", "evaluate_mutant", "mutation_tasks", "order_candidates", "run_baseline"]
@@ -77,7 +78,7 @@ def _failures_hint(run: TestRun, limit: int = 5) -> str:
     return (f"{listed}\nlast lines of the output:\n{tail}") if bad else f"\nlast lines of the output:\n{tail}"
 
 
-def run_baseline(wb: Workbench, source: ProjectSource, opts: SynthOptions, progress: Progress) -> Baseline:
+def run_baseline(wb: Workbench, source: ProjectSource, opts: SynthOptions, progress: SynthProgress) -> Baseline:
     """Run the original suite twice (traced, then on the files the first run found) and check it passes.
 
     Raises:
@@ -223,34 +224,34 @@ def order_candidates(sites: dict[str, list[Site]], baseline: Baseline, seed: int
 
 
 def evaluate_mutant(wb: Workbench, cand: Candidate, original: str, baseline: Baseline,
-                    opts: SynthOptions) -> Outcome:
+                    opts: SynthOptions) -> CandidateOutcome:
     """Apply one mutant in ``wb``, run the test files that call its function, classify it."""
     mutated = apply_site(original, cand.site)
     if mutated is None:
-        return Outcome("no_change")
+        return CandidateOutcome("no_change")
     diff = unified_diff(cand.path, original, mutated)
     files = sorted({t.split("::", 1)[0] for t in cand.tests})
     run = wb.run(files, diffs=[diff], timeout_s=baseline.timeout_for(files))
     if not run.applied:
-        return Outcome("apply", mutated, run)
+        return CandidateOutcome("apply", mutated, run)
     if run.timed_out:
-        return Outcome("timeout", mutated, run)
+        return CandidateOutcome("timeout", mutated, run)
     if run.collection_errors or not run.finished:
-        return Outcome("collection", mutated, run)
+        return CandidateOutcome("collection", mutated, run)
     in_files = sorted(t for t in baseline.stable if t.split("::", 1)[0] in files)
     if any(t not in run.statuses for t in in_files):
-        return Outcome("collection", mutated, run)  # tests vanished: parametrization or collection changed
+        return CandidateOutcome("collection", mutated, run)  # tests vanished: parametrization or collection changed
     f2p = [t for t in in_files if run.statuses[t] in (TestStatus.FAILED, TestStatus.ERROR)]
     if not f2p:
-        return Outcome("equivalent", mutated, run)
+        return CandidateOutcome("equivalent", mutated, run)
     if len(f2p) > opts.max_fail_share * len(baseline.stable):
-        return Outcome("too_many", mutated, run)
+        return CandidateOutcome("too_many", mutated, run)
     # PASS_TO_PASS from the files of the failing tests only, as SWE-bench takes them from the files
     # the test patch touches: fewer unrelated (possibly timing-sensitive) tests, faster grading.
     f2p_files = {t.split("::", 1)[0] for t in f2p}
     p2p = [t for t in in_files if t.split("::", 1)[0] in f2p_files and run.statuses[t].passing]
     p2p = p2p[: opts.max_pass_to_pass]
-    return Outcome("kept", mutated, run, f2p, p2p)
+    return CandidateOutcome("kept", mutated, run, f2p, p2p)
 
 
 def start_workbenches(env: SynthEnv, source: ProjectSource, n: int) -> list[Workbench]:
@@ -278,7 +279,7 @@ def start_workbenches(env: SynthEnv, source: ProjectSource, n: int) -> list[Work
 
 
 def mutation_tasks(source: ProjectSource, repo: SnapshotRepo, env: SynthEnv, opts: SynthOptions,
-                   progress: Progress, stats: dict) -> list[Task]:
+                   progress: SynthProgress, stats: dict) -> list[Task]:
     """Up to ``opts.max_tasks`` validated mutation tasks of ``source``; their snapshots go to ``repo``.
 
     ``stats`` gets the counts: sites, candidates tried, verdicts, tests.
@@ -326,7 +327,7 @@ def mutation_tasks(source: ProjectSource, repo: SnapshotRepo, env: SynthEnv, opt
     return tasks
 
 
-def _mutation_task(source: ProjectSource, repo: SnapshotRepo, index: Path, cand: Candidate, out: Outcome,
+def _mutation_task(source: ProjectSource, repo: SnapshotRepo, index: Path, cand: Candidate, out: CandidateOutcome,
                    original: str, opts: SynthOptions) -> Task:
     assert out.mutated is not None and out.run is not None
     digest = hashlib.sha256(f"{source.name}\0{cand.path}\0{out.mutated}".encode()).hexdigest()[:8]

@@ -28,46 +28,23 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
-from evolve.errors import EvolveError, OutputError
+from evolve import hostgit
+from evolve.errors import OutputError
 from evolve.evalsets.format import dump_tasks
 from evolve.evalsets.registry import DEFAULT_HOLDOUT_FRACTION, assign_split
 from evolve.types import Task
 
-__all__ = ["EvalSetWriter", "SnapshotRepo", "host_git", "META_FILE"]
+__all__ = ["EvalSetWriter", "SnapshotRepo", "META_FILE"]
 
 META_FILE = "synth.json"
 _DATE = "2000-01-01T00:00:00+0000"
 _BUILDING = re.compile(r"^\.(?P<name>.+)\.building-(?P<pid>\d+)-.+$")
-
-
-def host_git(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-             input: bytes | None = None) -> str:
-    """Run git on the host with only git's defaults (no user or system config), return stdout.
-
-    Raises:
-        EvolveError: git failed; the message has its output.
-    """
-    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir(), "LANG": "C",
-                "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
-                "GIT_AUTHOR_NAME": "evolve", "GIT_AUTHOR_EMAIL": "evolve@localhost",
-                "GIT_COMMITTER_NAME": "evolve", "GIT_COMMITTER_EMAIL": "evolve@localhost",
-                "GIT_AUTHOR_DATE": _DATE, "GIT_COMMITTER_DATE": _DATE}
-    base_env.update(env or {})
-    cmd = ["git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "safe.directory=*",
-           "-c", "init.defaultBranch=main", "-c", "core.autocrlf=false", "-c", "core.symlinks=true",
-           "-c", "core.filemode=true", "-c", "commit.gpgsign=false", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=base_env, input=input, capture_output=True)
-    if proc.returncode != 0:
-        out = (proc.stdout + proc.stderr).decode("utf-8", "replace")
-        raise EvolveError(f"git {' '.join(args[:3])} failed (exit {proc.returncode}): {out[-800:]}")
-    return proc.stdout.decode("utf-8", "replace")
 
 
 class SnapshotRepo:
@@ -77,7 +54,7 @@ class SnapshotRepo:
         self.path = Path(path)
         if not (self.path / "HEAD").exists():
             self.path.mkdir(parents=True, exist_ok=True)
-            host_git(["init", "-q", "--bare", str(self.path)])
+            hostgit.run(["init", "-q", "--bare", str(self.path)])
         self._tmp = Path(tempfile.mkdtemp(prefix="evolve-index-"))
         self._indexes = 0
         self.branches: list[str] = []
@@ -89,7 +66,7 @@ class SnapshotRepo:
             env["GIT_INDEX_FILE"] = str(index)
         if work_tree is not None:
             env["GIT_WORK_TREE"] = str(work_tree)
-        return host_git(args, cwd=work_tree or self.path, env=env, input=input)
+        return hostgit.text(args, cwd=work_tree or self.path, env=env, input=input, date=_DATE)
 
     def index_of(self, tree_dir: Path) -> Path:
         """An index file holding every file under ``tree_dir`` (their blobs are written to the repo)."""

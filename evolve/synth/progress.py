@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBars, SpinnerColumn, TextColumn,
                            TimeElapsedColumn)
 
-from evolve.synth.env import Progress
+from evolve.synth.env import SynthProgress
 
 __all__ = ["RichProgress"]
 
@@ -21,7 +21,7 @@ _PHASES = {
 }
 
 
-class RichProgress(Progress):
+class RichProgress(SynthProgress):
     """Shows each phase as a bar with done/total, tasks kept so far and elapsed time."""
 
     def __init__(self, console: Console) -> None:

@@ -6,13 +6,13 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 from pathlib import Path
 
-from evolve.synth.env import (DEFAULT_TEST_CMD, NOT_SOURCE, TEST_FILE, TEST_LIKE, NoTestsError, ProjectSource,
-                              SynthError)
+from evolve import hostgit
+from evolve.synth.env import DEFAULT_TEST_CMD, NOT_SOURCE, TEST_FILE, NoTestsError, ProjectSource, SynthError
 from evolve.synth.validate import JUNK_DIRS
+from evolve.testfiles import TEST_LIKE
 
 __all__ = ["default_test_cmd", "extract_tar", "project_from_path", "require_tests", "slug", "source_files_of",
            "test_files_of"]
@@ -50,23 +50,24 @@ def project_from_path(path: Path, workdir: Path, *, name: str | None = None,
     git_dir = None
     notes: list[str] = []
     if (path / ".git").exists():
+        # Through evolve.hostgit: no user config, hooks or fsmonitor command of the repository runs
+        # (``git status`` would otherwise start the repository's ``core.fsmonitor`` command).
         try:
-            top = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True,
-                                 text=True, check=True).stdout.strip()
-            archive = subprocess.run(["git", "-C", str(path), "archive", "--format=tar", "HEAD"],
-                                     capture_output=True, check=True).stdout
-        except subprocess.CalledProcessError as e:
-            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-            said = err.strip()[-300:] or str(e)
+            top = hostgit.text(["rev-parse", "--show-toplevel"], cwd=path).strip()
+            archive = hostgit.run(["archive", "--format=tar", "HEAD"], cwd=path)
+        except hostgit.HostGitError as e:
+            said = e.output.strip()[-300:] or str(e)
             raise SynthError(f"cannot read the committed tree of {path} ({said}); "
                              "commit something first") from None
         if Path(top).resolve() != path:
             raise SynthError(f"{path} is inside the git repository {top}: pass --repo its top directory")
         extract_tar(archive, root)
         git_dir = path
-        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True)
-        if status.stdout.strip():
+        try:  # the repository's own settings for line endings and file modes decide what changed
+            changed = hostgit.text(["--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], cwd=path, pinned=False)
+        except hostgit.HostGitError:
+            changed = ""
+        if changed.strip():
             notes.append(f"{path} has uncommitted changes; synthesis uses its committed HEAD only")
     else:
         for entry in sorted(path.iterdir()):

@@ -22,26 +22,34 @@ same seed gives the same tasks.
 
 from __future__ import annotations
 
-import tempfile
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from evolve import owner
 from evolve.config import EvalSettings
 from evolve.errors import InfraError
-from evolve.synth.env import Progress, ProjectSource, SynthEnv, SynthError, SynthOptions
+from evolve.retry import retrying
+from evolve.synth.env import ProjectSource, SynthEnv, SynthError, SynthOptions, SynthProgress
 from evolve.synth.mutation import mutation_tasks
 from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import project_from_path
 from evolve.types import Task
 
-__all__ = ["synthesize", "verify"]
+__all__ = ["VERIFY_ATTEMPTS", "synthesize", "verify"]
+
+log = logging.getLogger(__name__)
+
+VERIFY_ATTEMPTS = 3
+"""Tries of one grading (reference or empty patch) before an infrastructure error drops the task;
+retried with ``evolve.retry``'s backoff, each retry logged."""
 
 
 # -- verification with the real grader ---------------------------------------------------------
 
 
-def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: Progress,
+def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: SynthProgress,
            label: str = "") -> tuple[list[Task], dict[str, str]]:
     """The tasks the real grader resolves with their reference patch and not with the empty patch
     (every FAIL_TO_PASS failing); and why each other task was dropped."""
@@ -52,28 +60,30 @@ def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, pro
     progress.phase(label, "grading", 2 * len(tasks))
     dropped: dict[str, str] = {}
 
+    def graded(task: Task, repo_dir: Path | None, patch: str):
+        for attempt in retrying(f"grading {task.instance_id} ({'reference' if patch else 'empty'} patch)",
+                                retry_on=InfraError, attempts=VERIFY_ATTEMPTS, logger=log):
+            with attempt:
+                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
+                    return grade(box, task, repo_dir, patch, test_timeout_s=settings.test_timeout_s)
+
     def check(task: Task) -> tuple[Task, str | None]:
         repo_dir = (root / task.repo_path).resolve() if task.repo_path else None
-        for attempt in range(3):
-            try:
-                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
-                    ref = grade(box, task, repo_dir, task.patch, test_timeout_s=settings.test_timeout_s)
+        try:
+            ref = graded(task, repo_dir, task.patch)
+            progress.advance()
+            if not ref.resolved:
+                bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
                 progress.advance()
-                if not ref.resolved:
-                    bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
-                    progress.advance()
-                    return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
-                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
-                    empty = grade(box, task, repo_dir, "", test_timeout_s=settings.test_timeout_s)
-                progress.advance()
-                passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
-                if empty.resolved or passing:
-                    return task, f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
-                return task, None
-            except InfraError as e:
-                if attempt == 2:
-                    return task, f"grader infrastructure error: {e}"
-        return task, "unreachable"
+                return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
+            empty = graded(task, repo_dir, "")
+        except InfraError as e:
+            return task, f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
+        progress.advance()
+        passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
+        if empty.resolved or passing:
+            return task, f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
+        return task, None
 
     kept: list[Task] = []
     with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="evolve-verify") as pool:
@@ -89,7 +99,7 @@ def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, pro
 
 
 def synthesize(repo_path: Path, dest: Path, *, sources: tuple[str, ...] = ("mutation",), name: str | None = None,
-               opts: SynthOptions = SynthOptions(), progress: Progress | None = None,
+               opts: SynthOptions = SynthOptions(), progress: SynthProgress | None = None,
                env: SynthEnv | None = None) -> dict:
     """``evolve evals synth``: build the eval set ``dest`` from the repo at ``repo_path``.
 
@@ -99,7 +109,7 @@ def synthesize(repo_path: Path, dest: Path, *, sources: tuple[str, ...] = ("muta
         NoTestsError, SuiteFailsError, SynthError: bad input; nothing is written.
         OutputError: ``dest`` exists and is not evolve's.
     """
-    progress = progress or Progress()
+    progress = progress or SynthProgress()
     bad = [s for s in sources if s not in ("mutation", "history")]
     if bad or not sources:
         raise SynthError(f"unknown task source {bad[0] if bad else ''!r}: use --from mutation, --from history "
@@ -107,7 +117,7 @@ def synthesize(repo_path: Path, dest: Path, *, sources: tuple[str, ...] = ("muta
     dest = Path(dest).expanduser().absolute()
     check_destination(dest)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="evolve-synth-") as tmp:
+    with owner.temp_dir("synth") as tmp:
         source = project_from_path(Path(repo_path), Path(tmp), name=name, test_cmd=opts.test_cmd)
         for note in source.notes:
             progress.note(note)

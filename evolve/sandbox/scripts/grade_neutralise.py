@@ -45,6 +45,8 @@ import stat
 import subprocess
 import sys
 
+# A copy of evolve.testfiles.TEST_LIKE_PATTERN (this script cannot import evolve); tests/test_testlog.py
+# checks that the two strings are the same.
 TEST_LIKE = re.compile(r"(^|/)(tests?|testing)(/|$)|(^|/)test_[^/]*\.py$|_test\.py$|(^|/)conftest\.py$")
 METADATA = re.compile(r"(^|/)[^/]*\.(dist-info|egg-info|egg-link)(/|$)|\.pth$")
 COMPILED = re.compile(r"(^|/)__pycache__(/|$)|\.py[co]$|\.(so|pyd|dylib)(\.[0-9.]+)?$")
