@@ -367,6 +367,7 @@ class Evaluation:
                         errors.append(f"agent attempt {n}: gateway: {run.infra_errors[-1]}")
                         raise InfraError("gateway", run.infra_errors[-1])
         except InfraError:
+            self._check_stop()  # an error caused by stopping is no infra result
             return self._infra(base, errors, start, run), files
         files.update({"model.patch": run.model_patch, "harness.log": run.harness_log})
         if run.trajectory is not None:
@@ -401,6 +402,7 @@ class Evaluation:
                         if box is not None:
                             box.close(background=True)
         except InfraError:
+            self._check_stop()
             return self._infra(base, errors, start, run, **agent, integrity_flags=merge_flags(flags),
                                integrity_notes=notes), files
         files.update({"test_output.txt": g.test_output, "apply.log": g.apply_log})
@@ -451,9 +453,12 @@ class Evaluation:
     def _retrying(self, phase: str, job: _Job, errors: list[str]):
         """The retry policy (``evolve.retry``) of one phase of one job: ``InfraError`` is tried
         ``MAX_ATTEMPTS`` times; each retry is logged and written as an ``infra_retry`` event with
-        the last entry of ``errors``; a stop request cuts the wait short."""
+        the last entry of ``errors``; a stop request cuts the wait short and ends the retries."""
         instance_id, repeat = job.task.instance_id, job.repeat
-        return retrying(f"{phase} of {instance_id} r{repeat}", retry_on=InfraError, attempts=MAX_ATTEMPTS,
+        def transient(e: BaseException) -> bool:  # once a stop is requested, nothing is retried
+            return isinstance(e, InfraError) and not self.stop.is_set()
+
+        return retrying(f"{phase} of {instance_id} r{repeat}", retry_on=transient, attempts=MAX_ATTEMPTS,
                         logger=log, base_s=RETRY_PAUSE_S, max_wait_s=8 * RETRY_PAUSE_S, sleep=self.stop.wait,
                         on_retry=lambda n, e: self._event("infra_retry", instance_id, repeat, errors[-1]))
 
