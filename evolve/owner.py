@@ -93,14 +93,22 @@ def alive(owner: str) -> bool:
     if start is None:
         return False
     if start == 0 or int(start_s) == 0:  # no /proc: the PID is all there is to check
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
     return start == int(start_s)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a positive pid; one of another user counts as alive).
+    A PID alone can be reused: prefer ``alive`` on an owner token where one was recorded."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def temp_dir(kind: str, root: str | Path | None = None) -> tempfile.TemporaryDirectory:

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from evolve import store
 from evolve.errors import ConfigError, EvolveError
+from evolve.owner import pid_alive
 
 Status = Literal["running", "accepted", "rejected", "refused", "failed"]
 FINAL = ("accepted", "rejected", "refused", "failed")
@@ -264,15 +265,7 @@ def owner_alive(runs_dir: Path, pid: int | None) -> bool:
         os.close(fd)
     if not held:
         return False
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return pid is None or pid_alive(pid)
 
 
 def latest_run(runs_dir: Path) -> str:

@@ -514,25 +514,13 @@ def sweep_stale(client: "docker.DockerClient") -> int:
         if "evolve.owner" in labels:
             dead = not owner.alive(labels["evolve.owner"])
         else:
-            dead = not _alive(int(labels.get("evolve.pid", "0") or 0))
+            dead = not owner.pid_alive(int(labels.get("evolve.pid", "0") or 0))
         if dead:
             stale.append(c)
     dirs = owner.sweep_temp_dirs()
     if dirs:
         _log.info("removed %d temporary director%s left by dead evolve processes", dirs, "y" if dirs == 1 else "ies")
     return _remove(client, stale)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove(client: "docker.DockerClient", containers: list[dict]) -> int:

@@ -181,8 +181,8 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
             if wb is not None:
                 try:
                     wb.recover()
-                except InfraError:
-                    pass
+                except InfraError as again:  # said, not swallowed: later candidates on it may fail too
+                    progress.note(f"candidate {c.index}: the workbench could not be reset: {again}")
             return c, CandidateOutcome("infra")
         finally:
             with lock:
