@@ -51,7 +51,7 @@ def _parse_params(items: list[str]) -> dict:
 
 @app.command("eval")
 def eval_cmd(
-    harness: str = typer.Option("harness_templates/minimal", help="Harness directory, or git REF[:SUBDIR]."),
+    harness: str = typer.Option("evolve/templates/minimal", help="Harness directory, or git REF[:SUBDIR]."),
     evals: str = typer.Option(..., help="Eval-set name (see `evolve evals list`), directory or .jsonl file."),
     split: str = typer.Option("search", help="Split to evaluate."),
     model: Optional[str] = typer.Option(
@@ -297,7 +297,7 @@ def evals_build(
 
 @app.command("init")
 def init_cmd(directory: Path = typer.Argument(Path("."), help="Repo to create or add to."),
-             template: str = typer.Option("minimal", help="Harness template (harness_templates/<name>)."),
+             template: str = typer.Option("minimal", help="Harness template (evolve/templates/<name>)."),
              harness: str = typer.Option("harness", help="Directory for the harness inside the repo.")) -> None:
     """Make a git repo holding a harness template and an evolve.yaml (or add them to an existing repo)."""
     from evolve.project import init_project

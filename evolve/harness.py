@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -30,7 +31,8 @@ from evolve.errors import HarnessError
 SPEC_FILE = "harness.yaml"
 EXCLUDED = ("__pycache__/", "*.pyc", ".git")
 """Never part of a harness directory's content (git itself always skips .git)."""
-_TEMPLATES = Path(__file__).resolve().parent.parent / "harness_templates"
+_TEMPLATES = Path(str(resources.files("evolve") / "templates"))
+"""Harness templates for ``evolve init --template``: package data, so they ship in the wheel."""
 
 
 class HarnessSpec(BaseModel):
@@ -191,7 +193,7 @@ def _load_spec(root: Path, label: str) -> HarnessSpec:
     spec_path = root / SPEC_FILE
     if not spec_path.is_file():
         raise HarnessError(f"{label}: not found; every harness needs a {SPEC_FILE} with at least "
-                           "'name' and 'entrypoint' (see harness_templates/minimal/harness.yaml)")
+                           "'name' and 'entrypoint' (see evolve/templates/minimal/harness.yaml)")
     try:
         data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

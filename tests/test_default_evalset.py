@@ -24,7 +24,7 @@ PER_PROJECT = 3
 
 
 def test_recipe_pins_enough_real_projects():
-    recipe = load_recipe(REPO_ROOT / "evals" / "default.yaml")
+    recipe = load_recipe(REPO_ROOT / "evolve" / "recipes" / "default.yaml")
     assert recipe.name == "default"
     assert len(recipe.projects) >= 5
     assert len({p.name for p in recipe.projects}) == len(recipe.projects)
@@ -32,15 +32,15 @@ def test_recipe_pins_enough_real_projects():
         assert p.version and p.sha256 and len(p.sha256) == 64, p.name
     assert len(recipe.projects) * recipe.per_project >= 40
     assert set(SUBSET) <= {p.name for p in recipe.projects}
-    assert find_recipe("default").resolve() == (REPO_ROOT / "evals" / "default.yaml").resolve()
+    assert find_recipe("default").resolve() == (REPO_ROOT / "evolve" / "recipes" / "default.yaml").resolve()
 
 
 def test_nothing_third_party_is_committed():
-    tracked = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "evals"], capture_output=True, text=True)
+    tracked = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", "evolve/recipes"], capture_output=True, text=True)
     if tracked.returncode != 0:
         pytest.skip("not a git checkout")
     for f in tracked.stdout.split():
-        assert f.endswith((".yaml", ".yml", ".md")), f"evals/ holds recipes only, found {f}"
+        assert f.endswith((".yaml", ".yml", ".md")), f"evolve/recipes/ holds recipes only, found {f}"
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +82,7 @@ def test_every_default_task_is_resolved_by_its_patch_and_by_nothing_else(default
 @pytest.mark.docker
 def test_build_metadata_records_the_pins(default_subset):
     dest, meta = default_subset
-    recipe = {p.name: p for p in load_recipe(REPO_ROOT / "evals" / "default.yaml").projects}
+    recipe = {p.name: p for p in load_recipe(REPO_ROOT / "evolve" / "recipes" / "default.yaml").projects}
     for name in SUBSET:
         stats = meta["projects"][name]
         assert stats["version"] == recipe[name].version and stats["sha256"] == recipe[name].sha256

@@ -36,7 +36,7 @@ from evolve.serve import EMBEDDED_FILE, LocalServer, embedded_model_path, llama_
 from support import port_open
 
 EVOLVE = str(Path(sys.executable).parent / "evolve")
-MINIMAL = Path(__file__).resolve().parent.parent / "harness_templates" / "minimal"
+MINIMAL = Path(__file__).resolve().parent.parent / "evolve" / "templates" / "minimal"
 
 
 def require_local_model() -> None:

@@ -165,17 +165,12 @@ def evolve_home() -> Path:
 def evalset_dirs() -> list[Path]:
     """Where eval-set names are looked up, first match wins.
 
-    ``./evals``, ``$EVOLVE_HOME/evals`` (default ``~/.local/share/evolve/evals``)
-    and the ``evals`` directory of the checkout evolve runs from. Duplicates
-    (e.g. when run from the checkout) are listed once. The directories need
-    not exist.
+    ``./evals`` and ``$EVOLVE_HOME/evals`` (default ``~/.local/share/evolve/evals``).
+    Duplicates are listed once. The directories need not exist.
     """
-    import evolve
-
     candidates = [
         Path.cwd() / "evals",
         evolve_home() / "evals",
-        Path(evolve.__file__).resolve().parent.parent / "evals",
     ]
     dirs: list[Path] = []
     seen: set[Path] = set()

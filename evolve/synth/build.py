@@ -1,6 +1,6 @@
 """``evolve evals build NAME``: an eval set from a recipe of pinned PyPI projects.
 
-A recipe (``evals/<name>.yaml``) pins projects whose source distributions ship
+A recipe (``evolve/recipes/<name>.yaml``, or ``evals/<name>.yaml`` in a project) pins projects whose source distributions ship
 their tests; nothing third-party is committed, the build downloads it::
 
     name: default
@@ -32,6 +32,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -77,6 +78,10 @@ class Recipe(BaseModel):
     projects: list[ProjectSpec] = Field(min_length=1)
 
 
+RECIPES = Path(str(resources.files("evolve") / "recipes"))
+"""The recipes shipped with evolve (package data): ``default.yaml``."""
+
+
 def find_recipe(name_or_path: str) -> Path:
     """The recipe file: an existing ``.yaml`` path, else ``<dir>/<name>.yaml`` in ``evalset_dirs()``.
 
@@ -87,14 +92,14 @@ def find_recipe(name_or_path: str) -> Path:
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     looked = []
-    for d in evalset_dirs():
+    for d in [*evalset_dirs(), RECIPES]:
         for suffix in (".yaml", ".yml"):
             candidate = d / f"{name_or_path}{suffix}"
             looked.append(str(candidate))
             if candidate.is_file():
                 return candidate
     raise RecipeError(f"no recipe {name_or_path!r}: looked for {', '.join(looked)}. A recipe is a YAML file "
-                      "(see evals/default.yaml in evolve's checkout).")
+                      "(see evolve/recipes/default.yaml).")
 
 
 def load_recipe(path: Path) -> Recipe:
