@@ -67,8 +67,9 @@ def main() -> int:
     for name, s in meta["projects"].items():
         print(f"{name:<12} {s['tasks']:>5} {s.get('tried', 0):>5} {s.get('mutants_kept', 0):>5} "
               f"{s.get('baseline_seconds', 0):>10.1f} {s.get('mutation_seconds', 0):>9.1f}")
-    grading = seconds - sum(s.get("mutation_seconds", 0) for s in meta["projects"].values())
-    print(f"grader check and the rest: {grading:.1f} s")
+    rest = seconds - sum(s.get("mutation_seconds", 0) for s in meta["projects"].values()) - meta["grading_wait_seconds"]
+    print(f"grader check after the last project (the rest overlaps mutation): {meta['grading_wait_seconds']:.1f} s; "
+          f"the rest (start, snapshots, writing): {rest:.1f} s")
     print(f"mutants valid: {meta['mutants_valid']}/{meta['mutants_tried']} "
           f"({100 * meta['mutants_valid_share']:.0f}%); tasks kept: {meta['tasks']}")
     print(f"THROUGHPUT: {statistics.median(rates):.2f} validated tasks per minute "

@@ -245,6 +245,17 @@ def evals_synth(
                                                    "evolve's base image (python3 + pytest)."),
     max_commits: int = typer.Option(300, help="History: commits examined, newest first."),
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
+    install: Optional[bool] = typer.Option(None, "--install/--no-install",
+                                           help="Build a per-project image with the test dependencies and the "
+                                                "project installed (pip install -e .), offline; default: when the "
+                                                "project has pyproject.toml, setup.py/cfg or requirements files."),
+    requirements: Optional[list[str]] = typer.Option(None, "--requirements",
+                                                     help="Requirements file to install (repeatable); default: "
+                                                          "detected (pyproject extras/groups, requirements*.txt, tox.ini)."),
+    extras: Optional[str] = typer.Option(None, help="Extras or dependency groups to install, comma-separated; "
+                                                    "default: test, tests, testing, dev where they exist."),
+    setup: Optional[str] = typer.Option(None, help="Shell command run in the project after the install "
+                                                   "(as root, no network)."),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
     from evolve.evalsets.registry import evolve_home
@@ -258,7 +269,9 @@ def evals_synth(
     eval_name = slug(name or repo.expanduser().resolve().name)
     dest = out or evolve_home() / "evals" / eval_name
     opts = SynthOptions(seed=seed, max_tasks=max_tasks, workers=workers, test_cmd=test_cmd, image=image,
-                        max_commits=max_commits, suite_timeout_s=suite_timeout)
+                        max_commits=max_commits, suite_timeout_s=suite_timeout, install=install,
+                        extras=tuple(e.strip() for e in (extras or "").split(",") if e.strip()),
+                        requirement_files=tuple(requirements) if requirements else None, setup_cmd=setup)
     try:
         with RichProgress(console) as progress:
             meta = synthesize(repo, dest, sources=sources, name=name, opts=opts, progress=progress)

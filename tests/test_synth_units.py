@@ -263,3 +263,52 @@ def test_writer_is_atomic_and_keeps_foreign_directories(tmp_path):
     with pytest.raises(OutputError, match="was not made by"):
         EvalSetWriter(foreign, name="hand-made")
     assert sorted(p.name for p in (tmp_path / "evals").iterdir()) == ["hand-made", "mine"]
+
+
+def test_no_kind_of_bug_takes_more_than_its_cap_and_the_choice_follows_candidate_order():
+    from dataclasses import dataclass
+
+    from evolve.synth.env import CandidateOutcome, SynthOptions, SynthProgress, run_candidates, select_kept
+
+    @dataclass
+    class C:
+        index: int
+        kind: str
+        func: str
+
+    # Twelve candidates: the first eight are all one kind, then four of others; all would be kept.
+    cands = [C(i, "change_return" if i < 8 else f"k{i % 3}", f"f{i}") for i in range(12)]
+    tried: list[int] = []
+
+    def evaluate(_wb, c):
+        tried.append(c.index)
+        return CandidateOutcome("kept")
+
+    chosen, counts = run_candidates(cands, ["wb1", "wb2"], evaluate, 4, SynthProgress(),
+                                    function_key=lambda c: c.func, kind=lambda c: c.kind, kind_cap=1)
+    kinds = [c.kind for c, _ in chosen]
+    assert len(chosen) == 4 and len(set(kinds)) == 4, kinds
+    assert [c.index for c, _ in chosen] == sorted(c.index for c, _ in chosen)
+    assert counts.get("capped", 0) >= 5  # the other change_return mutants were never run
+    assert len(tried) < 12
+    # Without a cap the first four in candidate order win, all of one kind.
+    outcomes = {c.index: CandidateOutcome("kept") for c in cands}
+    assert [c.index for c in select_kept(cands, outcomes, 4, key=lambda c: c.func)] == [0, 1, 2, 3]
+    # One function gives one task even when its kinds differ.
+    same = [C(0, "a", "f"), C(1, "b", "f"), C(2, "b", "g")]
+    picked = select_kept(same, {c.index: CandidateOutcome("kept") for c in same}, 3, key=lambda c: c.func,
+                         kind=lambda c: c.kind, kind_cap=1)
+    assert [c.index for c in picked] == [0, 2]
+    assert SynthOptions(max_tasks=16).kind_cap() == 4 and SynthOptions(max_tasks=3).kind_cap() == 1
+
+
+def test_relevant_output_quotes_the_error_not_only_the_tail():
+    from evolve.synth.mutation import relevant_output
+
+    noise = [f"tests/test_{i}.py::test_ok PASSED" for i in range(200)]
+    output = "\n".join(["===== ERRORS =====", "_____ ERROR collecting tests/test_time.py _____",
+                        "E   ModuleNotFoundError: No module named 'freezegun'", *noise,
+                        "=== 200 passed, 1 error in 3.2s ==="])
+    said = relevant_output(output)
+    assert "No module named 'freezegun'" in said and "200 passed, 1 error" in said
+    assert len(said.split("\n")) <= 42

@@ -32,6 +32,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from evolve.synth.env import DEFAULT_TEST_CMD, ProjectSource, SynthEnv, SynthOpt
 from evolve.synth.mutation import mutation_tasks
 from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import require_tests, slug
-from evolve.synth.synthesize import verify
+from evolve.synth.synthesize import Verifier
 from evolve.types import Task
 
 __all__ = ["DownloadError", "ProjectSpec", "Recipe", "RecipeError", "build", "fetch_sdist", "find_recipe",
@@ -240,27 +241,45 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
     env = env or SynthEnv.connect()
     try:
         with owner.temp_dir("build") as tmp, \
-                EvalSetWriter(dest, name=recipe.name, description=recipe.description) as writer:
-            tasks: list[Task] = []
+                EvalSetWriter(dest, name=recipe.name, description=recipe.description) as writer, \
+                ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evolve-verify") as pool:
+            # The grader's check of a project's tasks runs while the next project's mutants are
+            # validated: Docker's start/stop latency of the grading containers overlaps with tests.
+            verifier = Verifier(writer.root, env, SynthOptions(workers=workers))
+            checks: list[tuple[Task, Future]] = []
             meta_projects: dict[str, dict] = {}
-            for spec in chosen:
-                root = unpack_sdist(sdists[spec.name], Path(tmp) / spec.name)
-                name = slug(spec.name)
-                source = ProjectSource(name=name, root=root, repo=f"{spec.name}=={spec.version}",
-                                       test_cmd=_test_cmd(spec, recipe, root),
-                                       origin=f"pypi:{spec.name}=={spec.version}")
-                require_tests(source, where=f"the sdist of {spec.name}=={spec.version}")
-                opts = SynthOptions(seed=seed, max_tasks=per_project or spec.per_project or recipe.per_project,
-                                    workers=workers, holdout_fraction=recipe.holdout_fraction)
-                stats: dict = {"version": spec.version, "sha256": _sha256(sdists[spec.name]),
-                               "test_cmd": source.test_cmd}
-                project_tasks = mutation_tasks(source, writer.repo(name), env, opts, progress, stats)
-                if len(project_tasks) < opts.max_tasks:
-                    progress.note(f"{name}: {len(project_tasks)} of {opts.max_tasks} tasks validated")
-                tasks += project_tasks
-                meta_projects[name] = stats
-            vopts = SynthOptions(workers=workers)
-            kept, dropped = verify(tasks, writer.root, env, vopts, progress, label=recipe.name)
+            verify_started = None
+            try:
+                for spec in chosen:
+                    root = unpack_sdist(sdists[spec.name], Path(tmp) / spec.name)
+                    name = slug(spec.name)
+                    source = ProjectSource(name=name, root=root, repo=f"{spec.name}=={spec.version}",
+                                           test_cmd=_test_cmd(spec, recipe, root),
+                                           origin=f"pypi:{spec.name}=={spec.version}")
+                    require_tests(source, where=f"the sdist of {spec.name}=={spec.version}")
+                    opts = SynthOptions(seed=seed, max_tasks=per_project or spec.per_project or recipe.per_project,
+                                        workers=workers, holdout_fraction=recipe.holdout_fraction)
+                    stats: dict = {"version": spec.version, "sha256": _sha256(sdists[spec.name]),
+                                   "test_cmd": source.test_cmd}
+                    project_tasks = mutation_tasks(source, writer.repo(name), env, opts, progress, stats)
+                    if len(project_tasks) < opts.max_tasks:
+                        progress.note(f"{name}: {len(project_tasks)} of {opts.max_tasks} tasks validated")
+                    checks += [(t, pool.submit(verifier.check, t)) for t in project_tasks]
+                    meta_projects[name] = stats
+                verify_started = time.monotonic()
+                progress.phase(recipe.name, "grading", len(checks))
+                for _t, future in checks:
+                    future.result()
+                    progress.advance()
+            except BaseException:
+                for _t, future in checks:
+                    future.cancel()
+                raise
+            finally:
+                verifier.close()
+            verify_seconds = time.monotonic() - (verify_started or time.monotonic())
+            kept = [t for t, f in checks if f.result() is None]
+            dropped = {t.instance_id: f.result() for t, f in checks if f.result() is not None}
             if not kept:
                 raise SynthError(f"no task of recipe {recipe.name!r} passed the grader's check: "
                                  + "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:3]))
@@ -275,6 +294,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
                     "mutants_valid_share": round(valid / tried, 3) if tried else 0.0,
                     "mutants_kept_share": round(len(kept) / tried, 3) if tried else 0.0,
                     "download_seconds": round(download_seconds, 1),
+                    "grading_wait_seconds": round(verify_seconds, 1),
                     "seconds": round(time.monotonic() - started, 1)}
             writer.commit(kept, meta, holdout_fraction=recipe.holdout_fraction)
             meta["path"] = str(dest)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import docker
 
 __all__ = ["DEFAULT_TEST_CMD", "NOT_SOURCE", "TEST_FILE", "CandidateOutcome", "NoTestsError", "ProjectSource",
-           "SuiteFailsError", "SynthEnv", "SynthError", "SynthOptions", "SynthProgress", "run_candidates"]
+           "SuiteFailsError", "SynthEnv", "SynthError", "SynthOptions", "SynthProgress", "run_candidates", "select_kept"]
 
 DEFAULT_TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider --rootdir=."
 """The grader's default command plus ``--rootdir=.``: node ids are relative to /testbed whatever
@@ -54,16 +54,33 @@ class SynthOptions:
     test_cmd: str | None = None
     """Test command; default ``DEFAULT_TEST_CMD`` (with ``PYTHONPATH=src`` for a src layout)."""
     image: str | None = None
-    """Docker image for validation and for the tasks; None is evolve's base image."""
+    """Docker image for validation and for the tasks; None is evolve's base image (or, with
+    ``install``, the project's test-environment image built on it)."""
+    install: bool | None = None
+    """Build a per-project test-environment image (``evolve.synth.testenv``): True always, False
+    never, None when the project has packaging or requirements files and no ``image`` is given."""
+    extras: tuple[str, ...] = ()
+    """Extras or dependency groups to install; empty: the usual test ones (``evolve.synth.deps``)."""
+    requirement_files: tuple[str, ...] | None = None
+    """Requirements files to install instead of the detected ones."""
+    setup_cmd: str | None = None
+    """Run in /testbed after the install (as root, no network)."""
     suite_timeout_s: float = 900.0
     """Limit for one run of the whole original suite."""
     max_pass_to_pass: int = 200
     max_fail_share: float = 0.5
     """A mutant failing more than this share of the suite's stable tests is dropped."""
+    max_kind_share: float = 0.25
+    """Mutation tasks of one operator per project at most this share of ``max_tasks`` (at least one),
+    so that no kind of bug dominates a set."""
     holdout_fraction: float = 0.3
     max_commits: int = 300
     """History: commits examined, newest first along the first-parent chain."""
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+    def kind_cap(self) -> int:
+        """Tasks of one mutation operator per project at most: ``max_kind_share * max_tasks``, at least 1."""
+        return max(1, int(self.max_kind_share * self.max_tasks + 1e-9))
 
     def candidate_cap(self) -> int:
         return self.max_candidates if self.max_candidates is not None else 10 * self.max_tasks + 20
@@ -138,7 +155,7 @@ class CandidateOutcome:
 
     verdict: str
     """``kept``, ``equivalent``, ``timeout``, ``collection``, ``too_many``, ``no_change``, ``apply``,
-    ``skipped`` (its function already has a task)."""
+    ``skipped`` (its function already has a task), ``capped`` (its kind of bug has enough tasks)."""
     mutated: str | None = None
     run: TestRun | None = None
     f2p: list[str] = field(default_factory=list)
@@ -152,12 +169,38 @@ class _Indexed(Protocol):
 _C = TypeVar("_C", bound=_Indexed)
 
 
+def select_kept(cands: list[_C], outcomes: dict[int, CandidateOutcome], want: int,
+                key: Callable[[_C], object], kind: Callable[[_C], object] | None = None,
+                kind_cap: int | None = None) -> list[_C]:
+    """The first ``want`` kept candidates in candidate order, at most one per ``key`` and at most
+    ``kind_cap`` per ``kind`` (SWE-smith balances its bug kinds the same way)."""
+    chosen: list[_C] = []
+    keys: set = set()
+    per_kind: dict[object, int] = {}
+    for c in cands:
+        out = outcomes.get(c.index)
+        if out is None or out.verdict != "kept" or key(c) in keys:
+            continue
+        if kind is not None and kind_cap is not None and per_kind.get(kind(c), 0) >= kind_cap:
+            continue
+        chosen.append(c)
+        keys.add(key(c))
+        if kind is not None:
+            per_kind[kind(c)] = per_kind.get(kind(c), 0) + 1
+        if len(chosen) >= want:
+            break
+    return chosen
+
+
 def run_candidates(cands: list[_C], workbenches: list[Workbench],
                    evaluate: Callable[[Workbench, _C], CandidateOutcome], want: int, progress: SynthProgress,
                    function_key: Callable[[_C], object] | None = None,
-                   abort: Callable[[], None] = lambda: None) -> tuple[list[tuple[_C, CandidateOutcome]], dict[str, int]]:
+                   abort: Callable[[], None] = lambda: None, kind: Callable[[_C], object] | None = None,
+                   kind_cap: int | None = None) -> tuple[list[tuple[_C, CandidateOutcome]], dict[str, int]]:
     """Evaluate candidates in order on the workbenches until ``want`` are kept; the first ``want``
-    kept in candidate order (one per ``function_key``), and the count of every verdict.
+    kept in candidate order (one per ``function_key``, at most ``kind_cap`` per ``kind``), and the
+    count of every verdict. A candidate whose kind is already full among earlier kept ones is not
+    tried (verdict ``capped``).
 
     An infrastructure error on one candidate gives it the verdict ``infra``; ``abort`` is called
     (to remove the containers, so that running commands end at once) when anything else
@@ -167,9 +210,23 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
     outcomes: dict[int, CandidateOutcome] = {}
     kept_keys: dict[object, int] = {}
     key = function_key or (lambda c: c.index)
+    full_kinds: set = set()
+    next_i = 0
+
+    def refresh() -> int:
+        chosen = select_kept(cands[:next_i], outcomes, len(cands), key, kind, kind_cap)
+        if kind is not None and kind_cap is not None:
+            counts: dict[object, int] = {}
+            for c in chosen:
+                counts[kind(c)] = counts.get(kind(c), 0) + 1
+            full_kinds.clear()
+            full_kinds.update(k for k, n in counts.items() if n >= kind_cap)
+        return len(chosen)
+
+    selected = 0
 
     def enough() -> bool:
-        return len(kept_keys) >= want
+        return selected >= want
 
     def job(c: _C) -> tuple[_C, CandidateOutcome]:
         with lock:
@@ -188,7 +245,6 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
             with lock:
                 free.append(wb)
 
-    next_i = 0
     pending: set = set()
     with ThreadPoolExecutor(max_workers=len(workbenches), thread_name_prefix="evolve-synth") as pool:
         try:
@@ -200,6 +256,9 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
                     if k in kept_keys and kept_keys[k] < c.index:
                         outcomes[c.index] = CandidateOutcome("skipped")
                         continue
+                    if kind is not None and kind(c) in full_kinds:
+                        outcomes[c.index] = CandidateOutcome("capped")
+                        continue
                     pending.add(pool.submit(job, c))
                 if not pending:
                     break
@@ -210,21 +269,14 @@ def run_candidates(cands: list[_C], workbenches: list[Workbench],
                     if out.verdict == "kept":
                         k = key(c)
                         kept_keys[k] = min(kept_keys.get(k, c.index), c.index)
+                        selected = refresh()
                     progress.advance(out.verdict == "kept")
         except BaseException:
             for f in pending:
                 f.cancel()
             abort()
             raise
-    chosen: list[tuple[_C, CandidateOutcome]] = []
-    used: set = set()
-    for c in cands[:next_i]:
-        out = outcomes.get(c.index)
-        if out is None or out.verdict != "kept" or key(c) in used:
-            continue
-        if len(chosen) < want:
-            chosen.append((c, out))
-            used.add(key(c))
+    chosen = [(c, outcomes[c.index]) for c in select_kept(cands[:next_i], outcomes, want, key, kind, kind_cap)]
     counts: dict[str, int] = {}
     for out in outcomes.values():
         counts[out.verdict] = counts.get(out.verdict, 0) + 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -71,11 +72,26 @@ class Baseline:
         return found
 
 
+def relevant_output(output: str, max_lines: int = 40) -> str:
+    """The part of pytest's output that says what went wrong: the first error or failure section
+    (``ERROR collecting ...``, ``___ test_x ___`` with its ``E`` lines), then the last lines."""
+    lines = output.strip().split("\n")
+    start = next((i for i, line in enumerate(lines)
+                  if re.match(r"^_{3,} (ERROR collecting |test|Test)|^={3,} (ERRORS|FAILURES) ={3,}$", line)
+                  or line.startswith(("ImportError", "ModuleNotFoundError", "Traceback (most recent call last)",
+                                      "ERROR: "))), None)
+    tail = lines[-12:]
+    if start is None or start >= len(lines) - len(tail):
+        return "\n".join(lines[-max_lines:])
+    first = lines[start:start + max_lines - len(tail)]
+    skipped = len(lines) - len(tail) - start - len(first)
+    return "\n".join(first + ([f"[... {skipped} lines ...]"] if skipped > 0 else []) + tail)
+
+
 def _failures_hint(run: TestRun, limit: int = 5) -> str:
     bad = sorted(run.failing())[:limit]
-    tail = "\n".join(run.output.strip().split("\n")[-15:])
     listed = "".join(f"\n  {t}" for t in bad)
-    return (f"{listed}\nlast lines of the output:\n{tail}") if bad else f"\nlast lines of the output:\n{tail}"
+    return f"{listed}\npytest said:\n{relevant_output(run.output)}"
 
 
 def run_baseline(wb: Workbench, source: ProjectSource, opts: SynthOptions, progress: SynthProgress) -> Baseline:
@@ -86,7 +102,9 @@ def run_baseline(wb: Workbench, source: ProjectSource, opts: SynthOptions, progr
         SuiteFailsError: the suite timed out, could not be collected, or most of it fails.
     """
     progress.phase(source.name, "baseline", 2)
-    first = wb.run(None, timeout_s=opts.suite_timeout_s, trace=True)
+    # A test file that does not collect (a missing optional dependency, say) is dropped with a note,
+    # not the end of the run: the second run, and every later one, takes only the files that ran.
+    first = wb.run(None, timeout_s=opts.suite_timeout_s, trace=True, keep_going=True)
     progress.advance()
     _check_baseline(first, source, opts)
     files = []
@@ -110,8 +128,10 @@ def run_baseline(wb: Workbench, source: ProjectSource, opts: SynthOptions, progr
         progress.note(f"{source.name}: {len(failing)} test(s) fail on the original code and are not used: "
                       + ", ".join(sorted(failing)[:3]) + (" ..." if len(failing) > 3 else ""))
     if first.collection_errors:
-        progress.note(f"{source.name}: test files that do not collect are not used: "
-                      + ", ".join(first.collection_errors[:5]))
+        progress.note(f"{source.name}: {len(first.collection_errors)} test file(s) do not collect and are not "
+                      f"used: {', '.join(first.collection_errors[:5])}"
+                      f"{' ...' if len(first.collection_errors) > 5 else ''}\npytest said:\n"
+                      + relevant_output(first.output, max_lines=12))
     if not stable:
         raise SuiteFailsError(f"the test suite of {source.origin or source.name} has no test that passes twice "
                               f"in a row; nothing to build tasks on.{_failures_hint(second)}")
@@ -313,11 +333,12 @@ def mutation_tasks(source: ProjectSource, repo: SnapshotRepo, env: SynthEnv, opt
         progress.phase(source.name, "mutants", len(cands))
         chosen, counts = run_candidates(
             cands, wbs, lambda wb, c: evaluate_mutant(wb, c, originals[c.path], baseline, opts),
-            opts.max_tasks, progress, function_key=lambda c: c.function_key, abort=env.cleanup)
+            opts.max_tasks, progress, function_key=lambda c: c.function_key, abort=env.cleanup,
+            kind=lambda c: c.site.operator, kind_cap=opts.kind_cap())
     finally:
         for wb in wbs:
             wb.close()
-    tried = sum(v for k, v in counts.items() if k != "skipped")
+    tried = sum(v for k, v in counts.items() if k not in ("skipped", "capped"))
     stats.update(tried=tried, verdicts=counts, mutants_kept=counts.get("kept", 0))
     index = repo.index_of(source.root)
     tasks = []

@@ -14,6 +14,7 @@ __all__ = ["RichProgress"]
 
 _PHASES = {
     "download": "downloading sdists",
+    "environment": "building the test environment (offline install)",
     "baseline": "running the original suite (twice)",
     "mutants": "validating mutants",
     "commits": "validating commits",

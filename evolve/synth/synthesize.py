@@ -26,6 +26,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from evolve import owner
 from evolve.config import EvalSettings
@@ -37,7 +38,7 @@ from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import project_from_path
 from evolve.types import Task
 
-__all__ = ["VERIFY_ATTEMPTS", "synthesize", "verify"]
+__all__ = ["VERIFY_ATTEMPTS", "Verifier", "synthesize", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -49,49 +50,72 @@ retried with ``evolve.retry``'s backoff, each retry logged."""
 # -- verification with the real grader ---------------------------------------------------------
 
 
+class Verifier:
+    """The real grader's check of one task at a time (thread-safe): ``check(task)`` is None when the
+    grader resolves the task with its reference patch and not with the empty patch (every
+    FAIL_TO_PASS failing), else why the task is dropped. Each grading gets a fresh container, as
+    in evaluation; containers are removed in the background (``close`` waits for them)."""
+
+    def __init__(self, root: Path, env: SynthEnv, opts: SynthOptions) -> None:
+        self.root, self.env = root, env
+        self.settings = EvalSettings(model="evolve-synth", test_timeout_s=opts.suite_timeout_s, sandbox=env.limits)
+
+    def _graded(self, task: Task, repo_dir: Path | None, patch: str):
+        from evolve.grading import grade
+        from evolve.sandbox.docker import Sandbox
+
+        for attempt in retrying(f"grading {task.instance_id} ({'reference' if patch else 'empty'} patch)",
+                                retry_on=InfraError, attempts=VERIFY_ATTEMPTS, logger=log):
+            with attempt:
+                box = Sandbox(self.env.client, self.env.image, run_id=self.env.run_id, limits=self.env.limits)
+                try:
+                    box.start()
+                    return grade(box, task, repo_dir, patch, test_timeout_s=self.settings.test_timeout_s)
+                finally:
+                    box.close(background=True)
+
+    def check(self, task: Task, advance: Callable[[], None] = lambda: None) -> str | None:
+        repo_dir = (self.root / task.repo_path).resolve() if task.repo_path else None
+        try:
+            ref = self._graded(task, repo_dir, task.patch)
+            advance()
+            if not ref.resolved:
+                bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
+                advance()
+                return f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
+            empty = self._graded(task, repo_dir, "")
+        except InfraError as e:
+            return f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
+        advance()
+        passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
+        if empty.resolved or passing:
+            return f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
+        return None
+
+    def close(self) -> None:
+        """Wait for the background removal of the grading containers."""
+        from evolve.sandbox.docker import wait_removals
+
+        wait_removals(self.env.run_id)
+
+
 def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: SynthProgress,
            label: str = "") -> tuple[list[Task], dict[str, str]]:
     """The tasks the real grader resolves with their reference patch and not with the empty patch
     (every FAIL_TO_PASS failing); and why each other task was dropped."""
-    from evolve.grading import grade
-    from evolve.sandbox.docker import Sandbox
-
-    settings = EvalSettings(model="evolve-synth", test_timeout_s=opts.suite_timeout_s, sandbox=env.limits)
     progress.phase(label, "grading", 2 * len(tasks))
+    verifier = Verifier(root, env, opts)
     dropped: dict[str, str] = {}
-
-    def graded(task: Task, repo_dir: Path | None, patch: str):
-        for attempt in retrying(f"grading {task.instance_id} ({'reference' if patch else 'empty'} patch)",
-                                retry_on=InfraError, attempts=VERIFY_ATTEMPTS, logger=log):
-            with attempt:
-                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
-                    return grade(box, task, repo_dir, patch, test_timeout_s=settings.test_timeout_s)
-
-    def check(task: Task) -> tuple[Task, str | None]:
-        repo_dir = (root / task.repo_path).resolve() if task.repo_path else None
-        try:
-            ref = graded(task, repo_dir, task.patch)
-            progress.advance()
-            if not ref.resolved:
-                bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
-                progress.advance()
-                return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
-            empty = graded(task, repo_dir, "")
-        except InfraError as e:
-            return task, f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
-        progress.advance()
-        passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
-        if empty.resolved or passing:
-            return task, f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
-        return task, None
-
     kept: list[Task] = []
-    with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="evolve-verify") as pool:
-        for task, reason in pool.map(check, tasks):
-            if reason is None:
-                kept.append(task)
-            else:
-                dropped[task.instance_id] = reason
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="evolve-verify") as pool:
+            for task, reason in zip(tasks, pool.map(lambda t: verifier.check(t, progress.advance), tasks)):
+                if reason is None:
+                    kept.append(task)
+                else:
+                    dropped[task.instance_id] = reason
+    finally:
+        verifier.close()
     return kept, dropped
 
 
@@ -125,11 +149,16 @@ def synthesize(repo_path: Path, dest: Path, *, sources: tuple[str, ...] = ("muta
             raise SynthError(f"{repo_path} is not a git repository: --from history mines its commits")
         own_env = env is None
         env = env or SynthEnv.connect(opts.image, opts.limits)
+        env_meta = None
         try:
+            if wants_testenv(source.root, opts):
+                opts, env, env_meta = with_testenv(source, env, opts, progress)
             with EvalSetWriter(dest, name=dest.name,
                                description=f"tasks synthesized from {source.origin} ({', '.join(sources)})") as writer:
                 repo = writer.repo(source.name)
                 stats: dict = {"origin": source.origin, "test_cmd": source.test_cmd}
+                if env_meta is not None:
+                    stats["testenv"] = env_meta
                 tasks: list[Task] = []
                 if "mutation" in sources:
                     mstats: dict = {}
@@ -154,6 +183,47 @@ def synthesize(repo_path: Path, dest: Path, *, sources: tuple[str, ...] = ("muta
         finally:
             if own_env:
                 env.cleanup()
+
+
+def wants_testenv(root: Path, opts: SynthOptions) -> bool:
+    """Whether to build the project's test-environment image (see ``SynthOptions.install``)."""
+    if opts.install is not None:
+        return opts.install
+    if opts.image is not None:
+        return False
+    if opts.extras or opts.requirement_files or opts.setup_cmd:
+        return True
+    from evolve.synth.deps import _requirement_files
+
+    return any((root / f).is_file() for f in ("pyproject.toml", "setup.py", "setup.cfg")) \
+        or bool(_requirement_files(root))
+
+
+def with_testenv(source: ProjectSource, env: SynthEnv, opts: SynthOptions,
+                 progress: SynthProgress) -> tuple[SynthOptions, SynthEnv, dict]:
+    """Build (or reuse) the project's test-environment image on ``env.image``; the options and the
+    environment that use it, and what to record in the metadata. Adds generated files to the tree."""
+    from dataclasses import replace
+
+    from evolve.evalsets.registry import evolve_home
+    from evolve.synth.testenv import EnvRequest, prepare_image
+
+    progress.phase(source.name, "environment", None)
+    request = EnvRequest(extras=tuple(opts.extras), requirement_files=opts.requirement_files, setup=opts.setup_cmd)
+    made = prepare_image(env.client, env.image, source.root, source.name, request,
+                         evolve_home() / "cache" / "wheelhouse", run_id=env.run_id, limits=env.limits)
+    progress.note(f"{source.name}: test environment {made.image} ({'cached' if made.cached else 'built'}); "
+                  f"dependencies from {', '.join(made.deps.sources) or 'no file'}: "
+                  f"{', '.join(made.deps.requirements) or 'none'}")
+    if made.deps.skipped:
+        progress.note(f"{source.name}: not requirements, left out: {'; '.join(made.deps.skipped[:5])}")
+    if made.generated:
+        progress.note(f"{source.name}: the install generated {', '.join(made.generated[:5])}"
+                      f"{' ...' if len(made.generated) > 5 else ''}; kept in every snapshot")
+    meta = {"image": made.image, "cached": made.cached, "requirements": made.deps.requirements,
+            "sources": made.deps.sources, "wheels": list(made.wheels), "generated": made.generated,
+            "setup": opts.setup_cmd}
+    return replace(opts, image=made.image), replace(env, image=made.image), meta
 
 
 def _nothing_kept(source: ProjectSource, sources: tuple[str, ...], stats: dict, dropped: dict[str, str]) -> str:

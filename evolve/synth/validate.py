@@ -200,9 +200,10 @@ class Workbench:
         self.sandbox.close()
 
     def run(self, files: list[str] | None = None, *, diffs: list[str] = (), timeout_s: float,
-            trace: bool = False) -> TestRun:
+            trace: bool = False, keep_going: bool = False) -> TestRun:
         """Apply ``diffs`` in order, run the tests (``files``, or pytest's own discovery when None),
-        then reset the tree to the original."""
+        then reset the tree to the original. ``keep_going`` runs the tests of the files that collect
+        even when others do not (pytest's ``--continue-on-collection-errors``)."""
         mark = f"EVOLVE-SYNTH-{self.nonce}"
         lines = ["set -u", f"mkdir -p {WORK}", f"cd {TESTBED}"]
         big = sum(len(d) for d in diffs) > _INLINE_BYTES
@@ -214,7 +215,7 @@ class Workbench:
                 lines.append(f"echo {base64.b64encode(diff.encode()).decode()} | base64 -d > {path}")
             lines += [f"if ! {_GIT} apply --whitespace=nowarn {path} > {WORK}/apply.log 2>&1; then "
                       f"echo; echo '{mark} apply-failed {i}'; cat {WORK}/apply.log; {_RESET}; exit 0; fi"]
-        args = " -rA --tb=short"
+        args = " -rA --tb=short" + (" --continue-on-collection-errors" if keep_going else "")
         env_prefix = ""
         if trace and self.traceable:
             args += f" -p {PLUGIN}"
