@@ -241,7 +241,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
     env = env or SynthEnv.connect()
     try:
         with owner.temp_dir("build") as tmp, \
-                EvalSetWriter(dest, name=recipe.name, description=recipe.description) as writer, \
+                EvalSetWriter(dest, name=dest.name, description=recipe.description) as writer, \
                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evolve-verify") as pool:
             # The grader's check of a project's tasks runs while the next project's mutants are
             # validated: Docker's start/stop latency of the grading containers overlaps with tests.

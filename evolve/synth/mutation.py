@@ -73,19 +73,23 @@ class Baseline:
 
 
 def relevant_output(output: str, max_lines: int = 40) -> str:
-    """The part of pytest's output that says what went wrong: the first error or failure section
-    (``ERROR collecting ...``, ``___ test_x ___`` with its ``E`` lines), then the last lines."""
+    """The part of pytest's output that says what went wrong, then its last lines: the first error or
+    failure section (``ERROR collecting ...``, ``___ test_x ___``), whole if it fits, else its
+    headers and ``E`` lines (the exception pytest reports)."""
     lines = output.strip().split("\n")
     start = next((i for i, line in enumerate(lines)
                   if re.match(r"^_{3,} (ERROR collecting |test|Test)|^={3,} (ERRORS|FAILURES) ={3,}$", line)
                   or line.startswith(("ImportError", "ModuleNotFoundError", "Traceback (most recent call last)",
                                       "ERROR: "))), None)
-    tail = lines[-12:]
+    tail = lines[-max(2, min(12, max_lines // 3)):]
     if start is None or start >= len(lines) - len(tail):
         return "\n".join(lines[-max_lines:])
-    first = lines[start:start + max_lines - len(tail)]
-    skipped = len(lines) - len(tail) - start - len(first)
-    return "\n".join(first + ([f"[... {skipped} lines ...]"] if skipped > 0 else []) + tail)
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^={3,} .* ={3,}$", lines[i])), len(lines))
+    section = lines[start:min(end, len(lines) - len(tail))]
+    room = max_lines - len(tail) - 1
+    if len(section) > room:
+        section = [line for line in section if line.startswith(("_", "E ", "ERROR"))][:room]
+    return "\n".join(section + ["[...]"] + tail)
 
 
 def _failures_hint(run: TestRun, limit: int = 5) -> str:
