@@ -1,24 +1,22 @@
-"""A cached wheelhouse: requirement strings resolved on the host into wheels for the sandbox's Python.
+"""A harness's requirements resolved on the host into a wheelhouse, by pip's own resolver.
 
-The sandbox has no network, so whatever a container installs comes from a
-directory of wheels made here, on the host, by pip's own resolver (``pip
-download --only-binary=:all:`` for the target interpreter and platform: the
-sandbox image's CPython and glibc, not the host's). pip's index settings
-(``pip config``, ``PIP_INDEX_URL``...) apply as they are; evolve names no index.
+``resolve(requirements, target)`` runs ``pip download --only-binary=:all:`` for the
+sandbox's interpreter (``--python-version``, ``--implementation``, ``--abi`` and every
+``--platform`` tag its glibc accepts, as in PEP 600), with the host's pip configuration
+(index, mirror, certificates). Only wheels: a source distribution would have to be
+built, and building runs the package's code. The result is a directory of wheels
+under ``$EVOLVE_HOME/wheelhouses/<key>``, where ``key`` hashes the requirements, the
+target and pip's version, so a second resolve of the same inputs reads the cache.
 
-The directory is ``<cache>/<key>/``, ``key`` a hash of the sorted requirements
-and the target, and is complete when its ``wheelhouse.json`` exists (written
-last, after an atomic rename of the whole directory): a second call with the
-same inputs downloads nothing. Used by ``evolve.synth.testenv`` (a project's
-test dependencies); harness environments use the same module.
+The directory holds ``requirements.txt`` (what was asked), the wheels, ``_installer/``
+(a pip wheel the sandbox runs to install them with no network) and ``wheelhouse.json``
+(written last: its presence marks a complete wheelhouse).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -27,127 +25,171 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evolve.errors import EvolveError
+from evolve.errors import HarnessError
 
-__all__ = ["MANIFEST", "Target", "Wheelhouse", "WheelhouseError", "resolve"]
-
-MANIFEST = "wheelhouse.json"
-PIP_TIMEOUT_S = 900
-
-
-class WheelhouseError(EvolveError):
-    """A requirement cannot be resolved into wheels for the target; the message names it."""
+MAX_WHEELHOUSE_BYTES = 2 * 1024**3
+"""A wheelhouse over this many bytes is refused (and deleted): 2 GiB."""
+PIP_TIMEOUT_S = 1800
+"""Seconds one ``pip download`` may take."""
+OLDEST_GLIBC_MINOR = 5
+"""manylinux_2_5 (``manylinux1``) is the oldest manylinux tag (PEP 513)."""
+_LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+"""PEP 600's aliases of the older manylinux tags."""
+_NOT_FOUND = re.compile(r"(?:Could not find a version that satisfies the requirement|"
+                        r"No matching distribution found for) (\S+)")
 
 
 @dataclass(frozen=True)
 class Target:
-    """The interpreter the wheels are for; the default is evolve's sandbox image (Debian bookworm)."""
+    """The interpreter wheels are resolved for: the sandbox image's ``python3``."""
 
-    python_version: str = "3.11"
-    """``X.Y``."""
-    glibc: tuple[int, int] = (2, 36)
-    """The image's glibc: manylinux wheels up to this version fit."""
-    machine: str = platform.machine() or "x86_64"
-    """The image runs on the host's architecture."""
+    python_version: str
+    """``3.11.2``."""
+    implementation: str
+    """pip's short name: ``cp`` (CPython) or ``pp`` (PyPy)."""
+    abi: str
+    """``cp311`` (``cp313t`` for a free-threaded build)."""
+    platforms: tuple[str, ...]
+    """Platform tags, most specific first: ``manylinux_2_36_x86_64`` ... ``linux_x86_64``."""
 
-    def pip_args(self) -> list[str]:
-        nodot = self.python_version.replace(".", "")
-        args = ["--python-version", self.python_version, "--implementation", "cp", "--abi", f"cp{nodot}",
-                "--abi", "abi3", "--abi", "none"]
-        major, minor = self.glibc
-        platforms = [f"manylinux_{major}_{m}_{self.machine}" for m in range(minor, 16, -1)]
-        platforms += [f"manylinux2014_{self.machine}", f"linux_{self.machine}", "any"]
-        for p in platforms:
-            args += ["--platform", p]
-        return args
+    def describe(self) -> str:
+        return f"{self.implementation}{self.abi.removeprefix(self.implementation)} Python {self.python_version} " \
+               f"on {self.platforms[0]}"
+
+
+def glibc_platforms(glibc: str, machine: str) -> tuple[str, ...]:
+    """The platform tags a glibc ``2.N`` Linux on ``machine`` accepts: ``manylinux_2_N`` down to
+    ``manylinux_2_5`` with their legacy aliases (PEP 600, as pip does for its own interpreter),
+    then ``linux_<machine>``.
+
+    Raises:
+        HarnessError: ``glibc`` is not ``2.N``.
+    """
+    m = re.fullmatch(r"2\.(\d+)", glibc.strip())
+    if m is None:
+        raise HarnessError(f"the sandbox image's C library is {glibc!r}, not glibc 2.x: evolve resolves "
+                           "harness requirements for glibc Linux images only (manylinux wheels); "
+                           "name a Debian- or Ubuntu-based image in harness.yaml 'image:'")
+    tags: list[str] = []
+    for minor in range(int(m.group(1)), OLDEST_GLIBC_MINOR - 1, -1):
+        tags.append(f"manylinux_2_{minor}_{machine}")
+        if minor in _LEGACY:
+            tags.append(f"{_LEGACY[minor]}_{machine}")
+    return (*tags, f"linux_{machine}")
 
 
 @dataclass(frozen=True)
 class Wheelhouse:
     """A complete wheelhouse directory."""
 
-    path: Path
+    root: Path
     key: str
-    requirements: tuple[str, ...]
+    """Hex digest of the inputs (requirements, target, pip version)."""
     wheels: tuple[str, ...]
-    """File names, sorted."""
-
-    def digest(self) -> str:
-        """sha256 of the wheels' names and contents: what an image built from them depends on."""
-        h = hashlib.sha256()
-        for name in self.wheels:
-            h.update(name.encode() + b"\0")
-            with open(self.path / name, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        return h.hexdigest()
+    """File names of the wheels resolved for the requirements (the installer excluded)."""
+    installer: str
+    """Path of the pip wheel relative to ``root`` (``_installer/pip-*.whl``)."""
+    bytes: int
+    """Size of all the wheels, in bytes."""
 
 
-def key_of(requirements: list[str] | tuple[str, ...], target: Target) -> str:
-    """The cache key: sha256 (first 16 hex) of the sorted, stripped requirements and the target."""
-    data = json.dumps({"requirements": sorted({r.strip() for r in requirements if r.strip()}),
-                       "target": asdict(target)}, sort_keys=True)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
+def wheelhouse_key(requirements: list[str], target: Target) -> str:
+    """sha256 of the inputs that decide a wheelhouse's content (the index aside)."""
+    import pip
+
+    data = {"requirements": list(requirements), "target": asdict(target), "pip": pip.__version__, "v": 1}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def resolve(requirements: list[str] | tuple[str, ...], cache: Path, target: Target = Target()) -> Wheelhouse:
-    """Wheels for ``requirements`` and all their dependencies, for ``target``, in ``cache/<key>``.
-
-    Args:
-        requirements: PEP 508 strings (``"freezegun>=1.2"``, ``"pip"``).
-        cache: the parent directory of wheelhouses (e.g. ``$EVOLVE_HOME/cache/wheelhouse``).
+def resolve(requirements: list[str], target: Target, *, home: Path,
+            max_bytes: int = MAX_WHEELHOUSE_BYTES) -> Wheelhouse:
+    """The wheelhouse of ``requirements`` for ``target`` under ``home/wheelhouses``: read from
+    the cache when complete, else downloaded by pip (about 20 s for mini-swe-agent's 77 wheels).
 
     Raises:
-        WheelhouseError: pip could not resolve them (the message names the requirement pip
-            could not satisfy, quotes pip, and says what to do), or pip did not finish in
-            ``PIP_TIMEOUT_S`` seconds.
+        HarnessError: before anything is installed, naming the requirement: one that no wheel
+            for ``target`` satisfies (a name or version that does not exist, a package that
+            ships only a source distribution or wheels for other platforms), requirements
+            that conflict, or a wheelhouse over ``max_bytes`` (its largest wheels named).
     """
-    reqs = tuple(sorted({r.strip() for r in requirements if r.strip()}))
-    key = key_of(reqs, target)
-    final = Path(cache) / key
-    if (final / MANIFEST).is_file():
-        data = json.loads((final / MANIFEST).read_text(encoding="utf-8"))
-        return Wheelhouse(final, key, tuple(data["requirements"]), tuple(data["wheels"]))
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache))
+    key = wheelhouse_key(requirements, target)
+    root = home / "wheelhouses" / key[:24]
+    done = _read_done(root)
+    if done is not None:
+        return done
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:24]}-", dir=root.parent))
     try:
-        if reqs:
-            _download(reqs, tmp, target)
-        wheels = tuple(sorted(p.name for p in tmp.iterdir() if p.name.endswith(".whl")))
-        (tmp / MANIFEST).write_text(json.dumps({"requirements": list(reqs), "target": asdict(target),
-                                                "wheels": list(wheels)}, indent=1), encoding="utf-8")
+        (tmp / "requirements.txt").write_text("".join(r + "\n" for r in requirements))
+        _pip_download(["-r", str(tmp / "requirements.txt")], tmp, target, requirements)
+        _pip_download(["--no-deps", "pip"], tmp / "_installer", target, ["pip (evolve's installer)"])
+        wheels = sorted(p.name for p in tmp.glob("*.whl"))
+        sizes = {p.name: p.stat().st_size for p in tmp.glob("*.whl")}
+        total = sum(sizes.values())
+        if total > max_bytes:
+            largest = sorted(sizes, key=sizes.get, reverse=True)[:3]
+            raise HarnessError(
+                f"the harness's requirements resolve to {total / 1e6:.0f} MB of wheels, over evolve's cap of "
+                f"{max_bytes / 1e6:.0f} MB; the largest: " + ", ".join(f"{w} ({sizes[w] / 1e6:.0f} MB)" for w in largest)
+                + ". Drop or narrow the requirement that brings them in.")
+        installer = sorted((tmp / "_installer").glob("pip-*.whl"))
+        if not installer:
+            raise HarnessError(f"pip downloaded no wheel of itself for {target.describe()}; the sandbox "
+                               "cannot install the requirements without one")
+        meta = {"key": key, "requirements": list(requirements), "target": asdict(target), "wheels": wheels,
+                "installer": installer[-1].relative_to(tmp).as_posix(), "bytes": total}
+        (tmp / "wheelhouse.json").write_text(json.dumps(meta, indent=2))
         try:
-            os.replace(tmp, final)
-        except OSError:  # another build finished the same key first; use it
-            if not (final / MANIFEST).is_file():
+            tmp.rename(root)
+        except OSError:
+            if _read_done(root) is None:  # else: a concurrent resolve finished the same one first
                 raise
-        return Wheelhouse(final, key, reqs, wheels)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    done = _read_done(root)
+    assert done is not None
+    return done
 
 
-_UNSATISFIED = re.compile(r"(?:Could not find a version that satisfies the requirement|"
-                          r"No matching distribution found for)\s+(\S+)")
-
-
-def _download(reqs: tuple[str, ...], dest: Path, target: Target) -> None:
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
-           "--no-input", "-q", "-d", str(dest), *target.pip_args(), *reqs]
+def _read_done(root: Path) -> Wheelhouse | None:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
-                              env=dict(os.environ, PIP_NO_INPUT="1"))
+        meta = json.loads((root / "wheelhouse.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return Wheelhouse(root, meta["key"], tuple(meta["wheels"]), meta["installer"], meta["bytes"])
+
+
+def _pip_download(args: list[str], dest: Path, target: Target, asked: list[str]) -> None:
+    """``pip download`` of wheels only for ``target`` into ``dest``; ``asked`` names what was asked
+    for in errors."""
+    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--disable-pip-version-check",
+           "--no-input", "--progress-bar=off", "--dest", str(dest), "--python-version", target.python_version,
+           "--implementation", target.implementation, "--abi", target.abi]
+    for tag in target.platforms:
+        cmd += ["--platform", tag]
+    try:
+        proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise WheelhouseError(f"pip did not resolve {', '.join(reqs)} within {PIP_TIMEOUT_S} s; "
-                              "check that PyPI is reachable") from None
+        raise HarnessError(f"pip download of the harness's requirements ({', '.join(asked)}) took over "
+                           f"{PIP_TIMEOUT_S} s; check the network and the index in your pip configuration") from None
     if proc.returncode == 0:
         return
-    said = (proc.stdout + proc.stderr).strip()
-    m = _UNSATISFIED.search(said)
-    lines = [line for line in said.split("\n") if line.startswith("ERROR") or "requirement" in line][:8]
-    quoted = "\n".join(lines or said.split("\n")[-8:])
-    what = f"the requirement {m.group(1)!r}" if m else "the requirements " + ", ".join(reqs)
-    raise WheelhouseError(
-        f"cannot resolve {what} into wheels for CPython {target.python_version} on "
-        f"manylinux_{target.glibc[0]}_{target.glibc[1]}_{target.machine} (the sandbox image); pip said:\n{quoted}\n"
-        "A requirement with no wheel for that platform (only a source distribution) cannot be installed "
-        "offline: pin a version that has one, leave it out, or install it with --setup.")
+    out = proc.stdout + proc.stderr
+    missing = _NOT_FOUND.findall(out)
+    if missing:
+        names = ", ".join(dict.fromkeys(missing))
+        raise HarnessError(
+            f"requirement {names}: no wheel on the index fits the sandbox ({target.describe()}). Either no such "
+            "name or version exists, or it ships only a source distribution or wheels for other platforms; "
+            "evolve installs wheels only (building from source runs the package's code). Fix or pin that "
+            f"requirement in harness.yaml. pip said: {_pip_error(out)}")
+    if "ResolutionImpossible" in out or "conflict" in out.lower():
+        raise HarnessError(f"the harness's requirements conflict ({', '.join(asked)}); pip said: {_pip_error(out)}")
+    raise HarnessError(f"pip could not download the harness's requirements ({', '.join(asked)}) for "
+                       f"{target.describe()} (exit {proc.returncode}): {_pip_error(out)}")
+
+
+def _pip_error(out: str) -> str:
+    """pip's ERROR lines (the last 1,000 characters of them), else its output's tail."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("ERROR") or "conflict" in ln.lower()]
+    return ("\n".join(lines) or out)[-1000:].strip()

@@ -26,11 +26,13 @@ PER_PROJECT = 3
 def test_recipe_pins_enough_real_projects():
     recipe = load_recipe(REPO_ROOT / "evolve" / "recipes" / "default.yaml")
     assert recipe.name == "default"
-    assert len(recipe.projects) >= 5
+    assert len(recipe.projects) >= 12
     assert len({p.name for p in recipe.projects}) == len(recipe.projects)
     for p in recipe.projects:
         assert p.version and p.sha256 and len(p.sha256) == 64, p.name
-    assert len(recipe.projects) * recipe.per_project >= 40
+    # Enough for 150 search and 60 holdout tasks at the recipe's holdout fraction, with some margin.
+    most = sum(p.per_project or recipe.per_project for p in recipe.projects)
+    assert most * (1 - recipe.holdout_fraction) >= 160 and most * recipe.holdout_fraction >= 65
     assert set(SUBSET) <= {p.name for p in recipe.projects}
     assert find_recipe("default").resolve() == (REPO_ROOT / "evolve" / "recipes" / "default.yaml").resolve()
 
@@ -67,6 +69,10 @@ def test_every_default_task_is_resolved_by_its_patch_and_by_nothing_else(default
     assert len(tasks) == meta["tasks"] == len(SUBSET) * PER_PROJECT
     assert {t.repo_path for t in tasks} == {f"repos/{p}" for p in SUBSET}
     assert meta["mutants_tried"] >= len(tasks)
+    # No kind of bug takes more than a quarter of a project's tasks (at least one per kind).
+    for project in SUBSET:
+        ops = [t.model_extra["synth"]["operator"] for t in tasks if t.repo_path == f"repos/{project}"]
+        assert len(ops) == len(set(ops)), (project, ops)
     settings = EvalSettings(model="x", test_timeout_s=600)
     for task in tasks:
         assert leaks(task.problem_statement, task.patch) == [], task.instance_id

@@ -12,7 +12,6 @@ import pytest
 
 from evolve.errors import SynthError
 from evolve.synth.deps import detect
-from evolve.wheelhouse import WheelhouseError, resolve
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -54,18 +53,6 @@ def test_setup_cfg_and_the_default_build_backend(tmp_path):
     deps = detect(root)
     assert deps.requirements == ["six", "mock"]
     assert deps.build_requires == ["setuptools>=40.8.0", "wheel"]
-
-
-def test_wheelhouse_is_cached_and_names_what_cannot_be_resolved(tmp_path):
-    first = resolve(["iniconfig==2.0.0"], tmp_path)
-    assert first.wheels == ("iniconfig-2.0.0-py3-none-any.whl",)
-    again = resolve([" iniconfig==2.0.0 "], tmp_path)
-    assert again.path == first.path and again.digest() == first.digest()
-    assert [p.name for p in tmp_path.iterdir()] == [first.key]
-    with pytest.raises(WheelhouseError, match="'no-such-dist-evolve-test-zzz==1.0'.*CPython 3.11") as raised:
-        resolve(["no-such-dist-evolve-test-zzz==1.0"], tmp_path)
-    assert "No matching distribution" in str(raised.value) or "Could not find" in str(raised.value)
-    assert [p.name for p in tmp_path.iterdir()] == [first.key]  # nothing half-made is left
 
 
 CLOCK_PYPROJECT = '''[build-system]
@@ -187,3 +174,19 @@ def test_an_install_failure_names_the_step_and_quotes_pip(tmp_path, base_image, 
         synthesize(root, tmp_path / "evals" / "x", opts=SynthOptions(max_tasks=1))
     assert "broken on purpose" in str(raised.value)
     assert not (tmp_path / "evals").exists() or not list((tmp_path / "evals").iterdir())
+
+
+@pytest.mark.docker
+def test_a_requirement_without_a_wheel_is_named_before_any_install(tmp_path, base_image, monkeypatch):
+    from evolve.synth.env import SynthOptions
+    from evolve.synth.synthesize import synthesize
+
+    monkeypatch.setenv("EVOLVE_HOME", str(tmp_path / "home"))
+    root = _write(tmp_path / "p", {
+        "requirements-test.txt": "no-such-dist-evolve-test-zzz==1.0\n",
+        "p/__init__.py": "def f():\n    return 1\n",
+        "tests/test_f.py": "from p import f\n\n\ndef test_f():\n    assert f() == 1\n"})
+    with pytest.raises(SynthError, match="no-such-dist-evolve-test-zzz==1.0.*requirements-test.txt"
+                                         "|requirements-test.txt.*no-such-dist-evolve-test-zzz==1.0") as raised:
+        synthesize(root, tmp_path / "evals" / "x", opts=SynthOptions(max_tasks=1))
+    assert "--requirements" in str(raised.value)

@@ -210,8 +210,8 @@ def with_testenv(source: ProjectSource, env: SynthEnv, opts: SynthOptions,
 
     progress.phase(source.name, "environment", None)
     request = EnvRequest(extras=tuple(opts.extras), requirement_files=opts.requirement_files, setup=opts.setup_cmd)
-    made = prepare_image(env.client, env.image, source.root, source.name, request,
-                         evolve_home() / "cache" / "wheelhouse", run_id=env.run_id, limits=env.limits)
+    made = prepare_image(env.client, env.image, source.root, source.name, request, evolve_home(),
+                         run_id=env.run_id, limits=env.limits)
     progress.note(f"{source.name}: test environment {made.image} ({'cached' if made.cached else 'built'}); "
                   f"dependencies from {', '.join(made.deps.sources) or 'no file'}: "
                   f"{', '.join(made.deps.requirements) or 'none'}")

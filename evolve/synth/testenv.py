@@ -1,8 +1,9 @@
 """A per-project image holding a project's test dependencies, built offline; cached by its inputs.
 
 ``prepare_image`` reads the project's test dependencies (``evolve.synth.deps``),
-resolves them on the host into a wheelhouse (``evolve.wheelhouse``, pip's own
-resolver, for the sandbox image's Python), then, in a container of the base
+resolves them on the host into a wheelhouse (``evolve.wheelhouse``, shared with
+harness environments: pip's own resolver, wheels only, for the sandbox image's
+interpreter as probed in the image), then, in a container of the base
 image with no network, installs them, installs the project the way its
 developers do (``pip install -e .``, no build isolation, the build backend
 from the same wheelhouse) and runs ``--setup CMD`` if given
@@ -21,16 +22,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evolve.config import SandboxLimits
-from evolve.errors import InfraError, SynthError
+from evolve.errors import HarnessError, InfraError, SynthError
 from evolve.synth.deps import TestDeps, detect
 from evolve.synth.validate import tree_tar
-from evolve.wheelhouse import Target, Wheelhouse, resolve
+from evolve.wheelhouse import Target, Wheelhouse, glibc_platforms, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
@@ -71,15 +73,14 @@ class TestEnv:
 
 
 def prepare_image(client: "docker.DockerClient", base_image: str, root: Path, name: str, request: EnvRequest,
-                  cache: Path, *, run_id: str, limits: SandboxLimits | None = None,
-                  target: Target = Target()) -> TestEnv:
+                  home: Path, *, run_id: str, limits: SandboxLimits | None = None) -> TestEnv:
     """The test-environment image of the project tree at ``root`` (built unless cached); adds the
-    files the install generated to ``root``.
+    files the install generated to ``root``. Wheelhouses are kept under ``home/wheelhouses``.
 
     Raises:
         SynthError: bad extras/requirements (``deps.detect``); a requirement pip cannot resolve
-            into wheels for the image (``WheelhouseError``, which names it); the install or the
-            setup command failed (the message names the step and quotes pip's error).
+            into wheels for the image (the message names it); the install or the setup command
+            failed (the message names the step and quotes pip's error).
         InfraError: Docker failed.
     """
     from docker.errors import ImageNotFound
@@ -87,10 +88,18 @@ def prepare_image(client: "docker.DockerClient", base_image: str, root: Path, na
     deps = detect(root, extras=list(request.extras) or None,
                   requirement_files=[Path(f) for f in request.requirement_files]
                   if request.requirement_files is not None else None)
-    house = resolve(["pip", *deps.build_requires, *deps.requirements], cache, target)
+    target = image_target(client, base_image, run_id, limits)
+    try:
+        house = resolve(list(dict.fromkeys(deps.build_requires + deps.requirements)), target, home=home)
+    except HarnessError as e:
+        raise SynthError(f"cannot install the project's test dependencies (read from "
+                         f"{', '.join(deps.sources) or 'its build system'}): {e}\nFor evals synth: fix the "
+                         "project's requirement, or choose others with --requirements/--extras, or install it "
+                         "with --setup.") from None
     tree = tree_tar(root)
     base_id = client.images.get(base_image).id
-    key = hashlib.sha256(json.dumps({"base": base_id, "wheels": house.digest(), "setup": request.setup,
+    key = hashlib.sha256(json.dumps({"base": base_id, "wheelhouse": house.key, "wheels": house.wheels,
+                                     "setup": request.setup,
                                      "requirements": deps.requirements, "build": deps.build_requires,
                                      "tree": hashlib.sha256(tree).hexdigest(), "version": 1},
                                     sort_keys=True).encode()).hexdigest()[:16]
@@ -104,6 +113,43 @@ def prepare_image(client: "docker.DockerClient", base_image: str, root: Path, na
         cached = False
     paths = _add_generated(root, generated)
     return TestEnv(tag, deps, house.wheels, paths, cached)
+
+
+_TARGETS: dict[str, Target] = {}
+_PROBE = ("import json, os, platform, sys, sysconfig; print(json.dumps({'v': platform.python_version(), "
+          "'impl': sys.implementation.name, 'soabi': sysconfig.get_config_var('SOABI') or '', "
+          "'libc': os.confstr('CS_GNU_LIBC_VERSION') or '', 'machine': platform.machine()}))")
+
+
+def image_target(client, image: str, run_id: str, limits: SandboxLimits | None = None) -> Target:
+    """The interpreter of ``image``'s ``python3`` as a wheelhouse ``Target`` (asked in a container
+    once per image and process).
+
+    Raises:
+        SynthError: the image has no usable python3 or no glibc (manylinux wheels need one).
+        InfraError: Docker failed.
+    """
+    from evolve.sandbox.docker import Sandbox
+
+    image_id = client.images.get(image).id
+    if image_id in _TARGETS:
+        return _TARGETS[image_id]
+    with Sandbox(client, image, run_id=run_id, limits=limits or SandboxLimits()) as box:
+        res = box.exec(f"python3 -c {json.dumps(_PROBE)}", timeout_s=60)
+    try:
+        info = json.loads(res.output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SynthError(f"cannot ask the image {image} for its python3 (exit {res.exit_code}): "
+                         f"{res.output[-300:]}") from None
+    impl = {"cpython": "cp", "pypy": "pp"}.get(info["impl"], info["impl"])
+    abi_tag = re.match(r"cpython-(\d+t?)", info["soabi"])
+    abi = f"cp{abi_tag.group(1)}" if abi_tag else f"{impl}{''.join(info['v'].split('.')[:2])}"
+    glibc = info["libc"].removeprefix("glibc ").strip()
+    if not info["libc"].startswith("glibc"):
+        raise SynthError(f"the image {image} has no glibc ({info['libc'] or 'none found'}): test environments "
+                         "install manylinux wheels; use a Debian- or Ubuntu-based image")
+    _TARGETS[image_id] = Target(info["v"], impl, abi, glibc_platforms(glibc, info["machine"]))
+    return _TARGETS[image_id]
 
 
 def _tag_safe(name: str) -> str:
@@ -120,7 +166,8 @@ def _build(client, base_image: str, tag: str, tree: bytes, house: Wheelhouse, de
     wheels = io.BytesIO()
     with tarfile.open(fileobj=wheels, mode="w") as tar:
         for name in house.wheels:
-            tar.add(house.path / name, arcname=name)
+            tar.add(house.root / name, arcname=name)
+        tar.add(house.root / house.installer, arcname="_installer/" + Path(house.installer).name)
     files = {"requirements.txt": "\n".join(deps.build_requires + deps.requirements) + "\n",
              "setup.sh": (request.setup or "") + "\n", "install.sh": script("install_testenv.sh")}
     with Sandbox(client, base_image, run_id=run_id, limits=limits or SandboxLimits(), user="0:0") as box:

@@ -1,5 +1,5 @@
 # evolve synth: install a project's test environment into this container, offline (run as root).
-# Wheels are at /tmp/evolve-wheels (resolved on the host), the project at /testbed, the
+# Wheels are at /tmp/evolve-wheels (resolved on the host; pip's own wheel in _installer/), the project at /testbed, the
 # requirements in /tmp/evolve-testenv/requirements.txt, the optional setup command in
 # /tmp/evolve-testenv/setup.sh. Each step prints "EVOLVE-STEP <name>" first, so a failure names it.
 set -eu
@@ -8,7 +8,7 @@ E=/tmp/evolve-testenv
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$W PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
        PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1
 echo "EVOLVE-STEP pip"
-python3 "$(ls $W/pip-*.whl | head -1)/pip" install -q pip
+python3 "$(ls $W/_installer/pip-*.whl | head -1)/pip" install -q "$(ls $W/_installer/pip-*.whl | head -1)"
 echo "EVOLVE-STEP requirements"
 if [ -s $E/requirements.txt ]; then python3 -m pip install -q -r $E/requirements.txt; fi
 touch $E/stamp
