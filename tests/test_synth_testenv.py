@@ -190,3 +190,25 @@ def test_a_requirement_without_a_wheel_is_named_before_any_install(tmp_path, bas
                                          "|requirements-test.txt.*no-such-dist-evolve-test-zzz==1.0") as raised:
         synthesize(root, tmp_path / "evals" / "x", opts=SynthOptions(max_tasks=1))
     assert "--requirements" in str(raised.value)
+
+
+@pytest.mark.docker
+def test_a_recipe_project_that_needs_its_own_install(tmp_path, base_image, monkeypatch):
+    """click's tests read its installed metadata (importlib.metadata): without ``pip install -e .`` its
+    suite does not collect; with ``install: true`` in the recipe it builds tasks the grader accepts."""
+    from evolve.evalsets.registry import load_evalset
+    from evolve.synth.build import build
+
+    monkeypatch.setenv("EVOLVE_HOME", str(tmp_path / "home"))
+    recipe = tmp_path / "clicky.yaml"
+    recipe.write_text("name: clicky\nper_project: 1\nprojects:\n  - {name: click, version: 8.5.1, install: true, "
+                      "sha256: " + CLICK_SHA256 + "}\n")
+    meta = build(str(recipe), dest=tmp_path / "out")
+    env = meta["projects"]["click"]["testenv"]
+    assert env["image"].startswith("evolve-testenv-click:") and any(w.startswith("flit_core") for w in env["wheels"])
+    es = load_evalset(tmp_path / "out")
+    tasks = es.tasks("search") + es.tasks("holdout")
+    assert len(tasks) == 1 and tasks[0].image == env["image"]
+
+
+CLICK_SHA256 = "9bbfada76703fd1d784b83eea012e3e8c6a001a876543ef104fa56aaaeb072b4"

@@ -12,6 +12,8 @@ their tests; nothing third-party is committed, the build downloads it::
     projects:
       - {name: toolz, version: 1.2.0, sha256: 9667a0...}
       - {name: semver, version: 3.1.1, sha256: ...}    # src layout: PYTHONPATH=src added
+      - {name: click, version: 8.5.1, install: true}   # its test environment image: pip install -e .
+      - {name: humanize, version: ..., extras: [tests], setup: "..."}
 
 The build downloads every sdist first (``pip download --no-deps --no-binary
 :all:``, cached under ``$EVOLVE_HOME/cache/sdists`` and checked against
@@ -46,7 +48,7 @@ from evolve.synth.env import DEFAULT_TEST_CMD, ProjectSource, SynthEnv, SynthOpt
 from evolve.synth.mutation import mutation_tasks
 from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import require_tests, slug
-from evolve.synth.synthesize import Verifier
+from evolve.synth.synthesize import Verifier, with_testenv
 from evolve.types import Task
 
 __all__ = ["DownloadError", "ProjectSpec", "Recipe", "RecipeError", "build", "fetch_sdist", "find_recipe",
@@ -65,6 +67,17 @@ class ProjectSpec(BaseModel):
     """Of the sdist file; checked after download when given."""
     test_cmd: str | None = None
     per_project: int | None = Field(default=None, ge=1)
+    install: bool = False
+    """Build the project's test-environment image (``evolve.synth.testenv``); implied by the next three."""
+    extras: list[str] = Field(default_factory=list)
+    """Extras or dependency groups to install."""
+    requirements: list[str] | None = None
+    """Requirements files of the sdist to install instead of the detected ones."""
+    setup: str | None = None
+    """Shell command run in the project after the install (as root, no network)."""
+
+    def wants_env(self) -> bool:
+        return self.install or bool(self.extras) or self.requirements is not None or self.setup is not None
 
 
 class Recipe(BaseModel):
@@ -258,10 +271,16 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
                                            origin=f"pypi:{spec.name}=={spec.version}")
                     require_tests(source, where=f"the sdist of {spec.name}=={spec.version}")
                     opts = SynthOptions(seed=seed, max_tasks=per_project or spec.per_project or recipe.per_project,
-                                        workers=workers, holdout_fraction=recipe.holdout_fraction)
+                                        workers=workers, holdout_fraction=recipe.holdout_fraction,
+                                        install=spec.wants_env(), extras=tuple(spec.extras),
+                                        requirement_files=tuple(spec.requirements) if spec.requirements is not None
+                                        else None, setup_cmd=spec.setup)
                     stats: dict = {"version": spec.version, "sha256": _sha256(sdists[spec.name]),
                                    "test_cmd": source.test_cmd}
-                    project_tasks = mutation_tasks(source, writer.repo(name), env, opts, progress, stats)
+                    project_env = env
+                    if spec.wants_env():
+                        opts, project_env, stats["testenv"] = with_testenv(source, env, opts, progress)
+                    project_tasks = mutation_tasks(source, writer.repo(name), project_env, opts, progress, stats)
                     if len(project_tasks) < opts.max_tasks:
                         progress.note(f"{name}: {len(project_tasks)} of {opts.max_tasks} tasks validated")
                     checks += [(t, pool.submit(verifier.check, t)) for t in project_tasks]

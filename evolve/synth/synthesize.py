@@ -67,7 +67,8 @@ class Verifier:
         for attempt in retrying(f"grading {task.instance_id} ({'reference' if patch else 'empty'} patch)",
                                 retry_on=InfraError, attempts=VERIFY_ATTEMPTS, logger=log):
             with attempt:
-                box = Sandbox(self.env.client, self.env.image, run_id=self.env.run_id, limits=self.env.limits)
+                box = Sandbox(self.env.client, task.image or self.env.image, run_id=self.env.run_id,
+                              limits=self.env.limits)
                 try:
                     box.start()
                     return grade(box, task, repo_dir, patch, test_timeout_s=self.settings.test_timeout_s)

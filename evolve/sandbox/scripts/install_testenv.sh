@@ -7,6 +7,8 @@ W=/tmp/evolve-wheels
 E=/tmp/evolve-testenv
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=$W PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
        PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_NO_CACHE_DIR=1
+# The tree comes with mtime 0 (a reproducible tar); zip, hence every wheel builder, refuses dates before 1980.
+find /testbed -exec touch -c -h -d '1980-01-02 00:00:00' {} +
 echo "EVOLVE-STEP pip"
 python3 "$(ls $W/_installer/pip-*.whl | head -1)/pip" install -q "$(ls $W/_installer/pip-*.whl | head -1)"
 echo "EVOLVE-STEP requirements"
