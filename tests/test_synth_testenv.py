@@ -6,6 +6,7 @@ end to end and checked with the real grader."""
 from __future__ import annotations
 
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,8 @@ def test_days_until():
 
 
 @pytest.mark.docker
-def test_a_project_needing_freezegun_and_a_generated_version_file(tmp_path, base_image, docker_client, monkeypatch):
+def test_a_project_needing_freezegun_and_a_generated_version_file(tmp_path, base_image, docker_client, monkeypatch,
+                                                                  request):
     from evolve.config import EvalSettings
     from evolve.evalsets.registry import load_evalset
     from evolve.grading import grade
@@ -129,8 +131,10 @@ def test_a_project_needing_freezegun_and_a_generated_version_file(tmp_path, base
     from evolve.synth.synthesize import synthesize
 
     monkeypatch.setenv("EVOLVE_HOME", str(tmp_path / "home"))
+    # A tree of its own (the nonce), so that the first build is a build whatever an earlier run left.
     root = _write(tmp_path / "clocklib", {"pyproject.toml": CLOCK_PYPROJECT, "src/clocklib/__init__.py": CLOCK_LIB,
-                                          "tests/test_clock.py": CLOCK_TESTS, ".gitignore": "_version.py\n"})
+                                          "tests/test_clock.py": CLOCK_TESTS, ".gitignore": "_version.py\n",
+                                          "NONCE": uuid.uuid4().hex})
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
     subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"],
@@ -138,6 +142,7 @@ def test_a_project_needing_freezegun_and_a_generated_version_file(tmp_path, base
     dest = tmp_path / "evals" / "clock"
     meta = synthesize(root, dest, name="clocklib", opts=SynthOptions(max_tasks=2, seed=1, workers=2))
     env = meta["projects"]["clocklib"]["testenv"]
+    request.addfinalizer(lambda: docker_client.images.remove(env["image"], force=True))
     assert any(w.startswith("freezegun-") for w in env["wheels"]) and env["requirements"] == ["freezegun>=1.2"]
     assert "src/clocklib/_version.py" in env["generated"] and env["cached"] is False
     assert meta["tasks"] >= 1
