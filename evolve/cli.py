@@ -29,6 +29,9 @@ app.add_typer(evals_app, name="evals")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+EXECUTOR_HELP = ("Where task-runs execute: local (this machine's Docker engine) or ray (the nodes of a Ray cluster "
+                 "that declare the evolve_sandbox resource; see README \"Running on a cluster\").")
+RAY_ADDRESS_HELP = "Ray cluster address for --executor ray: auto, HOST:PORT or ray://HOST:10001."
 
 
 def _default(model, name: str) -> str:
@@ -78,10 +81,13 @@ def eval_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Ignore cached results (new ones are still stored)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Output folder."),
     show_tasks: bool = typer.Option(True, help="Print the per-task table at the end."),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Evaluate a harness on a split of an eval set, in Docker sandboxes."""
     from evolve.evalsets.registry import load_evalset
     from evolve.evaluate import Evaluation
+    from evolve.executors import make_executor
     from evolve.harness import resolve_harness
     from evolve.report import EvalProgressView, results_table, summary_table
     from evolve.session import eval_options, eval_session
@@ -91,15 +97,16 @@ def eval_cmd(
                                      max_cost_usd=max_cost_usd, mem_limit=mem, cpus=cpus)
     evalset = load_evalset(evals)
     resolved = resolve_harness(harness, workdir=runs_dir / "harnesses")
+    where = make_executor(executor, ray_address)
     with eval_session(model, _parse_params(model_param), workers=workers, api_base=api_base, temperature=temperature,
                       max_completion_tokens=max_completion_tokens, note=console.print) as session:
         settings = settings.model_copy(update={"model": session.solver.model, "model_params": session.solver.params})
         evaluation = Evaluation(evalset=evalset, split=split, harness=resolved, settings=settings, runs_dir=runs_dir,
                                 workers=session.workers, repeats=repeats, instance_ids=instance or None,
-                                use_cache=not no_cache)
+                                use_cache=not no_cache, executor=where)
         console.print(f"evaluating [bold]{resolved.source}[/] ({resolved.tree_hash[:12]}) on "
                       f"[bold]{evalset.name}/{split}[/]: {len(evaluation.tasks)} tasks x {repeats}, "
-                      f"model {settings.model}, {session.workers} workers -> {evaluation.run_dir}")
+                      f"model {settings.model}, {session.workers} workers ({where.kind}) -> {evaluation.run_dir}")
         view = EvalProgressView(console, len(evaluation.tasks) * repeats, "eval")
         evaluation.progress = view
         try:
@@ -324,6 +331,8 @@ def run_cmd(
         None, help=f"Solver tokens per task assumed by --dry-run (default "
                    f"{_default(DryRunAssumptions, 'solver_tokens_per_task')})."),
     runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+    executor: Optional[str] = typer.Option(None, help=EXECUTOR_HELP + " Default: executor.kind of evolve.yaml."),
+    ray_address: Optional[str] = typer.Option(None, help=RAY_ADDRESS_HELP + " Default: executor.address."),
 ) -> None:
     """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation."""
     from evolve.project import open_project
@@ -331,7 +340,8 @@ def run_cmd(
 
     project = open_project(config)
     cfg = with_overrides(project.config(), {"budget.generations": generations, "budget.budget_usd": budget_usd,
-                                            "budget.max_hours": max_hours, "evals.workers": workers})
+                                            "budget.max_hours": max_hours, "evals.workers": workers,
+                                            "executor.kind": executor, "executor.address": ray_address})
     runs = runs_dir or project.runs_dir
     if dry_run:
         console.print(dry_run_estimate(cfg, dry_run_assumptions(tokens_per_task=tokens_per_task)))

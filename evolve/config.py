@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -115,6 +115,20 @@ class RoleConfig(BaseModel):
     """USD per completion token, likewise (setting only one of the two makes the other 0)."""
 
 
+class ExecutorConfig(BaseModel):
+    """``executor:`` in evolve.yaml: where task-runs (agent phase plus grading) execute. Results,
+    cache and run state stay with the evaluating process whatever the executor (``evolve.executors``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ray"] = "local"
+    """``local``: threads of this process, on this machine's Docker engine. ``ray``: nodes of a Ray
+    cluster that declare the ``evolve_sandbox`` resource (install ``evolve[ray]``)."""
+    address: str = "auto"
+    """Ray cluster address, as ``ray.init(address=...)`` takes it: ``auto`` (the cluster this machine
+    belongs to), ``HOST:PORT`` of the head's GCS, or ``ray://HOST:10001``."""
+
+
 class ServeConfig(BaseModel):
     """A local OpenAI-compatible model server that ``evolve run`` starts and stops."""
 
@@ -209,6 +223,7 @@ class ProjectConfig(BaseModel):
     """Directory of the evolving harness, relative to the repo root."""
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     serve: ServeConfig | None = None
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     evals: EvalsConfig = Field(default_factory=EvalsConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     limits: Limits = Field(default_factory=Limits)

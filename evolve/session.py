@@ -72,7 +72,8 @@ def option_error(e: ValidationError, options: Mapping[str, str], what: str = "ba
 
 
 RUN_OPTIONS = {"budget.generations": "--generations", "budget.budget_usd": "--budget-usd",
-               "budget.max_hours": "--max-hours", "evals.workers": "--workers"}
+               "budget.max_hours": "--max-hours", "evals.workers": "--workers", "executor.kind": "--executor",
+               "executor.address": "--ray-address"}
 """The ``evolve run`` options that override ``evolve.yaml`` keys."""
 
 
