@@ -1,0 +1,133 @@
+"""`--executor ray` on a real Ray cluster on this machine: a head node and a worker node (``ray start``
+processes, tests/ray_cluster.py), each with one ``evolve_sandbox`` slot, sharing the Docker engine.
+
+Only the model's words are scripted (tests/fixtures/mini/solver.yaml). The evaluations run through
+the real CLI as separate processes, so this test process never imports Ray; the worker node is
+stopped by SIGKILL of all its processes while a task-run is on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SOLVER_SCRIPT
+from evolve.harness import template_dir
+
+pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+from ray_cluster import RayCluster, _session_pids  # noqa: E402
+
+pytestmark = pytest.mark.docker
+EVOLVE = str(Path(sys.executable).parent / "evolve")
+SCRIPTED = f"scripted/{SOLVER_SCRIPT}"
+COMPARED = ("resolved", "failure_class", "FAIL_TO_PASS", "PASS_TO_PASS", "model_patch", "integrity_flags",
+            "harness_exit_code", "usage")
+
+
+@pytest.fixture(scope="module")
+def cluster(base_image):
+    c = RayCluster(head_slots=1)
+    try:
+        c.start()
+        c.worker = c.add_node(1)
+        yield c
+    finally:
+        c.close()
+
+
+def evolve_eval(evalset: Path, harness: Path, runs: Path, *extra: str, background: bool = False):
+    cmd = [EVOLVE, "eval", "--harness", str(harness), "--evals", str(evalset), "--split", "search",
+           "--model", SCRIPTED, "--workers", "2", "--repeats", "2", "--runs-dir", str(runs), *extra]
+    env = {**os.environ, "COLUMNS": "200"}
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def results(runs: Path) -> tuple[Path, dict[tuple[str, int], dict]]:
+    run_dir = next(p for p in runs.iterdir() if p.name.startswith("eval-"))
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return run_dir, {(r["instance_id"], r["repeat"]): r for r in rows}
+
+
+def run_containers(client, run_id: str) -> list:
+    return client.api.containers(all=True, filters={"label": f"evolve.run={run_id}"})
+
+
+def test_importing_evolve_does_not_import_ray():
+    code = ("import sys, evolve.cli, evolve.evaluate, evolve.loop, evolve.executors, evolve.executors.local;"
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_client, tmp_path):
+    harness = template_dir("minimal")
+    evolve_eval(mini_evalset, harness, tmp_path / "local")
+    proc = evolve_eval(mini_evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address)
+    assert "(ray)" in proc.stdout
+    local_dir, local = results(tmp_path / "local")
+    ray_dir, remote = results(tmp_path / "ray")
+    assert set(remote) == set(local) and len(remote) == 4
+    for key, row in remote.items():
+        assert {k: row[k] for k in COMPARED} == {k: local[key][k] for k in COMPARED}, key
+        assert local[key]["node"] is None
+    assert remote[("mini__calc-1", 0)]["resolved"] and not remote[("mini__calc-2", 0)]["resolved"]
+    # Two task-runs at once, one slot per node: both nodes took some; the node is recorded per result.
+    assert {r["node"] for r in remote.values()} == set(cluster.node_ids())
+    # The worker's gateway traced every model call, and the files came back into the same layout.
+    for (iid, k), row in remote.items():
+        files = sorted(p.name for p in (ray_dir / "tasks" / iid / f"r{k}").iterdir())
+        assert files == sorted(p.name for p in (local_dir / "tasks" / iid / f"r{k}").iterdir())
+        trace = (ray_dir / "tasks" / iid / f"r{k}" / "trace.jsonl").read_text().splitlines()
+        assert len(trace) == row["usage"]["calls"] > 0
+    meta = json.loads((ray_dir / "run.json").read_text())
+    assert meta["executor"] == "ray" and meta["status"] == "finished"
+    assert not run_containers(docker_client, ray_dir.name)
+
+
+def test_worker_node_dying_mid_evaluation_loses_nothing(cluster, mini_evalset, docker_client, tmp_path):
+    """Runs last in this module: it kills the cluster's worker node."""
+    harness = tmp_path / "sleepy"
+    shutil.copytree(template_dir("minimal"), harness)
+    spec = (harness / "harness.yaml").read_text().replace("entrypoint: python3 agent.py",
+                                                           "entrypoint: sleep 12 && python3 agent.py")
+    (harness / "harness.yaml").write_text(spec)
+    head_id = next(i for i, alive in cluster.node_ids().items() if alive)
+    proc = evolve_eval(mini_evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address",
+                       cluster.address, background=True)
+    try:
+        # Wait until one of the worker node's processes has a container (its agent phase is running).
+        deadline, victim = time.monotonic() + 180, None
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            pids = {str(p) for p in _session_pids(cluster.worker.proc.pid)}
+            for c in docker_client.api.containers(filters={"label": "evolve.managed=1"}):
+                if c["Labels"].get("evolve.pid") in pids:
+                    victim = c
+            time.sleep(0.3)
+        assert victim is not None, "no task-run reached the worker node"
+        cluster.worker.kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    run_dir, rows = results(tmp_path / "ray")
+    assert victim["Labels"]["evolve.run"] == run_dir.name
+    # Every job has a scored result (the lost one was re-run elsewhere), with the usual outcomes.
+    assert len(rows) == 4 and not any(r["failure_class"] == "infra" for r in rows.values())
+    assert all(rows[("mini__calc-1", k)]["resolved"] and not rows[("mini__calc-2", k)]["resolved"] for k in (0, 1))
+    alive = cluster.node_ids()
+    assert alive[head_id] and not any(alive[n] for n in alive if n != head_id)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["scored"] == 4 and summary["infra"] == 0
+    # The dead node's container was swept with the run.
+    assert not run_containers(docker_client, run_dir.name)
