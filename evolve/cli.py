@@ -252,6 +252,8 @@ def evals_synth(
                                                    "evolve's base image (python3 + pytest)."),
     max_commits: int = typer.Option(300, help="History: commits examined, newest first."),
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP + " Used for the grader's check of each task."),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
     from evolve.evalsets.registry import evolve_home
@@ -265,7 +267,8 @@ def evals_synth(
     eval_name = slug(name or repo.expanduser().resolve().name)
     dest = out or evolve_home() / "evals" / eval_name
     opts = SynthOptions(seed=seed, max_tasks=max_tasks, workers=workers, test_cmd=test_cmd, image=image,
-                        max_commits=max_commits, suite_timeout_s=suite_timeout)
+                        max_commits=max_commits, suite_timeout_s=suite_timeout, executor=executor,
+                        ray_address=ray_address)
     try:
         with RichProgress(console) as progress:
             meta = synthesize(repo, dest, sources=sources, name=name, opts=opts, progress=progress)
@@ -282,6 +285,8 @@ def evals_build(
     projects: Optional[str] = typer.Option(None, help="Only these projects, comma-separated."),
     out: Optional[Path] = typer.Option(None, help="Output directory; default $EVOLVE_HOME/evals/NAME."),
     workers: int = typer.Option(2, min=1, help="Sandboxes validating at once."),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP + " Used for the grader's check of each task."),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Build an eval set from a recipe: download pinned PyPI projects, synthesize and validate tasks."""
     from evolve.synth.build import build
@@ -292,7 +297,7 @@ def evals_build(
     try:
         with RichProgress(console) as progress:
             meta = build(recipe, dest=out, seed=seed, per_project=per_project, projects=only, workers=workers,
-                         progress=progress)
+                         progress=progress, executor=executor, ray_address=ray_address)
     except KeyboardInterrupt:
         _synth_interrupted()
     print_synth_summary(console, meta, Path(meta["path"]))

@@ -94,6 +94,64 @@ def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_
     assert not run_containers(docker_client, ray_dir.name)
 
 
+def test_synth_validation_jobs_on_ray_keep_the_same_tasks(cluster, tmp_path):
+    from test_synth import make_project as make_lib
+
+    out = {}
+    for kind in ("local", "ray"):
+        extra = ["--executor", "ray", "--ray-address", cluster.address] if kind == "ray" else []
+        dest = tmp_path / kind / "tinylib"
+        proc = subprocess.run([EVOLVE, "evals", "synth", "--repo", str(make_lib(tmp_path / f"src-{kind}")),
+                               "--name", "tinylib", "--out", str(dest), "--max-tasks", "3", "--seed", "7", *extra],
+                              capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out[kind] = [(dest / f"{split}.jsonl").read_text() for split in ("search", "holdout")]
+    assert out["ray"] == out["local"] and "tinylib__mut-" in out["ray"][0] + out["ray"][1]
+
+
+def make_project(root: Path) -> Path:
+    """A user's repo made by `evolve init`, on the wide eval set, scripted models, two generations."""
+    import yaml
+
+    from conftest import FIXTURES, build_wide_evalset, write_wide_solver
+
+    evals = build_wide_evalset(root / "evals" / "wide")
+    solver = write_wide_solver(root / "solver.yaml")
+    repo = root / "proj"
+    subprocess.run([EVOLVE, "init", str(repo)], cwd=root, check=True, capture_output=True)
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    cfg["models"]["solver"]["model"] = f"scripted/{solver}"
+    cfg["models"]["optimizer"]["model"] = f"scripted/{FIXTURES / 'loop' / 'optimizer.yaml'}"
+    cfg["evals"].update(name=str(evals), workers=2, harness_timeout_s=120, test_timeout_s=120)
+    cfg["acceptance"]["rerun_discordant"] = 1
+    cfg["budget"]["generations"] = 2
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "configure"], cwd=repo,
+                   check=True)
+    return repo
+
+
+def test_run_decides_the_same_under_both_executors(cluster, base_image, tmp_path):
+    decisions = {}
+    for kind in ("local", "ray"):
+        repo = make_project(tmp_path / kind)
+        extra = ["--executor", "ray", "--ray-address", cluster.address] if kind == "ray" else []
+        proc = subprocess.run([EVOLVE, "run", *extra], cwd=repo, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        status = json.loads(subprocess.run([EVOLVE, "status", "--json"], cwd=repo, capture_output=True, text=True,
+                                           check=True).stdout)
+        state = status["state"]
+        decisions[kind] = {"gens": [(g["status"], g["delta"], sorted(g["fixed"]), sorted(g["broken"]))
+                                    for g in status["generations"]],
+                           "rates": (state["baseline_rate"], state["best_rate"], state["holdout"])}
+        evals = [json.loads(line) for p in (repo / "runs" / state["run_id"] / "evals").glob("*/results.jsonl")
+                 for line in p.read_text().splitlines()]
+        assert evals and all((r["node"] is None) == (kind == "local") for r in evals if not r["cached"])
+    assert decisions["ray"] == decisions["local"]
+    assert [g[0] for g in decisions["ray"]["gens"]] == ["accepted", "rejected"]
+
+
 def test_worker_node_dying_mid_evaluation_loses_nothing(cluster, mini_evalset, docker_client, tmp_path):
     """Runs last in this module: it kills the cluster's worker node."""
     harness = tmp_path / "sleepy"

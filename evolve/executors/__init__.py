@@ -44,6 +44,21 @@ class EvalWork:
     """``on_event(event, instance_id, repeat, detail)``: written to the run's events.jsonl."""
 
 
+@dataclass(frozen=True)
+class ValidationJob:
+    """One synthesis validation job (``evolve.synth.synthesize.validate_task``): grade ``task`` with
+    its reference patch and with the empty patch in fresh sandboxes of ``image``."""
+
+    task: "Task"
+    repo_dir: Path | None
+    """The task's repository on this machine (shipped to a node by the Ray executor)."""
+    image: str
+    run_id: str
+    limits: object
+    """``SandboxLimits``."""
+    test_timeout_s: float
+
+
 class Executor(Protocol):
     """Runs task-runs for one evaluation at a time: ``open``, then ``run`` from several threads at
     once, then ``close`` (``cancel`` first when the evaluation is interrupted)."""
@@ -66,6 +81,10 @@ class Executor(Protocol):
             ModelError: the model cannot be called at all.
             Cancelled, InfraError: only once ``work.stop`` is set.
         """
+
+    def validate(self, job: ValidationJob) -> str | None:
+        """Run one synthesis validation job; thread-safe, blocking, needs no ``open``. Returns
+        why the task is dropped, or None when it is valid."""
 
     def cancel(self) -> None:
         """Stop every running job now and remove its containers (after ``work.stop`` is set)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evolve.executors import EvalWork
+import threading
+
+from evolve.executors import EvalWork, ValidationJob
 from evolve.taskrun import Files, Job, TaskContext, run_task
 from evolve.types import TaskResult
 
@@ -18,6 +20,8 @@ class LocalExecutor:
     def __init__(self) -> None:
         self._ctx: TaskContext | None = None
         self._close_backend = lambda: None
+        self._client = None
+        self._lock = threading.Lock()
 
     def open(self, work: EvalWork) -> None:
         from evolve.models import backend_for
@@ -35,6 +39,15 @@ class LocalExecutor:
     def run(self, job: Job, scratch: Path) -> tuple[TaskResult, Files]:
         assert self._ctx is not None, "open() first"
         return run_task(self._ctx, job, scratch)
+
+    def validate(self, job: ValidationJob) -> str | None:
+        from evolve.sandbox.docker import docker_client
+        from evolve.synth.synthesize import validate_task
+
+        with self._lock:
+            if self._client is None:
+                self._client = docker_client()
+        return validate_task(self._client, job)
 
     def cancel(self) -> None:
         from evolve.sandbox.docker import sweep_run

@@ -33,7 +33,7 @@ from pathlib import Path
 import ray
 
 from evolve.errors import ConfigError
-from evolve.executors import EvalWork
+from evolve.executors import EvalWork, ValidationJob
 from evolve.executors import ray_node
 from evolve.taskrun import Cancelled, Files, Job, infra_result
 from evolve.types import TaskResult
@@ -63,6 +63,11 @@ def _task_run(spec: dict, tasks: dict, instance_id: str, repeat: int, key: str) 
     return out
 
 
+@ray.remote(num_cpus=0, resources={RESOURCE: 1}, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
+def _validate(job, repo) -> str | None:
+    return ray_node.validate_remote(job, repo, fetch=ray.get)
+
+
 @ray.remote(num_cpus=0)
 def _sweep(run_id: str) -> int:
     return ray_node.sweep(run_id)
@@ -81,6 +86,8 @@ class RayExecutor:
         self._tasks = None
         self._running: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._repos: dict[str, tuple[str, list]] = {}
+        self._connected = False
 
     def connect(self) -> None:
         """Join the cluster once per process.
@@ -88,6 +95,8 @@ class RayExecutor:
         Raises:
             ConfigError: no cluster answers at ``address``, or no node declares ``evolve_sandbox``.
         """
+        if self._connected:
+            return
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
@@ -99,6 +108,7 @@ class RayExecutor:
         if ray.cluster_resources().get(RESOURCE, 0) < 1:
             raise ConfigError(f"no node of the Ray cluster declares the resource {RESOURCE!r}: start nodes that "
                               f"have a Docker engine with `ray start ... --resources='{{\"{RESOURCE}\": N}}'`")
+        self._connected = True
 
     def open(self, work: EvalWork) -> None:
         self.connect()
@@ -145,6 +155,28 @@ class RayExecutor:
             work.on_event(*event)
         result: TaskResult = out["result"].model_copy(update={"node": out["node"]})
         return result, out["files"]
+
+    def validate(self, job: ValidationJob) -> str | None:
+        """As ``LocalExecutor.validate``, on a node with a free ``evolve_sandbox``. Each repository
+        is put once per executor (by path: synthesis writes it before validating). A node lost
+        ``SYSTEM_RETRIES + 1`` times drops the task with the reason, as a grader infrastructure error does."""
+        with self._lock:
+            self.connect()
+            repo = None
+            if job.repo_dir is not None:
+                path = str(job.repo_dir)
+                if path not in self._repos:
+                    data = ray_node.tar_dir(job.repo_dir)
+                    self._repos[path] = ("repo-" + hashlib.sha256(data).hexdigest()[:24], [ray.put(data)])
+                repo = self._repos[path]
+        import dataclasses
+
+        try:
+            return ray.get(_validate.remote(dataclasses.replace(job, repo_dir=None), repo))
+        except ray.exceptions.RayTaskError as e:
+            raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+        except ray.exceptions.RayError as e:
+            return f"grader infrastructure error: ray: {type(e).__name__}: {str(e)[:300]}"
 
     def cancel(self) -> None:
         with self._lock:

@@ -136,6 +136,20 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
     return {"result": result, "files": out, "events": events}
 
 
+def validate_remote(job, repo: tuple[str, list] | None, fetch: Callable[[Any], bytes]) -> str | None:
+    """``synth.synthesize.validate_task`` of ``job`` on this node, its repository unpacked from
+    ``repo`` (``(key, [ObjectRef])``, or None when the image holds it)."""
+    import dataclasses
+
+    from evolve.synth.synthesize import validate_task
+
+    n = node()
+    with n.lock:
+        repo_dir = n.tree(repo[0], repo[1], fetch) if repo else None
+        image = n.image(job.image)
+    return validate_task(n.client, dataclasses.replace(job, repo_dir=repo_dir, image=image))
+
+
 def sweep(run_id: str) -> int:
     """Remove this node's containers of ``run_id`` (after background removals finished)."""
     from evolve.sandbox.docker import sweep_run, wait_removals

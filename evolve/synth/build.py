@@ -203,8 +203,10 @@ def _test_cmd(spec: ProjectSpec, recipe: Recipe, root: Path) -> str:
 
 def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None, per_project: int | None = None,
           projects: list[str] | None = None, workers: int = 2, progress: SynthProgress | None = None,
-          env: SynthEnv | None = None, cache: Path | None = None) -> dict:
+          env: SynthEnv | None = None, cache: Path | None = None, executor: str = "local",
+          ray_address: str = "auto") -> dict:
     """Build the eval set of a recipe; returns the metadata written to its ``synth.json``.
+    ``executor``/``ray_address``: where the grader's check of each task runs (``synthesize.verify``).
 
     Raises:
         RecipeError: no such recipe, bad recipe, unknown project names.
@@ -259,7 +261,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
                     progress.note(f"{name}: {len(project_tasks)} of {opts.max_tasks} tasks validated")
                 tasks += project_tasks
                 meta_projects[name] = stats
-            vopts = SynthOptions(workers=workers)
+            vopts = SynthOptions(workers=workers, executor=executor, ray_address=ray_address)
             kept, dropped = verify(tasks, writer.root, env, vopts, progress, label=recipe.name)
             if not kept:
                 raise SynthError(f"no task of recipe {recipe.name!r} passed the grader's check: "

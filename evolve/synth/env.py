@@ -64,6 +64,10 @@ class SynthOptions:
     max_commits: int = 300
     """History: commits examined, newest first along the first-parent chain."""
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    executor: str = "local"
+    """Where ``verify``'s validation jobs run: ``local`` or ``ray`` (``evolve.executors``)."""
+    ray_address: str = "auto"
+    """The Ray cluster's address for ``executor="ray"``."""
 
     def candidate_cap(self) -> int:
         return self.max_candidates if self.max_candidates is not None else 10 * self.max_tasks + 20

@@ -26,6 +26,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from evolve import owner
 from evolve.config import EvalSettings
@@ -36,6 +37,9 @@ from evolve.synth.mutation import mutation_tasks
 from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import project_from_path
 from evolve.types import Task
+
+if TYPE_CHECKING:
+    from evolve.executors import ValidationJob
 
 __all__ = ["VERIFY_ATTEMPTS", "synthesize", "verify"]
 
@@ -49,41 +53,56 @@ retried with ``evolve.retry``'s backoff, each retry logged."""
 # -- verification with the real grader ---------------------------------------------------------
 
 
-def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: SynthProgress,
-           label: str = "") -> tuple[list[Task], dict[str, str]]:
-    """The tasks the real grader resolves with their reference patch and not with the empty patch
-    (every FAIL_TO_PASS failing); and why each other task was dropped."""
+def validate_task(client, job: "ValidationJob") -> str | None:
+    """One synthesis validation job: grade ``job.task`` with its reference patch, then (when that
+    resolves it) with the empty patch, each in a fresh sandbox of ``client``'s engine, each tried
+    ``VERIFY_ATTEMPTS`` times on infrastructure errors. Returns why the task is dropped, or None
+    when the real grader resolves it with the reference patch only and every FAIL_TO_PASS test
+    fails without it."""
     from evolve.grading import grade
     from evolve.sandbox.docker import Sandbox
 
-    settings = EvalSettings(model="evolve-synth", test_timeout_s=opts.suite_timeout_s, sandbox=env.limits)
-    progress.phase(label, "grading", 2 * len(tasks))
-    dropped: dict[str, str] = {}
+    task = job.task
 
-    def graded(task: Task, repo_dir: Path | None, patch: str):
+    def graded(patch: str):
         for attempt in retrying(f"grading {task.instance_id} ({'reference' if patch else 'empty'} patch)",
                                 retry_on=InfraError, attempts=VERIFY_ATTEMPTS, logger=log):
             with attempt:
-                with Sandbox(env.client, env.image, run_id=env.run_id, limits=env.limits) as box:
-                    return grade(box, task, repo_dir, patch, test_timeout_s=settings.test_timeout_s)
+                with Sandbox(client, job.image, run_id=job.run_id, limits=job.limits) as box:
+                    return grade(box, task, job.repo_dir, patch, test_timeout_s=job.test_timeout_s)
+
+    try:
+        ref = graded(task.patch)
+        if not ref.resolved:
+            bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
+            return f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
+        empty = graded("")
+    except InfraError as e:
+        return f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
+    passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
+    if empty.resolved or passing:
+        return f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
+    return None
+
+
+def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: SynthProgress,
+           label: str = "") -> tuple[list[Task], dict[str, str]]:
+    """The tasks the real grader resolves with their reference patch and not with the empty patch
+    (every FAIL_TO_PASS failing); and why each other task was dropped. Each task is one validation
+    job (``validate_task``) on ``opts.executor`` (``evolve.executors``: here, or a Ray cluster)."""
+    from evolve.executors import ValidationJob, make_executor
+
+    executor = make_executor(opts.executor, opts.ray_address)
+    progress.phase(label, "grading", 2 * len(tasks))
+    dropped: dict[str, str] = {}
 
     def check(task: Task) -> tuple[Task, str | None]:
         repo_dir = (root / task.repo_path).resolve() if task.repo_path else None
-        try:
-            ref = graded(task, repo_dir, task.patch)
-            progress.advance()
-            if not ref.resolved:
-                bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
-                progress.advance()
-                return task, f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
-            empty = graded(task, repo_dir, "")
-        except InfraError as e:
-            return task, f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
+        reason = executor.validate(ValidationJob(task=task, repo_dir=repo_dir, image=env.image, run_id=env.run_id,
+                                                 limits=env.limits, test_timeout_s=opts.suite_timeout_s))
         progress.advance()
-        passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
-        if empty.resolved or passing:
-            return task, f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
-        return task, None
+        progress.advance()
+        return task, reason
 
     kept: list[Task] = []
     with ThreadPoolExecutor(max_workers=max(1, opts.workers), thread_name_prefix="evolve-verify") as pool:
