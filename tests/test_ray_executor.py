@@ -144,7 +144,8 @@ def test_run_decides_the_same_under_both_executors(cluster, base_image, tmp_path
         state = status["state"]
         decisions[kind] = {"gens": [(g["status"], g["delta"], sorted(g["fixed"]), sorted(g["broken"]))
                                     for g in status["generations"]],
-                           "rates": (state["baseline_rate"], state["best_rate"], state["holdout"])}
+                           "rates": (state["baseline_rate"], state["best_rate"], state["holdout"]["baseline"],
+                                     state["holdout"]["best"])}
         evals = [json.loads(line) for p in (repo / "runs" / state["run_id"] / "evals").glob("*/results.jsonl")
                  for line in p.read_text().splitlines()]
         assert evals and all((r["node"] is None) == (kind == "local") for r in evals if not r["cached"])

@@ -99,8 +99,9 @@ class RayExecutor:
             return
         if not ray.is_initialized():
             try:
+                env = forwarded_env()  # no runtime env at all when there is nothing to forward: quicker workers
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
-                         runtime_env={"env_vars": forwarded_env()})
+                         **({"runtime_env": {"env_vars": env}} if env else {}))
             except (ConnectionError, RuntimeError) as e:
                 raise ConfigError(f"no Ray cluster at {self.address!r} ({e}). Start one (`ray start --head "
                                   f"--resources='{{\"{RESOURCE}\": 2}}'`, see README \"Running on a cluster\") "
