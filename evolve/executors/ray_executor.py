@@ -114,13 +114,10 @@ class RayExecutor:
     def open(self, work: EvalWork) -> None:
         self.connect()
         harness = work.harness
-        # Put once, referenced by every task-run of the evaluation (wrapped in lists: fetched lazily).
+        # Put once, referenced by every task-run (wrapped in lists: fetched lazily). A repository is
+        # put once per executor, so every evaluation of an `evolve run` shares it.
         harness_tar = ray_node.tar_dir(harness.root)
-        repos = {}
-        for t in work.tasks:
-            if t.repo_path and t.repo_path not in repos:
-                data = ray_node.tar_dir(work.evalset.repo_dir(t))
-                repos[t.repo_path] = ("repo-" + hashlib.sha256(data).hexdigest()[:24], [ray.put(data)])
+        repos = {t.repo_path: self._repo(work.evalset.repo_dir(t)) for t in work.tasks if t.repo_path}
         self._spec = {"run_id": work.run_id, "settings": work.settings, "harness_key": "harness-" + harness.tree_hash,
                       "harness_ref": [ray.put(harness_tar)], "harness_spec": harness.spec.model_dump(),
                       "tree_hash": harness.tree_hash, "source": harness.source, "repos": repos}
@@ -163,13 +160,7 @@ class RayExecutor:
         ``SYSTEM_RETRIES + 1`` times drops the task with the reason, as a grader infrastructure error does."""
         with self._lock:
             self.connect()
-            repo = None
-            if job.repo_dir is not None:
-                path = str(job.repo_dir)
-                if path not in self._repos:
-                    data = ray_node.tar_dir(job.repo_dir)
-                    self._repos[path] = ("repo-" + hashlib.sha256(data).hexdigest()[:24], [ray.put(data)])
-                repo = self._repos[path]
+        repo = self._repo(job.repo_dir) if job.repo_dir is not None else None
         import dataclasses
 
         try:
@@ -178,6 +169,16 @@ class RayExecutor:
             raise (e.cause if isinstance(e.cause, BaseException) else e) from None
         except ray.exceptions.RayError as e:
             return f"grader infrastructure error: ray: {type(e).__name__}: {str(e)[:300]}"
+
+    def _repo(self, repo_dir: Path) -> tuple[str, list]:
+        """``(key, [ObjectRef])`` of the tar of ``repo_dir``, put on first need (by path: eval sets
+        and synthesized repositories are not rewritten while evolve uses them)."""
+        path = str(repo_dir)
+        with self._lock:
+            if path not in self._repos:
+                data = ray_node.tar_dir(repo_dir)
+                self._repos[path] = ("repo-" + hashlib.sha256(data).hexdigest()[:24], [ray.put(data)])
+            return self._repos[path]
 
     def cancel(self) -> None:
         with self._lock:
