@@ -69,6 +69,12 @@ def test_importing_evolve_does_not_import_ray():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_unknown_executor_is_a_clear_error(mini_evalset, tmp_path):
+    proc = subprocess.run([EVOLVE, "eval", "--evals", str(mini_evalset), "--executor", "slurm", "--model", SCRIPTED,
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "unknown executor 'slurm'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_client, tmp_path):
     harness = template_dir("minimal")
     evolve_eval(mini_evalset, harness, tmp_path / "local")
@@ -184,6 +190,13 @@ def test_worker_node_dying_mid_evaluation_loses_nothing(cluster, mini_evalset, d
     # Every job has a scored result (the lost one was re-run elsewhere), with the usual outcomes.
     assert len(rows) == 4 and not any(r["failure_class"] == "infra" for r in rows.values())
     assert all(rows[("mini__calc-1", k)]["resolved"] and not rows[("mini__calc-2", k)]["resolved"] for k in (0, 1))
+    # The lost task-run was infrastructure: an event, then a second try on the head node.
+    retries = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+               if e["event"] == "infra_retry"]
+    assert retries and all(e["detail"].startswith("ray attempt 1:") for e in retries)
+    for e in retries:
+        row = rows[(e["instance_id"], e["repeat"])]
+        assert row["attempts"] >= 2 and row["node"] == head_id
     alive = cluster.node_ids()
     assert alive[head_id] and not any(alive[n] for n in alive if n != head_id)
     summary = json.loads((run_dir / "summary.json").read_text())

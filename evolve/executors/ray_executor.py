@@ -13,9 +13,10 @@ process named in ``forwarded_env``), never a container. Back to the head come th
 the files (trace, trajectory, patch, test output) and the retry events, which the evaluation writes
 into the same ``runs/`` and cache layout as the local executor; the result records the node's id.
 
-Failures: Ray re-runs a task-run whose worker or node died (``SYSTEM_RETRIES`` times, on any node
-with a free ``evolve_sandbox``); when that is used up the result is ``infra`` (not cached, so
-``evolve run --resume`` and the next ``evolve eval`` evaluate it again). A finished result is
+Failures: a task-run whose worker or node died is infrastructure: an ``infra_retry`` event, then
+submitted again on any node with a free ``evolve_sandbox`` (``SYSTEM_RETRIES`` times); when that is
+used up the result is ``infra`` (not cached, so ``evolve run --resume`` and the next ``evolve
+eval`` evaluate it again). A finished result is
 written on the head as soon as it arrives, so a node dying later loses nothing. Containers carry
 ``sandbox.docker.run_labels`` (owner = the worker process), so each node's next evolve worker
 sweeps what a killed one left (``sweep_stale``), and ``close`` sweeps the run on every node.
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 RESOURCE = "evolve_sandbox"
 """The custom resource a node declares for each task-run it may hold at once."""
 SYSTEM_RETRIES = 4
-"""Times Ray re-runs a task-run whose worker process or node died before it is ``infra``."""
+"""Times a task-run whose worker process or node died is submitted again before it is ``infra``."""
 FORWARDED_ENV = re.compile(r"^(?:[A-Z0-9_]+_API_(?:KEY|BASE|VERSION)|[A-Z0-9_]+_BASE_URL|LITELLM_[A-Z0-9_]+|"
                            r"AWS_[A-Z0-9_]+|AZURE_[A-Z0-9_]+|VERTEXAI_[A-Z0-9_]+|GOOGLE_APPLICATION_CREDENTIALS)$")
 """Variables of the evaluating process passed to every worker's environment (the job's runtime env),
@@ -56,7 +57,7 @@ def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in environ.items() if FORWARDED_ENV.match(k)}
 
 
-@ray.remote(num_cpus=0, resources={RESOURCE: 1}, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
+@ray.remote(num_cpus=0, resources={RESOURCE: 1}, max_retries=0)  # retried by RayExecutor.run, with an event
 def _task_run(spec: dict, tasks: dict, instance_id: str, repeat: int, key: str) -> dict:
     out = ray_node.run_remote(spec, tasks, instance_id, repeat, key, fetch=ray.get)
     out["node"] = ray.get_runtime_context().get_node_id()
@@ -125,34 +126,43 @@ class RayExecutor:
         self._work = work
 
     def run(self, job: Job, scratch: Path) -> tuple[TaskResult, Files]:
+        """As ``Executor.run``. A task-run whose worker process or node died is infrastructure: it
+        is written as an ``infra_retry`` event and submitted again (Ray places it on a node with a
+        free slot, the dead one excluded once the cluster notices), ``SYSTEM_RETRIES`` times;
+        then the result is ``infra``. The result's ``attempts`` counts these tries too."""
         work = self._work
         assert work is not None and self._spec is not None, "open() first"
-        if work.stop.is_set():
-            raise Cancelled()
-        ref = _task_run.remote(self._spec, self._tasks, job.task.instance_id, job.repeat, job.key)
-        with self._lock:
-            self._running[job.key] = ref
-        try:
-            out = ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
+        iid, errors = job.task.instance_id, []
+        for n in range(1, SYSTEM_RETRIES + 2):
             if work.stop.is_set():
-                raise Cancelled() from None
-            cause = e.cause if isinstance(e.cause, BaseException) else e
-            raise cause from None  # ModelError, a bug: as the local executor raises it
-        except ray.exceptions.RayError as e:  # WorkerCrashedError, NodeDiedError, TaskCancelledError ...
-            if work.stop.is_set():
-                raise Cancelled() from None
-            # The worker or its node died SYSTEM_RETRIES + 1 times: infrastructure, not the agent's doing.
-            log.warning("task-run %s r%d lost on the cluster: %s", job.task.instance_id, job.repeat, e)
-            return infra_result(job, f"ray: {type(e).__name__}: {str(e)[:500]}",
-                                attempts=SYSTEM_RETRIES + 1), {}
-        finally:
+                raise Cancelled()
+            ref = _task_run.remote(self._spec, self._tasks, iid, job.repeat, job.key)
             with self._lock:
-                self._running.pop(job.key, None)
+                self._running[job.key] = ref
+            try:
+                out = ray.get(ref)
+                break
+            except ray.exceptions.RayTaskError as e:
+                if work.stop.is_set():
+                    raise Cancelled() from None
+                cause = e.cause if isinstance(e.cause, BaseException) else e
+                raise cause from None  # ModelError, a bug: as the local executor raises it
+            except ray.exceptions.RayError as e:  # WorkerCrashedError, NodeDiedError, TaskCancelledError ...
+                if work.stop.is_set():
+                    raise Cancelled() from None
+                errors.append(f"ray attempt {n}: {type(e).__name__}: {str(e)[:300]}")
+                log.warning("task-run %s r%d lost on the cluster: %s", iid, job.repeat, errors[-1])
+                if n > SYSTEM_RETRIES:
+                    return infra_result(job, "; ".join(errors[-3:]), attempts=len(errors)), {}
+                work.on_event("infra_retry", iid, job.repeat, errors[-1])
+                work.stop.wait(min(2.0 ** n, 16.0))  # time for the cluster to notice a dead node
+            finally:
+                with self._lock:
+                    self._running.pop(job.key, None)
         for event in out["events"]:
             work.on_event(*event)
-        result: TaskResult = out["result"].model_copy(update={"node": out["node"]})
-        return result, out["files"]
+        result: TaskResult = out["result"]
+        return result.model_copy(update={"node": out["node"], "attempts": result.attempts + len(errors)}), out["files"]
 
     def validate(self, job: ValidationJob) -> str | None:
         """As ``LocalExecutor.validate``, on a node with a free ``evolve_sandbox``. Each repository
