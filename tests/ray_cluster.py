@@ -123,6 +123,14 @@ class RayCluster:
                            check=True)
         return json.loads(r.stdout.strip().splitlines()[-1])
 
+    def head_id(self) -> str:
+        """The head node's id (the node holding Ray's ``node:__internal_head__`` resource)."""
+        code = (f"import ray; ray.init(address={self.address!r}, logging_level='ERROR');"
+                "print(next(n['NodeID'] for n in ray.nodes() if 'node:__internal_head__' in n['Resources']))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env, timeout=60,
+                           check=True)
+        return r.stdout.strip().splitlines()[-1]
+
     def _wait(self, n_alive: int, timeout: float = 120) -> None:
         """Until ``n_alive`` nodes are alive (asked through ``ray.nodes()`` in a subprocess)."""
         code = (f"import ray, json; ray.init(address={self.address!r}, logging_level='ERROR');"

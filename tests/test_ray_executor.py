@@ -166,7 +166,7 @@ def test_worker_node_dying_mid_evaluation_loses_nothing(cluster, mini_evalset, d
     spec = (harness / "harness.yaml").read_text().replace("entrypoint: python3 agent.py",
                                                            "entrypoint: sleep 12 && python3 agent.py")
     (harness / "harness.yaml").write_text(spec)
-    head_id = next(i for i, alive in cluster.node_ids().items() if alive)
+    head_id = cluster.head_id()
     proc = evolve_eval(mini_evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address",
                        cluster.address, background=True)
     try:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evolve import owner
-from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.retry import retrying
 from evolve.synth.env import ProjectSource, SynthEnv, SynthError, SynthOptions, SynthProgress
