@@ -216,8 +216,11 @@ class ProjectConfig(BaseModel):
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
     protected_paths: list[str] = Field(default_factory=lambda: ["evolve.yaml", "evals/**", "runs/**",
-                                                                ".git/**", ".github/**"])
-    """Glob patterns (repo-relative) the optimizer may never edit."""
+                                                                ".git/**", ".github/**", "**/harness.yaml",
+                                                                "**/requirements*.txt"])
+    """Glob patterns (repo-relative) the optimizer may never edit. ``harness.yaml`` and
+    ``requirements*.txt`` are here so that a candidate can't change the harness's requirements,
+    image or entrypoint (``evolve.harness_env``); drop them to let it."""
 
 
 def load_project_config(path) -> ProjectConfig:

@@ -30,6 +30,7 @@ from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, Tas
 
 if TYPE_CHECKING:
     from evolve.grading import Grade
+    from evolve.harness_env import HarnessEnv
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class Evaluation:
         store.remove_orphans(self.run_dir)
         images = {t.image for t in self.tasks}
         self.images = {img: ensure_image(client, img) for img in images}
+        self.agent_envs = self._agent_envs(client, ensure_image)
         self._write_meta("running")
         store.append_jsonl(self.run_dir / "events.jsonl", {"ts": store.now_iso(), "event": "start",
                                                            "jobs": len(self.tasks) * self.repeats})
@@ -252,6 +254,23 @@ class Evaluation:
             wait_removals(self.run_id)  # containers removed in the background
             sweep_run(client, self.run_id)
         return self._finish(start, interrupted=interrupted)
+
+    def _agent_envs(self, client, ensure_image) -> dict[str, tuple[str, "HarnessEnv | None"]]:
+        """``{task image: (agent-phase image, harness environment or None)}``, every environment
+        built (or found in the cache) before any task runs (``evolve.harness_env``).
+
+        Raises:
+            HarnessError: a bad requirement, or an image whose python3 can't run them.
+        """
+        from evolve.evalsets.registry import evolve_home
+        from evolve.harness_env import agent_image, prepare
+
+        out = {}
+        for task_image, ref in self.images.items():
+            image = ensure_image(client, agent_image(self.harness, ref))
+            out[task_image] = (image, prepare(client, self.harness, image, home=evolve_home(),
+                                              limits=self.settings.sandbox, log=log.info))
+        return out
 
     def _finish(self, start: float, *, interrupted: bool, error: str | None = None) -> EvalReport:
         report = EvalReport(run_id=self.run_id, run_dir=self.run_dir, evalset=self.evalset.name,
@@ -331,6 +350,13 @@ class Evaluation:
         def sandbox(mounts: dict[str, str] | None = None) -> Sandbox:
             return Sandbox(client, image, run_id=self.run_id, limits=self.settings.sandbox, mounts=mounts)
 
+        agent_image, env = self.agent_envs[task.image]
+
+        def agent_sandbox(mounts: dict[str, str] | None = None) -> Sandbox:
+            """The agent phase's: the harness's image if it names one, its environment mounted read-only."""
+            return Sandbox(client, agent_image, run_id=self.run_id, limits=self.settings.sandbox,
+                           mounts={**(mounts or {}), **(env.mounts() if env else {})})
+
         files: dict[str, str | bytes | Path] = {}
         base = dict(instance_id=task.instance_id, repeat=job.repeat, key=job.key)
         errors: list[str] = []
@@ -338,11 +364,12 @@ class Evaluation:
         grader = PreparedGrader(sandbox)
         grader.start()
         try:
-            return self._phases(task, job, start, repo_dir, sandbox, grader, backend, base, errors, files, scratch)
+            return self._phases(task, job, start, repo_dir, (agent_sandbox, env), sandbox, grader, backend, base,
+                                errors, files, scratch)
         finally:
             grader.discard()
 
-    def _phases(self, task: Task, job: _Job, start: float, repo_dir, sandbox, grader, backend, base: dict,
+    def _phases(self, task: Task, job: _Job, start: float, repo_dir, agent, sandbox, grader, backend, base: dict,
                 errors: list[str], files: dict, scratch: Path) -> tuple[TaskResult, dict[str, str | bytes | Path]]:
         from evolve.grading import grade
         from evolve.runner import run_agent
@@ -356,7 +383,9 @@ class Evaluation:
                     trace = scratch / f"trace-{n}.jsonl"
                     run = None
                     try:
-                        run = run_agent(sandbox, task, repo_dir, self.harness, backend, self.settings, trace)
+                        agent_sandbox, env = agent
+                        run = run_agent(agent_sandbox, task, repo_dir, self.harness, backend, self.settings, trace,
+                                        harness_env=env)
                     except InfraError as e:
                         errors.append(f"agent attempt {n}: {e}")
                         raise

@@ -7,6 +7,8 @@ The container layout the harness sees (its contract):
     /evolve/task.json        {"instance_id", "problem_statement", "repo", "base_commit"}
     /evolve/output/          trajectory.json goes here
     /evolve/gw/gateway.sock  the model gateway (OpenAI chat completions over HTTP)
+    /evolve/env/             the harness's environment, read-only, when it declares requirements
+                             (``evolve.harness_env``; its bin/ is first on the harness's PATH)
 
 Environment: EVOLVE_TASK_FILE, EVOLVE_OUTPUT_DIR, EVOLVE_GATEWAY_SOCKET,
 EVOLVE_REPO and EVOLVE_MODEL. No network, no API key: the only way out is the
@@ -29,6 +31,7 @@ from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.gateway import Gateway
 from evolve.harness import Harness
+from evolve.harness_env import HarnessEnv
 from evolve.models import ModelBackend
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
 from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, TakenPatch, collect_script, print_collected_script,
@@ -96,8 +99,12 @@ class _Outputs:
 
 
 def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harness,
-              backend: ModelBackend, settings: EvalSettings, trace_path: Path) -> AgentRun:
+              backend: ModelBackend, settings: EvalSettings, trace_path: Path,
+              harness_env: HarnessEnv | None = None) -> AgentRun:
     """Run ``harness`` on ``task`` and take the ``model_patch``.
+
+    ``harness_env`` is the harness's environment (``evolve.harness_env.prepare``), already
+    mounted by ``sandbox_factory``: its ``bin`` goes first on the harness's ``PATH``.
 
     ``sandbox_factory(mounts)`` returns an unstarted ``Sandbox``. Every model
     call is appended to ``trace_path`` by the gateway, whatever the harness logs.
@@ -132,7 +139,8 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
                 closer.start()
 
         with gateway, sandbox_factory({str(gw_dir): "/evolve/gw:ro"}) as sandbox:
-            out = _run_and_collect(sandbox, task, repo_dir, harness, settings, quiet)
+            out = _run_and_collect(sandbox, task, repo_dir, harness, settings, quiet,
+                                   _harness_env_vars(harness_env))
             sandbox.close(background=True)
         if closer.ident is not None:
             _wake(gateway.socket_path, closer)
@@ -223,6 +231,11 @@ def _env(settings: EvalSettings) -> dict[str, str]:
             else settings.model}
 
 
+def _harness_env_vars(harness_env: HarnessEnv | None) -> dict[str, str]:
+    """The environment variables that make the harness run with its environment's interpreter."""
+    return harness_env.env_vars() if harness_env is not None else {}
+
+
 def _entrypoint_sh(harness: Harness) -> bytes:
     """The entrypoint's wrapper (``scripts/entrypoint.sh``): output into a capped log, exit status kept."""
     return (shell_header(evolve_out=_OUT, evolve_log_bytes=HARNESS_LOG_BYTES, evolve_entrypoint=harness.spec.entrypoint)
@@ -257,7 +270,8 @@ def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> byte
 
 
 def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harness: Harness,
-                     settings: EvalSettings, on_quiet: Callable[[], None]) -> _Outputs:
+                     settings: EvalSettings, on_quiet: Callable[[], None],
+                     env_vars: dict[str, str] | None = None) -> _Outputs:
     """Put in the snapshot and the harness, run the entrypoint as the sandbox user, then (as root,
     in the same exec) kill whatever it left running and collect the patch and outputs
     (``run_as_root``). Falls back to ``Sandbox.restart`` when that exec could not finish the job,
@@ -271,6 +285,7 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
         InfraError: Docker failed (the harness may not have run).
     """
     ids = sandbox_ids(sandbox)
+    run_env = {**_env(settings), **(env_vars or {})}
     base, entries = testbed_archive(sandbox, task, repo_dir)
     archive = entries + _install_entries(task, harness, ids or (0, 0)) + TAR_TRAILER
     timeout_s = max(1, math.ceil(settings.harness_timeout_s))
@@ -278,12 +293,12 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
                          evolve_harness_exit=_HARNESS_EXIT, evolve_owner="" if ids else sandbox.user or "")
             + script("agent.sh") + (reap_script(ids) if ids else "") + collect_script(base, _OUTPUTS)
             + f"echo {_COLLECTED}\n" + print_collected_script())
-    run = run_as_root(sandbox, body, archive, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, env=_env(settings),
+    run = run_as_root(sandbox, body, archive, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, env=run_env,
                       max_output=_MAX_OUTPUT)
     res = run.result
     if not run.as_user:
         # The root script could not become the sandbox user: the entrypoint runs in an exec of its own.
-        res = sandbox.exec(f"sh {_ENTRYPOINT_SH}", timeout_s=settings.harness_timeout_s, env=_env(settings))
+        res = sandbox.exec(f"sh {_ENTRYPOINT_SH}", timeout_s=settings.harness_timeout_s, env=run_env)
         harness_rc, timed_out = res.exit_code, _ran_out(res, settings.harness_timeout_s)
         res = None
     else:
