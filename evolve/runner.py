@@ -10,9 +10,15 @@ The container layout the harness sees (its contract):
     /evolve/env/             the harness's environment, read-only, when it declares requirements
                              (``evolve.harness_env``; its bin/ is first on the harness's PATH)
 
+The model endpoint: ``http://127.0.0.1:18000`` (``ENDPOINT_PORT``) is the same gateway over TCP; a
+loopback bridge (``scripts/bridge.py``), started before the harness, carries it to the socket.
+
 Environment: EVOLVE_TASK_FILE, EVOLVE_OUTPUT_DIR, EVOLVE_GATEWAY_SOCKET,
-EVOLVE_REPO and EVOLVE_MODEL. No network, no API key: the only way out is the
-gateway's socket, and every call through it is recorded on the host.
+EVOLVE_REPO and EVOLVE_MODEL; for the endpoint (``_endpoint_env``) OPENAI_BASE_URL and
+OPENAI_API_BASE (``http://127.0.0.1:18000/v1``), ANTHROPIC_BASE_URL (``http://127.0.0.1:18000``),
+OPENAI_API_KEY and ANTHROPIC_API_KEY (the task's token, never a real key; the gateway refuses any
+other key), EVOLVE_ENDPOINT_PORT, and NO_PROXY for 127.0.0.1. No network, no real API key: the
+only way out is the gateway's socket, and every call through it is recorded on the host.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +59,14 @@ _MAX_OUTPUT = 2 * INLINE_BYTES + 1_000_000
 """The collect exec's output: markers, error messages, the collected files in base64."""
 _ENTRYPOINT_SH = "/evolve/entrypoint.sh"
 """The entrypoint's wrapper (``scripts/entrypoint.sh`` with its header), root-owned, run as the sandbox user."""
+_BRIDGE = "/evolve/bridge.py"
+"""The loopback bridge (``scripts/bridge.py``), root-owned, started by the entrypoint's wrapper."""
+_GATEWAY_SOCKET = "/evolve/gw/gateway.sock"
+ENDPOINT_PORT = 18000
+"""The loopback port of the model endpoint inside the sandbox (each container has its own loopback)."""
+BRIDGE_SLACK = 4
+"""Connections the bridge carries at once beyond ``limits.max_connections``, so that the gateway's
+own limit (429, idle reaping) decides."""
 _HARNESS_EXIT = "evolve-harness-exit"
 _COLLECTED = "evolve-collected"
 LARGE_FILES_NOTED = 20
@@ -129,7 +144,8 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
         gw_dir = Path(gw_root) / "gw"
         gw_dir.mkdir(mode=0o711)
         gw_dir.chmod(0o711)  # mkdir's mode is masked by the umask
-        gateway = Gateway(gw_dir / "gateway.sock", trace_path, backend, settings.limits)
+        token = f"evolve-task-{secrets.token_hex(16)}"  # the harness's API key: not a secret, not a real key
+        gateway = Gateway(gw_dir / "gateway.sock", trace_path, backend, settings.limits, token=token)
         # Closing the gateway waits for its server loop; once no harness process is left it runs
         # while the outputs are copied out.
         closer = threading.Thread(target=gateway.close, name="evolve-gateway-close")
@@ -140,7 +156,7 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
 
         with gateway, sandbox_factory({str(gw_dir): "/evolve/gw:ro"}) as sandbox:
             out = _run_and_collect(sandbox, task, repo_dir, harness, settings, quiet,
-                                   _harness_env_vars(harness_env))
+                                   {**_endpoint_env(token), **_harness_env_vars(harness_env)})
             sandbox.close(background=True)
         if closer.ident is not None:
             _wake(gateway.socket_path, closer)
@@ -148,7 +164,11 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
         if gateway.fatal_error is not None:
             raise gateway.fatal_error
         flags, notes = _integrity(out)
-        return AgentRun(out.taken.patch, out.exit_code, out.timed_out, gateway.usage, list(gateway.infra_errors),
+        infra = list(gateway.infra_errors)
+        if not gateway.bridge_ready:  # announced before the harness starts: the harness can't fake its absence
+            infra.append("bridge: the model endpoint's loopback bridge did not start in the sandbox, so the "
+                         "harness did not run (see harness.log)")
+        return AgentRun(out.taken.patch, out.exit_code, out.timed_out, gateway.usage, infra,
                         out.trajectory, out.harness_log.decode("utf-8", "replace"), time.monotonic() - start,
                         out.taken.total_bytes, out.taken.problem, flags, notes)
 
@@ -226,7 +246,7 @@ def _wake(socket_path: Path, closer: threading.Thread, within_s: float = 0.3) ->
 
 def _env(settings: EvalSettings) -> dict[str, str]:
     return {"EVOLVE_TASK_FILE": "/evolve/task.json", "EVOLVE_OUTPUT_DIR": _OUT,
-            "EVOLVE_GATEWAY_SOCKET": "/evolve/gw/gateway.sock", "EVOLVE_REPO": "/testbed",
+            "EVOLVE_GATEWAY_SOCKET": _GATEWAY_SOCKET, "EVOLVE_REPO": "/testbed",
             "EVOLVE_MODEL": settings.model.split("/", 1)[0] if settings.model.startswith("scripted/")
             else settings.model}
 
@@ -236,10 +256,23 @@ def _harness_env_vars(harness_env: HarnessEnv | None) -> dict[str, str]:
     return harness_env.env_vars() if harness_env is not None else {}
 
 
-def _entrypoint_sh(harness: Harness) -> bytes:
-    """The entrypoint's wrapper (``scripts/entrypoint.sh``): output into a capped log, exit status kept."""
-    return (shell_header(evolve_out=_OUT, evolve_log_bytes=HARNESS_LOG_BYTES, evolve_entrypoint=harness.spec.entrypoint)
-            + script("entrypoint.sh")).encode()
+def _endpoint_env(token: str) -> dict[str, str]:
+    """The model endpoint's variables (this module's docstring); ``token`` is the task's API key."""
+    base = f"http://127.0.0.1:{ENDPOINT_PORT}"
+    return {"EVOLVE_ENDPOINT_PORT": str(ENDPOINT_PORT),
+            "OPENAI_BASE_URL": f"{base}/v1", "OPENAI_API_BASE": f"{base}/v1", "OPENAI_API_KEY": token,
+            "ANTHROPIC_BASE_URL": base, "ANTHROPIC_API_KEY": token,
+            # clients honour proxy variables an image may set; loopback must never go through one
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def _entrypoint_sh(harness: Harness, max_connections: int) -> bytes:
+    """The entrypoint's wrapper: start the loopback bridge (``scripts/bridge_start.sh``), then run the
+    entrypoint (``scripts/entrypoint.sh``): output into a capped log, exit status kept."""
+    return (shell_header(evolve_out=_OUT, evolve_log_bytes=HARNESS_LOG_BYTES, evolve_entrypoint=harness.spec.entrypoint,
+                         evolve_bridge_port=ENDPOINT_PORT, evolve_bridge_socket=_GATEWAY_SOCKET,
+                         evolve_bridge_connections=max_connections + BRIDGE_SLACK)
+            + script("bridge_start.sh") + script("entrypoint.sh")).encode()
 
 
 def _task_info(task: Task) -> str:
@@ -247,11 +280,13 @@ def _task_info(task: Task) -> str:
                        "repo": task.repo, "base_commit": task.base_commit}, indent=2)
 
 
-def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> bytes:
-    """Tar entries for /evolve: task.json (root), the harness and an empty output dir (the sandbox user)."""
+def _install_entries(task: Task, harness: Harness, ids: tuple[int, int], max_connections: int) -> bytes:
+    """Tar entries for /evolve: task.json, the wrapper and the bridge (root), the harness and an empty
+    output dir (the sandbox user)."""
     uid, gid = ids
     entries = [tar_entry("evolve", mode=0o755), tar_entry("evolve/task.json", _task_info(task).encode()),
-               tar_entry(_ENTRYPOINT_SH.lstrip("/"), _entrypoint_sh(harness), mode=0o755),
+               tar_entry(_ENTRYPOINT_SH.lstrip("/"), _entrypoint_sh(harness, max_connections), mode=0o755),
+               tar_entry(_BRIDGE.lstrip("/"), script("bridge.py").encode(), mode=0o644),
                tar_entry("evolve/harness", uid=uid, gid=gid, mode=0o755)]
     dirs: set[str] = set()
     for p in sorted(harness.root.rglob("*")):
@@ -287,7 +322,7 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
     ids = sandbox_ids(sandbox)
     run_env = {**_env(settings), **(env_vars or {})}
     base, entries = testbed_archive(sandbox, task, repo_dir)
-    archive = entries + _install_entries(task, harness, ids or (0, 0)) + TAR_TRAILER
+    archive = entries + _install_entries(task, harness, ids or (0, 0), settings.limits.max_connections) + TAR_TRAILER
     timeout_s = max(1, math.ceil(settings.harness_timeout_s))
     body = (shell_header(evolve_timeout=timeout_s, evolve_entrypoint_sh=_ENTRYPOINT_SH, evolve_out=_OUT,
                          evolve_harness_exit=_HARNESS_EXIT, evolve_owner="" if ids else sandbox.user or "")

@@ -1,0 +1,134 @@
+"""The OpenAI-compatible endpoint inside the sandbox: a real container (network_mode none), the real
+loopback bridge, the real gateway on the host and the scripted model behind litellm.
+
+A harness probes ``OPENAI_BASE_URL`` / ``ANTHROPIC_BASE_URL`` with stdlib HTTP (tests/fixtures/endpoint/
+client.py): models, chat, streamed chat, a wrong key, Messages, streamed Messages, and a flood of idle
+connections; the test checks what it saw and that every call is in the gateway's trace.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evolve.config import EvalSettings, SandboxLimits
+from evolve.runner import ENDPOINT_PORT, run_agent
+from evolve.sandbox.docker import Sandbox
+from test_eval import make_harness
+
+FIXTURE = Path(__file__).parent / "fixtures" / "endpoint"
+SCRIPT = 'rules:\n  - when: {contains: ["endpoint-probe"]}\n    replies: ["hello from the scripted model"]\n'
+BRIDGE = Path(__file__).parents[1] / "evolve" / "sandbox" / "scripts" / "bridge.py"
+
+
+@pytest.fixture(scope="module")
+def probe_run(docker_client, base_image, mini_evalset, tmp_path_factory):
+    from evolve.evalsets.registry import load_evalset
+    from evolve.harness import resolve_harness
+    from evolve.models import backend_for
+
+    tmp = tmp_path_factory.mktemp("endpoint")
+    script = tmp / "script.yaml"
+    script.write_text(SCRIPT)
+    ev = load_evalset(str(mini_evalset))
+    task = ev.tasks("search")[0]
+    h = make_harness(tmp, "probe", {"client.py": (FIXTURE / "client.py").read_text()}, "python3 client.py")
+    harness = resolve_harness(str(h), workdir=tmp / "harnesses")
+    settings = EvalSettings(model=f"scripted/{script}", harness_timeout_s=300)
+    backend, close = backend_for(settings.model)
+
+    def factory(mounts=None):
+        return Sandbox(docker_client, base_image, run_id="test-endpoint", limits=SandboxLimits(), mounts=mounts)
+
+    try:
+        run = run_agent(factory, task, ev.repo_dir(task), harness, backend, settings, tmp / "trace.jsonl")
+    finally:
+        close()
+    lines = [json.loads(x) for x in (tmp / "trace.jsonl").read_text().splitlines()]
+    return run, json.loads(run.trajectory or b"{}"), lines
+
+
+@pytest.mark.docker
+def test_the_environment_points_at_the_endpoint_with_a_task_token(probe_run):
+    run, seen, _ = probe_run
+    assert run.exit_code == 0 and not run.infra_errors, run.harness_log
+    env = seen["env"]
+    base = f"http://127.0.0.1:{ENDPOINT_PORT}"
+    assert env["OPENAI_BASE_URL"] == env["OPENAI_API_BASE"] == f"{base}/v1" and env["ANTHROPIC_BASE_URL"] == base
+    assert env["OPENAI_API_KEY"] == env["ANTHROPIC_API_KEY"] and env["OPENAI_API_KEY"].startswith("evolve-task-")
+    assert "127.0.0.1" in env["NO_PROXY"]
+
+
+@pytest.mark.docker
+def test_chat_models_and_streaming_through_the_bridge(probe_run):
+    _, seen, _ = probe_run
+    status, _, body = seen["models"]
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "openai/scripted"
+    status, ctype, body = seen["chat"]
+    out = json.loads(body)
+    assert status == 200 and ctype == "application/json"
+    assert out["choices"][0]["message"]["content"] == "hello from the scripted model"
+    status, ctype, events = seen["stream"]
+    assert status == 200 and ctype == "text/event-stream" and events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "hello from the scripted model"
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0  # include_usage
+    assert chunks[-1]["evolve"]["calls"] >= 2
+
+
+@pytest.mark.docker
+def test_messages_api_translated_through_litellm(probe_run):
+    _, seen, _ = probe_run
+    status, _, body = seen["messages"]
+    msg = json.loads(body)
+    assert status == 200 and msg["type"] == "message" and msg["role"] == "assistant"
+    assert msg["content"] == [{"type": "text", "text": "hello from the scripted model"}]
+    assert msg["stop_reason"] == "end_turn" and msg["usage"]["output_tokens"] > 0
+    status, ctype, events = seen["messages_stream"]
+    assert status == 200 and ctype == "text/event-stream"
+    kinds = [e["type"] for e in events]
+    assert kinds == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                     "message_delta", "message_stop"]
+    assert events[2]["delta"] == {"type": "text_delta", "text": "hello from the scripted model"}
+    assert events[4]["delta"]["stop_reason"] == "end_turn"
+
+
+@pytest.mark.docker
+def test_a_wrong_key_is_refused_counted_and_traced(probe_run):
+    _, seen, lines = probe_run
+    status, _, body = seen["wrong_key"]
+    assert status == 401 and json.loads(body)["error"]["type"] == "invalid_api_key"
+    assert "sk-real-looking-key" not in json.dumps(lines)  # a key a harness sends is never written down
+    (line,) = [x for x in lines if x.get("status") == 401]
+    assert line["error"]["type"] == "invalid_api_key"
+
+
+@pytest.mark.docker
+def test_every_call_through_the_bridge_is_traced_and_counted(probe_run):
+    run, seen, lines = probe_run
+    calls = [x for x in lines if "call" in x]
+    # chat, streamed chat, wrong key, messages, streamed messages, the call after the flood;
+    # GET /v1/models is free, as on the socket.
+    assert [x["status"] for x in calls] == [200, 200, 401, 200, 200, 200]
+    assert run.usage.calls == 6 and run.usage.errors == 1
+    assert calls[1]["request"]["stream"] is True and calls[1]["response"]["usage"]["completion_tokens"] > 0
+    assert [x.get("api") for x in calls] == [None, None, None, "messages", "messages", None]
+    assert calls[3]["response"]["choices"][0]["message"]["content"] == "hello from the scripted model"
+    assert sum(x["usage"]["completion_tokens"] for x in calls) == run.usage.completion_tokens
+    # The flood of idle connections went through the bridge to the gateway's connection limit.
+    assert seen["after_flood"][0] == 200
+    (note,) = [x for x in lines if x.get("note") == "not_traced"]
+    assert note["refused_connections"] > 0
+
+
+def test_the_bridge_reports_an_unreachable_gateway_and_does_not_serve(tmp_path):
+    res = subprocess.run([sys.executable, str(BRIDGE), "--port", "0", "--socket", str(tmp_path / "none.sock"),
+                          "--max-connections", "2"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "cannot reach the model gateway" in res.stderr
