@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,70 @@ def test_the_bridge_reports_an_unreachable_gateway_and_does_not_serve(tmp_path):
     res = subprocess.run([sys.executable, str(BRIDGE), "--port", "0", "--socket", str(tmp_path / "none.sock"),
                           "--max-connections", "2"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "cannot reach the model gateway" in res.stderr
+
+
+# -- real clients against the bridge on the host (the same script; the container test above runs it in the sandbox) --
+
+
+@pytest.fixture
+def bridged(tmp_path):
+    """A gateway with a task token and the scripted model, and the bridge in front of it on a free port."""
+    import socket as socketlib
+
+    from evolve.config import Limits
+    from evolve.gateway import Gateway
+    from evolve.models import backend_for
+
+    script = tmp_path / "script.yaml"
+    script.write_text(SCRIPT)
+    backend, close = backend_for(f"scripted/{script}")
+    gw = Gateway(tmp_path / "gw.sock", tmp_path / "trace.jsonl", backend, Limits(), token="evolve-task-t0k")
+    gw.start()
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bridge = subprocess.Popen([sys.executable, str(BRIDGE), "--port", str(port), "--socket", str(gw.socket_path),
+                               "--max-connections", "4", "--foreground"], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if gw.bridge_ready or bridge.poll() is not None:
+                break
+            threading.Event().wait(0.05)
+        assert gw.bridge_ready, bridge.stderr.read() if bridge.poll() is not None else "bridge not up"
+        yield gw, f"http://127.0.0.1:{port}", tmp_path / "trace.jsonl"
+    finally:
+        bridge.terminate()
+        bridge.wait(30)
+        gw.close()
+        close()
+
+
+def test_the_openai_sdk_and_litellm_work_unchanged_through_the_bridge(bridged):
+    from openai import AuthenticationError, OpenAI
+
+    from evolve.models import _litellm
+
+    litellm = _litellm()  # configured as evolve does: the local price map, never downloaded
+
+    gw, base, trace = bridged
+    client = OpenAI(base_url=f"{base}/v1", api_key="evolve-task-t0k", max_retries=0)
+    user = [{"role": "user", "content": "endpoint-probe"}]
+    assert [m.id for m in client.models.list()] == ["openai/scripted"]
+    reply = client.chat.completions.create(model="whatever", messages=user)
+    assert reply.choices[0].message.content == "hello from the scripted model" and reply.usage.completion_tokens > 0
+    chunks = list(client.chat.completions.create(model="whatever", messages=user, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "hello from the scripted model"
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=f"{base}/v1", api_key="sk-not-the-task-key", max_retries=0).chat.completions.create(
+            model="whatever", messages=user)
+    # litellm's openai/<model>, as a harness such as mini-swe-agent calls it
+    out = litellm.completion(model="openai/anything", messages=user, api_base=f"{base}/v1", api_key="evolve-task-t0k")
+    assert out.choices[0].message.content == "hello from the scripted model"
+    streamed = litellm.completion(model="openai/anything", messages=user, api_base=f"{base}/v1",
+                                  api_key="evolve-task-t0k", stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == "hello from the scripted model"
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    assert [x["status"] for x in lines] == [200, 200, 401, 200, 200]
+    assert gw.usage.calls == 5 and gw.usage.errors == 1

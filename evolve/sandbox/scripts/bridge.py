@@ -131,6 +131,8 @@ def serve_one(client, path, slots):
 
 
 def serve(listener, path, max_connections):
+    # A thread woken by data waits for the GIL at most this long (default 5 ms) when another holds it.
+    sys.setswitchinterval(0.0005)
     slots = threading.BoundedSemaphore(max_connections)
     while True:
         slots.acquire()
