@@ -200,3 +200,36 @@ def test_the_openai_sdk_and_litellm_work_unchanged_through_the_bridge(bridged):
     lines = [json.loads(x) for x in trace.read_text().splitlines()]
     assert [x["status"] for x in lines] == [200, 200, 401, 200, 200]
     assert gw.usage.calls == 5 and gw.usage.errors == 1
+
+
+@pytest.mark.docker
+def test_real_clients_inside_the_sandbox_reach_the_endpoint(mini_evalset, base_image, docker_client, tmp_path):
+    """The openai SDK, litellm, httpx and requests from a harness environment (the mini-swe-agent
+    template's requirements, so the environment built for it is reused), configured by the environment only."""
+    from evolve.evalsets.registry import load_evalset
+    from evolve.evaluate import Evaluation
+    from evolve.harness import resolve_harness, template_dir
+
+    script = tmp_path / "script.yaml"
+    script.write_text(SCRIPT)
+    h = make_harness(tmp_path, "sdk", {"agent.py": (FIXTURE / "sdk_agent.py").read_text(),
+                                       "requirements.txt": (template_dir("mini-swe-agent") / "requirements.txt")
+                                       .read_text()}, "python3 agent.py")
+    with open(h / "harness.yaml", "a") as f:
+        f.write("requirements_file: requirements.txt\n")
+    settings = EvalSettings(model=f"scripted/{script}", harness_timeout_s=300, test_timeout_s=120)
+    runs = tmp_path / "runs"
+    report = Evaluation(evalset=load_evalset(str(mini_evalset)), split="search",
+                        harness=resolve_harness(str(h), workdir=runs / "harnesses"), settings=settings,
+                        runs_dir=runs, workers=1, instance_ids=["mini__calc-1"]).run()
+    (result,) = report.results
+    task_dir = report.run_dir / "tasks" / "mini__calc-1" / "r0"
+    assert result.failure_class != "infra", result.error
+    seen = json.loads((task_dir / "trajectory.json").read_text())
+    hello = "hello from the scripted model"
+    assert seen["models"] == ["openai/scripted"] and seen["wrong_key"] == 401
+    assert [seen[k] for k in ("sdk", "sdk_stream", "litellm", "httpx", "requests")] == [hello] * 5
+    assert seen["sdk_stream_usage"] > 0
+    trace = [json.loads(x) for x in (task_dir / "trace.jsonl").read_text().splitlines()]
+    assert [x["status"] for x in trace] == [200, 200, 401, 200, 200, 200]
+    assert trace[1]["request"]["stream"] is True
