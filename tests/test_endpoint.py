@@ -233,3 +233,42 @@ def test_real_clients_inside_the_sandbox_reach_the_endpoint(mini_evalset, base_i
     trace = [json.loads(x) for x in (task_dir / "trace.jsonl").read_text().splitlines()]
     assert [x["status"] for x in trace] == [200, 200, 401, 200, 200, 200]
     assert trace[1]["request"]["stream"] is True
+
+
+@pytest.mark.docker
+def test_a_bridge_that_cannot_start_is_infra_and_the_harness_does_not_run(docker_client, base_image, mini_evalset,
+                                                                          tmp_path):
+    """An image without python3 can't run the bridge: the task is infrastructure (the gateway never heard
+    from the bridge, which the harness can't fake), not the harness's failure, and the harness never ran."""
+    from evolve.evalsets.registry import load_evalset
+    from evolve.harness import resolve_harness
+    from evolve.models import backend_for
+
+    c = docker_client.containers.create(base_image, ["sleep", "infinity"], user="root")
+    try:
+        c.start()
+        res = c.exec_run(["sh", "-c", "rm -f /usr/bin/python3* /usr/local/bin/python* /usr/bin/python"], user="root")
+        assert res.exit_code == 0, res.output
+        image = c.commit(repository="evolve-test", tag="nopython").id
+    finally:
+        c.remove(force=True)
+    try:
+        ev = load_evalset(str(mini_evalset))
+        task = ev.tasks("search")[0]
+        h = make_harness(tmp_path, "shell", {}, "touch /evolve/output/harness-ran; echo ran")
+        script = tmp_path / "script.yaml"
+        script.write_text(SCRIPT)
+        settings = EvalSettings(model=f"scripted/{script}", harness_timeout_s=60)
+        backend, close = backend_for(settings.model)
+        try:
+            run = run_agent(lambda mounts=None: Sandbox(docker_client, image, run_id="test-nopython",
+                                                        limits=SandboxLimits(), mounts=mounts),
+                            task, ev.repo_dir(task), resolve_harness(str(h), workdir=tmp_path / "w"), backend,
+                            settings, tmp_path / "trace.jsonl")
+        finally:
+            close()
+        assert any(e.startswith("bridge:") for e in run.infra_errors), run.infra_errors
+        assert "the model endpoint (loopback bridge) could not start: no python3" in run.harness_log
+        assert "ran" not in run.harness_log and run.exit_code != 0 and run.model_patch == b""
+    finally:
+        docker_client.images.remove("evolve-test:nopython", force=True)
