@@ -272,3 +272,67 @@ def test_a_bridge_that_cannot_start_is_infra_and_the_harness_does_not_run(docker
         assert "ran" not in run.harness_log and run.exit_code != 0 and run.model_patch == b""
     finally:
         docker_client.images.remove("evolve-test:nopython", force=True)
+
+
+# -- tool calls, on the socket itself (the openai SDK over httpx's unix-socket transport) -----------------------
+
+TOOL_BODY = {
+    "id": "chatcmpl-tool", "object": "chat.completion", "created": 1, "model": "x",
+    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "bash", "arguments": '{"cmd": "ls"}'}}]}}],
+    "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+}
+BASH_TOOL = {"type": "function", "function": {"name": "bash", "description": "run a command", "parameters": {
+    "type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]}}}
+
+
+def test_tool_calls_stream_and_translate_to_the_messages_api(provider_factory, tmp_path):
+    import httpx
+    from openai import OpenAI
+
+    from evolve.config import Limits
+    from evolve.gateway import Gateway, UnixHTTPConnection
+
+    provider = provider_factory((200, TOOL_BODY))
+    with Gateway(tmp_path / "gw.sock", tmp_path / "trace.jsonl", provider.backend(), Limits(), token="tk") as gw:
+        http = httpx.Client(transport=httpx.HTTPTransport(uds=str(gw.socket_path)))
+        client = OpenAI(base_url="http://localhost/v1", api_key="tk", http_client=http, max_retries=0)
+        user = [{"role": "user", "content": "list the files"}]
+        # The SDK's own stream accumulator rebuilds the tool call from the chunks.
+        with client.chat.completions.stream(model="m", messages=user, tools=[BASH_TOOL]) as stream:
+            final = stream.get_final_completion()
+        (call,) = final.choices[0].message.tool_calls
+        assert (call.id, call.function.name, call.function.arguments) == ("call_1", "bash", '{"cmd": "ls"}')
+        assert final.choices[0].finish_reason == "tool_calls"
+        assert provider.bodies[0]["tools"][0]["function"]["name"] == "bash" and "stream" not in provider.bodies[0]
+
+        # The Messages API: Anthropic tools in, a tool_use block out, whole and streamed.
+        anthropic_body = {"model": "claude", "max_tokens": 100, "messages": user, "tools": [
+            {"name": "bash", "description": "run a command", "input_schema": BASH_TOOL["function"]["parameters"]}]}
+        conn = UnixHTTPConnection(gw.socket_path, timeout=60)
+        conn.request("POST", "/v1/messages", json.dumps(anthropic_body), {"x-api-key": "tk"})
+        msg = json.loads(conn.getresponse().read())
+        assert msg["stop_reason"] == "tool_use"
+        assert msg["content"] == [{"type": "tool_use", "id": "call_1", "name": "bash", "input": {"cmd": "ls"}}]
+        assert provider.bodies[1]["tools"][0]["function"]["name"] == "bash"
+        conn.request("POST", "/v1/messages", json.dumps({**anthropic_body, "stream": True}), {"x-api-key": "tk"})
+        resp = conn.getresponse()
+        assert resp.getheader("Content-Type") == "text/event-stream"
+        events = [json.loads(line[6:]) for line in resp.read().decode().splitlines() if line.startswith("data: ")]
+        start = next(e for e in events if e["type"] == "content_block_start")
+        delta = next(e for e in events if e["type"] == "content_block_delta")
+        assert start["content_block"]["type"] == "tool_use" and start["content_block"]["name"] == "bash"
+        assert json.loads(delta["delta"]["partial_json"]) == {"cmd": "ls"}
+        conn.close()
+        # A Messages request litellm can't translate is the harness's 400, counted and traced.
+        conn = UnixHTTPConnection(gw.socket_path, timeout=60)
+        conn.request("POST", "/v1/messages", json.dumps({"max_tokens": 5, "messages": "not a list"}))
+        resp = conn.getresponse()
+        assert resp.status == 400 and json.loads(resp.read())["error"]["type"] == "invalid_request"
+        conn.close()
+        http.close()
+    lines = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert [(x["status"], x.get("api")) for x in lines] == [(200, None), (200, "messages"), (200, "messages"),
+                                                           (400, None)]
+    assert gw.usage.calls == 4 and gw.usage.prompt_tokens == 27
