@@ -2,8 +2,11 @@
 
 - The request line is at most 64 KiB (414), the header block at most ``MAX_HEADER_BYTES`` (431); either
   malformed is answered 400 (all counted), and the connection closed.
-- ``GET /health`` and ``GET /v1/models`` without a body are free; every other request is numbered and
-  counted (``Ledger.admit``) before its body is read. A refused one's body is only thrown away (at most
+- ``GET /health`` and ``GET /v1/models`` without a body (and without a wrong API key) are free; every
+  other request is numbered and counted (``Ledger.admit``) before its body is read. A request whose
+  ``Authorization: Bearer`` or ``x-api-key`` is not the task's token (``CallHandler.key_ok``) gets 401.
+- ``POST /v1/chat/completions`` and ``POST /v1/messages`` go to ``CallHandler.chat``; the answer's
+  ``Content-Type`` is JSON or, for ``"stream": true``, ``text/event-stream``. A refused one's body is only thrown away (at most
   ``DISCARD_MAX_BYTES`` within ``DISCARD_S`` seconds; nothing from a client waiting for ``100 Continue``).
 - A chat body is held whole only within ``limits.max_request_bytes``: a Content-Length over it gets 413
   unread, a chunked body is read only up to it (then thrown away as above).
