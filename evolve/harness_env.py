@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -123,7 +124,9 @@ def prepare(client: "docker.DockerClient", harness: Harness, image: str, *, home
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key[:24]}-", dir=root.parent))
     try:
-        output = _build(client, image, house.root, house.installer, tmp, limits or SandboxLimits())
+        # The build is evolve's own work (its code is pip's, no package's): all the host's cores.
+        limits = (limits or SandboxLimits()).model_copy(update={"cpus": float(os.cpu_count() or 1)})
+        output = _build(client, image, house.root, house.installer, tmp, limits)
         tmp.chmod(0o755)
         (tmp / "evolve-env.json").write_text(json.dumps({
             "key": key, "image": image, "image_id": py.image_id, "python": py.python_version,
@@ -205,3 +208,37 @@ def _build(client, image: str, wheels: Path, installer: str, dest: Path, limits:
         raise HarnessError(f"installing the harness's requirements into {image} failed ({why}), with no network, "
                            f"from {wheels}; the installer said:\n{res.output[-2000:]}")
     return res.output
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m evolve.harness_env HARNESS_DIR [IMAGE]``: build (or find) the harness's environment
+    for ``IMAGE`` (default: the base image) ahead of time, e.g. so that later runs need no index."""
+    import sys
+    import tempfile
+
+    from evolve.errors import EvolveError
+    from evolve.evalsets.registry import evolve_home
+    from evolve.harness import resolve_harness
+    from evolve.sandbox.docker import docker_client
+    from evolve.sandbox.image import ensure_image
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (1, 2):
+        print("usage: python -m evolve.harness_env HARNESS_DIR [IMAGE]", file=sys.stderr)
+        return 2
+    try:
+        client = docker_client()
+        with tempfile.TemporaryDirectory(prefix="evolve-harness-") as tmp:
+            harness = resolve_harness(args[0], workdir=Path(tmp))
+            image = ensure_image(client, args[1] if len(args) == 2 else None)
+            env = prepare(client, harness, image, home=evolve_home(), log=print)
+    except EvolveError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{harness.spec.name}: " + (f"environment {env.root} (Python {env.python.python_version}, {image})"
+                                      if env else "no requirements, nothing to build"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -76,4 +76,10 @@ if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null && command -v apt-g
   apt_install debootstrap
 fi
 .venv/bin/evolve sandbox build
+
+# 4. The mini-swe-agent template's harness environment: its wheels resolved from PyPI into
+# $EVOLVE_HOME/wheelhouses, installed offline into $EVOLVE_HOME/envs (a few minutes once; cached).
+say "mini-swe-agent template: harness environment"
+.venv/bin/python -m evolve.harness_env evolve/templates/mini-swe-agent \
+  || die "could not build the mini-swe-agent template's environment (see above); check pip's index (pip config list)"
 say "ready: .venv/bin/evolve --help"
