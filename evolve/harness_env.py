@@ -169,9 +169,9 @@ def probe_image(client: "docker.DockerClient", image: str, *, home: Path) -> Ima
     data = json.loads(res.output.strip().splitlines()[-1])
     py = ImagePython(image_id=image_id, **data)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{tempfile.gettempprefix()}{id(py)}")
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(py.__dict__))
-    tmp.replace(cache)
+    tmp.replace(cache)  # atomic: a concurrent probe writes the same content
     return py
 
 

@@ -201,3 +201,33 @@ def test_image_without_python_is_refused_with_what_to_do(base_image, docker_clie
         assert not (home / "wheelhouses").exists()  # refused before anything was resolved
     finally:
         docker_client.images.remove(image.id, force=True)
+
+
+@pytest.mark.docker
+def test_harness_may_name_its_own_image_for_the_agent_phase(mini_evalset, base_image, docker_client, tmp_path, home):
+    """The agent phase runs in the harness's image, with an env built for that image; grading does not."""
+    box = docker_client.containers.run(base_image, ["sh", "-c", "echo agent-image > /etc/evolve-agent-image"],
+                                       detach=True, network_mode="none", user="0:0")
+    try:
+        box.wait(timeout=60)
+        image = box.commit(repository="evolve-test-agent-image", tag="latest")
+    finally:
+        box.remove(force=True)
+    agent = ('import json, os, tomli_w\n'
+             'out = {"marker": open("/etc/evolve-agent-image").read().strip(), "tomli_w": tomli_w.__file__}\n'
+             'json.dump(out, open(os.path.join(os.environ["EVOLVE_OUTPUT_DIR"], "trajectory.json"), "w"))\n'
+             'open("/testbed/calc.py", "a").write("import os\\nassert not os.path.exists(\'/etc/evolve-agent-image\')\\n")\n')
+    try:
+        h = write_harness(tmp_path, "h", "image: evolve-test-agent-image:latest\nrequirements: [tomli-w==1.0.0]\n",
+                          agent=agent)
+        report = evaluate(mini_evalset, h, tmp_path / "runs")
+        traj = trajectory(report)
+        assert traj == {"marker": "agent-image", "tomli_w": traj["tomli_w"]} and traj["tomli_w"].startswith("/evolve/env/")
+        (env_dir,) = (home / "envs").iterdir()
+        assert json.loads((env_dir / "evolve-env.json").read_text())["image"] == "evolve-test-agent-image:latest"
+        # Grading ran in the task's image: the assert the harness appended to calc.py held there.
+        (result,) = report.results
+        assert result.failure_class == "tests_failed"
+        assert all(s == "PASSED" for s in result.PASS_TO_PASS.values()), result.PASS_TO_PASS
+    finally:
+        docker_client.images.remove(image.id, force=True)
