@@ -7,7 +7,7 @@ tasks of ``image`` (None when it declares no requirements):
    image id in a throw-away container with no network;
 2. ``evolve.wheelhouse.resolve``: the requirements as wheels for that interpreter, on the host;
 3. the build: a venv made by the image's own ``python3`` in a container with no network, as
-   root, filled from the wheelhouse mounted read-only (``scripts/build_env.sh``), into
+   the sandbox user, filled from the wheelhouse mounted read-only (``scripts/build_env.sh``), into
    ``$EVOLVE_HOME/envs/<key>``, where ``key`` hashes (wheelhouse, image id, Python). It is
    renamed into place only once complete, and reused by every task and every candidate
    whose requirements and image are the same.
@@ -126,6 +126,7 @@ def prepare(client: "docker.DockerClient", harness: Harness, image: str, *, home
     try:
         # The build is evolve's own work (its code is pip's, no package's): all the host's cores.
         limits = (limits or SandboxLimits()).model_copy(update={"cpus": float(os.cpu_count() or 1)})
+        tmp.chmod(0o777)  # the build runs as the sandbox user, not root: a wheel's .pth file runs at pip check
         output = _build(client, image, house.root, house.installer, tmp, limits)
         tmp.chmod(0o755)
         (tmp / "evolve-env.json").write_text(json.dumps({
@@ -189,7 +190,7 @@ def _image_id(client: "docker.DockerClient", image: str) -> str:
 def _sandbox(client, image: str, mounts: dict[str, str], limits: SandboxLimits, what: str):
     from evolve.sandbox.docker import Sandbox
 
-    return Sandbox(client, image, run_id=f"harness-env-{what}", limits=limits, user="0:0", mounts=mounts)
+    return Sandbox(client, image, run_id=f"harness-env-{what}", limits=limits, mounts=mounts)
 
 
 def _build(client, image: str, wheels: Path, installer: str, dest: Path, limits: SandboxLimits) -> str:

@@ -1,4 +1,4 @@
-# Builds a harness environment (evolve.harness_env) as root in a container with no network:
+# Builds a harness environment (evolve.harness_env) as the sandbox user in a container with no network:
 # a venv at $evolve_env made by the image's own python3, filled from the wheelhouse mounted
 # read-only at $evolve_wheels by pip run from its wheel ($evolve_installer), with no index.
 # pip installs wheels only (--only-binary): no package's code runs. `pip check` then verifies the
