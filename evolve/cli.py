@@ -25,8 +25,10 @@ app = typer.Typer(help="Let a coding agent improve its own harness.", no_args_is
                   pretty_exceptions_enable=False, add_completion=False)
 sandbox_app = typer.Typer(help="The Docker sandbox: base image and cleanup.", no_args_is_help=True)
 evals_app = typer.Typer(help="Eval sets: list them, show their tasks.", no_args_is_help=True)
+import_app = typer.Typer(help="Import eval sets made elsewhere.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(evals_app, name="evals")
+evals_app.add_typer(import_app, name="import")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -234,6 +236,36 @@ def evals_show(name: str = typer.Argument(..., help="Eval-set name, directory or
     from evolve.evalsets.commands import print_show
 
     print_show(console, name, instance_id, split=split, patch=patch)
+
+
+@import_app.command("swe-bench")
+def evals_import_swebench(
+    source: str = typer.Argument(..., help="A .jsonl, .json or .parquet export of SWE-bench rows, or a Hugging "
+                                           "Face dataset name such as SWE-bench/SWE-bench_Lite (needs network)."),
+    name: Optional[str] = typer.Option(None, help="Eval-set name; default: the source's stem."),
+    out: Optional[Path] = typer.Option(None, help="Output directory; default $EVOLVE_HOME/evals/NAME."),
+    holdout_fraction: float = typer.Option(0.3, help="Share of tasks sealed in the holdout split (0 < f < 1)."),
+    seed: int = typer.Option(0, help="Seed of the split: same seed, same split."),
+    style: str = typer.Option("auto", help="Row style: auto, swe-bench (rows naming image, eval_script, "
+                                           "log_parser) or classic (older exports, SWE-Gym)."),
+    test_cmd: Optional[str] = typer.Option(None, help="Classic rows: test command run in /testbed of the "
+                                                      "instance image (test files appended)."),
+    log_parser: str = typer.Option("parse_log_pytest", help="Classic rows: swebench's log parser."),
+    namespace: Optional[str] = typer.Option(None, help="Classic rows: registry namespace of the instance images "
+                                                       "(default: the names swebench builds locally)."),
+    hf_split: str = typer.Option("test", help="Split of a Hugging Face dataset."),
+) -> None:
+    """Import SWE-bench rows (SWE-bench, Lite, Verified, SWE-Gym) as an eval set with search and holdout splits."""
+    from evolve.evalsets.commands import print_import
+    from evolve.evalsets.registry import evolve_home
+    from evolve.evalsets.swebench import ImportOptions, import_swebench
+    from evolve.synth.source import slug
+
+    eval_name = slug(name or Path(source.rstrip("/")).stem.split("/")[-1])
+    opts = ImportOptions(holdout_fraction=holdout_fraction, seed=seed, style=style, test_cmd=test_cmd,
+                         log_parser=log_parser, namespace=namespace, hf_split=hf_split)
+    imported = import_swebench(source, out or evolve_home() / "evals" / eval_name, opts, name=eval_name)
+    print_import(console, imported)
 
 
 def _synth_interrupted() -> None:

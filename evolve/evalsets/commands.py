@@ -11,7 +11,7 @@ from rich.text import Text
 from evolve.errors import EvalSetError
 from evolve.evalsets.registry import evalset_dirs, list_evalsets, load_evalset
 
-__all__ = ["print_list", "print_show"]
+__all__ = ["print_import", "print_list", "print_show"]
 
 
 def _recipes() -> dict[str, Path]:
@@ -117,3 +117,15 @@ def _print_task(console: Console, task, split: str, *, patch: bool, max_tests: i
         if task.test_patch.strip():
             console.rule("test patch")
             console.print(Text(task.test_patch.rstrip()), soft_wrap=True)
+
+
+def print_import(console: Console, imported) -> None:
+    """What ``evolve evals import`` made (an ``evolve.evalsets.swebench.Imported``): splits, dropped rows
+    with their reasons, and the images the tasks need."""
+    c = imported.counts
+    console.print(Text(f"search {c.get('search', 0)}, holdout {c.get('holdout', 0)} tasks -> {imported.path}"))
+    for key, why in imported.dropped.items():
+        console.print(Text.assemble(("dropped ", "yellow"), f"{key}: {why}"))
+    console.print(Text(f"{len(imported.images)} instance image(s) needed, checked before any agent runs; "
+                       f"e.g. {imported.images[0]}" if imported.images else "no instance image named"))
+    console.print(Text(f"evaluate with: evolve eval --evals {imported.path.name}"))
