@@ -287,6 +287,9 @@ def evals_synth(
     image: Optional[str] = typer.Option(None, help="Docker image with the project's dependencies; default: "
                                                    "evolve's base image (python3 + pytest)."),
     max_commits: int = typer.Option(300, help="History: commits examined, newest first."),
+    all_commits: bool = typer.Option(False, "--all-commits", help="History: examine every non-merge commit, "
+                                     "branch commits included (default: the main line only, first-parent, a "
+                                     "merge standing for its branch)."),
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
@@ -301,7 +304,7 @@ def evals_synth(
     eval_name = slug(name or repo.expanduser().resolve().name)
     dest = out or evolve_home() / "evals" / eval_name
     opts = SynthOptions(seed=seed, max_tasks=max_tasks, workers=workers, test_cmd=test_cmd, image=image,
-                        max_commits=max_commits, suite_timeout_s=suite_timeout)
+                        max_commits=max_commits, suite_timeout_s=suite_timeout, first_parent=not all_commits)
     try:
         with RichProgress(console) as progress:
             meta = synthesize(repo, dest, sources=sources, name=name, opts=opts, progress=progress)

@@ -29,6 +29,14 @@ def print_synth_summary(console: Console, meta: dict, dest: Path) -> None:
                           Text(", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()) if k != "kept")),
                           str(len(stats.get("dropped_by_grader", {}))))
     console.print(table)
+    for name, stats in meta.get("projects", {}).items():
+        history = stats.get("history") or {}
+        for sha, why in history.get("dropped", {}).items():
+            console.print(Text.assemble(("dropped ", "yellow"), f"{name} commit {sha} {why}"))
+        skipped = {k: v for k, v in history.get("skipped", {}).items() if v}
+        if skipped:
+            console.print(Text(f"{name}: {sum(skipped.values())} of {history.get('commits', 0)} commits were not "
+                               "candidates (" + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ")"))
     counts = meta.get("counts", {})
     console.print(Text(f"splits: search {counts.get('search', 0)}, holdout {counts.get('holdout', 0)}; "
                   f"{meta.get('seconds', 0):.0f} s. Evaluate with: evolve eval --evals {dest.name}"))
