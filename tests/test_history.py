@@ -248,3 +248,17 @@ def test_history_needs_a_git_repo(tmp_path):
     with pytest.raises(SynthError, match="not a git repository"):
         synthesize(tmp_path / "p", tmp_path / "out", sources=("history",))
     assert not (tmp_path / "out").exists()
+
+
+def test_the_summary_names_each_dropped_candidate_and_why(mined):
+    from rich.console import Console
+
+    from evolve.synth.commands import print_synth_summary
+
+    dest, meta, shas = mined
+    console = Console(record=True, width=300, force_terminal=False, color_system=None)
+    print_synth_summary(console, meta, dest)
+    text = console.export_text()
+    assert f"dropped calc commit {shas['refactor'][:10]} 'Name the product in mul, test mul(0, x)'" in text
+    assert f"dropped calc commit {shas['pow_wip'][:10]}" in text
+    assert "calc: 2 of 7 commits were not candidates (no_code_or_tests 1, no_parent 1)" in text

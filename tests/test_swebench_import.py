@@ -85,6 +85,15 @@ def test_import_two_rows_gives_one_task_per_split_with_the_rows_image_command_an
     assert shown.returncode == 0 and "django__django-11000" in shown.stdout
 
 
+def test_a_parquet_export_imports_like_jsonl(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([swebench_row(i) for i in range(3)]), tmp_path / "verified.parquet")
+    imported = import_swebench(str(tmp_path / "verified.parquet"), tmp_path / "v", ImportOptions(seed=7))
+    assert imported.counts == {"search": 2, "holdout": 1} and not imported.dropped
+
+
 def test_the_test_command_runs_in_bash_with_the_graders_appended_files_ignored(tmp_path):
     row = swebench_row(0, eval_script="#!/bin/bash\nset -uxo pipefail\nexport EVOLVE_T=env-ok\n"
                                       ": '>>>>> Start Test Output'\necho \"$EVOLVE_T args=$#\"\n"
