@@ -296,3 +296,67 @@ def test_a_skipped_pass_to_pass_test_is_kept_only_by_swebenchs_rule(tmp_path):
                 swebench={"log_parser": "parse_log_django"})
     assert grade_log(task, output, rc).resolved  # SWE-bench's: a skipped PASS_TO_PASS test is no regression
     assert swebench_resolved(tmp_path, task, "parse_log_django", output, rc)
+
+
+# -- an imported task graded in a real container --------------------------------------------------
+
+CALC = "def add(a, b):\n    return a - b\n\n\ndef sub(a, b):\n    return a - b\n"
+FIX = ("diff --git a/calc.py b/calc.py\n--- a/calc.py\n+++ b/calc.py\n@@ -1,5 +1,5 @@\n def add(a, b):\n"
+       "-    return a - b\n+    return a + b\n \n \n def sub(a, b):\n")
+TESTS = "import unittest\n\nfrom calc import add, sub\n\n\nclass T(unittest.TestCase):\n    def test_sub(self):\n" \
+        "        self.assertEqual(sub(5, 3), 2)\n"
+TEST_PATCH = ("diff --git a/tests/test_calc.py b/tests/test_calc.py\n--- a/tests/test_calc.py\n"
+              "+++ b/tests/test_calc.py\n@@ -6,3 +6,6 @@ from calc import add, sub\n class T(unittest.TestCase):\n"
+              "     def test_sub(self):\n         self.assertEqual(sub(5, 3), 2)\n+\n+    def test_add(self):\n"
+              "+        self.assertEqual(add(2, 3), 5)\n")
+
+
+@pytest.fixture(scope="module")
+def instance_image(docker_client, base_image):
+    """An image holding the repo at /testbed, as SWE-bench's instance images do (built offline)."""
+    import io
+    import tarfile
+
+    files = {"Dockerfile": f"FROM {base_image}\nCOPY testbed /testbed\n", "testbed/calc.py": CALC,
+             "testbed/tests/__init__.py": "", "testbed/tests/test_calc.py": TESTS}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    tag = "evolve-test-swebench-instance:latest"
+    docker_client.images.build(fileobj=io.BytesIO(buf.getvalue()), custom_context=True, tag=tag, rm=True,
+                               network_mode="none", pull=False)
+    yield tag
+    docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.parametrize("runner,parser,ids", [
+    ("python3 -m unittest -v tests.test_calc", "parse_log_django",
+     ("test_add (tests.test_calc.T.test_add)", "test_sub (tests.test_calc.T.test_sub)")),
+    ("python3 -m pytest -rA -p no:cacheprovider tests/test_calc.py", "parse_log_pytest",
+     ("tests/test_calc.py::T::test_add", "tests/test_calc.py::T::test_sub")),
+])
+def test_an_imported_task_is_graded_in_its_image_with_its_command_and_parser(runner, parser, ids, instance_image,
+                                                                              docker_client):
+    from evolve.config import EvalSettings
+    from evolve.grading import grade
+    from evolve.sandbox.docker import Sandbox
+
+    script = (f"#!/bin/bash\nset -uxo pipefail\nexport EVOLVE_SWEB_ENV=on\ncd /testbed\n"
+              f"git checkout 0000 tests/test_calc.py\n: '{START_TEST_OUTPUT}'\n"
+              f"test \"$EVOLVE_SWEB_ENV\" = on && {runner}\n: '{END_TEST_OUTPUT}'\n")
+    row = swebench_row(0, image=instance_image, eval_script=script, log_parser=parser, patch=FIX,
+                       test_patch=TEST_PATCH, FAIL_TO_PASS=json.dumps([ids[0]]), PASS_TO_PASS=json.dumps([ids[1]]))
+    task = to_task(row, ImportOptions())
+    assert isinstance(task, Task)
+    settings = EvalSettings(model="x", test_timeout_s=120)
+    with Sandbox(docker_client, instance_image, run_id="test-swebench", limits=settings.sandbox) as box:
+        fixed = grade(box, task, None, FIX, test_timeout_s=120)
+    assert fixed.resolved, (fixed.failure_class, fixed.test_output[-2000:])
+    assert fixed.FAIL_TO_PASS == {ids[0]: "PASSED"} and fixed.PASS_TO_PASS == {ids[1]: "PASSED"}
+    assert fixed.channel == (parser == "parse_log_pytest")  # evolve's own record where pytest runs
+    with Sandbox(docker_client, instance_image, run_id="test-swebench", limits=settings.sandbox) as box:
+        empty = grade(box, task, None, "", test_timeout_s=120)
+    assert not empty.resolved and empty.FAIL_TO_PASS[ids[0]] in ("FAILED", "ERROR")
