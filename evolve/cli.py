@@ -291,6 +291,11 @@ def evals_synth(
                                      "branch commits included (default: the main line only, first-parent, a "
                                      "merge standing for its branch)."),
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
+    statement: str = typer.Option("deterministic", help="Problem statements: deterministic (failing tests and "
+                                                         "tracebacks), or llm (a model rewrites them as issues, "
+                                                         "checked never to quote the patch)."),
+    statement_model: Optional[str] = typer.Option(None, help="litellm model for --statement llm (e.g. "
+                                                             "anthropic/claude-sonnet-4-5, scripted/PATH.yaml)."),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
     from evolve.evalsets.registry import evolve_home
@@ -301,6 +306,14 @@ def evals_synth(
     from evolve.synth.synthesize import synthesize
 
     sources = tuple(s.strip() for s in source.split(",") if s.strip())
+    if statement not in ("deterministic", "llm"):
+        raise ConfigError(f"--statement must be deterministic or llm, got {statement!r}")
+    if (statement == "llm") != (statement_model is not None):
+        raise ConfigError("--statement llm needs --statement-model MODEL, and --statement-model needs --statement llm")
+    if statement_model is not None:
+        from evolve.models import check_model
+
+        check_model(statement_model, role="statement")  # before any sandbox work: provider and price known
     eval_name = slug(name or repo.expanduser().resolve().name)
     dest = out or evolve_home() / "evals" / eval_name
     opts = SynthOptions(seed=seed, max_tasks=max_tasks, workers=workers, test_cmd=test_cmd, image=image,
@@ -311,6 +324,12 @@ def evals_synth(
     except KeyboardInterrupt:
         _synth_interrupted()
     print_synth_summary(console, meta, Path(dest))
+    if statement == "llm":
+        from evolve.synth.statements import TRACE_FILE, rewrite_statements
+
+        counts = rewrite_statements(Path(dest), statement_model)
+        plain(f"statements: {counts['llm']} written by {statement_model}, {counts['deterministic']} kept "
+              f"deterministic (reasons in each task's synth.statement); calls traced in {Path(dest) / TRACE_FILE}")
 
 
 @evals_app.command("build")
