@@ -189,7 +189,7 @@ def check_head(source: ProjectSource, env: SynthEnv, opts: SynthOptions, progres
             collection errors and the error lines of the output, and says what to fix.
     """
     assert source.git_dir is not None
-    progress.phase(source.name, "baseline", 1)
+    progress.phase(source.name, "head", 1)
     wb = env.workbench(source.test_cmd)
     try:
         wb.start(_git_archive(source.git_dir, "HEAD"))

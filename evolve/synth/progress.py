@@ -16,6 +16,7 @@ __all__ = ["RichProgress"]
 _PHASES = {
     "download": "downloading sdists",
     "baseline": "running the original suite (twice)",
+    "head": "running the suite on HEAD",
     "mutants": "validating mutants",
     "commits": "validating commits",
     "grading": "checking tasks with the grader",
