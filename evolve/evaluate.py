@@ -272,8 +272,9 @@ class Evaluation:
         found: dict[str | None, str] = {}
         missing: dict[str, list[str]] = {}
         for task in self.tasks:
+            if task.image in missing:
+                missing[task.image].append(task.instance_id)
             if task.image in found or task.image in missing:
-                missing.get(task.image, []).append(task.instance_id)
                 continue
             try:
                 found[task.image] = ensure_image(client, task.image)
