@@ -197,6 +197,8 @@ def to_task(row: dict, opts: ImportOptions) -> Task | str:
         missing = [k for k in ("image", "eval_script", "log_parser") if not row.get(k)]
         if missing:
             return f"a swe-bench row without {', '.join(missing)}"
+        if row["log_parser"] not in log_parser_names():
+            return f"swebench has no log parser {row['log_parser']!r} (a newer swebench may: pip install -U swebench)"
         parts = _eval_script_parts(row["eval_script"])
         if isinstance(parts, str):
             return parts
