@@ -361,3 +361,28 @@ def test_an_imported_task_is_graded_in_its_image_with_its_command_and_parser(run
     with Sandbox(docker_client, instance_image, run_id="test-swebench", limits=settings.sandbox) as box:
         empty = grade(box, task, None, "", test_timeout_s=120)
     assert not empty.resolved and empty.FAIL_TO_PASS[ids[0]] in ("FAILED", "ERROR")
+
+
+def test_a_run_with_an_empty_holdout_split_stops_before_any_generation(tmp_path, mini_evalset):
+    import shutil
+
+    import yaml
+
+    from evolve.project import init_project
+
+    root = tmp_path / "proj"
+    init_project(root)
+    es = root / "evals" / "half"
+    shutil.copytree(mini_evalset, es)
+    (es / "holdout.jsonl").write_text("")
+    cfg = yaml.safe_load((root / "evolve.yaml").read_text())
+    cfg["models"]["solver"]["model"] = cfg["models"]["optimizer"]["model"] = f"scripted/{SOLVER_SCRIPT}"
+    cfg["evals"]["name"] = "half"
+    (root / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    out = evolve("run", "--generations", "1", cwd=root)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "split 'holdout' of eval set mini has no task" in " ".join(out.stderr.split())
+    assert not list((root / "runs").glob("*/gen-*"))
