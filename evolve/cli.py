@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from evolve.config import EvalsConfig, EvalSettings, Limits, SandboxLimits, ServeConfig
 from evolve.errors import ConfigError, EvolveError
@@ -24,11 +25,23 @@ app = typer.Typer(help="Let a coding agent improve its own harness.", no_args_is
                   pretty_exceptions_enable=False, add_completion=False)
 sandbox_app = typer.Typer(help="The Docker sandbox: base image and cleanup.", no_args_is_help=True)
 evals_app = typer.Typer(help="Eval sets: list them, show their tasks.", no_args_is_help=True)
+import_app = typer.Typer(help="Import eval sets made elsewhere.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(evals_app, name="evals")
+evals_app.add_typer(import_app, name="import")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+def plain(text: object, style: str = "") -> None:
+    """Print ``text`` as it is: a test id like ``test_join[/usr-bin]`` or a note holding ``[bold]`` is
+    never read as rich markup or emoji codes."""
+    console.print(Text(str(text), style=style))
+
+
+def _interrupted(message: str) -> None:
+    err_console.print(Text.assemble(("interrupted", "yellow"), ": ", message))
 
 
 def _default(model, name: str) -> str:
@@ -92,22 +105,22 @@ def eval_cmd(
     evalset = load_evalset(evals)
     resolved = resolve_harness(harness, workdir=runs_dir / "harnesses")
     with eval_session(model, _parse_params(model_param), workers=workers, api_base=api_base, temperature=temperature,
-                      max_completion_tokens=max_completion_tokens, note=console.print) as session:
+                      max_completion_tokens=max_completion_tokens, note=plain) as session:
         settings = settings.model_copy(update={"model": session.solver.model, "model_params": session.solver.params})
         evaluation = Evaluation(evalset=evalset, split=split, harness=resolved, settings=settings, runs_dir=runs_dir,
                                 workers=session.workers, repeats=repeats, instance_ids=instance or None,
                                 use_cache=not no_cache)
-        console.print(f"evaluating [bold]{resolved.source}[/] ({resolved.tree_hash[:12]}) on "
-                      f"[bold]{evalset.name}/{split}[/]: {len(evaluation.tasks)} tasks x {repeats}, "
-                      f"model {settings.model}, {session.workers} workers -> {evaluation.run_dir}")
+        console.print(Text.assemble("evaluating ", (str(resolved.source), "bold"), f" ({resolved.tree_hash[:12]}) on ",
+                                    (f"{evalset.name}/{split}", "bold"),
+                                    f": {len(evaluation.tasks)} tasks x {repeats}, model {settings.model}, "
+                                    f"{session.workers} workers -> {evaluation.run_dir}"))
         view = EvalProgressView(console, len(evaluation.tasks) * repeats, "eval")
         evaluation.progress = view
         try:
             with view:
                 report = evaluation.run()
         except KeyboardInterrupt:
-            err_console.print(f"[yellow]interrupted[/]: finished results kept in {evaluation.run_dir}; "
-                              "no containers left behind.")
+            _interrupted(f"finished results kept in {evaluation.run_dir}; no containers left behind.")
             raise typer.Exit(130) from None
     if show_tasks:
         console.print(results_table(report))
@@ -146,12 +159,12 @@ def serve_cmd(
         raise option_error(e, {"concurrency": "--concurrency", "ready_timeout_s": "--ready-timeout",
                                "port": "--port"}) from None
     server = LocalServer(cfg)
-    console.print(f"starting {server.backend} ({model or 'embedded SmolLM2-135M-Instruct'}); waiting until it "
+    plain(f"starting {server.backend} ({model or 'embedded SmolLM2-135M-Instruct'}); waiting until it "
                   "lists its model...")
     try:
         with server:
             base, name = server.api_base, server.litellm_model
-            console.print(f"[bold green]ready[/] in {server.startup_seconds:.1f} s (pid {server.pid}, log "
+            console.print(Text.assemble(("ready", "bold green"), f" in {server.startup_seconds:.1f} s (pid {server.pid}, log "
                           f"{server.log_path})\n  api_base:      {base}\n  litellm model: {name}\n"
                           f"  concurrency:   {server.concurrency}\n\n"
                           f"evaluate with it (a model you serve is free: its price is 0, set explicitly):\n"
@@ -160,12 +173,12 @@ def serve_cmd(
                           f"or in evolve.yaml:\n  models:\n    solver: {{model: {name}, api_base: {base}, "
                           f"input_cost_per_token: 0, output_cost_per_token: 0}}\n"
                           f"    optimizer: {{model: {name}, api_base: {base}, input_cost_per_token: 0, "
-                          f"output_cost_per_token: 0}}\n\nCtrl-C stops it.")
+                          f"output_cost_per_token: 0}}\n\nCtrl-C stops it."))
             while True:
                 time.sleep(1)
                 server.check_alive()
     except KeyboardInterrupt:
-        console.print(f"stopped after {server.seconds:.0f} s")
+        plain(f"stopped after {server.seconds:.0f} s")
 
 
 @sandbox_app.command("build")
@@ -180,7 +193,7 @@ def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make 
     from evolve.sandbox.image import base_image_tag, build_base_image, ensure_image
 
     def log(m: str) -> None:
-        console.print(f"[dim]{m}[/]")
+        plain(m, "dim")
 
     client = docker_client()
     if mirror is None:
@@ -193,7 +206,7 @@ def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make 
         log(f"{ref} is present; `docker rmi {ref}` first to build it again from {mirror}")
     else:
         ref = build_base_image(client, mirror=mirror, log=log)
-    console.print(f"sandbox image ready: [bold]{ref}[/]")
+    console.print(Text.assemble("sandbox image ready: ", (ref, "bold")))
 
 
 @sandbox_app.command("sweep")
@@ -225,8 +238,38 @@ def evals_show(name: str = typer.Argument(..., help="Eval-set name, directory or
     print_show(console, name, instance_id, split=split, patch=patch)
 
 
+@import_app.command("swe-bench")
+def evals_import_swebench(
+    source: str = typer.Argument(..., help="A .jsonl, .json or .parquet export of SWE-bench rows, or a Hugging "
+                                           "Face dataset name such as SWE-bench/SWE-bench_Lite (needs network)."),
+    name: Optional[str] = typer.Option(None, help="Eval-set name; default: the source's stem."),
+    out: Optional[Path] = typer.Option(None, help="Output directory; default $EVOLVE_HOME/evals/NAME."),
+    holdout_fraction: float = typer.Option(0.3, help="Share of tasks sealed in the holdout split (0 < f < 1)."),
+    seed: int = typer.Option(0, help="Seed of the split: same seed, same split."),
+    style: str = typer.Option("auto", help="Row style: auto, swe-bench (rows naming image, eval_script, "
+                                           "log_parser) or classic (older exports, SWE-Gym)."),
+    test_cmd: Optional[str] = typer.Option(None, help="Classic rows: test command run in /testbed of the "
+                                                      "instance image (test files appended)."),
+    log_parser: str = typer.Option("parse_log_pytest", help="Classic rows: swebench's log parser."),
+    namespace: Optional[str] = typer.Option(None, help="Classic rows: registry namespace of the instance images "
+                                                       "(default: the names swebench builds locally)."),
+    hf_split: str = typer.Option("test", help="Split of a Hugging Face dataset."),
+) -> None:
+    """Import SWE-bench rows (SWE-bench, Lite, Verified, SWE-Gym) as an eval set with search and holdout splits."""
+    from evolve.evalsets.commands import print_import
+    from evolve.evalsets.registry import evolve_home
+    from evolve.evalsets.swebench import ImportOptions, import_swebench
+    from evolve.synth.source import slug
+
+    eval_name = slug(name or Path(source.rstrip("/")).stem.split("/")[-1])
+    opts = ImportOptions(holdout_fraction=holdout_fraction, seed=seed, style=style, test_cmd=test_cmd,
+                         log_parser=log_parser, namespace=namespace, hf_split=hf_split)
+    imported = import_swebench(source, out or evolve_home() / "evals" / eval_name, opts, name=eval_name)
+    print_import(console, imported)
+
+
 def _synth_interrupted() -> None:
-    err_console.print("[yellow]interrupted[/]: nothing was written; no containers left behind.")
+    _interrupted("nothing was written; no containers left behind.")
     raise typer.Exit(130)
 
 
@@ -244,7 +287,15 @@ def evals_synth(
     image: Optional[str] = typer.Option(None, help="Docker image with the project's dependencies; default: "
                                                    "evolve's base image (python3 + pytest)."),
     max_commits: int = typer.Option(300, help="History: commits examined, newest first."),
+    all_commits: bool = typer.Option(False, "--all-commits", help="History: examine every non-merge commit, "
+                                     "branch commits included (default: the main line only, first-parent, a "
+                                     "merge standing for its branch)."),
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
+    statement: str = typer.Option("deterministic", help="Problem statements: deterministic (failing tests and "
+                                                         "tracebacks), or llm (a model rewrites them as issues, "
+                                                         "checked never to quote the patch)."),
+    statement_model: Optional[str] = typer.Option(None, help="litellm model for --statement llm (e.g. "
+                                                             "anthropic/claude-sonnet-4-5, scripted/PATH.yaml)."),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
     from evolve.evalsets.registry import evolve_home
@@ -255,16 +306,30 @@ def evals_synth(
     from evolve.synth.synthesize import synthesize
 
     sources = tuple(s.strip() for s in source.split(",") if s.strip())
+    if statement not in ("deterministic", "llm"):
+        raise ConfigError(f"--statement must be deterministic or llm, got {statement!r}")
+    if (statement == "llm") != (statement_model is not None):
+        raise ConfigError("--statement llm needs --statement-model MODEL, and --statement-model needs --statement llm")
+    if statement_model is not None:
+        from evolve.models import check_model
+
+        check_model(statement_model, role="statement")  # before any sandbox work: provider and price known
     eval_name = slug(name or repo.expanduser().resolve().name)
     dest = out or evolve_home() / "evals" / eval_name
     opts = SynthOptions(seed=seed, max_tasks=max_tasks, workers=workers, test_cmd=test_cmd, image=image,
-                        max_commits=max_commits, suite_timeout_s=suite_timeout)
+                        max_commits=max_commits, suite_timeout_s=suite_timeout, first_parent=not all_commits)
     try:
         with RichProgress(console) as progress:
             meta = synthesize(repo, dest, sources=sources, name=name, opts=opts, progress=progress)
     except KeyboardInterrupt:
         _synth_interrupted()
     print_synth_summary(console, meta, Path(dest))
+    if statement == "llm":
+        from evolve.synth.statements import TRACE_FILE, rewrite_statements
+
+        counts = rewrite_statements(Path(dest), statement_model)
+        plain(f"statements: {counts['llm']} written by {statement_model}, {counts['deterministic']} kept "
+              f"deterministic (reasons in each task's synth.statement); calls traced in {Path(dest) / TRACE_FILE}")
 
 
 @evals_app.command("build")
@@ -289,7 +354,7 @@ def evals_build(
     except KeyboardInterrupt:
         _synth_interrupted()
     print_synth_summary(console, meta, Path(meta["path"]))
-    console.print(f"mutants tried {meta['mutants_tried']}, tasks kept {meta['tasks']} "
+    plain(f"mutants tried {meta['mutants_tried']}, tasks kept {meta['tasks']} "
                   f"({100 * meta['mutants_kept_share']:.0f}%)")
 
 
@@ -303,7 +368,7 @@ def init_cmd(directory: Path = typer.Argument(Path("."), help="Repo to create or
     from evolve.project import init_project
 
     added = init_project(directory, template, harness)
-    console.print(f"added {', '.join(added)} in {directory.resolve()}")
+    plain(f"added {', '.join(added)} in {directory.resolve()}")
     console.print("next: edit evolve.yaml (models, eval set, budget), commit, then `evolve run`")
 
 
@@ -341,7 +406,7 @@ def run_cmd(
     from evolve.runstate import RunStore
     from evolve.session import project_session
 
-    with project_session(cfg, note=console.print) as session:
+    with project_session(cfg, note=plain) as session:
         view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations)
         loop = Loop(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                     solver_params=session.solver.params, runs_dir=runs,
@@ -351,12 +416,11 @@ def run_cmd(
             with view:
                 state = loop.run()
         except KeyboardInterrupt:
-            err_console.print(f"[yellow]interrupted[/]: finished work kept; continue with "
-                              f"`evolve run --resume {loop.run_id}`")
+            _interrupted(f"finished work kept; continue with `evolve run --resume {loop.run_id}`")
             raise typer.Exit(130) from None
     console.print(generations_table(RunStore(runs, state.run_id).gens()))
     console.print(run_summary(state, cfg.budget.budget_usd))
-    console.print(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
+    plain(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
 
 
 def _run_view(runs_dir: Optional[Path], run: Optional[str]):
@@ -405,15 +469,15 @@ def diff_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: th
         sys.stdout.write(plain_diff(view, gen))
         return
     for part in diff(view, gen, stat=stat):
-        console.rule(part.title, align="left")
+        console.rule(Text(part.title), align="left")
         if part.hypothesis:
-            console.print(f"[bold]hypothesis:[/] {part.hypothesis}")
+            console.print(Text.assemble(("hypothesis:", "bold"), " ", part.hypothesis))
         if part.fixed or part.broken:
-            console.print(f"[green]fixed:[/] {', '.join(part.fixed) or '-'}   "
-                          f"[red]broken:[/] {', '.join(part.broken) or '-'}")
+            console.print(Text.assemble(("fixed:", "green"), f" {', '.join(part.fixed) or '-'}   ",
+                                        ("broken:", "red"), f" {', '.join(part.broken) or '-'}"))
         if part.diff:
             is_patch = part.diff.startswith("diff --git")
-            console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else part.diff)
+            console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else Text(part.diff))
 
 
 @app.command("rollback")
@@ -430,7 +494,7 @@ def rollback_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default
     project = find_project()
     old, new = rollback(runs_dir or project.runs_dir, run, root=project.root, to=to, revert=gen,
                         undo=undo or None)
-    console.print(f"accepted head moved {old[:10]} -> {new[:10]}; undo with `evolve rollback --undo`")
+    plain(f"accepted head moved {old[:10]} -> {new[:10]}; undo with `evolve rollback --undo`")
 
 
 @app.command("holdout")
@@ -448,7 +512,7 @@ def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default:
     cfg = project.config()
     runs = runs_dir or project.runs_dir
     view = open_run(runs, run, root=project.root)
-    with project_session(cfg, optimizer=False, note=console.print) as session:
+    with project_session(cfg, optimizer=False, note=plain) as session:
         state = run_holdout(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                             solver_params=session.solver.params, runs_dir=runs,
                                                             workers=session.workers),
@@ -467,7 +531,7 @@ def main() -> None:
     try:
         app()
     except EvolveError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(e)))
         code = 1
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

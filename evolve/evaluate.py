@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from evolve import owner, store
 from evolve.config import EvalSettings
-from evolve.errors import ConfigError, InfraError
+from evolve.errors import ConfigError, EvalSetError, InfraError, SandboxError
 from evolve.evalsets.registry import EvalSet
 from evolve.harness import Harness
 from evolve.retry import retrying
@@ -191,6 +191,17 @@ class Evaluation:
 
     def _select(self, instance_ids: list[str] | None) -> list[Task]:
         tasks = self.evalset.tasks(self.split)
+        if not tasks:
+            raise EvalSetError(f"split {self.split!r} of eval set {self.evalset.name} has no task: nothing to "
+                               "evaluate (a result of 0/0 would mean nothing). Give the split tasks, e.g. import "
+                               "with `evolve evals import swe-bench FILE --holdout-fraction F`",
+                               path=str(self.evalset.source or self.evalset.root))
+        empty = [t.instance_id for t in tasks if t.repo_path is None and t.image is None]
+        if empty:
+            raise EvalSetError(f"{len(empty)} task(s) name neither a repo_path nor an image holding /testbed, so the "
+                               f"agent would work on an empty /testbed: {', '.join(empty[:5])}. Give each task its "
+                               "image (SWE-bench rows: `evolve evals import swe-bench FILE`) or its repo_path",
+                               path=str(self.evalset.source or self.evalset.root))
         if not instance_ids:
             return tasks
         known = {t.instance_id: t for t in tasks}
@@ -226,8 +237,7 @@ class Evaluation:
         for run_id in store.mark_dead_runs(self.run_dir.parent):
             log.info("evaluation %s was left running by a dead process: marked interrupted", run_id)
         store.remove_orphans(self.run_dir)
-        images = {t.image for t in self.tasks}
-        self.images = {img: ensure_image(client, img) for img in images}
+        self.images = self._images(client, ensure_image)
         self.agent_envs = self._agent_envs(client, ensure_image)
         self._write_meta("running")
         store.append_jsonl(self.run_dir / "events.jsonl", {"ts": store.now_iso(), "event": "start",
@@ -271,6 +281,36 @@ class Evaluation:
             out[task_image] = (image, prepare(client, self.harness, image, home=evolve_home(),
                                               limits=self.settings.sandbox, log=log.info))
         return out
+
+    def _images(self, client, ensure_image) -> dict[str | None, str]:
+        """Every task's image, present or pulled, before any agent runs.
+
+        Raises:
+            SandboxError: naming every image that is neither present nor pullable, and how to get them.
+        """
+        found: dict[str | None, str] = {}
+        missing: dict[str, list[str]] = {}
+        for task in self.tasks:
+            if task.image in missing:
+                missing[task.image].append(task.instance_id)
+            if task.image in found or task.image in missing:
+                continue
+            try:
+                found[task.image] = ensure_image(client, task.image)
+            except SandboxError:
+                if task.image is None:
+                    raise
+                missing[task.image] = [task.instance_id]
+        if missing:
+            swebench = any((t.model_extra or {}).get("swebench") for t in self.tasks if t.image in missing)
+            how = ("build SWE-bench's instance images with the swebench package (`swebench images build`, see "
+                   "its docs) or `docker load -i FILE` them" if swebench else
+                   "build them or `docker load -i FILE` them")
+            listed = "; ".join(f"{img} ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''})"
+                               for img, ids in sorted(missing.items()))
+            raise SandboxError(f"{len(missing)} image(s) of split {self.split!r} are not present and cannot be "
+                               f"pulled, so no agent was started: {listed}. To get them: {how}; then run again")
+        return found
 
     def _finish(self, start: float, *, interrupted: bool, error: str | None = None) -> EvalReport:
         report = EvalReport(run_id=self.run_id, run_dir=self.run_dir, evalset=self.evalset.name,

@@ -35,8 +35,8 @@ from evolve import lessons as lessons_log
 from evolve.acceptance import Verdict, run_acceptance
 from evolve.analyze import analyze, collect_failures
 from evolve.config import ProjectConfig
-from evolve.errors import (ContextWindowError, EvolveError, HarnessError, InfraError, ModelError, PlanError,
-                           RequestError, StopRun, UpstreamError)
+from evolve.errors import (ContextWindowError, EvalSetError, EvolveError, HarnessError, InfraError, ModelError,
+                           PlanError, RequestError, StopRun, UpstreamError)
 from evolve.evaluate import EvalProgress, EvalReport
 from evolve.evaluator import DockerEvaluator, Evaluator
 from evolve.harness import Harness, resolve_harness
@@ -400,7 +400,10 @@ class Loop:
 
         self.evalset = load_evalset(self.cfg.evals.name)
         self.search_ids = self._subset(self.evalset.tasks(self.cfg.evals.search))
-        self.evalset.tasks(self.cfg.evals.holdout)  # fail now, not after a night, if the split is missing
+        if not self.evalset.tasks(self.cfg.evals.holdout):  # fail now, not after a night, if missing or empty
+            raise EvalSetError(f"split {self.cfg.evals.holdout!r} of eval set {self.evalset.name} has no task: the "
+                               "held-out check would evaluate 0/0. Give it tasks (e.g. `evolve evals import "
+                               "swe-bench FILE --holdout-fraction F`) or name another split in evals.holdout")
         self.lineage = Lineage(self.requested_root, self.run_id, self.store.dir / "worktrees")
         self.repo_root = self.lineage.root
         if self.optimizer_backend is not None:

@@ -35,7 +35,7 @@ class EvalProgressView:
         self.resolved = self.running = self.infra = 0
         self.cost = 0.0
         self._lock = threading.Lock()
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+        self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                             TextColumn("{task.completed}/{task.total}"), _Counts(self),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                             console=console, transient=False)
@@ -74,12 +74,12 @@ def _tests(statuses: dict[str, TestStatus]) -> str:
 
 def results_table(report: EvalReport) -> Table:
     """One row per (task, repeat)."""
-    table = Table(title=f"{report.evalset} / {report.split}", title_justify="left")
+    table = Table(title=Text(f"{report.evalset} / {report.split}"), title_justify="left")
     for col in ("instance_id", "rep", "resolved", "class", "F2P", "P2P", "calls", "tokens", "cost $", "s"):
         table.add_column(col, justify="right" if col in ("rep", "calls", "tokens", "cost $", "s") else "left")
     for r in report.results:
         mark = Text("yes", "green") if r.resolved else Text("infra", "yellow") if r.is_infra else Text("no", "red")
-        table.add_row(r.instance_id, str(r.repeat), mark, r.failure_class.value, _tests(r.FAIL_TO_PASS),
+        table.add_row(Text(r.instance_id), str(r.repeat), mark, r.failure_class.value, _tests(r.FAIL_TO_PASS),
                       _tests(r.PASS_TO_PASS), str(r.usage.calls),
                       str(r.usage.prompt_tokens + r.usage.completion_tokens), f"{r.usage.cost_usd:.4f}",
                       f"{r.seconds:.1f}")
@@ -93,8 +93,8 @@ def summary_table(report: EvalReport) -> Table:
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("harness", f"{s['harness']} ({s['harness_tree'][:12]})"),
-        ("model", s["model"]),
+        ("harness", Text(f"{s['harness']} ({s['harness_tree'][:12]})")),
+        ("model", Text(str(s["model"]))),
         ("resolved", f"{s['resolved']}/{s['scored']} ({100 * s['resolve_rate']:.1f}%)"),
         ("infra failures (not scored)", str(s["infra"])),
         ("integrity flags", ", ".join(f"{flag} {n}" for flag, n in s["integrity_flags"].items()) or "none"),
@@ -103,10 +103,10 @@ def summary_table(report: EvalReport) -> Table:
         ("tokens (prompt + completion)", f"{s['prompt_tokens']} + {s['completion_tokens']}"),
         ("cost", f"${s['cost_usd']:.4f}"),
         ("wall time", f"{s['seconds']:.1f}s"),
-        ("results", str(report.run_dir)),
+        ("results", Text(str(report.run_dir))),
     ]
     if report.interrupted:
-        rows.insert(0, ("status", "[yellow]interrupted: finished results kept[/]"))
+        rows.insert(0, ("status", Text("interrupted: finished results kept", "yellow")))
     for k, v in rows:
         table.add_row(k, v)
     return table
@@ -147,7 +147,7 @@ def generations_table(gens, title: str = "generations") -> Table:
         flagged = Text("-" if g.flagged_tasks is None else str(g.flagged_tasks))
         if g.tampering:
             flagged = Text(f"{g.flagged_tasks}, {len(g.tampering)} tampering", "red bold")
-        table.add_row(str(g.gen), g.parent[:8], (g.hypothesis or g.reason or "")[:90], score,
+        table.add_row(str(g.gen), Text(g.parent[:8]), Text((g.hypothesis or g.reason or "")[:90]), score,
                       f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
     return table
@@ -157,7 +157,7 @@ def run_summary(state, budget_usd: float | None = None) -> Table:
     """A run at a glance from its ``runstate.RunState``: status, eval set, baseline and accepted search
     scores, the accepted head, generations, USD spent (against ``budget_usd`` when given) and the
     held-out check once it has run."""
-    table = Table(show_header=False, title=f"run {state.run_id}", title_justify="left")
+    table = Table(show_header=False, title=Text(f"run {state.run_id}"), title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     spend = f"${state.spent_usd:.4f}" + (f" of ${budget_usd:.2f}" if budget_usd is not None else "")
@@ -171,7 +171,7 @@ def run_summary(state, budget_usd: float | None = None) -> Table:
         rows.append(("held-out check", f"baseline {_pct(h.get('baseline'))} vs best {_pct(h.get('best'))} "
                                        f"on {h.get('n')} tasks"))
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, Text(v))
     return table
 
 
@@ -213,8 +213,9 @@ class RunLiveView:
         self.header = Text("starting")
         self.spent_live = 0.0
         self.verdicts: list = []
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[info]}", markup=False),
                                  TimeElapsedColumn(), console=console)
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
 
@@ -243,7 +244,7 @@ class RunLiveView:
         spend = f"${state.spent_usd + self.spent_live:.4f}" + (f" / ${self.budget:.2f}" if self.budget else "")
         if not self.console.is_terminal:  # a log file: one line per step instead of a live screen
             self.console.print(f"[{now_hms()}] generation {gen}: {step}; accepted {_pct(state.best_rate)}; "
-                               f"spent {spend}")
+                               f"spent {spend}", markup=False, emoji=False)
         limit = f"/{self.limit}" if self.limit else ""
         self.header = Text.assemble(("evolve run ", "bold"), state.run_id, "   generation ", (f"{gen}{limit}", "bold"),
                                     "   step ", (step, "cyan bold"), "   accepted ",
@@ -258,11 +259,11 @@ class RunLiveView:
         """Generation ``rec.gen`` is decided: add it to the last verdicts (and print it off a terminal)."""
         if not self.console.is_terminal:
             self.console.print(f"[{now_hms()}] generation {rec.gen}: {rec.status} ({_pts(rec.delta)} pts) "
-                               f"{rec.hypothesis[:100]!r}: {rec.reason}"[:400])
+                               f"{rec.hypothesis[:100]!r}: {rec.reason}"[:400], markup=False, emoji=False)
         self.spent_live = 0.0
         self.verdicts.append(rec.model_copy())
         self.refresh()
 
     def note(self, text: str) -> None:
-        """Print ``text`` above the live view."""
-        self.console.print(text)
+        """Print ``text`` above the live view, as plain text (never read as markup)."""
+        self.console.print(Text(str(text)))

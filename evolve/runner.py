@@ -41,9 +41,9 @@ from evolve.harness import Harness
 from evolve.harness_env import HarnessEnv
 from evolve.models import ModelBackend
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
-from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, TakenPatch, collect_script, print_collected_script,
-                            read_collected, reap_script, run_as_root, sandbox_ids, script, shell_header,
-                            taken_patch, testbed_archive)
+from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, TESTBED, TakenPatch, collect_script,
+                            print_collected_script, read_collected, reap_script, run_as_root, sandbox_ids, script,
+                            shell_header, taken_patch, testbed_archive)
 from evolve.types import IntegrityFlag, Task, Usage
 
 HARNESS_LOG_BYTES = 5_000_000
@@ -276,8 +276,21 @@ def _entrypoint_sh(harness: Harness, max_connections: int) -> bytes:
 
 
 def _task_info(task: Task) -> str:
+    """``/evolve/task.json`` for the harness: the task, and the environment the grader tests it in.
+
+    ``test_cmd`` is the command the grader runs in ``workdir`` (the repository) with the files of the task's
+    tests appended (``evolve.grading``): the same command, environment and image, so the harness runs the
+    project's tests as they will be judged. The FAIL_TO_PASS/PASS_TO_PASS ids are not given (as in
+    SWE-bench, the agent sees the issue, not the hidden tests)."""
+    from evolve.grading import DEFAULT_TEST_CMD
+
     return json.dumps({"instance_id": task.instance_id, "problem_statement": task.problem_statement,
-                       "repo": task.repo, "base_commit": task.base_commit}, indent=2)
+                       "repo": task.repo, "base_commit": task.base_commit,
+                       "test_cmd": task.test_cmd or DEFAULT_TEST_CMD,
+                       "environment": {"workdir": TESTBED, "image": task.image or "evolve's base image",
+                                       "test_cmd_usage": "run in workdir; append test files or pytest node ids "
+                                                         "to choose tests, as the grader appends the task's test "
+                                                         "files"}}, indent=2)
 
 
 def _install_entries(task: Task, harness: Harness, ids: tuple[int, int], max_connections: int) -> bytes:

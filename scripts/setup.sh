@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv || die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
 fi
 say "installing evolve into .venv"
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,swebench]' 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import evolve.cli" || die "evolve did not install; see the pip output above"
 
 # 1b. The embedded offline default model: llama.cpp's server (llama-cpp-python[server], compiled here

@@ -270,7 +270,7 @@ def test_minimal_config_and_prompts() -> None:
     instance = (MINIMAL / "prompts" / "instance.txt").read_text()
     assert "$problem_statement" in instance and "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT" in instance
     # Every placeholder used by a prompt is one agent.py provides.
-    provided = {"command_timeout", "problem_statement", "repo", "repo_dir", "instance_id", "step_limit",
+    provided = {"command_timeout", "problem_statement", "test_cmd", "repo", "repo_dir", "instance_id", "step_limit",
                 "returncode", "output", "count", "command", "timeout"}
     for prompt in (MINIMAL / "prompts").iterdir():
         for match in string.Template.pattern.finditer(prompt.read_text()):
