@@ -371,19 +371,28 @@ def _run_view(runs_dir: Optional[Path], run: Optional[str]):
 @app.command("status")
 def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
-               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+               as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+               tree: bool = typer.Option(False, "--tree", help="The archive as a lineage tree, the accepted "
+                                                               "path marked.")) -> None:
     """The generations of a run: parent, hypothesis, score, delta, verdict, tasks with integrity flags,
     cost, time."""
     import json
 
     from evolve.project import find_project
-    from evolve.report import generations_table, run_summary
+    from evolve.report import generations_table, lineage_tree, run_summary
     from evolve.review import open_run
+    from evolve.search import archive
 
     view = open_run(runs_dir or find_project().runs_dir, run)
+    nodes = archive.load(view.store.dir)
     if as_json:
         print(json.dumps({"state": view.state.model_dump(mode="json"),
-                          "generations": [g.model_dump(mode="json") for g in view.gens]}, indent=2))
+                          "generations": [g.model_dump(mode="json") for g in view.gens],
+                          "archive": [n.model_dump(mode="json") for n in nodes]}, indent=2))
+        return
+    if tree:
+        console.print(lineage_tree(nodes, view.state.best, archive.accepted_path(nodes, view.state.best),
+                                   title=f"archive of {view.state.run_id} (* the accepted path)"))
         return
     console.print(generations_table(view.gens))
     console.print(run_summary(view.state))

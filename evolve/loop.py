@@ -5,13 +5,17 @@
         evaluate the accepted head (baseline) on the search split
         until a stop condition:
             generation():
-                1. analyze   the accepted harness's failures (optimizer)
+                0. parent    the accepted head (search.parent: greedy) or a stepping stone of
+                             the archive (dgm; evolve.search.parents)
+                1. analyze   the parent's failures (optimizer)
                 2. plan      one change: hypothesis, files, expected effect (optimizer)
                 3. patch     the harness in the candidate's worktree (optimizer, SEARCH/REPLACE)
                    check     it compiles and runs one smoke task
                 4. evaluate  paired with the parent on the same search tasks; re-run
-                             discordant tasks; decide: accept (best advances) or roll back
-                record, lesson, event, state: in that order (evolve.recorder)
+                             discordant tasks; a parent other than the accepted head must
+                             then also beat the accepted head, paired
+                   decide    accept (best advances) or roll back; a stepping stone or not
+                record, archive node, lesson, event, state: in that order (evolve.recorder)
         held-out check: baseline and best on the sealed holdout split
 
 Evaluation goes through an ``evolve.evaluator.Evaluator``: ``DockerEvaluator`` by default,
@@ -47,6 +51,8 @@ from evolve.patch import patch
 from evolve.plan import Plan, plan
 from evolve.recorder import Recorder, kill_point, reconcile
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
+from evolve.search import archive
+from evolve.search.parents import choose_parent
 from evolve.store import atomic_write, new_run_id, now_iso, remove_orphans
 from evolve.types import IntegrityFlag, Task, TaskResult
 
@@ -187,6 +193,9 @@ class Loop:
                     state.baseline_rate = best.resolve_rate
                 state.best_rate = best.resolve_rate
                 self.recorder.save(state)
+                archive.append_once(self.store.dir, archive.Node(
+                    gen=0, commit=state.base, branch=f"evolve/{self.run_id}/base", status="base", stone=True,
+                    rate=state.baseline_rate))
                 while (reason := self._stop_reason(state, limit)) is None:
                     self.generation(state)
                 state.status, state.stop_reason = "stopped", reason
@@ -215,7 +224,9 @@ class Loop:
         """
         gen = state.generations + 1
         earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
-        rec = GenerationRecord(gen=gen, parent=state.best, cost_usd=earlier.cost_usd if earlier else 0.0)
+        parent_gen, parent = self._parent(state, gen)
+        rec = GenerationRecord(gen=gen, parent=parent, parent_gen=parent_gen, best_before=state.best,
+                               cost_usd=earlier.cost_usd if earlier else 0.0)
         self.recorder.begin(state, rec)
         t0, mark, carried, stop = time.monotonic(), self.meter.total(), rec.cost_usd, None
         self._cost = lambda: carried + self.meter.total() - mark
@@ -238,7 +249,7 @@ class Loop:
             self.lineage.drop_worktree(gen)
         rec.cost_usd, rec.seconds, rec.finished = self._cost(), time.monotonic() - t0, now_iso()
         self.recorder.finish(state, rec)
-        if rec.status == "rejected" and not self.cfg.acceptance.keep_rejected:
+        if rec.status == "rejected" and not self.cfg.acceptance.keep_rejected and not rec.stone:
             self.lineage.delete_branch(gen)
         if stop is not None:
             raise stop from None
@@ -247,19 +258,20 @@ class Loop:
     def _steps(self, state: RunState, rec: GenerationRecord) -> None:
         """The generation's steps; each returns its outcome or raises ``GenerationFailed``."""
         gen = rec.gen
-        parent_h = self._harness(state.best)
+        parent_h = self._harness(rec.parent)
         parent_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
 
         self._step(state, rec, "analyze")
         analysis = self._analyze(gen, parent_report)
 
         self._step(state, rec, "plan")
-        files = self.lineage.tree_files(state.best, self.harness_dir)
-        the_plan = self._plan(analysis, files, state.best_rate)
+        files = self.lineage.tree_files(rec.parent, self.harness_dir)
+        the_plan = self._plan(analysis, files, state.best_rate if rec.parent == state.best
+                              else parent_report.resolve_rate)
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")
-        rec.candidate = self._patch(gen, the_plan, files, parent=state.best)
+        rec.candidate = self._patch(gen, the_plan, files, parent=rec.parent)
 
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
@@ -269,6 +281,9 @@ class Loop:
         verdict, seen = self._compare(parent_h, child_h, gen)
         rec.flagged_tasks, rec.integrity_flags = flag_counts(seen["child"])
         rec.tampering = new_tampering(seen["parent"], seen["child"])
+        rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
+        if rec.parent != state.best:
+            verdict = self._against_best(state, child_h, gen, verdict)
 
         self._step(state, rec, "decide")
         self._decide(state, rec, verdict)
@@ -295,7 +310,7 @@ class Loop:
         Raises:
             GenerationFailed: no edit applied (failed), or edits refused or carrying eval-set data (refused).
         """
-        worktree = self.lineage.worktree(gen)
+        worktree = self.lineage.worktree(gen, parent)
         outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir, files=files,
                         protected=self.cfg.protected_paths)
         if not outcome.changed_files:
@@ -332,17 +347,32 @@ class Loop:
             raise GenerationFailed("failed", f"smoke task {smoke} failed: harness exit code "
                                              f"{result.harness_exit_code}{timed_out}")
 
-    def _compare(self, parent: Harness, child: Harness, gen: int) -> tuple[Verdict, dict[str, list[TaskResult]]]:
-        """The paired comparison (``run_acceptance``) and every result it saw, by side."""
+    def _compare(self, parent: Harness, child: Harness, gen: int,
+                 who: str = "parent") -> tuple[Verdict, dict[str, list[TaskResult]]]:
+        """The paired comparison (``run_acceptance``) and every result it saw, by side; ``who`` names
+        the parent side in evaluation labels (``parent``, or ``best`` for the accepted head)."""
         harnesses = {"parent": parent, "child": child}
+        names = {"parent": who, "child": "child"}
         seen: dict[str, list[TaskResult]] = {"parent": [], "child": []}
 
-        def evaluate(who: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
-            report = self._evaluate(harnesses[who], ids, repeat, f"g{gen:03d}-{who}-r{repeat}")
-            seen[who].extend(report.results)
+        def evaluate(side: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
+            report = self._evaluate(harnesses[side], ids, repeat, f"g{gen:03d}-{names[side]}-r{repeat}")
+            seen[side].extend(report.results)
             return {r.instance_id: None if r.is_infra else r.resolved for r in report.results}
 
-        return run_acceptance(evaluate, self.search_ids, self.cfg.acceptance), seen
+        acc = self.cfg.acceptance
+        return run_acceptance(evaluate, self.search_ids, acc, stages=acc.stages, futility_z=acc.futility_z), seen
+
+    def _against_best(self, state: RunState, child: Harness, gen: int, v: Verdict) -> Verdict:
+        """A candidate made from a stepping stone moves ``best`` only if it also beats the accepted head,
+        paired on the same tasks (the child's runs are cached, so mostly the head's are new). ``v`` is
+        its verdict against its parent: a child that does not beat its parent is not tried."""
+        if not v.accepted:
+            return replace(v, reason=f"{v.reason}; against its parent, a stepping stone: the accepted head "
+                                     "was not tried")
+        against, _ = self._compare(self._harness(state.best), child, gen, who="best")
+        return replace(against, reason=f"against the accepted head: {against.reason} "
+                                       f"(it beat its parent: {v.reason})")
 
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
         """Record the verdict, then write it to git: a verdict commit, and ``best`` moved on accept.
@@ -354,6 +384,8 @@ class Loop:
         rec.ci_low, rec.ci_high, rec.p_value, rec.task_runs = v.ci_low, v.ci_high, v.p_value, v.task_runs
         rec.fixed, rec.broken, rec.reason, rec.n_tasks = list(v.fixed), list(v.broken), v.reason, v.n_tasks
         rec.pending, rec.cost_usd = ("accepted" if v.accepted else "rejected"), self._cost()
+        rec.stone = archive.is_stone(rec.pending, rec.p_worse, 1 - self.cfg.acceptance.confidence,
+                                     bool(rec.tampering))
         self.recorder.running(rec)
         rec.verdict_commit = self.lineage.commit_verdict(
             rec.gen, f"evolve: {rec.pending} g{rec.gen:03d}: {rec.hypothesis}", verdict_trailers(self.run_id, rec))
@@ -441,6 +473,20 @@ class Loop:
         self.recorder.save(state)
         kill_point("holdout")
         return state.holdout
+
+    def _parent(self, state: RunState, gen: int) -> tuple[int, str]:
+        """(generation, commit) of the next candidate's parent (``search.parent``; the draw is seeded
+        with the run and the generation, so a redone generation draws the same)."""
+        nodes = archive.load(self.store.dir)
+        by_gen = {n.gen: n for n in nodes}
+        best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best), 0)
+        search = self.cfg.search
+        seed = f"{self.run_id if search.seed is None else search.seed}/{gen}"
+        chosen = choose_parent(search.parent, nodes, best_gen=best_gen, seed=seed, lam=search.dgm_lambda,
+                               midpoint=search.dgm_midpoint)
+        if chosen == best_gen or chosen not in by_gen:
+            return best_gen, state.best
+        return chosen, by_gen[chosen].commit
 
     def _stop_reason(self, state: RunState, limit: int | None) -> str | None:
         budget = self.cfg.budget
