@@ -396,6 +396,10 @@ def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: 
         return
     console.print(generations_table(view.gens))
     console.print(run_summary(view.state))
+    if view.state.holdout and view.state.holdout.get("each"):
+        from evolve.report import transfer_table
+
+        console.print(transfer_table(view.state.holdout))
 
 
 @app.command("diff")
@@ -445,7 +449,9 @@ def rollback_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default
 @app.command("holdout")
 def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                 config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
-                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+                each: bool = typer.Option(False, "--each", help="Every accepted generation too: its holdout delta "
+                                                                "beside its search delta.")) -> None:
     """Evaluate the baseline and the accepted head on the sealed held-out split (needs only the solver)."""
     from evolve.loop import LoopSettings, run_holdout
     from evolve.project import open_project
@@ -461,8 +467,12 @@ def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default:
         state = run_holdout(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                             solver_params=session.solver.params, runs_dir=runs,
                                                             workers=session.workers),
-                            run_id=view.state.run_id)
+                            run_id=view.state.run_id, each=each)
     console.print(run_summary(state))
+    if each:
+        from evolve.report import transfer_table
+
+        console.print(transfer_table(state.holdout))
 
 
 def _terminate(signum, frame) -> None:  # SIGTERM ends a run like Ctrl-C: cleanly

@@ -456,10 +456,17 @@ class Loop:
         self.recorder.event("start", base=base, evalset=self.evalset.name, search=len(self.search_ids))
         return state
 
-    def holdout(self, state: RunState) -> dict:
-        """Evaluate the baseline and the accepted head on the sealed holdout split; record both in
-        ``state.holdout`` (``{"baseline": rate, "best": rate, "n", "best_commit", "at"}``, rates in
-        [0, 1]) and return it. Needs no optimizer."""
+    def holdout(self, state: RunState, *, each: bool = True) -> dict:
+        """Evaluate the baseline and the accepted head on the sealed holdout split and, with ``each``,
+        every accepted generation (its transfer: holdout rate against that of the harness it beat);
+        record it in ``state.holdout`` and return it::
+
+            {"baseline": rate, "best": rate, "n": tasks, "best_commit": sha, "at": iso,
+             "each": [{"gen", "commit", "rate", "against", "against_rate", "delta", "search_delta"}]}
+
+        Rates are resolve rates in [0, 1], deltas in rate units (0.05 = 5 points); ``against`` is the
+        accepted head the generation was compared with. Nothing in the loop reads it: the holdout
+        split never influences a decision. Needs no optimizer."""
         self._prepare()
         split = self.cfg.evals.holdout
         ids = [t.instance_id for t in self.evalset.tasks(split)]
@@ -467,8 +474,24 @@ class Loop:
         rates, mark = {}, self.meter.total()
         for who, sha in (("baseline", state.base), ("best", state.best)):
             rates[who] = self._evaluate(self._harness(sha), ids, 0, f"holdout-{who}", split=split).resolve_rate
+        transfer = []
+        if each:
+            by_commit = {state.base: rates["baseline"], state.best: rates["best"]}
+
+            def rate(sha: str, label: str) -> float:
+                if sha not in by_commit:
+                    by_commit[sha] = self._evaluate(self._harness(sha), ids, 0, label, split=split).resolve_rate
+                return by_commit[sha]
+
+            for rec in self.store.gens():
+                if rec.status == "accepted" and rec.verdict_commit:
+                    against = rec.best_before or rec.parent
+                    now, before = rate(rec.verdict_commit, f"holdout-g{rec.gen:03d}"), rate(against, "holdout-against")
+                    transfer.append({"gen": rec.gen, "commit": rec.verdict_commit, "rate": now, "against": against,
+                                     "against_rate": before, "delta": now - before, "search_delta": rec.delta})
         state.spent_usd += self.meter.total() - mark
-        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso()}
+        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso(),
+                         **({"each": transfer} if each else {})}
         self.recorder.event("holdout", **state.holdout)
         self.recorder.save(state)
         kill_point("holdout")
@@ -528,10 +551,11 @@ class Loop:
 
 
 def run_holdout(cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, evaluator: Evaluator | None = None,
-                *, run_id: str | None = None, view: RunView | None = None) -> RunState:
+                *, run_id: str | None = None, view: RunView | None = None, each: bool = False) -> RunState:
     """Evaluate run ``run_id``'s (default: the latest in ``settings.runs_dir``) baseline and accepted
     head (the ``best`` ref in git) on the sealed holdout split with the solver only: no optimizer is
-    built. Records ``state.holdout`` and returns the state. Takes the runs folder's lock itself: the
+    built; with ``each``, every accepted generation too (``Loop.holdout``). Records ``state.holdout``
+    and returns the state. Takes the runs folder's lock itself: the
     caller must not hold it. ``evaluator`` None means ``DockerEvaluator.for_project``.
 
     Raises:
@@ -543,5 +567,5 @@ def run_holdout(cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, eva
         loop._prepare()
         state = loop.store.load()
         state.best = loop.lineage.sha(loop.lineage.refs.best) or state.best
-        loop.holdout(state)
+        loop.holdout(state, each=each)
         return state

@@ -195,6 +195,19 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
     return tree
 
 
+def transfer_table(holdout: dict) -> Table:
+    """Each accepted generation's search delta beside its holdout delta (``RunState.holdout["each"]``,
+    written by ``evolve holdout --each`` and at the end of a run)."""
+    table = Table(title=f"transfer: each accepted change on the sealed holdout split ({holdout.get('n')} tasks)",
+                  title_justify="left")
+    for col in ("gen", "commit", "search delta pts", "holdout delta pts", "holdout rate"):
+        table.add_column(col, justify="left" if col == "commit" else "right")
+    for row in holdout.get("each", []):
+        table.add_row(str(row["gen"]), row["commit"][:10], _pts(row.get("search_delta")), _pts(row.get("delta")),
+                      f"{_pct(row.get('against_rate'))} -> {_pct(row.get('rate'))}")
+    return table
+
+
 def run_summary(state, budget_usd: float | None = None) -> Table:
     """A run at a glance from its ``runstate.RunState``: status, eval set, baseline and accepted search
     scores, the accepted head, generations, USD spent (against ``budget_usd`` when given) and the

@@ -129,6 +129,9 @@ def test_dgm_builds_on_a_stepping_stone_and_best_moves_only_on_a_win_against_bes
     nodes = archive.load(loop.store.dir)
     assert archive.accepted_path(nodes, state.best) == {0, 1, 2}
     assert loop.lineage.sha(loop.lineage.refs.gen(1)) == g1.verdict_commit  # the stone's branch is kept
+    (transfer,) = state.holdout["each"]  # compared with the accepted head (the base), not its parent
+    assert transfer["gen"] == 2 and transfer["against"] == state.base and transfer["delta"] == 1.0
+    assert "holdout-g002" not in labels  # g2 is best: its holdout run is the accepted head's
 
 
 def test_without_keep_rejected_only_stepping_stones_keep_their_branch(tmp_path):
@@ -155,3 +158,33 @@ def test_a_significantly_worse_or_tampering_candidate_is_no_stepping_stone():
     assert not archive.is_stone("rejected", 1.0, 0.05, tampering=True)
     assert not archive.is_stone("failed", None, 0.05, tampering=False)
     assert archive.is_stone("accepted", 0.001, 0.05, tampering=False)
+
+
+def test_transfer_of_each_accepted_change_on_the_holdout_split(tmp_path):
+    from evolve.config import load_project_config
+    from evolve.loop import LoopSettings, run_holdout
+
+    from loop_support import MarkerEvaluator
+
+    loop, state = run(make_project(tmp_path))  # g1 accepted: 0% -> 100% on every split
+    (g1,) = [g for g in loop.store.gens() if g.status == "accepted"]
+    assert state.holdout["each"] == [{"gen": 1, "commit": g1.verdict_commit, "rate": 1.0, "against": state.base,
+                                      "against_rate": 0.0, "delta": 1.0, "search_delta": g1.delta}]
+    # the holdout split is evaluated after the last generation only, never inside one
+    labels = [label for label, split, *_ in loop.evaluator.calls]
+    first_holdout = next(i for i, (_, split, *_) in enumerate(loop.evaluator.calls) if split == "holdout")
+    assert all(split == "holdout" for _, split, *_ in loop.evaluator.calls[first_holdout:])
+    assert all(not label.startswith("g") for label in labels[first_holdout:])
+
+    repo = loop.repo_root
+    cfg = load_project_config(repo / "evolve.yaml")
+    evaluator = MarkerEvaluator(repo / "runs" / "marker2")
+    again = run_holdout(cfg, repo, LoopSettings(solver_model="marker", runs_dir=repo / "runs"), evaluator, each=True)
+    assert [row["gen"] for row in again.holdout["each"]] == [1]
+    assert {label for label, *_ in evaluator.calls} == {"holdout-baseline", "holdout-best"}  # g1 is best
+    shown = subprocess.run([EVOLVE, "status"], cwd=repo, capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 0, shown.stderr
+    assert "transfer: each accepted change" in shown.stdout
+    row = next(line for line in shown.stdout.splitlines() if g1.verdict_commit[:10] in line and "%" in line)
+    assert row.replace("│", " ").split()[:4] == ["1", g1.verdict_commit[:10], "+100.0", "+100.0"]
