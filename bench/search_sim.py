@@ -21,9 +21,14 @@ Run it as ``bench/acceptance_sim.py --search`` (or directly). Model:
 
 Reported: the false-accept rate of null candidates per generation for K = 1, 2, 4, 8 (Holm's
 bound); the power to accept a true +10 by split size (and, for a race, a +10 among K-1 neutral
-candidates); and per strategy on the stream: false accepts per generation, task-runs per
-generation against a full evaluation (every candidate once on every task: K x N fresh runs, the
-parent cached), and the true gain of ``best`` after a fixed budget of fresh task-runs.
+candidates); and per strategy on the stream: false accepts per generation and per candidate
+with no true gain over the accepted head ("/null cand."), task-runs per generation against a
+full evaluation (every candidate once on every task: K x N fresh runs, the parent cached), and
+the true gain of ``best`` after a fixed budget of fresh task-runs (mean ± standard error over
+nights, and the share of nights that end no better than the base).
+
+What it does not model: a landscape where a worse stepping stone leads somewhere better (DGM's
+reason for the archive): a child's gain here does not depend on its parent's history.
 """
 
 from __future__ import annotations
@@ -99,10 +104,12 @@ def stream_gain(rng: np.random.Generator) -> float:
     return rng.uniform(0.08, 0.15)
 
 
-def make_child(rng: np.random.Generator, parent: Harness, gain: float | None = None) -> Harness:
+def make_child(rng: np.random.Generator, parent: Harness, gain: float | None = None, kind: str = "mixed") -> Harness:
+    """A child: true gain ``gain`` (None: drawn from the stream); ``kind`` "identical" is the parent itself
+    (the sharp null), "mixed" spreads fixes and breaks over 40% of the tasks."""
     while True:
         g = stream_gain(rng) if gain is None else gain
-        c = draw_child(rng, parent.p, "mixed", g)
+        c = draw_child(rng, parent.p, kind, g)
         if c is not None:
             return Harness(c)
         if gain is not None:  # unreachable from this parent: a gentler one
@@ -124,24 +131,24 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 def null_table(args, cfg: AcceptanceConfig, kw: dict) -> bool:
     print(f"\n== null candidates: every one of K has true gain 0 ({args.null_trials} generations per row, "
-          f"{args.tasks} tasks) ==")
-    print(f"{'K':>3}{'accept/gen':>12}  {'95% CI':<16}{'uncorrected':>12}  target <= {1 - cfg.confidence:.0%}")
+          f"{args.tasks} tasks; identical = the parent itself, mixed = fixes and breaks that cancel) ==")
+    print(f"{'null':<10}{'K':>3}{'accept/gen':>12}  {'95% CI':<16}{'uncorrected':>12}  target <= {1 - cfg.confidence:.0%}")
     ok = True
-    for k in (1, 2, 4, 8):
-        rng = np.random.default_rng([args.seed, 1, k])
+    for kind, k in [(kind, k) for kind in ("identical", "mixed") for k in (1, 2, 4, 8)]:
+        rng = np.random.default_rng([args.seed, 1, k, len(kind)])
         ids = [f"t{i:03d}" for i in range(args.tasks)]
         acc = unc = 0
         for _ in range(args.null_trials):
             world = World(rng, ids)
             parent = Harness(draw_parent(rng, args.tasks))
-            kids = [make_child(rng, parent, 0.0) for _ in range(k)]
+            kids = [make_child(rng, parent, 0.0, kind) for _ in range(k)]
             race = run_race(lambda j, b, rep: world.run(parent if j is None else kids[j], b, rep), ids, k, cfg, **kw)
             acc += race.winner is not None
             unc += any(v.accepted for v in race.verdicts)
         lo, hi = wilson(acc, args.null_trials)
         met = "met" if acc / args.null_trials <= 1 - cfg.confidence else ("within noise" if lo <= 0.05 else "NOT MET")
         ok &= lo <= 1 - cfg.confidence
-        print(f"{k:>3}{acc / args.null_trials:>12.1%}  [{lo:5.1%}, {hi:5.1%}]{unc / args.null_trials:>12.1%}  {met}")
+        print(f"{kind:<10}{k:>3}{acc / args.null_trials:>12.1%}  [{lo:5.1%}, {hi:5.1%}]{unc / args.null_trials:>12.1%}  {met}")
     return ok
 
 
@@ -208,6 +215,8 @@ class Night:
     accepts: int = 0
     fresh: int = 0
     candidates: int = 0
+    nulls: int = 0
+    """Candidates whose true gain over the accepted head they were judged against is <= 0."""
     gain: float = 0.0
 
 
@@ -226,6 +235,7 @@ def night(strategy: str, k: int, args, cfg: AcceptanceConfig, kw: dict, rng: np.
         out.generations += 1
         if strategy == "race":
             kids = [make_child(rng, best) for _ in range(k)]
+            out.nulls += sum(kid.rate <= best.rate for kid in kids)
             race = run_race(lambda j, b, rep: world.run(best if j is None else kids[j], b, rep), ids, k, cfg, **kw)
             out.candidates += k
             if race.winner is not None:
@@ -244,6 +254,7 @@ def night(strategy: str, k: int, args, cfg: AcceptanceConfig, kw: dict, rng: np.
             pick = int(rng.choice(gens, p=[w[g] for g in gens])) if gens else 0
             parent_gen, parent = pick, dict((n.gen, h) for n, h in archive)[pick]
         child = make_child(rng, parent)
+        out.nulls += child.rate <= best.rate
         v = run_acceptance(world.pair(parent, child), ids, cfg, **kw)
         accepted = v.accepted
         if accepted and parent is not best:
@@ -267,7 +278,7 @@ def night(strategy: str, k: int, args, cfg: AcceptanceConfig, kw: dict, rng: np.
 def stream_table(args, cfg: AcceptanceConfig, kw: dict) -> None:
     print(f"\n== the stream: {args.nights} nights per strategy, {args.tasks} tasks, a budget of {args.budget} x N "
           f"fresh task-runs per night ==")
-    print(f"{'strategy':<12}{'gens':>6}{'accepts':>9}{'false acc/gen':>15}{'runs/gen vs full':>18}"
+    print(f"{'strategy':<12}{'gens':>6}{'accepts':>9}{'false acc/gen':>15}{'/null cand.':>12}{'runs/gen vs full':>18}"
           f"{'true gain (pts)':>17}{'P(gain<=0)':>12}")
     for strategy, k in [("greedy", 1)] + [("race", k) for k in args.race_k] + [("dgm", 1)]:
         rng = np.random.default_rng([args.seed, 4, k, len(strategy)])
@@ -278,7 +289,7 @@ def stream_table(args, cfg: AcceptanceConfig, kw: dict) -> None:
         fa = sum(n.false_accepts for n in nights)
         name = strategy if strategy != "race" else f"race K={k}"
         print(f"{name:<12}{gens / args.nights:>6.1f}{sum(n.accepts for n in nights) / args.nights:>9.2f}"
-              f"{fa / gens:>15.1%}{ratio:>17.2f}x{gains.mean():>+11.1f} ± {gains.std() / math.sqrt(len(gains)):.1f}"
+              f"{fa / gens:>15.1%}{fa / max(1, sum(n.nulls for n in nights)):>12.2%}{ratio:>17.2f}x{gains.mean():>+11.1f} ± {gains.std() / math.sqrt(len(gains)):.1f}"
               f"{(gains <= 0).mean():>12.0%}")
 
 

@@ -391,6 +391,10 @@ def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: 
                           "archive": [n.model_dump(mode="json") for n in nodes]}, indent=2))
         return
     if tree:
+        if not nodes:
+            console.print(f"run {view.state.run_id} has no archive yet (no baseline evaluated, or a run made "
+                          "before the archive existed); `evolve status` shows its generations")
+            return
         console.print(lineage_tree(nodes, view.state.best, archive.accepted_path(nodes, view.state.best),
                                    title=f"archive of {view.state.run_id} (* the accepted path)"))
         return

@@ -41,6 +41,7 @@ stone; it moves only on a paired win against the current best (``evolve.loop``).
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -122,8 +123,6 @@ def p_worse(records: list[TaskRecord]) -> float:
     """One-sided exact sign-flip p-value of "the child is worse than its parent" on the paired
     records of a verdict (the mirror image of ``evolve.acceptance.decide``'s test); 1.0 without pairs."""
     fracs = [r.diff_fraction() for r in records if r.n > 0]
-    from fractions import Fraction
-
     return signflip_pvalue([-Fraction(num, den) for num, den in fracs])
 
 
