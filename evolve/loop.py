@@ -497,12 +497,15 @@ class Loop:
         kill_point("holdout")
         return state.holdout
 
-    def _parent(self, state: RunState, gen: int) -> tuple[int, str]:
+    def _parent(self, state: RunState, gen: int) -> tuple[int | None, str]:
         """(generation, commit) of the next candidate's parent (``search.parent``; the draw is seeded
-        with the run and the generation, so a redone generation draws the same)."""
+        with the run and the generation, so a redone generation draws the same). An accepted head
+        that is no node of the archive (``evolve rollback --gen`` made it) is the parent, generation None."""
         nodes = archive.load(self.store.dir)
         by_gen = {n.gen: n for n in nodes}
-        best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best), 0)
+        best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best), None)
+        if best_gen is None:
+            return None, state.best
         search = self.cfg.search
         seed = f"{self.run_id if search.seed is None else search.seed}/{gen}"
         chosen = choose_parent(search.parent, nodes, best_gen=best_gen, seed=seed, lam=search.dgm_lambda,

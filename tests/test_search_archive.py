@@ -57,6 +57,9 @@ def test_every_generation_is_a_node_and_the_tree_marks_the_accepted_path(tmp_pat
     assert set(g1.outcomes) == set(loop.search_ids)
     assert all(o["parent"][0] is False and o["child"][0] is True for o in g1.outcomes.values())
     assert archive.accepted_path(nodes, state.best) == {0, 1}
+    assert loop._parent(state, 4) == (1, state.best)  # greedy: the accepted head's node
+    moved = state.model_copy(update={"best": "f" * 40})  # a head made outside the archive (rollback --gen)
+    assert loop._parent(moved, 4) == (None, "f" * 40)
     # append-only and idempotent: a second write of a generation changes nothing
     before = archive.path_of(loop.store.dir).read_text()
     assert not archive.append_once(loop.store.dir, g2.model_copy(update={"status": "accepted"}))
