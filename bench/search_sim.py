@@ -132,7 +132,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def null_table(args, cfg: AcceptanceConfig, kw: dict) -> bool:
     print(f"\n== null candidates: every one of K has true gain 0 ({args.null_trials} generations per row, "
           f"{args.tasks} tasks; identical = the parent itself, mixed = fixes and breaks that cancel) ==")
-    print(f"{'null':<10}{'K':>3}{'accept/gen':>12}  {'95% CI':<16}{'uncorrected':>12}  target <= {1 - cfg.confidence:.0%}")
+    print(f"{'null':<10}{'K':>3}{'accept/gen':>12}  {'95% CI':<16}{'uncorrected':>12}  "
+          f"target <= {1 - cfg.confidence:.0%}")
     ok = True
     for kind, k in [(kind, k) for kind in ("identical", "mixed") for k in (1, 2, 4, 8)]:
         rng = np.random.default_rng([args.seed, 1, k, len(kind)])
@@ -148,7 +149,8 @@ def null_table(args, cfg: AcceptanceConfig, kw: dict) -> bool:
         lo, hi = wilson(acc, args.null_trials)
         met = "met" if acc / args.null_trials <= 1 - cfg.confidence else ("within noise" if lo <= 0.05 else "NOT MET")
         ok &= lo <= 1 - cfg.confidence
-        print(f"{kind:<10}{k:>3}{acc / args.null_trials:>12.1%}  [{lo:5.1%}, {hi:5.1%}]{unc / args.null_trials:>12.1%}  {met}")
+        print(f"{kind:<10}{k:>3}{acc / args.null_trials:>12.1%}  [{lo:5.1%}, {hi:5.1%}]"
+              f"{unc / args.null_trials:>12.1%}  {met}")
     return ok
 
 
@@ -159,7 +161,8 @@ def power_table(args, cfg: AcceptanceConfig, kw: dict) -> None:
     print(f"\n== power: P(accept a true +10 points) ({args.power_trials} trials per cell) ==")
     sizes = [int(s) for s in args.power_sizes.split(",")]
     ks = (1, 4)
-    print(f"{'tasks':>6}" + "".join(f"{'K=' + str(k):>10}" for k in ks) + f"{'3 repeats':>11}   (K>1: one +10 among K-1 "
+    print(f"{'tasks':>6}" + "".join(f"{'K=' + str(k):>10}" for k in ks) + f"{'3 repeats':>11}"
+          "   (K>1: one +10 among K-1 "
           "neutral candidates; '3 repeats': K=1, rerun_discordant 2 -> every task run 3 times)")
     for n in sizes:
         ids = [f"t{i:03d}" for i in range(n)]
@@ -171,7 +174,8 @@ def power_table(args, cfg: AcceptanceConfig, kw: dict) -> None:
                 world = World(rng, ids)
                 parent = Harness(draw_parent(rng, n))
                 kids = [make_child(rng, parent, 0.10)] + [make_child(rng, parent, 0.0) for _ in range(k - 1)]
-                race = run_race(lambda j, b, rep: world.run(parent if j is None else kids[j], b, rep), ids, k, cfg, **kw)
+                race = run_race(lambda j, b, rep: world.run(parent if j is None else kids[j], b, rep), ids, k, cfg,
+                                **kw)
                 hit += race.winner == 0
             row.append(hit / args.power_trials)
         rng = np.random.default_rng([args.seed, 3, n])
@@ -289,7 +293,8 @@ def stream_table(args, cfg: AcceptanceConfig, kw: dict) -> None:
         fa = sum(n.false_accepts for n in nights)
         name = strategy if strategy != "race" else f"race K={k}"
         print(f"{name:<12}{gens / args.nights:>6.1f}{sum(n.accepts for n in nights) / args.nights:>9.2f}"
-              f"{fa / gens:>15.1%}{fa / max(1, sum(n.nulls for n in nights)):>12.2%}{ratio:>17.2f}x{gains.mean():>+11.1f} ± {gains.std() / math.sqrt(len(gains)):.1f}"
+              f"{fa / gens:>15.1%}{fa / max(1, sum(n.nulls for n in nights)):>12.2%}{ratio:>17.2f}x"
+              f"{gains.mean():>+11.1f} ± {gains.std() / math.sqrt(len(gains)):.1f}"
               f"{(gains <= 0).mean():>12.0%}")
 
 

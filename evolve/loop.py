@@ -283,7 +283,10 @@ class Loop:
         rec.tampering = new_tampering(seen["parent"], seen["child"])
         rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
         if rec.parent != state.best:
-            verdict = self._against_best(state, child_h, gen, verdict)
+            verdict, seen_best = self._against_best(state, child_h, gen, verdict)
+            if seen_best:  # tampering the accepted head did not do counts too
+                extra = new_tampering(seen_best["parent"], seen_best["child"])
+                rec.tampering = sorted(set(rec.tampering) | set(extra))
 
         self._step(state, rec, "decide")
         self._decide(state, rec, verdict)
@@ -363,16 +366,18 @@ class Loop:
         acc = self.cfg.acceptance
         return run_acceptance(evaluate, self.search_ids, acc, stages=acc.stages, futility_z=acc.futility_z), seen
 
-    def _against_best(self, state: RunState, child: Harness, gen: int, v: Verdict) -> Verdict:
+    def _against_best(self, state: RunState, child: Harness, gen: int,
+                      v: Verdict) -> tuple[Verdict, dict[str, list[TaskResult]]]:
         """A candidate made from a stepping stone moves ``best`` only if it also beats the accepted head,
         paired on the same tasks (the child's runs are cached, so mostly the head's are new). ``v`` is
-        its verdict against its parent: a child that does not beat its parent is not tried."""
+        its verdict against its parent: a child that does not beat its parent is not tried (then the
+        results seen are empty). Returns the deciding verdict and the results of the second comparison."""
         if not v.accepted:
             return replace(v, reason=f"{v.reason}; against its parent, a stepping stone: the accepted head "
-                                     "was not tried")
-        against, _ = self._compare(self._harness(state.best), child, gen, who="best")
+                                     "was not tried"), {}
+        against, seen = self._compare(self._harness(state.best), child, gen, who="best")
         return replace(against, reason=f"against the accepted head: {against.reason} "
-                                       f"(it beat its parent: {v.reason})")
+                                       f"(it beat its parent: {v.reason})"), seen
 
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
         """Record the verdict, then write it to git: a verdict commit, and ``best`` moved on accept.

@@ -32,7 +32,8 @@ from evolve.runstate import FINAL, GenerationRecord, RunState, RunStore
 from evolve.search import archive
 
 KILL_POINTS = ("start", "analyze", "plan", "patch", "check", "evaluate", "decide", "verdict-committed",
-               "best-moved", "record-final", "archive-written", "lesson-written", "event-written", "state-saved", "holdout")
+               "best-moved", "record-final", "archive-written", "lesson-written", "event-written", "state-saved",
+               "holdout")
 """Named instants of a run where ``EVOLVE_TEST_KILL_AT`` can kill it."""
 
 

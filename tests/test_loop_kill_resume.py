@@ -75,9 +75,9 @@ def reference(tmp_path_factory) -> dict:
 
 
 POINTS = ["start@1", "analyze@1", "plan@1", "patch@1", "check@1", "evaluate@1", "decide@1",
-          "verdict-committed@1", "best-moved@1", "record-final@1", "archive-written@1", "lesson-written@1", "event-written@1",
-          "state-saved@1", "verdict-committed@2", "record-final@2", "archive-written@2", "lesson-written@2", "patch@3",
-          "holdout"]
+          "verdict-committed@1", "best-moved@1", "record-final@1", "archive-written@1", "lesson-written@1",
+          "event-written@1", "state-saved@1", "verdict-committed@2", "record-final@2", "archive-written@2",
+          "lesson-written@2", "patch@3", "holdout"]
 """Step boundaries of generation 1 (accepted), its whole accept window, generation 2's (rejected)
 verdict window, generation 3 (refused), and the held-out check."""
 
