@@ -435,22 +435,39 @@ def _run_view(runs_dir: Optional[Path], run: Optional[str]):
 @app.command("status")
 def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
-               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+               as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+               tree: bool = typer.Option(False, "--tree", help="The archive as a lineage tree, the accepted "
+                                                               "path marked.")) -> None:
     """The generations of a run: parent, hypothesis, score, delta, verdict, tasks with integrity flags,
     cost, time."""
     import json
 
     from evolve.project import find_project
-    from evolve.report import generations_table, run_summary
+    from evolve.report import generations_table, lineage_tree, run_summary
     from evolve.review import open_run
+    from evolve.search import archive
 
     view = open_run(runs_dir or find_project().runs_dir, run)
+    nodes = archive.load(view.store.dir)
     if as_json:
         print(json.dumps({"state": view.state.model_dump(mode="json"),
-                          "generations": [g.model_dump(mode="json") for g in view.gens]}, indent=2))
+                          "generations": [g.model_dump(mode="json") for g in view.gens],
+                          "archive": [n.model_dump(mode="json") for n in nodes]}, indent=2))
+        return
+    if tree:
+        if not nodes:
+            console.print(f"run {view.state.run_id} has no archive yet (no baseline evaluated, or a run made "
+                          "before the archive existed); `evolve status` shows its generations")
+            return
+        console.print(lineage_tree(nodes, view.state.best, archive.accepted_path(nodes, view.state.best),
+                                   title=f"archive of {view.state.run_id} (* the accepted path)"))
         return
     console.print(generations_table(view.gens))
     console.print(run_summary(view.state))
+    if view.state.holdout and view.state.holdout.get("each"):
+        from evolve.report import transfer_table
+
+        console.print(transfer_table(view.state.holdout))
 
 
 @app.command("diff")
@@ -500,7 +517,9 @@ def rollback_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default
 @app.command("holdout")
 def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                 config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
-                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+                each: bool = typer.Option(False, "--each", help="Every accepted generation too: its holdout delta "
+                                                                "beside its search delta.")) -> None:
     """Evaluate the baseline and the accepted head on the sealed held-out split (needs only the solver)."""
     from evolve.loop import LoopSettings, run_holdout
     from evolve.project import open_project
@@ -516,8 +535,12 @@ def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default:
         state = run_holdout(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                             solver_params=session.solver.params, runs_dir=runs,
                                                             workers=session.workers),
-                            run_id=view.state.run_id)
+                            run_id=view.state.run_id, each=each)
     console.print(run_summary(state))
+    if each:
+        from evolve.report import transfer_table
+
+        console.print(transfer_table(state.holdout))
 
 
 def _terminate(signum, frame) -> None:  # SIGTERM ends a run like Ctrl-C: cleanly

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Limits(BaseModel):
@@ -197,7 +197,36 @@ class AcceptanceConfig(BaseModel):
     side's outcome is real). If that side's failure persists, it counts as not resolved for
     that side; infra on both sides is left out. See ``evolve.acceptance``."""
     keep_rejected: bool = True
-    """Keep branches of rolled-back candidates for inspection (else delete them)."""
+    """Keep branches of rolled-back candidates for inspection (else delete them); stepping stones
+    (``evolve.search.archive``) keep theirs either way."""
+    stages: list[float] = Field(default_factory=lambda: [0.5, 1.0])
+    """Cumulative fractions of the search tasks evaluated before each look, increasing, the last 1.0
+    (``evolve.acceptance``); figures for other choices: the README's "Search" section."""
+    futility_z: float | None = 0.0
+    """Reject at a look before the last when the standardized statistic is below this; null: never."""
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[float]) -> list[float]:
+        if not v or v != sorted(v) or any(not 0 < x <= 1 for x in v) or v[-1] != 1.0:
+            raise ValueError("must be increasing fractions in (0, 1] ending with 1.0, e.g. [0.5, 1.0]")
+        return v
+
+
+class SearchConfig(BaseModel):
+    """``search:`` in evolve.yaml: how the loop picks the parent of each generation (``evolve.search``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent: Literal["greedy", "dgm"] = "greedy"
+    """``greedy``: always the accepted head (a hill-climb). ``dgm``: any stepping stone of the archive,
+    weighted by score and by how few children it has (DGM's parent selection, ``evolve.search.parents``)."""
+    dgm_lambda: float = Field(default=10.0, gt=0)
+    """Steepness of DGM's sigmoid over the resolve rate (DGM: 10)."""
+    dgm_midpoint: float = Field(default=0.5, ge=0, le=1)
+    """Resolve rate at the sigmoid's midpoint (DGM's alpha_0: 0.5)."""
+    seed: int | None = None
+    """Seeds the parent draws (with each generation's number); None: the run id does."""
 
 
 class ProjectConfig(BaseModel):
@@ -215,6 +244,7 @@ class ProjectConfig(BaseModel):
     """Per task, enforced by the gateway."""
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     protected_paths: list[str] = Field(default_factory=lambda: ["evolve.yaml", "evals/**", "runs/**",
                                                                 ".git/**", ".github/**", "**/harness.yaml",
                                                                 "**/requirements*.txt"])

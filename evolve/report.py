@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from evolve.evaluate import EvalReport
 from evolve.types import TaskResult, TestStatus
@@ -150,6 +151,60 @@ def generations_table(gens, title: str = "generations") -> Table:
         table.add_row(str(g.gen), Text(g.parent[:8]), Text((g.hypothesis or g.reason or "")[:90]), score,
                       f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
+    return table
+
+
+def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archive") -> Tree:
+    """The archive (``evolve.search.archive.Node`` list) as a tree from the base: one line per node with
+    its generation, verdict, estimated search rate, delta against what it was compared with, and
+    hypothesis. ``on_path`` (the generations from the base to the accepted head) is marked ``*`` in
+    bold; the accepted head says so; stepping stones are marked ``stone``."""
+    tree = Tree(Text(title, "bold"))
+    kids: dict[int | None, list] = {}
+    for n in nodes:
+        kids.setdefault(n.parent_gen, []).append(n)
+
+    def label(n) -> Text:
+        mark = "* " if n.gen in on_path else "  "
+        text = Text(f"{mark}g{n.gen:03d} ", "bold" if n.gen in on_path else "")
+        text.append(n.status, _VERDICT_STYLE.get(n.status, "green" if n.status == "base" else ""))
+        if n.stone and n.status != "accepted" and n.status != "base":
+            text.append(" stone", "cyan")
+        text.append(f"  {_pct(n.rate)}")
+        if n.delta is not None:
+            text.append(f" ({_pts(n.delta)} pts)")
+        if n.commit and n.commit == best_commit:
+            text.append("  <- accepted head", "green bold")
+        if n.hypothesis:
+            text.append(f"  {n.hypothesis[:70]}", "dim")
+        return text
+
+    def grow(branch: Tree, parent_gen: int | None, seen: set[int]) -> None:
+        for n in kids.get(parent_gen, []):
+            if n.gen in seen:
+                continue
+            seen.add(n.gen)
+            grow(branch.add(label(n)), n.gen, seen)
+
+    seen: set[int] = set()
+    grow(tree, None, seen)
+    for n in nodes:  # a node whose parent is not in the archive (a record rebuilt from git)
+        if n.gen not in seen:
+            seen.add(n.gen)
+            grow(tree.add(label(n)), n.gen, seen)
+    return tree
+
+
+def transfer_table(holdout: dict) -> Table:
+    """Each accepted generation's search delta beside its holdout delta (``RunState.holdout["each"]``,
+    written by ``evolve holdout --each`` and at the end of a run)."""
+    table = Table(title=f"transfer: each accepted change on the sealed holdout split ({holdout.get('n')} tasks)",
+                  title_justify="left")
+    for col in ("gen", "commit", "search delta pts", "holdout delta pts", "holdout rate"):
+        table.add_column(col, justify="left" if col == "commit" else "right")
+    for row in holdout.get("each", []):
+        table.add_row(str(row["gen"]), row["commit"][:10], _pts(row.get("search_delta")), _pts(row.get("delta")),
+                      f"{_pct(row.get('against_rate'))} -> {_pct(row.get('rate'))}")
     return table
 
 

@@ -41,7 +41,13 @@ class GenerationRecord(BaseModel):
 
     gen: int
     parent: str
-    """Commit of the accepted head the candidate branched from."""
+    """Commit the candidate branched from: the accepted head (``search.parent: greedy``) or a stepping
+    stone of the archive (``dgm``)."""
+    parent_gen: int | None = None
+    """The parent's generation (0 = the base); None in records written before the archive."""
+    best_before: str | None = None
+    """The accepted head when the generation began: ``best`` moves from it only on a paired win
+    against it. None in records written before the archive (then it is ``parent``)."""
     status: Status = "running"
     step: str = "analyze"
     candidate: str | None = None
@@ -71,6 +77,12 @@ class GenerationRecord(BaseModel):
     """``{flag: the candidate's evaluated tasks raising it}``."""
     tampering: list[str] = Field(default_factory=list)
     """``"instance_id: flags"`` where the candidate tampered and its parent did not: rejected for it."""
+    p_worse: float | None = None
+    """One-sided p of "the candidate is worse than its parent" on their paired outcomes."""
+    stone: bool = False
+    """Kept as a stepping stone (``evolve.search.archive``): its branch stays and it may be a parent."""
+    outcomes: dict[str, dict] = Field(default_factory=dict)
+    """Paired outcomes against the parent: ``{instance_id: {"repeats", "parent", "child"}}``."""
     cost_usd: float = 0.0
     """Optimizer plus fresh solver spend of this generation (USD), including attempts before a resume."""
     seconds: float = 0.0
