@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -386,9 +387,13 @@ def _ray_probe(address: str) -> Check:
                      "check executor.address and that the head node is up (`ray status` there)")
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
-        return Check("ray executor", "fail", f"ray.init(address={address!r}) failed: {tail}",
-                     "start the cluster (`ray start --head`) or fix executor.address")
+        # every exception of the chain: Ray's last one ("Failed to connect") hides the cause (e.g. a token)
+        errors = [line.strip()[:300] for line in proc.stderr.splitlines()
+                  if re.match(r"[\w.]+(Error|Exception): ", line.strip())]
+        return Check("ray executor", "fail", f"ray.init(address={address!r}) failed: "
+                                             f"{' <- '.join(reversed(errors)) or proc.stderr.strip()[-300:]}",
+                     "start the cluster (`ray start --head`) or fix executor.address; a cluster with token "
+                     "authentication needs RAY_AUTH_MODE=token and its token here (~/.ray/auth_token)")
     resources = json.loads(lines[-1])
     sandboxes = resources.get("evolve_sandbox", 0)
     detail = f"{address}: {resources.get('CPU', 0):g} CPUs, evolve_sandbox {sandboxes:g}"

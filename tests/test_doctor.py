@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,3 +158,107 @@ def test_a_ray_executor_is_checked_only_where_configured(tmp_path):
     local = project(tmp_path / "local", executor={"kind": "local"})
     assert checks_of(doctor("--json", cwd=local))["ray executor"] == {
         "name": "ray executor", "status": "skip", "detail": "executor.kind: local", "fix": ""}
+
+
+def test_version_names_evolve_python_litellm_and_docker_without_importing_litellm(tmp_path):
+    proc = subprocess.run([EVOLVE, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert proc.returncode == 0, proc.stderr
+    import evolve
+
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if not line.startswith("docker "))
+    assert lines["evolve"].startswith(f"{evolve.__version__} (evolve-harness, ")
+    assert lines["python"].startswith(sys.version.split()[0]) and lines["litellm"][0].isdigit()
+    assert "docker engine " in proc.stdout
+    child = subprocess.run([sys.executable, "-c", "import sys\nfrom evolve.doctor import versions\nversions()\n"
+                            "assert 'litellm' not in sys.modules, 'litellm imported'"],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr
+
+
+def test_version_says_when_the_docker_engine_is_not_reachable(tmp_path):
+    proc = subprocess.run([EVOLVE, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/none.sock"})
+    assert proc.returncode == 0 and "docker engine not reachable" in proc.stdout
+
+
+# -- a real Ray cluster: one head node in a session of its own, every port chosen here ----------------
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the head's raylet, GCS and workers)."""
+    import signal
+    import time
+
+    for _ in range(50):
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+            except OSError:
+                continue
+            if stat and int(stat[stat.rindex(")") + 2:].split()[3]) == sid:
+                pids.append(int(entry.name))
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """``address`` of a one-node Ray cluster offering ``evolve_sandbox: 1``; killed after the test."""
+    import tempfile
+
+    pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="evdoc", dir="/tmp"))  # short: Ray's unix socket paths
+    p = _free_ports(9)
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+           f"--port={p[0]}", "--num-cpus=1", "--object-store-memory=80000000",
+           "--resources", json.dumps({"evolve_sandbox": 1}), "--include-dashboard=false", f"--temp-dir={temp}",
+           f"--node-manager-port={p[2]}", f"--object-manager-port={p[3]}",
+           f"--dashboard-agent-listen-port={p[4]}", f"--dashboard-agent-grpc-port={p[5]}",
+           f"--metrics-export-port={p[6]}", f"--runtime-env-agent-port={p[7]}", f"--min-worker-port={p[8]}",
+           f"--max-worker-port={p[8] + 20}"]
+    with open(temp / "head.log", "wb") as log:
+        head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=temp,
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+                                     # no token, whatever ~/.ray holds: drivers connect as they are
+                                     "RAY_AUTH_MODE": "disabled"})
+    try:
+        import time
+
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in (temp / "head.log").read_text(errors="replace"):
+            assert head.poll() is None and time.monotonic() < deadline, (temp / "head.log").read_text()[-3000:]
+            time.sleep(0.5)
+        # Ray's drivers turn 127.0.0.1 into the node's address: name the head as Ray itself does.
+        ip = re.search(r"Local node IP: (\S+)", (temp / "head.log").read_text(errors="replace")).group(1)
+        yield f"{ip}:{p[0]}"
+    finally:
+        _kill_session(head.pid)
+        head.wait(timeout=60)
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_reachable_ray_cluster_with_sandbox_slots_passes(tmp_path, ray_head):
+    root = project(tmp_path, executor={"kind": "ray", "address": ray_head})
+    ray = checks_of(doctor("--json", cwd=root))["ray executor"]
+    assert ray["status"] == "ok", ray
+    assert ray["detail"] == f"{ray_head}: 1 CPUs, evolve_sandbox 1"
