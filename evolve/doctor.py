@@ -6,7 +6,7 @@
 * ``sandbox image``: evolve's base image is present, or can be built here (root, ``debootstrap``,
   a Debian mirror: see ``evolve.sandbox.image``);
 * ``disk (docker)`` / ``disk (runs)``: free space under Docker's root directory and under ``runs/``;
-* ``api keys``: which provider keys are set, by name only (values are never read out);
+* ``api keys``: which provider keys are set, by name only (values are never printed);
 * ``local model``: the embedded model (llama.cpp server and SmolLM2-135M, ``evolve.serve``);
 * inside a project (an ``evolve.yaml`` here or above): ``evolve.yaml`` valid, its ``models``
   resolvable, a ``serve:`` block's backend installed and a GPU visible where the backend needs one,
@@ -78,6 +78,8 @@ def versions() -> dict[str, str]:
     except metadata.PackageNotFoundError:
         litellm = "not installed"
     engine = _docker_engine()
+    if "client" in engine:
+        engine["client"].close()
     docker = (f"{engine['version']} (API {engine['api']})" if "version" in engine
               else f"not reachable ({engine['error']})")
     return {"evolve": f"{__version__} ({DISTRIBUTION}, {Path(__file__).parent})",
@@ -103,6 +105,8 @@ def run_checks(cwd: Path | None = None, env: dict[str, str] | None = None) -> li
                   Check("models", "skip", "no valid evolve.yaml here"))
     checks.append(check_serve(cfg))
     checks.append(check_executor(raw))
+    if "client" in engine:
+        engine["client"].close()
     return checks
 
 
@@ -136,8 +140,8 @@ def check_docker(engine: dict[str, Any]) -> Check:
                      "add yourself to the docker group: `sudo usermod -aG docker $USER`, then log in again "
                      "(or run evolve as root)")
     return Check("docker engine", "fail", f"no Docker engine answers at {engine['host']} ({engine['error']})",
-                 "start one: `sudo systemctl start docker`, or as root `dockerd &` (on Debian `bash scripts/setup.sh` "
-                 "installs and starts it); or set DOCKER_HOST to a reachable engine")
+                 "start one: `sudo systemctl start docker`, or as root `dockerd &` (in a checkout on Debian, "
+                 "`bash scripts/setup.sh` installs and starts it); or set DOCKER_HOST to a reachable engine")
 
 
 def check_image(engine: dict[str, Any]) -> Check:
