@@ -144,12 +144,13 @@ def check_docker(engine: dict[str, Any]) -> Check:
                  "`bash scripts/setup.sh` installs and starts it); or set DOCKER_HOST to a reachable engine")
 
 
-def check_image(engine: dict[str, Any]) -> Check:
-    """evolve's base image is present, else whether it can be built here (``evolve.sandbox.image``)."""
+def check_image(engine: dict[str, Any], tag: str | None = None) -> Check:
+    """evolve's base image (or ``tag``) is present, else whether it can be built here
+    (``evolve.sandbox.image``: root, ``debootstrap``, a Debian mirror)."""
     from evolve.errors import SandboxError
     from evolve.sandbox.image import MIRROR_ENV, base_image_tag, host_mirror
 
-    tag = base_image_tag()
+    tag = tag or base_image_tag()
     if "client" not in engine:
         return Check("sandbox image", "skip", f"{tag}: needs the Docker engine")
     if engine["client"].images.list(name=tag):
@@ -184,15 +185,15 @@ def check_docker_disk(engine: dict[str, Any]) -> Check:
     return check_disk("disk (docker)", Path(engine["root"]))
 
 
-def check_disk(name: str, path: Path) -> Check:
-    """Free GiB on the filesystem holding ``path`` (or its nearest existing parent), against ``MIN_FREE_GIB``."""
+def check_disk(name: str, path: Path, min_free_gib: float = MIN_FREE_GIB) -> Check:
+    """Free GiB on the filesystem holding ``path`` (or its nearest existing parent), against ``min_free_gib``."""
     where = Path(path).resolve()
     while not where.exists():
         where = where.parent
     free = shutil.disk_usage(where).free / 2**30
     detail = f"{free:.1f} GiB free under {where}" + ("" if where == Path(path).resolve() else f" (for {path})")
-    if free < MIN_FREE_GIB:
-        return Check(name, "fail", f"{detail}; at least {MIN_FREE_GIB:g} GiB needed",
+    if free < min_free_gib:
+        return Check(name, "fail", f"{detail}; at least {min_free_gib:g} GiB needed",
                      "free some space: `evolve sandbox sweep`, `docker system prune`, or remove old runs/")
     return Check(name, "ok", detail)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -262,3 +263,28 @@ def test_a_reachable_ray_cluster_with_sandbox_slots_passes(tmp_path, ray_head):
     ray = checks_of(doctor("--json", cwd=root))["ray executor"]
     assert ray["status"] == "ok", ray
     assert ray["detail"] == f"{ray_head}: 1 CPUs, evolve_sandbox 1"
+
+
+@pytest.mark.docker
+def test_a_missing_image_says_whether_it_can_be_built_here(docker_client):
+    from evolve.doctor import _docker_engine, check_image
+
+    engine = _docker_engine()
+    try:
+        check = check_image(engine, tag="evolve-sandbox:no-such-recipe")
+    finally:
+        engine["client"].close()
+    buildable = os.geteuid() == 0 and shutil.which("debootstrap") is not None
+    assert check.status == ("warn" if buildable else "fail"), check
+    assert "evolve sandbox build" in check.fix
+    if not buildable:
+        assert "needs" in check.detail
+
+
+def test_too_little_disk_fails_with_its_fix(tmp_path):
+    from evolve.doctor import check_disk
+
+    ok = check_disk("disk (runs)", tmp_path / "runs" / "not-yet", min_free_gib=0)
+    assert ok.status == "ok" and f"under {tmp_path}" in ok.detail
+    full = check_disk("disk (runs)", tmp_path, min_free_gib=1e9)  # more than any disk here
+    assert full.status == "fail" and "1e+09 GiB needed" in full.detail and "docker system prune" in full.fix
