@@ -192,6 +192,8 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="The same chec
     serve, Ray), one line per check with the fix for each failure; exit 1 if any fails."""
     import json
 
+    from rich.markup import escape
+
     from evolve.doctor import failed, run_checks
 
     checks = run_checks()
@@ -200,8 +202,8 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="The same chec
     else:
         marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
         for c in checks:
-            fix = f"  [bold]fix:[/] {c.fix}" if c.fix and c.status in ("fail", "warn") else ""
-            console.print(f"{marks[c.status]} {c.name}: {c.detail}{fix}", soft_wrap=True)
+            fix = f"  [bold]fix:[/] {escape(c.fix)}" if c.fix and c.status in ("fail", "warn") else ""
+            console.print(f"{marks[c.status]} {c.name}: {escape(c.detail)}{fix}", soft_wrap=True)
     if failed(checks):
         raise typer.Exit(1)
 

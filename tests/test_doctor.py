@@ -288,3 +288,9 @@ def test_too_little_disk_fails_with_its_fix(tmp_path):
     assert ok.status == "ok" and f"under {tmp_path}" in ok.detail
     full = check_disk("disk (runs)", tmp_path, min_free_gib=1e9)  # more than any disk here
     assert full.status == "fail" and "1e+09 GiB needed" in full.detail and "docker system prune" in full.fix
+
+
+def test_text_from_evolve_yaml_is_printed_as_it_is_not_as_markup(tmp_path):
+    root = project(tmp_path, **{"[bold]oops[/]": 1})
+    proc = doctor(cwd=root)
+    assert proc.returncode == 1 and "[bold]oops[/]: unknown key" in proc.stdout
