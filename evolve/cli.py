@@ -248,7 +248,7 @@ def sandbox_sweep() -> None:
 
 @evals_app.command("list")
 def evals_list() -> None:
-    """List the eval sets (./evals, $EVOLVE_HOME/evals, evolve's evals/) with task counts per split."""
+    """List the eval sets (./evals, $EVOLVE_HOME/evals) with task counts per split."""
     from evolve.evalsets.commands import print_list
 
     print_list(console)
@@ -309,7 +309,8 @@ def evals_synth(
 
 @evals_app.command("build")
 def evals_build(
-    recipe: str = typer.Argument(..., help="Recipe name (evals/NAME.yaml) or path, e.g. default."),
+    recipe: str = typer.Argument(..., help="Recipe name (NAME.yaml in ./evals, $EVOLVE_HOME/evals, or "
+                                            "evolve's own: default) or path."),
     seed: Optional[int] = typer.Option(None, help="Override the recipe's seed."),
     per_project: Optional[int] = typer.Option(None, min=1, help="Override the recipe's tasks per project."),
     projects: Optional[str] = typer.Option(None, help="Only these projects, comma-separated."),
