@@ -44,6 +44,23 @@ def _interrupted(message: str) -> None:
     err_console.print(Text.assemble(("interrupted", "yellow"), ": ", message))
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from evolve.doctor import versions
+
+    for name, version in versions().items():
+        console.print(f"{name} {version}", soft_wrap=True)
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the versions of evolve, Python, litellm and Docker, and exit.")
+          ) -> None:
+    """Let a coding agent improve its own harness."""
+
+
 def _default(model, name: str) -> str:
     """A field's default, for an option's help: defaults are stated once, in the config models."""
     value = model.model_fields[name].default
@@ -64,7 +81,8 @@ def _parse_params(items: list[str]) -> dict:
 
 @app.command("eval")
 def eval_cmd(
-    harness: str = typer.Option("evolve/templates/minimal", help="Harness directory, or git REF[:SUBDIR]."),
+    harness: Optional[str] = typer.Option(None, help="Harness directory, or git REF[:SUBDIR] (default: the "
+                                                     "built-in minimal template, as `evolve init` copies it)."),
     evals: str = typer.Option(..., help="Eval-set name (see `evolve evals list`), directory or .jsonl file."),
     split: str = typer.Option("search", help="Split to evaluate."),
     model: Optional[str] = typer.Option(
@@ -95,7 +113,7 @@ def eval_cmd(
     """Evaluate a harness on a split of an eval set, in Docker sandboxes."""
     from evolve.evalsets.registry import load_evalset
     from evolve.evaluate import Evaluation
-    from evolve.harness import resolve_harness
+    from evolve.harness import resolve_harness, template_dir
     from evolve.report import EvalProgressView, results_table, summary_table
     from evolve.session import eval_options, eval_session
 
@@ -103,7 +121,7 @@ def eval_cmd(
                                      test_timeout_s=test_timeout, max_calls=max_calls, max_tokens=max_tokens,
                                      max_cost_usd=max_cost_usd, mem_limit=mem, cpus=cpus)
     evalset = load_evalset(evals)
-    resolved = resolve_harness(harness, workdir=runs_dir / "harnesses")
+    resolved = resolve_harness(harness or str(template_dir("minimal")), workdir=runs_dir / "harnesses")
     with eval_session(model, _parse_params(model_param), workers=workers, api_base=api_base, temperature=temperature,
                       max_completion_tokens=max_completion_tokens, note=plain) as session:
         settings = settings.model_copy(update={"model": session.solver.model, "model_params": session.solver.params})
@@ -181,6 +199,28 @@ def serve_cmd(
         plain(f"stopped after {server.seconds:.0f} s")
 
 
+@app.command("doctor")
+def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="The same checks as JSON.")) -> None:
+    """Check everything a run needs (Docker, sandbox image, disk, keys, local model, evolve.yaml, models,
+    serve, Ray), one line per check with the fix for each failure; exit 1 if any fails."""
+    import json
+
+    from rich.markup import escape
+
+    from evolve.doctor import failed, run_checks
+
+    checks = run_checks()
+    if as_json:
+        print(json.dumps({"ok": not failed(checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+        for c in checks:
+            fix = f"  [bold]fix:[/] {escape(c.fix)}" if c.fix and c.status in ("fail", "warn") else ""
+            console.print(f"{marks[c.status]} {c.name}: {escape(c.detail)}{fix}", soft_wrap=True)
+    if failed(checks):
+        raise typer.Exit(1)
+
+
 @sandbox_app.command("build")
 def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make available; default: "
                                                                  "evolve's base image."),
@@ -221,7 +261,7 @@ def sandbox_sweep() -> None:
 
 @evals_app.command("list")
 def evals_list() -> None:
-    """List the eval sets (./evals, $EVOLVE_HOME/evals, evolve's evals/) with task counts per split."""
+    """List the eval sets (./evals, $EVOLVE_HOME/evals) with task counts per split."""
     from evolve.evalsets.commands import print_list
 
     print_list(console)
@@ -334,7 +374,8 @@ def evals_synth(
 
 @evals_app.command("build")
 def evals_build(
-    recipe: str = typer.Argument(..., help="Recipe name (evals/NAME.yaml) or path, e.g. default."),
+    recipe: str = typer.Argument(..., help="Recipe name (NAME.yaml in ./evals, $EVOLVE_HOME/evals, or "
+                                            "evolve's own: default) or path."),
     seed: Optional[int] = typer.Option(None, help="Override the recipe's seed."),
     per_project: Optional[int] = typer.Option(None, min=1, help="Override the recipe's tasks per project."),
     projects: Optional[str] = typer.Option(None, help="Only these projects, comma-separated."),

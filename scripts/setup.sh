@@ -14,7 +14,13 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv || die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
 fi
-say "installing evolve into .venv"
+# The distribution was called `evolve` before it became `evolve-harness` (`evolve` on PyPI is another
+# project): drop that old name's install of this checkout, so one distribution owns the `evolve` command.
+if .venv/bin/python -m pip show evolve 2>/dev/null | grep -qx "Editable project location: $PWD"; then
+  say "removing the old distribution name (evolve) of this checkout"
+  .venv/bin/python -m pip uninstall --quiet -y evolve
+fi
+say "installing evolve (evolve-harness) into .venv"
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,swebench]' 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import evolve.cli" || die "evolve did not install; see the pip output above"
 
@@ -82,4 +88,8 @@ fi
 say "mini-swe-agent template: harness environment"
 .venv/bin/python -m evolve.harness_env evolve/templates/mini-swe-agent \
   || die "could not build the mini-swe-agent template's environment (see above); check pip's index (pip config list)"
+
+# 5. Everything a run needs, checked the way `evolve doctor` checks it anywhere (exit 1 on a failure)
+say "evolve doctor"
+.venv/bin/evolve doctor || die "evolve doctor found a problem: see the FAIL lines above, each with its fix"
 say "ready: .venv/bin/evolve --help"
