@@ -50,7 +50,7 @@ def _print_version(value: bool) -> None:
     from evolve.doctor import versions
 
     for name, version in versions().items():
-        console.print(f"{name} {version}", soft_wrap=True)
+        plain(f"{name} {version}")
     raise typer.Exit()
 
 
