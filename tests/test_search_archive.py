@@ -191,3 +191,32 @@ def test_transfer_of_each_accepted_change_on_the_holdout_split(tmp_path):
     assert "transfer: each accepted change" in shown.stdout
     row = next(line for line in shown.stdout.splitlines() if g1.verdict_commit[:10] in line and "%" in line)
     assert row.replace("│", " ").split()[:4] == ["1", g1.verdict_commit[:10], "+100.0", "+100.0"]
+
+
+@pytest.mark.parametrize("point", ["evaluate@2", "verdict-committed@2"])
+def test_dgm_killed_mid_generation_resumes_to_the_same_parent_and_verdict(tmp_path, point):
+    """Killed while generation 2 (a child of the stone g1) is evaluated, or after its verdict commit and
+    before ``best`` moved: the resumed run draws the same parent and moves ``best`` from the head it
+    was compared with (not from its parent)."""
+    after_g1 = [Node(gen=0, commit="a", status="base", stone=True, rate=0.0),
+                Node(gen=1, commit="b", parent_gen=0, status="rejected", stone=True, rate=0.0)]
+    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == 1)
+    repo = make_project(tmp_path)
+    configure(repo, parent="dgm", seed=seed)
+    support = Path(__file__).parent / "loop_support.py"
+    env = {k: v for k, v in os.environ.items() if k != "EVOLVE_TEST_KILL_AT"}
+    killed = subprocess.run([sys.executable, str(support), str(repo)], capture_output=True, text=True, timeout=300,
+                            env={**env, "EVOLVE_TEST_KILL_AT": point})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_id = killed.stdout.split()[0]
+    resumed = subprocess.run([sys.executable, str(support), str(repo), run_id], capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    from evolve.runstate import RunStore
+
+    store = RunStore(repo / "runs", run_id)
+    g1, g2 = store.gens()
+    state = store.load()
+    assert g2.parent_gen == 1 and g2.status == "accepted" and state.best == g2.verdict_commit
+    assert git.Repo(repo).git.rev_parse(f"evolve/{run_id}/best") == g2.verdict_commit
+    assert [n.gen for n in archive.load(store.dir)] == [0, 1, 2]
