@@ -341,8 +341,16 @@ def run_cmd(
     from evolve.runstate import RunStore
     from evolve.session import project_session
 
+    def refresh_report(state, rec=None) -> None:  # after every generation: the report can be watched at night
+        from evolve.report_html.render import report_run
+
+        try:
+            report_run(runs, state.run_id, repo_root=project.root)
+        except EvolveError as e:  # a report that cannot be written must not end the night: say so, go on
+            err_console.print(f"[yellow]report not refreshed[/]: {e}")
+
     with project_session(cfg, note=console.print) as session:
-        view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations)
+        view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations, after_verdict=refresh_report)
         loop = Loop(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                     solver_params=session.solver.params, runs_dir=runs,
                                                     workers=session.workers),
@@ -354,8 +362,10 @@ def run_cmd(
             err_console.print(f"[yellow]interrupted[/]: finished work kept; continue with "
                               f"`evolve run --resume {loop.run_id}`")
             raise typer.Exit(130) from None
+    refresh_report(state)
     console.print(generations_table(RunStore(runs, state.run_id).gens()))
     console.print(run_summary(state, cfg.budget.budget_usd))
+    console.print(f"report: {runs / state.run_id / 'report' / 'index.html'}")
     console.print(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
 
 
@@ -414,6 +424,28 @@ def diff_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: th
         if part.diff:
             is_patch = part.diff.startswith("diff --git")
             console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else part.diff)
+
+
+@app.command("report")
+def report_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
+               out: Optional[Path] = typer.Option(None, help="Report folder (default: runs/RUN/report)."),
+               open_it: bool = typer.Option(False, "--open", help="Open it in the web browser."),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Write a run's static HTML report (plots, a card per generation, task pages; data in report.json):
+    no server and no network needed to view it."""
+    from evolve.project import find_project
+    from evolve.report_html.render import report_run
+    from evolve.runstate import latest_run
+
+    project = find_project()
+    runs = runs_dir or project.runs_dir
+    index = report_run(runs, run or latest_run(runs), repo_root=project.root, out=out)
+    console.print(f"report: {index}")
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(index.resolve().as_uri()):
+            raise EvolveError(f"no web browser found here; open {index} yourself")
 
 
 @app.command("rollback")

@@ -206,10 +206,14 @@ class RunLiveView:
     """The live view of ``evolve run``: generation and step, evaluation progress,
     accepted score, spend against budget, the last verdicts. Implements ``evolve.loop.RunView``."""
 
-    def __init__(self, console: Console, budget_usd: float | None, generations: int | None) -> None:
+    def __init__(self, console: Console, budget_usd: float | None, generations: int | None,
+                 after_verdict=None) -> None:
+        """``after_verdict(state, rec)``, when given, is called after each verdict is shown (``evolve run``
+        refreshes the HTML report there)."""
         from rich.live import Live
 
         self.console, self.budget, self.limit = console, budget_usd, generations
+        self.after_verdict = after_verdict
         self.header = Text("starting")
         self.spent_live = 0.0
         self.verdicts: list = []
@@ -262,6 +266,8 @@ class RunLiveView:
         self.spent_live = 0.0
         self.verdicts.append(rec.model_copy())
         self.refresh()
+        if self.after_verdict is not None:
+            self.after_verdict(state, rec)
 
     def note(self, text: str) -> None:
         """Print ``text`` above the live view."""
