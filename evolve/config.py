@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -198,6 +198,13 @@ class AcceptanceConfig(BaseModel):
     that side; infra on both sides is left out. See ``evolve.acceptance``."""
     keep_rejected: bool = True
     """Keep branches of rolled-back candidates for inspection (else delete them)."""
+    approval: Literal["auto", "manual"] = "auto"
+    """``auto``: a candidate that passes the paired test becomes the accepted head at once. ``manual``:
+    it becomes ``pending`` (its branch and a verdict commit) and the head moves only when a person runs
+    ``evolve approve GEN`` (``evolve reject GEN --why TEXT`` closes it)."""
+    approval_explore: Literal["best", "pending"] = "best"
+    """With ``approval: manual``, what the run explores from while candidates wait: ``best`` (the
+    accepted head) or ``pending`` (the latest pending candidate; such generations are marked so)."""
 
 
 class ProjectConfig(BaseModel):

@@ -163,6 +163,7 @@ class Loop:
         self.lineage: Lineage | None = None
         self.started = time.monotonic()
         self._cost = lambda: 0.0
+        self._parent_rate: float | None = None
 
     # -- the run, top to bottom -----------------------------------------------------
 
@@ -215,7 +216,9 @@ class Loop:
         """
         gen = state.generations + 1
         earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
-        rec = GenerationRecord(gen=gen, parent=state.best, cost_usd=earlier.cost_usd if earlier else 0.0)
+        parent, self._parent_rate, explore_from = self._parent(state)
+        rec = GenerationRecord(gen=gen, parent=parent, explore_from=explore_from,
+                               cost_usd=earlier.cost_usd if earlier else 0.0)
         self.recorder.begin(state, rec)
         t0, mark, carried, stop = time.monotonic(), self.meter.total(), rec.cost_usd, None
         self._cost = lambda: carried + self.meter.total() - mark
@@ -247,19 +250,19 @@ class Loop:
     def _steps(self, state: RunState, rec: GenerationRecord) -> None:
         """The generation's steps; each returns its outcome or raises ``GenerationFailed``."""
         gen = rec.gen
-        parent_h = self._harness(state.best)
+        parent_h = self._harness(rec.parent)
         parent_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
 
         self._step(state, rec, "analyze")
         analysis = self._analyze(gen, parent_report)
 
         self._step(state, rec, "plan")
-        files = self.lineage.tree_files(state.best, self.harness_dir)
-        the_plan = self._plan(analysis, files, state.best_rate)
+        files = self.lineage.tree_files(rec.parent, self.harness_dir)
+        the_plan = self._plan(analysis, files, self._parent_rate)
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")
-        rec.candidate = self._patch(gen, the_plan, files, parent=state.best)
+        rec.candidate = self._patch(gen, the_plan, files, parent=rec.parent)
 
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
@@ -295,7 +298,7 @@ class Loop:
         Raises:
             GenerationFailed: no edit applied (failed), or edits refused or carrying eval-set data (refused).
         """
-        worktree = self.lineage.worktree(gen)
+        worktree = self.lineage.worktree(gen, start=parent)
         outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir, files=files,
                         protected=self.cfg.protected_paths)
         if not outcome.changed_files:
@@ -344,24 +347,40 @@ class Loop:
 
         return run_acceptance(evaluate, self.search_ids, self.cfg.acceptance), seen
 
+    def _parent(self, state: RunState) -> tuple[str, float | None, Literal["best", "pending"]]:
+        """(commit, its search resolve rate, which) the next candidate branches from: the accepted head,
+        or with ``approval: manual`` and ``approval_explore: pending`` the latest candidate still
+        waiting for a person."""
+        acc = self.cfg.acceptance
+        if acc.approval == "manual" and acc.approval_explore == "pending":
+            waiting = [g for g in self.store.gens() if g.status == "pending" and g.verdict_commit]
+            if waiting:
+                return waiting[-1].verdict_commit, waiting[-1].child_rate, "pending"
+        return state.best, state.best_rate, "best"
+
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
         """Record the verdict, then write it to git: a verdict commit, and ``best`` moved on accept.
-        The decided record is saved before git changes, so a resumed run can complete it from git."""
+        With ``acceptance.approval: manual`` a passing candidate is ``pending`` instead: its verdict
+        commit is written and ``best`` stays (``evolve approve`` moves it). The decided record is saved
+        before git changes, so a resumed run can complete it from git."""
         if rec.tampering:  # whatever the scores say
             v = replace(v, accepted=False, reason=f"rejected: tampering its parent did not do on the same tasks "
                                                   f"({'; '.join(rec.tampering)}); the paired test: {v.reason}")
         rec.parent_rate, rec.child_rate, rec.delta = v.parent_rate, v.child_rate, v.delta
         rec.ci_low, rec.ci_high, rec.p_value, rec.task_runs = v.ci_low, v.ci_high, v.p_value, v.task_runs
         rec.fixed, rec.broken, rec.reason, rec.n_tasks = list(v.fixed), list(v.broken), v.reason, v.n_tasks
-        rec.pending, rec.cost_usd = ("accepted" if v.accepted else "rejected"), self._cost()
+        passed = "pending" if self.cfg.acceptance.approval == "manual" else "accepted"
+        rec.pending, rec.cost_usd = (passed if v.accepted else "rejected"), self._cost()
         self.recorder.running(rec)
         rec.verdict_commit = self.lineage.commit_verdict(
             rec.gen, f"evolve: {rec.pending} g{rec.gen:03d}: {rec.hypothesis}", verdict_trailers(self.run_id, rec))
         kill_point("verdict-committed", rec.gen)
-        if v.accepted:
+        if rec.pending == "accepted":
             self.lineage.move_best(rec.verdict_commit, state.best)
             kill_point("best-moved", rec.gen)
             self.recorder.event("accept", gen=rec.gen, best=rec.verdict_commit, delta=v.delta)
+        elif rec.pending == "pending":
+            self.recorder.event("pending", gen=rec.gen, candidate=rec.verdict_commit, delta=v.delta)
         else:
             self.recorder.event("reject", gen=rec.gen, delta=v.delta, reason=v.reason)
         rec.status = rec.pending
