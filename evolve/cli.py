@@ -324,8 +324,11 @@ def run_cmd(
         None, help=f"Solver tokens per task assumed by --dry-run (default "
                    f"{_default(DryRunAssumptions, 'solver_tokens_per_task')})."),
     runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+    log_every: float = typer.Option(60.0, min=1.0, help="Off a terminal (nohup, systemd, CI): seconds between "
+                                                        "progress lines while a step lasts."),
 ) -> None:
-    """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation."""
+    """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation.
+    On a terminal it shows a live view; otherwise it writes plain timestamped progress lines."""
     from evolve.project import open_project
     from evolve.session import dry_run_assumptions, dry_run_estimate, with_overrides
 
@@ -350,7 +353,12 @@ def run_cmd(
             err_console.print(f"[yellow]report not refreshed[/]: {e}")
 
     with project_session(cfg, note=console.print) as session:
-        view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations, after_verdict=refresh_report)
+        if console.is_terminal:
+            view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations, after_verdict=refresh_report)
+        else:
+            from evolve.runlog import RunLogView
+
+            view = RunLogView(sys.stdout, every_s=log_every, after_verdict=refresh_report)
         loop = Loop(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                     solver_params=session.solver.params, runs_dir=runs,
                                                     workers=session.workers),
@@ -395,6 +403,9 @@ def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: 
         print(json.dumps({"state": view.state.model_dump(mode="json"),
                           "generations": [g.model_dump(mode="json") for g in view.gens]}, indent=2))
         return
+    if pending := [g for g in view.gens if g.status == "pending"]:
+        console.print(generations_table(pending, title="waiting for your decision: `evolve approve GEN` or "
+                                                       "`evolve reject GEN --why TEXT`"))
     console.print(generations_table(view.gens))
     console.print(run_summary(view.state))
 
@@ -424,6 +435,47 @@ def diff_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: th
         if part.diff:
             is_patch = part.diff.startswith("diff --git")
             console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else part.diff)
+
+
+def _person() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ConfigError("cannot tell who you are (no user name): pass --by NAME") from None
+
+
+@app.command("approve")
+def approve_cmd(gen: int = typer.Argument(..., help="The pending generation to accept."),
+                run: Optional[str] = typer.Option(None, help="Run id (default: the latest)."),
+                why: str = typer.Option("", "--why", help="Your reason (recorded, and shown to the planner)."),
+                by: Optional[str] = typer.Option(None, help="Who decides (default: your user name)."),
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Accept a pending candidate (acceptance.approval: manual): the accepted head moves to it."""
+    from evolve.approval import decide
+    from evolve.project import find_project
+
+    project = find_project()
+    rec = decide(runs_dir or project.runs_dir, run, gen, approve=True, by=by or _person(), why=why,
+                 root=project.root)
+    console.print(f"generation {gen} accepted ({rec.decision}); the accepted head is {rec.verdict_commit[:10]}")
+
+
+@app.command("reject")
+def reject_cmd(gen: int = typer.Argument(..., help="The pending generation to close."),
+               why: str = typer.Option(..., "--why", help="Your reason (recorded, and shown to the planner)."),
+               run: Optional[str] = typer.Option(None, help="Run id (default: the latest)."),
+               by: Optional[str] = typer.Option(None, help="Who decides (default: your user name)."),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Close a pending candidate (acceptance.approval: manual): the accepted head stays."""
+    from evolve.approval import decide
+    from evolve.project import find_project
+
+    project = find_project()
+    rec = decide(runs_dir or project.runs_dir, run, gen, approve=False, by=by or _person(), why=why,
+                 root=project.root)
+    console.print(f"generation {gen} rejected ({rec.decision}); its branch is kept")
 
 
 @app.command("report")

@@ -114,13 +114,6 @@ def summary_table(report: EvalReport) -> Table:
 
 # -- evolve run: live view, status -------------------------------------------------------------
 
-def now_hms() -> str:
-    """The local time as ``HH:MM:SS``, for log lines."""
-    import time
-
-    return time.strftime("%H:%M:%S")
-
-
 def _pts(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
 
@@ -130,7 +123,7 @@ def _pct(x: float | None) -> str:
 
 
 _VERDICT_STYLE = {"accepted": "green", "rejected": "red", "refused": "yellow", "failed": "magenta",
-                  "running": "cyan"}
+                  "running": "cyan", "pending": "bold dark_orange"}
 
 
 def generations_table(gens, title: str = "generations") -> Table:
@@ -148,7 +141,8 @@ def generations_table(gens, title: str = "generations") -> Table:
         if g.tampering:
             flagged = Text(f"{g.flagged_tasks}, {len(g.tampering)} tampering", "red bold")
         table.add_row(str(g.gen), g.parent[:8], (g.hypothesis or g.reason or "")[:90], score,
-                      f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")), flagged,
+                      f"{_pts(g.delta)}{ci}", Text(g.status + (" (from pending)" if g.explore_from == "pending" else ""),
+                                                   _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
     return table
 
@@ -243,11 +237,8 @@ class RunLiveView:
         self.live.update(self._render())
 
     def step(self, state, gen: int, step: str) -> None:
-        """Generation ``gen`` starts ``step``; printed as one line when the console is not a terminal."""
+        """Generation ``gen`` starts ``step`` (off a terminal ``evolve run`` uses ``evolve.runlog.RunLogView``)."""
         spend = f"${state.spent_usd + self.spent_live:.4f}" + (f" / ${self.budget:.2f}" if self.budget else "")
-        if not self.console.is_terminal:  # a log file: one line per step instead of a live screen
-            self.console.print(f"[{now_hms()}] generation {gen}: {step}; accepted {_pct(state.best_rate)}; "
-                               f"spent {spend}")
         limit = f"/{self.limit}" if self.limit else ""
         self.header = Text.assemble(("evolve run ", "bold"), state.run_id, "   generation ", (f"{gen}{limit}", "bold"),
                                     "   step ", (step, "cyan bold"), "   accepted ",
@@ -259,10 +250,7 @@ class RunLiveView:
         return _LiveEvalProgress(self, label, total)
 
     def verdict(self, state, rec) -> None:
-        """Generation ``rec.gen`` is decided: add it to the last verdicts (and print it off a terminal)."""
-        if not self.console.is_terminal:
-            self.console.print(f"[{now_hms()}] generation {rec.gen}: {rec.status} ({_pts(rec.delta)} pts) "
-                               f"{rec.hypothesis[:100]!r}: {rec.reason}"[:400])
+        """Generation ``rec.gen`` is decided: add it to the last verdicts."""
         self.spent_live = 0.0
         self.verdicts.append(rec.model_copy())
         self.refresh()
