@@ -89,8 +89,14 @@ class RunLogView:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._end_step()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._end_step()
+        elif self.current is not None:
+            gen, step, since = self.current
+            self.current = None
+            why = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else f"stopped by {exc_type.__name__}"
+            self.line(f"generation {gen}: {step} {why} after {time.monotonic() - since:.0f}s")
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -104,13 +110,17 @@ class RunLogView:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.every_s):
-            current, evaluation = self.current, self.evaluation
-            if current is None:
-                continue
-            gen, step, since = current
-            detail = f"; {evaluation.summary()}" if evaluation is not None else ""
-            self.line(f"generation {gen}: {step} still running after {time.monotonic() - since:.0f}s{detail}; "
-                      f"spent {self.spent}")
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat line on the step in progress (and its evaluation's counts); nothing between steps."""
+        current, evaluation = self.current, self.evaluation
+        if current is None:
+            return
+        gen, step, since = current
+        detail = f"; {evaluation.summary()}" if evaluation is not None else ""
+        self.line(f"generation {gen}: {step} still running after {time.monotonic() - since:.0f}s{detail}; "
+                  f"spent {self.spent}")
 
     def _end_step(self) -> None:
         if self.current is not None:
