@@ -81,6 +81,9 @@ def test_a_passing_candidate_waits_then_a_person_approves_it(tmp_path):
     (lesson,) = load_lessons(loop.store.lessons_path)
     assert lesson.outcome == "accepted" and "approved by ana: the prompt change reads right" in lesson.reason
 
+    html = report_run(repo / "runs", loop.run_id, repo_root=repo).read_text()
+    assert 'id="pending"' not in html and "approved by ana: the prompt change reads right" in html
+
     again = evolve(repo, "approve", "1")
     assert again.returncode == 1 and "accepted, not pending" in again.stderr and "Traceback" not in again.stderr
 
@@ -98,7 +101,7 @@ def test_a_person_rejects_and_the_planner_sees_why(tmp_path):
     trailers = loop.lineage.trailers(g1.verdict_commit)
     assert trailers["Evolve-Verdict"] == "rejected" and trailers["Evolve-Decided-By"] == "bo"
 
-    resumed, _ = run(repo, 2, loop.run_id)  # the next generation plans with the person's reason in view
+    run(repo, 2, loop.run_id)  # the next generation plans with the person's reason in view
     plans = [line for line in (loop.store.dir / "optimizer_trace.jsonl").read_text().splitlines()
              if "## Step: plan" in line]
     assert "it overfits the wide tasks" in plans[-1] and "it overfits the wide tasks" not in plans[0]

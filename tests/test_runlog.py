@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
-
 from loop_support import MarkerEvaluator, make_loop, make_project
 
 from evolve.runlog import RunLogView
