@@ -132,3 +132,19 @@ def test_report_in_a_real_browser(night, tmp_path):
         assert "</pre><script>window.__pwned=2</script>" in b.js("document.body.innerText")  # plain text
         assert b.js("window.__pwned === undefined")
     assert b.errors == []
+
+
+def test_task_files_are_linked_or_cut_within_a_budget(tmp_path):
+    from evolve.report_html.render import MAX_COPY_BYTES, _CopyBudget, place_file
+
+    small, big = tmp_path / "small.json", tmp_path / "trace.jsonl"
+    small.write_text("{}")
+    big.write_bytes(b"x" * (MAX_COPY_BYTES + 10))
+    budget = _CopyBudget(MAX_COPY_BYTES + 1)
+    assert place_file(small, tmp_path / "out" / "small.txt", budget)
+    assert (tmp_path / "out" / "small.txt").stat().st_ino == small.stat().st_ino  # a hard link: no disk used
+    assert place_file(big, tmp_path / "out" / "big.txt", budget) and budget.left == 1
+    copy = (tmp_path / "out" / "big.txt").read_bytes()
+    assert copy.startswith(b"x" * MAX_COPY_BYTES) and copy.endswith(b"[cut here: the whole file is in runs/]\n")
+    assert not place_file(big, tmp_path / "out" / "big2.txt", budget)  # budget spent: nothing written
+    assert not (tmp_path / "out" / "big2.txt").exists()

@@ -4,7 +4,8 @@ page per linked task, with copies of that task's files, so the folder opens offl
     <out>/index.html                 plots, pending candidates, one card per generation
     <out>/report.json                evolve.report_html.data.build's dict
     <out>/tasks/gNNN/<task>.html     a fixed or broken task: child and parent runs, files inline
-    <out>/tasks/gNNN/<task>/<run>-<file>.txt   those files, copied (cut at MAX_COPY_BYTES)
+    <out>/tasks/gNNN/<task>/<run>-<file>.txt   those files: hard links (no disk used), or copies
+                                     cut at MAX_COPY_BYTES, within MAX_REPORT_COPY_BYTES a report
 
 Every file is written atomically, so a report refreshed while someone reads it is never half
 written. Run data is autoescaped by the templates; diffs are escaped by pygments.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from evolve.store import atomic_write
 
 MAX_COPY_BYTES = 2_000_000
 """Bytes of a task file copied into the report (a trace may be 20 MB; the rest stays in runs/)."""
+MAX_REPORT_COPY_BYTES = 256_000_000
+"""Bytes a report may copy in all (files it cannot hard-link, or cut); past it a file is linked from
+its task page by its path in runs/ only, and the page says so. A night must not fill the disk."""
 MAX_INLINE_BYTES = 64_000
 """Bytes of a task file shown inline on its task page."""
 INDEX_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
@@ -72,9 +77,45 @@ def _head(path: Path, limit: int) -> tuple[bytes, bool]:
     return data[:limit], len(data) > limit
 
 
-def write_task_page(out: Path, gen: int, instance_id: str, change: str, runs: dict[str, list[dict]], env) -> str:
-    """Write generation ``gen``'s page for ``instance_id`` (``change``: fixed or broken) and copies of
-    its files; returns the page's path relative to ``out``."""
+class _CopyBudget:
+    """Bytes a report may still copy (``MAX_REPORT_COPY_BYTES``)."""
+
+    def __init__(self, left: int = MAX_REPORT_COPY_BYTES) -> None:
+        self.left = left
+
+
+def place_file(src: Path, dst: Path, budget: _CopyBudget) -> bool:
+    """Put ``src``'s content at ``dst``: kept when ``dst`` exists (a run's task files never change),
+    else a hard link when ``src`` is at most ``MAX_COPY_BYTES``, else (or across filesystems) a copy of
+    at most ``MAX_COPY_BYTES`` with a note where it was cut, charged to ``budget``. False when the
+    budget does not allow the copy (nothing written)."""
+    if dst.exists():
+        return True
+    size = src.stat().st_size
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if size <= MAX_COPY_BYTES:
+        tmp = dst.with_name(f".{dst.name}.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src, tmp)
+            os.replace(tmp, dst)
+            return True
+        except OSError:  # another filesystem, or links not allowed there: copy instead
+            tmp.unlink(missing_ok=True)
+    cost = min(size, MAX_COPY_BYTES)
+    if cost > budget.left:
+        return False
+    budget.left -= cost
+    data, cut = _head(src, MAX_COPY_BYTES)
+    _write(dst, data + (b"\n[cut here: the whole file is in runs/]\n" if cut else b""))
+    return True
+
+
+def write_task_page(out: Path, gen: int, instance_id: str, change: str, runs: dict[str, list[dict]], env,
+                    budget: _CopyBudget | None = None) -> str:
+    """Write generation ``gen``'s page for ``instance_id`` (``change``: fixed or broken) and place its
+    files beside it (``place_file``); returns the page's path relative to ``out``."""
+    budget = budget or _CopyBudget()
     slug = task_slug(instance_id)
     rel_dir = f"tasks/g{gen:03d}"
     sections = []
@@ -84,12 +125,11 @@ def write_task_page(out: Path, gen: int, instance_id: str, change: str, runs: di
             for name in run["files"]:
                 src = Path(run["dir"]) / name
                 copy_name = f"{run['label']}-{run['repeat']}-{name}.txt"
-                copy, cut = _head(src, MAX_COPY_BYTES)
-                _write(out / rel_dir / slug / copy_name, copy + (b"\n[cut: the full file is in runs/]\n"
-                                                                       if cut else b""))
+                placed = place_file(src, out / rel_dir / slug / copy_name, budget)
                 inline, inline_cut = _head(src, MAX_INLINE_BYTES)
                 files.append({"name": name, "anchor": f"{run['label']}-{run['repeat']}-{name}",
-                              "href": f"{slug}/{copy_name}", "text": inline.decode("utf-8", "replace"),
+                              "href": f"{slug}/{copy_name}" if placed else None,
+                              "text": inline.decode("utf-8", "replace"),
                               "cut": inline_cut, "source": str(src)})
             sections.append({"side": side, "label": run["label"], "repeat": run["repeat"], "files": files,
                              "result": run["result"]})
@@ -110,7 +150,7 @@ def write_report(data: dict, out: Path) -> Path:
 
     from evolve.report_html.figures import all_figures
 
-    env = _env()
+    env, budget = _env(), _CopyBudget()
     out.mkdir(parents=True, exist_ok=True)
     css = ""
     cards = []
@@ -119,7 +159,7 @@ def write_report(data: dict, out: Path) -> Path:
         links = {}
         for iid, runs in card["tasks"].items():
             change = "fixed" if iid in card["fixed"] else "broken"
-            links[iid] = {"page": write_task_page(out, card["gen"], iid, change, runs, env),
+            links[iid] = {"page": write_task_page(out, card["gen"], iid, change, runs, env, budget),
                           "files": [f for side in ("child", "parent") for r in runs[side] for f in r["files"]]}
         cards.append({**card, "diff_html": diff_html, "links": links})
     if not css:
