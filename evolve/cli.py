@@ -446,36 +446,41 @@ def _person() -> str:
         raise ConfigError("cannot tell who you are (no user name): pass --by NAME") from None
 
 
-@app.command("approve")
-def approve_cmd(gen: int = typer.Argument(..., help="The pending generation to accept."),
-                run: Optional[str] = typer.Option(None, help="Run id (default: the latest)."),
-                why: str = typer.Option("", "--why", help="Your reason (recorded, and shown to the planner)."),
-                by: Optional[str] = typer.Option(None, help="Who decides (default: your user name)."),
-                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
-    """Accept a pending candidate (acceptance.approval: manual): the accepted head moves to it."""
+def _decide(gen: int, run: Optional[str], why: str, by: Optional[str], runs_dir: Optional[Path], *,
+            approve: bool) -> None:
     from evolve.approval import decide
     from evolve.project import find_project
 
     project = find_project()
-    rec = decide(runs_dir or project.runs_dir, run, gen, approve=True, by=by or _person(), why=why,
+    rec = decide(runs_dir or project.runs_dir, run, gen, approve=approve, by=by or _person(), why=why,
                  root=project.root)
-    console.print(f"generation {gen} accepted ({rec.decision}); the accepted head is {rec.verdict_commit[:10]}")
+    after = f"the accepted head is {rec.verdict_commit[:10]}" if approve else "its branch is kept"
+    console.print(f"generation {gen} {rec.status} ({rec.decision}); {after}")
+
+
+RUN_OPTION_HELP = "Run id (default: the latest)."
+BY_HELP = "Who decides (default: your user name)."
+WHY_HELP = "Your reason (recorded, and shown to the planner)."
+
+
+@app.command("approve")
+def approve_cmd(gen: int = typer.Argument(..., help="The pending generation to accept."),
+                run: Optional[str] = typer.Option(None, help=RUN_OPTION_HELP),
+                why: str = typer.Option("", "--why", help=WHY_HELP),
+                by: Optional[str] = typer.Option(None, help=BY_HELP),
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Accept a pending candidate (acceptance.approval: manual): the accepted head moves to it."""
+    _decide(gen, run, why, by, runs_dir, approve=True)
 
 
 @app.command("reject")
 def reject_cmd(gen: int = typer.Argument(..., help="The pending generation to close."),
-               why: str = typer.Option(..., "--why", help="Your reason (recorded, and shown to the planner)."),
-               run: Optional[str] = typer.Option(None, help="Run id (default: the latest)."),
-               by: Optional[str] = typer.Option(None, help="Who decides (default: your user name)."),
+               why: str = typer.Option(..., "--why", help=WHY_HELP),
+               run: Optional[str] = typer.Option(None, help=RUN_OPTION_HELP),
+               by: Optional[str] = typer.Option(None, help=BY_HELP),
                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
     """Close a pending candidate (acceptance.approval: manual): the accepted head stays."""
-    from evolve.approval import decide
-    from evolve.project import find_project
-
-    project = find_project()
-    rec = decide(runs_dir or project.runs_dir, run, gen, approve=False, by=by or _person(), why=why,
-                 root=project.root)
-    console.print(f"generation {gen} rejected ({rec.decision}); its branch is kept")
+    _decide(gen, run, why, by, runs_dir, approve=False)
 
 
 @app.command("report")
