@@ -28,7 +28,7 @@ MAX_REPORT_COPY_BYTES = 256_000_000
 its task page by its path in runs/ only, and the page says so. A night must not fill the disk."""
 MAX_INLINE_BYTES = 64_000
 """Bytes of a task file shown inline on its task page."""
-INDEX_CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+INDEX_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
              "img-src data: blob:; font-src data:")
 """The report page's Content-Security-Policy: only its own inline code runs (plotly's bundle
 and figures); nothing is loaded from anywhere."""
