@@ -25,8 +25,9 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
 
     Raises:
         ConfigError: no such run or generation, it is not pending, or no reason for a rejection.
-        EvolveError: a run is active (the lock is held), or ``best`` no longer is the candidate's
-            parent (another candidate was approved, or a rollback moved it): nothing is changed.
+        EvolveError: a run is active (the lock is held), or ``best`` is neither the candidate's parent
+            nor a person's approval of it (another candidate was approved, or a rollback moved it):
+            nothing is changed.
     """
     if not approve and not why.strip():
         raise ConfigError("say why: `evolve reject GEN --why TEXT` (the planner learns from it)")
@@ -41,7 +42,7 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
             raise ConfigError(f"generation {gen} is {rec.status}, not pending: there is nothing to decide")
         lineage = Lineage(root, rid, store.dir / "worktrees")
         best = lineage.sha(lineage.refs.best)
-        if approve and best != rec.parent:
+        if approve and not _stands_on(lineage, best, rec.parent):
             raise EvolveError(f"the accepted head moved since generation {gen} branched from it (it was tested "
                               f"against {rec.parent[:10]}, the head is {(best or '?')[:10]}): approving it would "
                               "drop what was accepted since. Reject it, or roll back first with `evolve rollback`.")
@@ -53,7 +54,7 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
                     "Evolve-Reason": why.strip() or "-"}
         sha = lineage.commit_verdict(gen, f"evolve: {word} g{gen:03d} by {by}: {rec.hypothesis}", trailers)
         if approve:
-            lineage.move_best(sha, rec.parent)
+            lineage.move_best(sha, best)
         decided = decided.model_copy(update={"verdict_commit": sha, "decision": decision})
         store.save_gen(decided)
         lessons_log.append(store.lessons_path, lessons_log.Lesson(
@@ -66,3 +67,14 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
             state.best, state.best_rate = sha, rec.child_rate
         store.save(state)
         return decided
+
+
+def _stands_on(lineage: Lineage, best: str | None, parent: str) -> bool:
+    """Whether the accepted head ``best`` is ``parent``, or a person's approval of it: a candidate
+    explored from a pending one (``approval_explore: pending``) was tested against the pending verdict
+    commit, and approving that one put its approval commit (same tree, one commit on) at the head."""
+    if best is None:
+        return False
+    if best == parent:
+        return True
+    return lineage.sha(f"{best}^") == parent and lineage.trailers(best).get("Evolve-Decision") == "approved"

@@ -163,7 +163,6 @@ class Loop:
         self.lineage: Lineage | None = None
         self.started = time.monotonic()
         self._cost = lambda: 0.0
-        self._parent_rate: float | None = None
 
     # -- the run, top to bottom -----------------------------------------------------
 
@@ -216,14 +215,14 @@ class Loop:
         """
         gen = state.generations + 1
         earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
-        parent, self._parent_rate, explore_from = self._parent(state)
+        parent, parent_rate, explore_from = self._parent(state)
         rec = GenerationRecord(gen=gen, parent=parent, explore_from=explore_from,
                                cost_usd=earlier.cost_usd if earlier else 0.0)
         self.recorder.begin(state, rec)
         t0, mark, carried, stop = time.monotonic(), self.meter.total(), rec.cost_usd, None
         self._cost = lambda: carried + self.meter.total() - mark
         try:
-            self._steps(state, rec)
+            self._steps(state, rec, parent_rate)
         except GenerationFailed as e:
             rec.status, rec.reason = e.status, e.reason
         except (PlanError, HarnessError, ContextWindowError, RequestError) as e:
@@ -247,8 +246,9 @@ class Loop:
             raise stop from None
         return rec
 
-    def _steps(self, state: RunState, rec: GenerationRecord) -> None:
-        """The generation's steps; each returns its outcome or raises ``GenerationFailed``."""
+    def _steps(self, state: RunState, rec: GenerationRecord, parent_rate: float | None) -> None:
+        """The generation's steps from ``rec.parent`` (search resolve rate ``parent_rate``); each returns
+        its outcome or raises ``GenerationFailed``."""
         gen = rec.gen
         parent_h = self._harness(rec.parent)
         parent_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
@@ -258,7 +258,7 @@ class Loop:
 
         self._step(state, rec, "plan")
         files = self.lineage.tree_files(rec.parent, self.harness_dir)
-        the_plan = self._plan(analysis, files, self._parent_rate)
+        the_plan = self._plan(analysis, files, parent_rate)
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")

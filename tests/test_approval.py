@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop_support import make_loop, make_project
+from loop_support import MarkerEvaluator, make_loop, make_project
 
 from evolve.lessons import load as load_lessons
 from evolve.lineage import Lineage
@@ -131,3 +131,101 @@ def test_approve_refuses_when_best_moved_meanwhile(tmp_path):
     assert best_of(repo, loop.run_id) == other and loop.store.gen(1).status == "pending"
     assert loop.lineage.sha(f"refs/heads/evolve/{loop.run_id}/g001") == tip  # nothing written
     assert json.loads((loop.store.dir / "state.json").read_text())["best"] == state.base
+
+
+CHAIN_SCRIPT = r'''
+rules:
+  - when: {contains: ["## Step: analyze"]}
+    replies:
+      - |
+        ```json
+        {"categories": [{"name": "no reproduction", "description": "submits without reproducing", "instance_ids": ["wide__f-1"]}], "summary": "The agent never reproduces the failure."}
+        ```
+  - when: {contains: ["## Step: plan", "Nothing yet: this is the first generation"]}
+    replies:
+      - |
+        ```json
+        {"hypothesis": "PLAN-A: reproduce first", "files": ["prompts/system.txt"], "expected_effect": "half the tasks", "change": "add a REPRODUCE FIRST rule"}
+        ```
+  - when: {contains: ["## Step: plan", "generation 1: pending"], not_contains: ["generation 2:"]}
+    replies:
+      - |
+        ```json
+        {"hypothesis": "PLAN-D: run the tests after editing", "files": ["prompts/system.txt"], "expected_effect": "the other half", "change": "add a SECOND RULE"}
+        ```
+  - when: {contains: ["## Step: implement", "PLAN-A"]}
+    replies:
+      - |
+        harness/prompts/system.txt
+        ```
+        <<<<<<< SEARCH
+        You are a software engineer who fixes issues in a code repository by running shell commands.
+        =======
+        You are a software engineer who fixes issues in a code repository by running shell commands.
+        REPRODUCE FIRST: run the failing behaviour before you edit anything.
+        >>>>>>> REPLACE
+        ```
+  - when: {contains: ["## Step: implement", "PLAN-D"]}
+    replies:
+      - |
+        harness/prompts/system.txt
+        ```
+        <<<<<<< SEARCH
+        REPRODUCE FIRST: run the failing behaviour before you edit anything.
+        =======
+        REPRODUCE FIRST: run the failing behaviour before you edit anything.
+        SECOND RULE: run the tests after editing.
+        >>>>>>> REPLACE
+        ```
+'''
+
+
+class TwoRules(MarkerEvaluator):
+    """wide__f-1..3 are resolved with REPRODUCE FIRST in the harness, wide__f-4..6 need SECOND RULE too."""
+
+    def evaluate(self, harness, instance_ids, repeat, label, split):
+        report = super().evaluate(harness, instance_ids, repeat, label, split)
+        text = "\n".join(p.read_text(errors="replace") for p in sorted(harness.root.rglob("*")) if p.is_file())
+        for r in report.results:
+            if int(r.instance_id.rsplit("-", 1)[1]) > 3:
+                r.resolved = r.resolved and "SECOND RULE" in text
+        return report
+
+
+def test_a_chain_explored_from_pending_is_approved_in_order(tmp_path):
+    repo = manual_project(tmp_path, explore="pending")
+    script = tmp_path / "chain.yaml"
+    script.write_text(CHAIN_SCRIPT)
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    cfg["models"]["optimizer"]["model"] = f"scripted/{script}"
+    cfg["acceptance"]["confidence"] = 0.8  # three tasks flip per generation
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "chain"], cwd=repo,
+                   check=True)
+    loop, close = make_loop(repo, evaluator=TwoRules(repo / "runs" / "marker"))
+    try:
+        state = loop.run(generations=2)
+    finally:
+        close()
+    g1, g2 = loop.store.gens()
+    assert (g1.status, g2.status) == ("pending", "pending"), (g1.reason, g2.reason)
+    assert g2.parent == g1.verdict_commit and g2.explore_from == "pending"
+    assert (g1.child_rate, g2.parent_rate, g2.child_rate) == (0.5, 0.5, 1.0)
+
+    first = evolve(repo, "approve", "2")  # tested against g1, which is not accepted yet
+    assert first.returncode == 1 and "moved since generation 2 branched" in first.stderr
+    assert evolve(repo, "approve", "1").returncode == 0
+    done = evolve(repo, "approve", "2")
+    assert done.returncode == 0, done.stderr
+    head = best_of(repo, loop.run_id)
+    assert head == loop.store.gen(2).verdict_commit == loop.store.load().best and head != state.base
+    shown = subprocess.run(["git", "show", f"{head}:harness/prompts/system.txt"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout
+    assert "REPRODUCE FIRST" in shown and "SECOND RULE" in shown
+    assert loop.store.load().best_rate == 1.0
+    shown = evolve(repo, "diff").stdout
+    assert "generation 1: accepted" in shown and "generation 2: accepted" in shown, shown
+    from evolve.report_html.data import build
+
+    c1, c2 = build(repo / "runs", loop.run_id, repo)["generations"]
+    assert c2["parent"] == c1["tested_commit"] != c1["verdict_commit"]  # the lineage plot joins them

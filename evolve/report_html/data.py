@@ -173,6 +173,10 @@ def build(runs_dir: Path, run_id: str, repo_root: Path | None = None) -> dict:
         card = g.model_dump(mode="json")
         card["diff"] = generation_diff(lineage, g, state.harness_dir)
         card["has_repo"] = lineage is not None
+        # a person's decision is a commit on top of the verdict the paired test wrote, which later
+        # candidates explored from the pending one name as their parent
+        card["tested_commit"] = lineage.sha(f"{g.verdict_commit}^") if lineage and g.decision and g.verdict_commit \
+            else g.verdict_commit
         prefix = f"g{g.gen:03d}-"
         card["tasks"] = {iid: {"child": task_runs(by_label, prefix + "child", iid),
                                "parent": task_runs(by_label, prefix + "parent", iid)}

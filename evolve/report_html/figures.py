@@ -80,8 +80,8 @@ def lineage_figure(data: dict):
     for g in gens:
         px, py = pos.get(g["parent"], (0, run.get("baseline_rate") or 0.0))
         y = g["child_rate"] if g.get("child_rate") is not None else py
-        if g.get("verdict_commit"):
-            pos[g["verdict_commit"]] = (g["gen"], y)
+        for sha in {g.get("verdict_commit"), g.get("tested_commit")} - {None}:
+            pos[sha] = (g["gen"], y)
         ex += [px, g["gen"], None]
         ey += [py, y, None]
         nodes.append((g["gen"], y, g["status"], f"g{g['gen']:03d} {g['status']}: {plain(g['hypothesis'], 80)}"))
