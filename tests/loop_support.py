@@ -24,7 +24,7 @@ from conftest import FIXTURES, WIDE_MARKER, build_wide_evalset  # noqa: E402
 
 from evolve.evaluate import EvalReport  # noqa: E402
 from evolve.harness import Harness  # noqa: E402
-from evolve.types import FailureClass, TaskResult  # noqa: E402
+from evolve.types import FailureClass, TaskResult, Usage  # noqa: E402
 
 OPTIMIZER = FIXTURES / "loop" / "optimizer.yaml"
 
@@ -151,4 +151,5 @@ class TaskFilesEvaluator(MarkerEvaluator):
             (tdir / "test_output.txt").write_text(f"{'PASSED' if r.resolved else 'FAILED'} tests of {r.instance_id}\n")
             append_jsonl(run_dir / "results.jsonl", {**r.model_dump(mode="json"), "cached": False})
         append_jsonl(run_dir / "events.jsonl", {"ts": now_iso(), "event": "end"})
+        report.fresh_usage = Usage(calls=len(report.results), cost_usd=self.usd * len(report.results))
         return report

@@ -68,7 +68,9 @@ def test_report_files_and_data(night):
     assert HOSTILE_ID in g1["fixed"] and len(g1["fixed"]) == 6 and "REPRODUCE FIRST" in g1["diff"]
     assert data["heatmap"]["columns"] == ["base", "g001 accepted"]
     assert data["heatmap"]["z"] == [[0.0, 1.0]] * 6
-    assert data["cost"]["solver"][-1][1] > 0 and data["cost"]["optimizer"]
+    assert data["cost"]["optimizer"] and data["cost"]["optimizer"][-1][1] == 0.0  # scripted: free
+    assert data["run"]["spent_usd"] > 0  # every fresh task-run's solver cost, as the run counted it:
+    assert data["cost"]["solver"][-1][1] == pytest.approx(data["run"]["spent_usd"])
     assert data["run"]["holdout"]["best"] == 1.0
     page = out / "tasks" / "g001" / f"{task_slug(HOSTILE_ID)}.html"
     assert page.is_file() and "/" not in task_slug(HOSTILE_ID) and "<" not in task_slug(HOSTILE_ID)
