@@ -430,8 +430,11 @@ def run_cmd(
         None, help=f"Solver tokens per task assumed by --dry-run (default "
                    f"{_default(DryRunAssumptions, 'solver_tokens_per_task')})."),
     runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+    log_every: float = typer.Option(60.0, min=1.0, help="Off a terminal (nohup, systemd, CI): seconds between "
+                                                        "progress lines while a step lasts."),
 ) -> None:
-    """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation."""
+    """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation.
+    On a terminal it shows a live view; otherwise it writes plain timestamped progress lines."""
     from evolve.project import open_project
     from evolve.session import dry_run_assumptions, dry_run_estimate, with_overrides
 
@@ -447,8 +450,21 @@ def run_cmd(
     from evolve.runstate import RunStore
     from evolve.session import project_session
 
+    def refresh_report(state, rec=None) -> None:  # after every generation: the report can be watched at night
+        from evolve.report_html.render import report_run
+
+        try:
+            report_run(runs, state.run_id, repo_root=project.root)
+        except EvolveError as e:  # a report that cannot be written must not end the night: say so, go on
+            err_console.print(Text.assemble(("report not refreshed", "yellow"), f": {e}"))
+
     with project_session(cfg, note=plain) as session:
-        view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations)
+        if console.is_terminal:
+            view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations, after_verdict=refresh_report)
+        else:
+            from evolve.runlog import RunLogView
+
+            view = RunLogView(sys.stdout, every_s=log_every, after_verdict=refresh_report)
         loop = Loop(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                     solver_params=session.solver.params, runs_dir=runs,
                                                     workers=session.workers),
@@ -459,8 +475,10 @@ def run_cmd(
         except KeyboardInterrupt:
             _interrupted(f"finished work kept; continue with `evolve run --resume {loop.run_id}`")
             raise typer.Exit(130) from None
+    refresh_report(state)
     console.print(generations_table(RunStore(runs, state.run_id).gens()))
     console.print(run_summary(state, cfg.budget.budget_usd))
+    plain(f"report: {runs / state.run_id / 'report' / 'index.html'}")
     plain(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
 
 
@@ -503,6 +521,9 @@ def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: 
         console.print(lineage_tree(nodes, view.state.best, archive.accepted_path(nodes, view.state.best),
                                    title=f"archive of {view.state.run_id} (* the accepted path)"))
         return
+    if pending := [g for g in view.gens if g.status == "pending"]:
+        console.print(generations_table(pending, title="waiting for your decision: `evolve approve GEN` or "
+                                                       "`evolve reject GEN --why TEXT`"))
     console.print(generations_table(view.gens))
     console.print(run_summary(view.state))
     if view.state.holdout and view.state.holdout.get("each"):
@@ -536,6 +557,74 @@ def diff_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: th
         if part.diff:
             is_patch = part.diff.startswith("diff --git")
             console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else Text(part.diff))
+
+
+def _person() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ConfigError("cannot tell who you are (no user name): pass --by NAME") from None
+
+
+def _decide(gen: int, run: Optional[str], why: str, by: Optional[str], runs_dir: Optional[Path], *,
+            approve: bool) -> None:
+    from evolve.approval import decide
+    from evolve.project import find_project
+
+    project = find_project()
+    rec = decide(runs_dir or project.runs_dir, run, gen, approve=approve, by=by or _person(), why=why,
+                 root=project.root)
+    after = f"the accepted head is {rec.verdict_commit[:10]}" if approve else "its branch is kept"
+    console.print(f"generation {gen} {rec.status} ({rec.decision}); {after}")
+
+
+RUN_OPTION_HELP = "Run id (default: the latest)."
+BY_HELP = "Who decides (default: your user name)."
+WHY_HELP = "Your reason (recorded, and shown to the planner)."
+
+
+@app.command("approve")
+def approve_cmd(gen: int = typer.Argument(..., help="The pending generation to accept."),
+                run: Optional[str] = typer.Option(None, help=RUN_OPTION_HELP),
+                why: str = typer.Option("", "--why", help=WHY_HELP),
+                by: Optional[str] = typer.Option(None, help=BY_HELP),
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Accept a pending candidate (acceptance.approval: manual): the accepted head moves to it."""
+    _decide(gen, run, why, by, runs_dir, approve=True)
+
+
+@app.command("reject")
+def reject_cmd(gen: int = typer.Argument(..., help="The pending generation to close."),
+               why: str = typer.Option(..., "--why", help=WHY_HELP),
+               run: Optional[str] = typer.Option(None, help=RUN_OPTION_HELP),
+               by: Optional[str] = typer.Option(None, help=BY_HELP),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Close a pending candidate (acceptance.approval: manual): the accepted head stays."""
+    _decide(gen, run, why, by, runs_dir, approve=False)
+
+
+@app.command("report")
+def report_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
+               out: Optional[Path] = typer.Option(None, help="Report folder (default: runs/RUN/report)."),
+               open_it: bool = typer.Option(False, "--open", help="Open it in the web browser."),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Write a run's static HTML report (plots, a card per generation, task pages; data in report.json):
+    no server and no network needed to view it."""
+    from evolve.project import find_project
+    from evolve.report_html.render import report_run
+    from evolve.runstate import latest_run
+
+    project = find_project()
+    runs = runs_dir or project.runs_dir
+    index = report_run(runs, run or latest_run(runs), repo_root=project.root, out=out)
+    console.print(f"report: {index}")
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(index.resolve().as_uri()):
+            raise EvolveError(f"no web browser found here; open {index} yourself")
 
 
 @app.command("rollback")

@@ -199,6 +199,13 @@ class AcceptanceConfig(BaseModel):
     keep_rejected: bool = True
     """Keep branches of rolled-back candidates for inspection (else delete them); stepping stones
     (``evolve.search.archive``) keep theirs either way."""
+    approval: Literal["auto", "manual"] = "auto"
+    """``auto``: a candidate that passes the paired test becomes the accepted head at once. ``manual``:
+    it becomes ``pending`` (its branch and a verdict commit) and the head moves only when a person runs
+    ``evolve approve GEN`` (``evolve reject GEN --why TEXT`` closes it)."""
+    approval_explore: Literal["best", "pending"] = "best"
+    """With ``approval: manual``, what the run explores from while candidates wait: ``best`` (the
+    accepted head) or ``pending`` (the latest pending candidate; such generations are marked so)."""
     stages: list[float] = Field(default_factory=lambda: [0.5, 1.0])
     """Cumulative fractions of the search tasks evaluated before each look, increasing, the last 1.0
     (``evolve.acceptance``); figures for other choices: the README's "Search" section."""

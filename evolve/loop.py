@@ -224,8 +224,9 @@ class Loop:
         """
         gen = state.generations + 1
         earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
-        parent_gen, parent = self._parent(state, gen)
+        parent_gen, parent, explore_from = self._start(state, gen)
         rec = GenerationRecord(gen=gen, parent=parent, parent_gen=parent_gen, best_before=state.best,
+                               explore_from=explore_from,
                                cost_usd=earlier.cost_usd if earlier else 0.0)
         self.recorder.begin(state, rec)
         t0, mark, carried, stop = time.monotonic(), self.meter.total(), rec.cost_usd, None
@@ -256,7 +257,7 @@ class Loop:
         return rec
 
     def _steps(self, state: RunState, rec: GenerationRecord) -> None:
-        """The generation's steps; each returns its outcome or raises ``GenerationFailed``."""
+        """The generation's steps from ``rec.parent``; each returns its outcome or raises ``GenerationFailed``."""
         gen = rec.gen
         parent_h = self._harness(rec.parent)
         parent_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
@@ -379,26 +380,42 @@ class Loop:
         return replace(against, reason=f"against the accepted head: {against.reason} "
                                        f"(it beat its parent: {v.reason})"), seen
 
+    def _start(self, state: RunState, gen: int) -> tuple[int | None, str, Literal["best", "pending"]]:
+        """(generation, commit, which) the next candidate branches from: with ``approval: manual`` and
+        ``approval_explore: pending``, the latest candidate still waiting for a person; otherwise the
+        parent ``search.parent`` picks (``_parent``)."""
+        acc = self.cfg.acceptance
+        if acc.approval == "manual" and acc.approval_explore == "pending":
+            waiting = [g for g in self.store.gens() if g.status == "pending" and g.verdict_commit]
+            if waiting:
+                return waiting[-1].gen, waiting[-1].verdict_commit, "pending"
+        return (*self._parent(state, gen), "best")
+
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
         """Record the verdict, then write it to git: a verdict commit, and ``best`` moved on accept.
-        The decided record is saved before git changes, so a resumed run can complete it from git."""
+        With ``acceptance.approval: manual`` a passing candidate is ``pending`` instead: its verdict
+        commit is written and ``best`` stays (``evolve approve`` moves it). The decided record is saved
+        before git changes, so a resumed run can complete it from git."""
         if rec.tampering:  # whatever the scores say
             v = replace(v, accepted=False, reason=f"rejected: tampering its parent did not do on the same tasks "
                                                   f"({'; '.join(rec.tampering)}); the paired test: {v.reason}")
         rec.parent_rate, rec.child_rate, rec.delta = v.parent_rate, v.child_rate, v.delta
         rec.ci_low, rec.ci_high, rec.p_value, rec.task_runs = v.ci_low, v.ci_high, v.p_value, v.task_runs
         rec.fixed, rec.broken, rec.reason, rec.n_tasks = list(v.fixed), list(v.broken), v.reason, v.n_tasks
-        rec.pending, rec.cost_usd = ("accepted" if v.accepted else "rejected"), self._cost()
+        passed = "pending" if self.cfg.acceptance.approval == "manual" else "accepted"
+        rec.pending, rec.cost_usd = (passed if v.accepted else "rejected"), self._cost()
         rec.stone = archive.is_stone(rec.pending, rec.p_worse, 1 - self.cfg.acceptance.confidence,
                                      bool(rec.tampering))
         self.recorder.running(rec)
         rec.verdict_commit = self.lineage.commit_verdict(
             rec.gen, f"evolve: {rec.pending} g{rec.gen:03d}: {rec.hypothesis}", verdict_trailers(self.run_id, rec))
         kill_point("verdict-committed", rec.gen)
-        if v.accepted:
+        if rec.pending == "accepted":
             self.lineage.move_best(rec.verdict_commit, state.best)
             kill_point("best-moved", rec.gen)
             self.recorder.event("accept", gen=rec.gen, best=rec.verdict_commit, delta=v.delta)
+        elif rec.pending == "pending":
+            self.recorder.event("pending", gen=rec.gen, candidate=rec.verdict_commit, delta=v.delta)
         else:
             self.recorder.event("reject", gen=rec.gen, delta=v.delta, reason=v.reason)
         rec.status = rec.pending

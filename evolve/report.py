@@ -115,13 +115,6 @@ def summary_table(report: EvalReport) -> Table:
 
 # -- evolve run: live view, status -------------------------------------------------------------
 
-def now_hms() -> str:
-    """The local time as ``HH:MM:SS``, for log lines."""
-    import time
-
-    return time.strftime("%H:%M:%S")
-
-
 def _pts(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
 
@@ -131,7 +124,7 @@ def _pct(x: float | None) -> str:
 
 
 _VERDICT_STYLE = {"accepted": "green", "rejected": "red", "refused": "yellow", "failed": "magenta",
-                  "running": "cyan"}
+                  "running": "cyan", "pending": "bold dark_orange"}
 
 
 def generations_table(gens, title: str = "generations") -> Table:
@@ -149,7 +142,8 @@ def generations_table(gens, title: str = "generations") -> Table:
         if g.tampering:
             flagged = Text(f"{g.flagged_tasks}, {len(g.tampering)} tampering", "red bold")
         table.add_row(str(g.gen), Text(g.parent[:8]), Text((g.hypothesis or g.reason or "")[:90]), score,
-                      f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")), flagged,
+                      f"{_pts(g.delta)}{ci}", Text(g.status + (" (from pending)" if g.explore_from == "pending" else ""),
+                                                   _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
     return table
 
@@ -261,10 +255,14 @@ class RunLiveView:
     """The live view of ``evolve run``: generation and step, evaluation progress,
     accepted score, spend against budget, the last verdicts. Implements ``evolve.loop.RunView``."""
 
-    def __init__(self, console: Console, budget_usd: float | None, generations: int | None) -> None:
+    def __init__(self, console: Console, budget_usd: float | None, generations: int | None,
+                 after_verdict=None) -> None:
+        """``after_verdict(state, rec)``, when given, is called after each verdict is shown (``evolve run``
+        refreshes the HTML report there)."""
         from rich.live import Live
 
         self.console, self.budget, self.limit = console, budget_usd, generations
+        self.after_verdict = after_verdict
         self.header = Text("starting")
         self.spent_live = 0.0
         self.verdicts: list = []
@@ -295,11 +293,8 @@ class RunLiveView:
         self.live.update(self._render())
 
     def step(self, state, gen: int, step: str) -> None:
-        """Generation ``gen`` starts ``step``; printed as one line when the console is not a terminal."""
+        """Generation ``gen`` starts ``step`` (off a terminal ``evolve run`` uses ``evolve.runlog.RunLogView``)."""
         spend = f"${state.spent_usd + self.spent_live:.4f}" + (f" / ${self.budget:.2f}" if self.budget else "")
-        if not self.console.is_terminal:  # a log file: one line per step instead of a live screen
-            self.console.print(f"[{now_hms()}] generation {gen}: {step}; accepted {_pct(state.best_rate)}; "
-                               f"spent {spend}", markup=False, emoji=False)
         limit = f"/{self.limit}" if self.limit else ""
         self.header = Text.assemble(("evolve run ", "bold"), state.run_id, "   generation ", (f"{gen}{limit}", "bold"),
                                     "   step ", (step, "cyan bold"), "   accepted ",
@@ -311,13 +306,12 @@ class RunLiveView:
         return _LiveEvalProgress(self, label, total)
 
     def verdict(self, state, rec) -> None:
-        """Generation ``rec.gen`` is decided: add it to the last verdicts (and print it off a terminal)."""
-        if not self.console.is_terminal:
-            self.console.print(f"[{now_hms()}] generation {rec.gen}: {rec.status} ({_pts(rec.delta)} pts) "
-                               f"{rec.hypothesis[:100]!r}: {rec.reason}"[:400], markup=False, emoji=False)
+        """Generation ``rec.gen`` is decided: add it to the last verdicts."""
         self.spent_live = 0.0
         self.verdicts.append(rec.model_copy())
         self.refresh()
+        if self.after_verdict is not None:
+            self.after_verdict(state, rec)
 
     def note(self, text: str) -> None:
         """Print ``text`` above the live view, as plain text (never read as markup)."""

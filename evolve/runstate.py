@@ -28,8 +28,10 @@ from evolve import store
 from evolve.errors import ConfigError, EvolveError
 from evolve.owner import pid_alive
 
-Status = Literal["running", "accepted", "rejected", "refused", "failed"]
-FINAL = ("accepted", "rejected", "refused", "failed")
+Status = Literal["running", "pending", "accepted", "rejected", "refused", "failed"]
+FINAL = ("pending", "accepted", "rejected", "refused", "failed")
+"""Statuses a generation ends with; ``pending`` (``acceptance.approval: manual``) waits for a person,
+who turns it into ``accepted`` or ``rejected`` (``evolve.approval``)."""
 
 
 class RunFileError(EvolveError):
@@ -57,9 +59,15 @@ class GenerationRecord(BaseModel):
     files: list[str] = Field(default_factory=list)
     expected_effect: str = ""
     reason: str = ""
-    pending: Literal["accepted", "rejected"] | None = None
+    pending: Literal["accepted", "rejected", "pending"] | None = None
     """The decided verdict while its git writes are under way (step ``decide``); a resumed run
-    completes it from git (``evolve.recorder.reconcile``)."""
+    completes it from git (``evolve.recorder.reconcile``). ``"pending"`` here means the candidate
+    passed and waits for a person (``acceptance.approval: manual``)."""
+    explore_from: Literal["best", "pending"] = "best"
+    """What the candidate branched from: the accepted head, or a pending candidate
+    (``acceptance.approval_explore: pending``)."""
+    decision: str = ""
+    """A person's decision on a pending candidate: ``"approved by NAME: reason"`` or ``"rejected by NAME: reason"``."""
     n_tasks: int = 0
     """Tasks in the paired comparison."""
     parent_rate: float | None = None

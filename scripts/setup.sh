@@ -81,6 +81,15 @@ if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null && command -v apt-g
   say "installing debootstrap (offline image builds)"
   apt_install debootstrap
 fi
+# 4. Headless Chromium for the report's browser test (Debian's package; tests/test_report_html.py)
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium (the report's browser test)"
+    apt_install chromium
+  else
+    say "no chromium and not root on Debian: the report's browser test will be skipped (apt-get install chromium)"
+  fi
+fi
 .venv/bin/evolve sandbox build
 
 # 4. The mini-swe-agent template's harness environment: its wheels resolved from PyPI into
