@@ -283,7 +283,7 @@ class Loop:
         rec.flagged_tasks, rec.integrity_flags = flag_counts(seen["child"])
         rec.tampering = new_tampering(seen["parent"], seen["child"])
         rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
-        if rec.parent != state.best:
+        if rec.parent != state.best and rec.explore_from == "best":  # a stepping stone's child
             verdict, seen_best = self._against_best(state, child_h, gen, verdict)
             if seen_best:  # tampering the accepted head did not do counts too
                 extra = new_tampering(seen_best["parent"], seen_best["child"])

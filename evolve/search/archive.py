@@ -61,7 +61,7 @@ class Node(BaseModel):
     parent: str | None = None
     parent_gen: int | None = None
     branch: str | None = None
-    status: Literal["base", "accepted", "rejected", "refused", "failed"]
+    status: Literal["base", "accepted", "pending", "rejected", "refused", "failed"]
     stone: bool = False
     rate: float | None = None
     delta: float | None = None
