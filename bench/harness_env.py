@@ -13,7 +13,9 @@
      C  import: the env, and ``python3 -c "import litellm, minisweagent.agents.default"``.
    The figure per side is the task's ``agent_seconds`` (sandbox start to outputs collected),
    median over ``--rounds``; it prints B-A (what the mount costs) and C-A (what a harness
-   with dependencies pays per task before its first model call) and the ratios.
+   with dependencies pays per task before its first model call) and the ratios. Each
+   entrypoint also prints its own CPU seconds (``time.process_time``), which a busy machine
+   does not inflate the way it inflates wall time.
 
 Exit status is non-zero only when something broke (an infra result, a harness that failed).
 
@@ -58,15 +60,18 @@ def build(home: Path) -> tuple[float, float, int]:
     return cold, warm, size
 
 
+CPU = 'print(\\"evolve-bench-cpu\\", time.process_time())'
+"""The entrypoints' last statement (inside the shell's double quotes): its CPU seconds, in harness.log."""
 HARNESSES = {
-    "A stdlib": ("", 'python3 -c "import json"'),
-    "B env": ("requirements_file: requirements.txt\n", 'python3 -c "import json"'),
-    "C import": ("requirements_file: requirements.txt\n",
-                 'python3 -c "import litellm, minisweagent.agents.default"'),
+    "A stdlib": ("", f'python3 -c "import json, time; {CPU}"'),
+    "B env": ("requirements_file: requirements.txt\n", f'python3 -c "import json, time; {CPU}"'),
+    "C import": ("requirements_file: requirements.txt\n",  # as the template's agent.py sets them
+                 "LITELLM_LOCAL_MODEL_COST_MAP=True MSWEA_SILENT_STARTUP=1 "
+                 f'python3 -c "import time, litellm, minisweagent.agents.default; {CPU}"'),
 }
 
 
-def startup(rounds: int, work: Path) -> dict[str, list[float]]:
+def startup(rounds: int, work: Path) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     from conftest import build_mini_evalset
 
     from evolve.config import EvalSettings
@@ -88,6 +93,7 @@ def startup(rounds: int, work: Path) -> dict[str, list[float]]:
     settings = EvalSettings(model=f"scripted/{noop}", harness_timeout_s=300, test_timeout_s=120)
     names = list(HARNESSES)
     seconds: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds + 1):
         order = names[r % 3:] + names[:r % 3]
         for name in order:
@@ -97,8 +103,10 @@ def startup(rounds: int, work: Path) -> dict[str, list[float]]:
             if res.is_infra or res.harness_exit_code != 0:
                 raise SystemExit(f"{name}: broke: exit {res.harness_exit_code}, {res.error}")
             if r:
+                log = (ev.run_dir / "tasks" / res.instance_id / f"r{res.repeat}" / "harness.log").read_text()
                 seconds[name].append(res.agent_seconds)
-    return seconds
+                cpu[name].append(float(log.split("evolve-bench-cpu", 1)[1].split()[0]))
+    return seconds, cpu
 
 
 def main() -> int:
@@ -111,10 +119,11 @@ def main() -> int:
             cold, warm, size = build(Path(tmp) / "home")
             print(f"environment build (mini-swe-agent, {size / 1e6:.0f} MB installed): "
                   f"cold {cold:.1f} s (resolve + download + offline install), warm {warm:.2f} s (cached)")
-        seconds = startup(args.rounds, Path(tmp))
+        seconds, cpu = startup(args.rounds, Path(tmp))
     med = {n: statistics.median(v) for n, v in seconds.items()}
     for n, v in seconds.items():
-        print(f"{n:9s} agent phase: median {med[n]:.2f} s  (min {min(v):.2f}, max {max(v):.2f}, n={len(v)})")
+        print(f"{n:9s} agent phase: median {med[n]:.2f} s  (min {min(v):.2f}, max {max(v):.2f}, n={len(v)}); "
+              f"the entrypoint's CPU: median {statistics.median(cpu[n]):.2f} s")
     a = med["A stdlib"]
     print(f"mount only   B-A {med['B env'] - a:+.2f} s per task  (B/A {med['B env'] / a:.2f}x)")
     print(f"with imports C-A {med['C import'] - a:+.2f} s per task  (C/A {med['C import'] / a:.2f}x)")
