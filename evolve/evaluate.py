@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from evolve import owner, store
 from evolve.config import EvalSettings
-from evolve.errors import ConfigError, InfraError
+from evolve.errors import ConfigError, EvalSetError, InfraError, SandboxError
 from evolve.evalsets.registry import EvalSet
 from evolve.harness import Harness
 from evolve.taskrun import MAX_ATTEMPTS, RETRY_PAUSE_S, Cancelled, Job, merge_flags, patch_fields
@@ -165,6 +165,17 @@ class Evaluation:
 
     def _select(self, instance_ids: list[str] | None) -> list[Task]:
         tasks = self.evalset.tasks(self.split)
+        if not tasks:
+            raise EvalSetError(f"split {self.split!r} of eval set {self.evalset.name} has no task: nothing to "
+                               "evaluate (a result of 0/0 would mean nothing). Give the split tasks, e.g. import "
+                               "with `evolve evals import swe-bench FILE --holdout-fraction F`",
+                               path=str(self.evalset.source or self.evalset.root))
+        empty = [t.instance_id for t in tasks if t.repo_path is None and t.image is None]
+        if empty:
+            raise EvalSetError(f"{len(empty)} task(s) name neither a repo_path nor an image holding /testbed, so the "
+                               f"agent would work on an empty /testbed: {', '.join(empty[:5])}. Give each task its "
+                               "image (SWE-bench rows: `evolve evals import swe-bench FILE`) or its repo_path",
+                               path=str(self.evalset.source or self.evalset.root))
         if not instance_ids:
             return tasks
         known = {t.instance_id: t for t in tasks}
@@ -199,6 +210,7 @@ class Evaluation:
         store.remove_orphans(self.run_dir)
         executor = self.executor
         executor.open(EvalWork(run_id=self.run_id, evalset=self.evalset, tasks=self.tasks, harness=self.harness,
+                               split=self.split,
                                settings=self.settings, stop=self.stop, on_event=self._event))
         self._write_meta("running")
         store.append_jsonl(self.run_dir / "events.jsonl", {"ts": store.now_iso(), "event": "start",

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from evolve.config import EvalSettings
-from evolve.errors import InfraError
+from evolve.errors import InfraError, SandboxError
 from evolve.harness import Harness
 from evolve.retry import retrying
 from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TaskResult
 
 if TYPE_CHECKING:
     from evolve.grading import Grade
+    from evolve.harness_env import HarnessEnv
     from evolve.models import ModelBackend
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,60 @@ class TaskContext:
     repo_dir: Callable[[Task], Path | None]
     stop: threading.Event = field(default_factory=threading.Event)
     on_event: Callable[[str, str, int, str], None] = lambda *a: None
+    agent_envs: dict[str | None, tuple[str, "HarnessEnv | None"]] = field(default_factory=dict)
+    """``{task image: (agent-phase image, harness environment or None)}`` (``agent_envs``)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _baselines: dict[str, tuple[threading.Lock, list]] = field(default_factory=dict)
+
+
+def task_images(client, tasks: list[Task], split: str) -> dict[str | None, str]:
+    """Every task's image, present, pulled or built (``sandbox.image.ensure_image``), before any agent runs.
+
+    Raises:
+        SandboxError: naming every image that is neither present nor pullable, with its tasks and
+            how to get them (a missing image is the eval set's problem, never a task's infra).
+    """
+    from evolve.sandbox.image import ensure_image
+
+    found: dict[str | None, str] = {}
+    missing: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.image in missing:
+            missing[task.image].append(task.instance_id)
+        if task.image in found or task.image in missing:
+            continue
+        try:
+            found[task.image] = ensure_image(client, task.image)
+        except SandboxError:
+            if task.image is None:
+                raise
+            missing[task.image] = [task.instance_id]
+    if missing:
+        swebench = any((t.model_extra or {}).get("swebench") for t in tasks if t.image in missing)
+        how = ("build SWE-bench's instance images with the swebench package (`swebench images build`, see "
+               "its docs) or `docker load -i FILE` them" if swebench else
+               "build them or `docker load -i FILE` them")
+        listed = "; ".join(f"{img} ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''})"
+                           for img, ids in sorted(missing.items()))
+        raise SandboxError(f"{len(missing)} image(s) of split {split!r} are not present and cannot be "
+                           f"pulled, so no agent was started: {listed}. To get them: {how}; then run again")
+    return found
+
+
+def agent_env(client, harness: Harness, image_ref: str, settings: EvalSettings) -> tuple[str, "HarnessEnv | None"]:
+    """(agent-phase image, harness environment or None) for tasks whose image is ``image_ref``: the
+    harness's own image if it names one, its environment built or found in the cache
+    (``evolve.harness_env``).
+
+    Raises:
+        HarnessError: a bad requirement, or an image whose python3 can't run them.
+    """
+    from evolve.evalsets.registry import evolve_home
+    from evolve.harness_env import agent_image, prepare
+    from evolve.sandbox.image import ensure_image
+
+    image = ensure_image(client, agent_image(harness, image_ref))
+    return image, prepare(client, harness, image, home=evolve_home(), limits=settings.sandbox, log=log.info)
 
 
 def run_task(ctx: TaskContext, job: Job, scratch: Path) -> tuple[TaskResult, Files]:
@@ -120,18 +173,26 @@ def run_task(ctx: TaskContext, job: Job, scratch: Path) -> tuple[TaskResult, Fil
     def sandbox(mounts: dict[str, str] | None = None) -> Sandbox:
         return Sandbox(ctx.client, image, run_id=ctx.run_id, limits=ctx.settings.sandbox, mounts=mounts)
 
+    agent_ref, env = ctx.agent_envs[task.image]
+
+    def agent_sandbox(mounts: dict[str, str] | None = None) -> Sandbox:
+        """The agent phase's: the harness's image if it names one, its environment mounted read-only."""
+        return Sandbox(ctx.client, agent_ref, run_id=ctx.run_id, limits=ctx.settings.sandbox,
+                       mounts={**(mounts or {}), **(env.mounts() if env else {})})
+
     files: Files = {}
     base = dict(instance_id=task.instance_id, repeat=job.repeat, key=job.key)
     errors: list[str] = []
     grader = PreparedGrader(sandbox)
     grader.start()
     try:
-        return _phases(ctx, job, start, repo_dir, sandbox, grader, base, errors, files, scratch)
+        return _phases(ctx, job, start, repo_dir, (agent_sandbox, env), sandbox, grader, base, errors, files,
+                       scratch)
     finally:
         grader.discard()
 
 
-def _phases(ctx: TaskContext, job: Job, start: float, repo_dir, sandbox, grader, base: dict,
+def _phases(ctx: TaskContext, job: Job, start: float, repo_dir, agent, sandbox, grader, base: dict,
             errors: list[str], files: Files, scratch: Path) -> tuple[TaskResult, Files]:
     from evolve.grading import grade
     from evolve.runner import run_agent
@@ -145,7 +206,8 @@ def _phases(ctx: TaskContext, job: Job, start: float, repo_dir, sandbox, grader,
                 trace = scratch / f"trace-{n}.jsonl"
                 run = None
                 try:
-                    run = run_agent(sandbox, task, repo_dir, ctx.harness, ctx.backend, ctx.settings, trace)
+                    run = run_agent(agent[0], task, repo_dir, ctx.harness, ctx.backend, ctx.settings, trace,
+                                    harness_env=agent[1])
                 except InfraError as e:
                     errors.append(f"agent attempt {n}: {e}")
                     raise

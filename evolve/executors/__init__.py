@@ -38,6 +38,8 @@ class EvalWork:
     tasks: "list[Task]"
     harness: "Harness"
     settings: "EvalSettings"
+    split: str = "search"
+    """The split's name, for messages."""
     stop: threading.Event = field(default_factory=threading.Event)
     """Set by the evaluation when it stops (Ctrl-C, a ModelError)."""
     on_event: Callable[[str, str, int, str], None] = lambda *a: None

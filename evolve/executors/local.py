@@ -26,15 +26,16 @@ class LocalExecutor:
     def open(self, work: EvalWork) -> None:
         from evolve.models import backend_for
         from evolve.sandbox.docker import docker_client, sweep_stale
-        from evolve.sandbox.image import ensure_image
+        from evolve.taskrun import agent_env, task_images
 
         client = docker_client()
         sweep_stale(client)  # containers and temp dirs of dead evolve processes
-        images = {img: ensure_image(client, img) for img in {t.image for t in work.tasks}}
+        images = task_images(client, work.tasks, work.split)
+        envs = {img: agent_env(client, work.harness, ref, work.settings) for img, ref in images.items()}
         backend, self._close_backend = backend_for(work.settings.model, work.settings.model_params)
         self._ctx = TaskContext(client=client, images=images, backend=backend, harness=work.harness,
                                 settings=work.settings, run_id=work.run_id, repo_dir=work.evalset.repo_dir,
-                                stop=work.stop, on_event=work.on_event)
+                                stop=work.stop, on_event=work.on_event, agent_envs=envs)
 
     def run(self, job: Job, scratch: Path) -> tuple[TaskResult, Files]:
         assert self._ctx is not None, "open() first"

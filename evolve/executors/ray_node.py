@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from evolve.config import EvalSettings
 from evolve.harness import Harness, HarnessSpec
-from evolve.taskrun import Files, Job, TaskContext, run_task
+from evolve.taskrun import Files, Job, TaskContext, agent_env, run_task
 from evolve.types import Task
 
 _CONTEXTS_KEPT = 4
@@ -124,11 +124,14 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
         task = tasks[instance_id]
         if task.image not in ctx.images:
             ctx.images[task.image] = n.image(task.image)
+        if task.image not in ctx.agent_envs:  # built on this node, from its own wheelhouse cache
+            ctx.agent_envs[task.image] = agent_env(n.client, ctx.harness, ctx.images[task.image], ctx.settings)
     from evolve import owner
 
     ctx_for_job = TaskContext(client=ctx.client, images=ctx.images, backend=ctx.backend, harness=ctx.harness,
                               settings=ctx.settings, run_id=ctx.run_id, repo_dir=ctx.repo_dir,
-                              on_event=lambda *e: events.append(e), _lock=ctx._lock, _baselines=ctx._baselines)
+                              on_event=lambda *e: events.append(e), agent_envs=ctx.agent_envs, _lock=ctx._lock,
+                              _baselines=ctx._baselines)
     with owner.temp_dir("task") as scratch:
         result, files = run_task(ctx_for_job, Job(task, repeat, key), Path(scratch))
         out: Files = {name: (content.read_bytes() if isinstance(content, Path) else content)
