@@ -55,6 +55,7 @@ beyond noise (its whole 95% interval above 5%).
     .venv/bin/python bench/acceptance_sim.py                    # 1000 generations per scenario
     .venv/bin/python bench/acceptance_sim.py --trials 400 --min-gain 0.02
     .venv/bin/python bench/acceptance_sim.py --no-variants      # the configured procedure only
+    .venv/bin/python bench/acceptance_sim.py --search [options]  # the search: bench/search_sim.py
 """
 
 from __future__ import annotations
@@ -269,6 +270,11 @@ def table(proc: Procedure, args, trials: int) -> list[tuple[str, Result]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--search" in argv:  # greedy, racing and the archive on a stream of candidates
+        from search_sim import main as search_main
+
+        return search_main([a for a in argv if a != "--search"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", type=int, default=50, help="tasks in the search split (N)")
     ap.add_argument("--trials", type=int, default=1000, help="simulated generations per scenario")

@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from evolve.config import EvalsConfig, EvalSettings, Limits, SandboxLimits, ServeConfig
 from evolve.errors import ConfigError, EvolveError
@@ -24,11 +25,43 @@ app = typer.Typer(help="Let a coding agent improve its own harness.", no_args_is
                   pretty_exceptions_enable=False, add_completion=False)
 sandbox_app = typer.Typer(help="The Docker sandbox: base image and cleanup.", no_args_is_help=True)
 evals_app = typer.Typer(help="Eval sets: list them, show their tasks.", no_args_is_help=True)
+import_app = typer.Typer(help="Import eval sets made elsewhere.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(evals_app, name="evals")
+evals_app.add_typer(import_app, name="import")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+EXECUTOR_HELP = ("Where task-runs execute: local (this machine's Docker engine) or ray (the nodes of a Ray cluster "
+                 "that declare the evolve_sandbox resource; see README \"Running on a cluster\").")
+RAY_ADDRESS_HELP = "Ray cluster address for --executor ray: auto, HOST:PORT or ray://HOST:10001."
+
+
+def plain(text: object, style: str = "") -> None:
+    """Print ``text`` as it is: a test id like ``test_join[/usr-bin]`` or a note holding ``[bold]`` is
+    never read as rich markup or emoji codes."""
+    console.print(Text(str(text), style=style))
+
+
+def _interrupted(message: str) -> None:
+    err_console.print(Text.assemble(("interrupted", "yellow"), ": ", message))
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from evolve.doctor import versions
+
+    for name, version in versions().items():
+        plain(f"{name} {version}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                       help="Print the versions of evolve, Python, litellm and Docker, and exit.")
+          ) -> None:
+    """Let a coding agent improve its own harness."""
 
 
 def _default(model, name: str) -> str:
@@ -51,7 +84,8 @@ def _parse_params(items: list[str]) -> dict:
 
 @app.command("eval")
 def eval_cmd(
-    harness: str = typer.Option("evolve/templates/minimal", help="Harness directory, or git REF[:SUBDIR]."),
+    harness: Optional[str] = typer.Option(None, help="Harness directory, or git REF[:SUBDIR] (default: the "
+                                                     "built-in minimal template, as `evolve init` copies it)."),
     evals: str = typer.Option(..., help="Eval-set name (see `evolve evals list`), directory or .jsonl file."),
     split: str = typer.Option("search", help="Split to evaluate."),
     model: Optional[str] = typer.Option(
@@ -78,11 +112,14 @@ def eval_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Ignore cached results (new ones are still stored)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Output folder."),
     show_tasks: bool = typer.Option(True, help="Print the per-task table at the end."),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Evaluate a harness on a split of an eval set, in Docker sandboxes."""
     from evolve.evalsets.registry import load_evalset
     from evolve.evaluate import Evaluation
-    from evolve.harness import resolve_harness
+    from evolve.executors import make_executor
+    from evolve.harness import resolve_harness, template_dir
     from evolve.report import EvalProgressView, results_table, summary_table
     from evolve.session import eval_options, eval_session
 
@@ -90,24 +127,25 @@ def eval_cmd(
                                      test_timeout_s=test_timeout, max_calls=max_calls, max_tokens=max_tokens,
                                      max_cost_usd=max_cost_usd, mem_limit=mem, cpus=cpus)
     evalset = load_evalset(evals)
-    resolved = resolve_harness(harness, workdir=runs_dir / "harnesses")
+    resolved = resolve_harness(harness or str(template_dir("minimal")), workdir=runs_dir / "harnesses")
+    where = make_executor(executor, ray_address)
     with eval_session(model, _parse_params(model_param), workers=workers, api_base=api_base, temperature=temperature,
-                      max_completion_tokens=max_completion_tokens, note=console.print) as session:
+                      max_completion_tokens=max_completion_tokens, note=plain) as session:
         settings = settings.model_copy(update={"model": session.solver.model, "model_params": session.solver.params})
         evaluation = Evaluation(evalset=evalset, split=split, harness=resolved, settings=settings, runs_dir=runs_dir,
                                 workers=session.workers, repeats=repeats, instance_ids=instance or None,
-                                use_cache=not no_cache)
-        console.print(f"evaluating [bold]{resolved.source}[/] ({resolved.tree_hash[:12]}) on "
-                      f"[bold]{evalset.name}/{split}[/]: {len(evaluation.tasks)} tasks x {repeats}, "
-                      f"model {settings.model}, {session.workers} workers -> {evaluation.run_dir}")
+                                use_cache=not no_cache, executor=where)
+        console.print(Text.assemble("evaluating ", (str(resolved.source), "bold"), f" ({resolved.tree_hash[:12]}) on ",
+                                    (f"{evalset.name}/{split}", "bold"),
+                                    f": {len(evaluation.tasks)} tasks x {repeats}, model {settings.model}, "
+                                    f"{session.workers} workers ({where.kind}) -> {evaluation.run_dir}"))
         view = EvalProgressView(console, len(evaluation.tasks) * repeats, "eval")
         evaluation.progress = view
         try:
             with view:
                 report = evaluation.run()
         except KeyboardInterrupt:
-            err_console.print(f"[yellow]interrupted[/]: finished results kept in {evaluation.run_dir}; "
-                              "no containers left behind.")
+            _interrupted(f"finished results kept in {evaluation.run_dir}; no containers left behind.")
             raise typer.Exit(130) from None
     if show_tasks:
         console.print(results_table(report))
@@ -146,12 +184,12 @@ def serve_cmd(
         raise option_error(e, {"concurrency": "--concurrency", "ready_timeout_s": "--ready-timeout",
                                "port": "--port"}) from None
     server = LocalServer(cfg)
-    console.print(f"starting {server.backend} ({model or 'embedded SmolLM2-135M-Instruct'}); waiting until it "
+    plain(f"starting {server.backend} ({model or 'embedded SmolLM2-135M-Instruct'}); waiting until it "
                   "lists its model...")
     try:
         with server:
             base, name = server.api_base, server.litellm_model
-            console.print(f"[bold green]ready[/] in {server.startup_seconds:.1f} s (pid {server.pid}, log "
+            console.print(Text.assemble(("ready", "bold green"), f" in {server.startup_seconds:.1f} s (pid {server.pid}, log "
                           f"{server.log_path})\n  api_base:      {base}\n  litellm model: {name}\n"
                           f"  concurrency:   {server.concurrency}\n\n"
                           f"evaluate with it (a model you serve is free: its price is 0, set explicitly):\n"
@@ -160,12 +198,34 @@ def serve_cmd(
                           f"or in evolve.yaml:\n  models:\n    solver: {{model: {name}, api_base: {base}, "
                           f"input_cost_per_token: 0, output_cost_per_token: 0}}\n"
                           f"    optimizer: {{model: {name}, api_base: {base}, input_cost_per_token: 0, "
-                          f"output_cost_per_token: 0}}\n\nCtrl-C stops it.")
+                          f"output_cost_per_token: 0}}\n\nCtrl-C stops it."))
             while True:
                 time.sleep(1)
                 server.check_alive()
     except KeyboardInterrupt:
-        console.print(f"stopped after {server.seconds:.0f} s")
+        plain(f"stopped after {server.seconds:.0f} s")
+
+
+@app.command("doctor")
+def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="The same checks as JSON.")) -> None:
+    """Check everything a run needs (Docker, sandbox image, disk, keys, local model, evolve.yaml, models,
+    serve, Ray), one line per check with the fix for each failure; exit 1 if any fails."""
+    import json
+
+    from rich.markup import escape
+
+    from evolve.doctor import failed, run_checks
+
+    checks = run_checks()
+    if as_json:
+        print(json.dumps({"ok": not failed(checks), "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        marks = {"ok": "[green]ok  [/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+        for c in checks:
+            fix = f"  [bold]fix:[/] {escape(c.fix)}" if c.fix and c.status in ("fail", "warn") else ""
+            console.print(f"{marks[c.status]} {c.name}: {escape(c.detail)}{fix}", soft_wrap=True)
+    if failed(checks):
+        raise typer.Exit(1)
 
 
 @sandbox_app.command("build")
@@ -180,7 +240,7 @@ def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make 
     from evolve.sandbox.image import base_image_tag, build_base_image, ensure_image
 
     def log(m: str) -> None:
-        console.print(f"[dim]{m}[/]")
+        plain(m, "dim")
 
     client = docker_client()
     if mirror is None:
@@ -193,7 +253,7 @@ def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make 
         log(f"{ref} is present; `docker rmi {ref}` first to build it again from {mirror}")
     else:
         ref = build_base_image(client, mirror=mirror, log=log)
-    console.print(f"sandbox image ready: [bold]{ref}[/]")
+    console.print(Text.assemble("sandbox image ready: ", (ref, "bold")))
 
 
 @sandbox_app.command("sweep")
@@ -208,7 +268,7 @@ def sandbox_sweep() -> None:
 
 @evals_app.command("list")
 def evals_list() -> None:
-    """List the eval sets (./evals, $EVOLVE_HOME/evals, evolve's evals/) with task counts per split."""
+    """List the eval sets (./evals, $EVOLVE_HOME/evals) with task counts per split."""
     from evolve.evalsets.commands import print_list
 
     print_list(console)
@@ -225,8 +285,38 @@ def evals_show(name: str = typer.Argument(..., help="Eval-set name, directory or
     print_show(console, name, instance_id, split=split, patch=patch)
 
 
+@import_app.command("swe-bench")
+def evals_import_swebench(
+    source: str = typer.Argument(..., help="A .jsonl, .json or .parquet export of SWE-bench rows, or a Hugging "
+                                           "Face dataset name such as SWE-bench/SWE-bench_Lite (needs network)."),
+    name: Optional[str] = typer.Option(None, help="Eval-set name; default: the source's stem."),
+    out: Optional[Path] = typer.Option(None, help="Output directory; default $EVOLVE_HOME/evals/NAME."),
+    holdout_fraction: float = typer.Option(0.3, help="Share of tasks sealed in the holdout split (0 < f < 1)."),
+    seed: int = typer.Option(0, help="Seed of the split: same seed, same split."),
+    style: str = typer.Option("auto", help="Row style: auto, swe-bench (rows naming image, eval_script, "
+                                           "log_parser) or classic (older exports, SWE-Gym)."),
+    test_cmd: Optional[str] = typer.Option(None, help="Classic rows: test command run in /testbed of the "
+                                                      "instance image (test files appended)."),
+    log_parser: str = typer.Option("parse_log_pytest", help="Classic rows: swebench's log parser."),
+    namespace: Optional[str] = typer.Option(None, help="Classic rows: registry namespace of the instance images "
+                                                       "(default: the names swebench builds locally)."),
+    hf_split: str = typer.Option("test", help="Split of a Hugging Face dataset."),
+) -> None:
+    """Import SWE-bench rows (SWE-bench, Lite, Verified, SWE-Gym) as an eval set with search and holdout splits."""
+    from evolve.evalsets.commands import print_import
+    from evolve.evalsets.registry import evolve_home
+    from evolve.evalsets.swebench import ImportOptions, import_swebench
+    from evolve.synth.source import slug
+
+    eval_name = slug(name or Path(source.rstrip("/")).stem.split("/")[-1])
+    opts = ImportOptions(holdout_fraction=holdout_fraction, seed=seed, style=style, test_cmd=test_cmd,
+                         log_parser=log_parser, namespace=namespace, hf_split=hf_split)
+    imported = import_swebench(source, out or evolve_home() / "evals" / eval_name, opts, name=eval_name)
+    print_import(console, imported)
+
+
 def _synth_interrupted() -> None:
-    err_console.print("[yellow]interrupted[/]: nothing was written; no containers left behind.")
+    _interrupted("nothing was written; no containers left behind.")
     raise typer.Exit(130)
 
 
@@ -244,6 +334,9 @@ def evals_synth(
     image: Optional[str] = typer.Option(None, help="Docker image with the project's dependencies; default: "
                                                    "evolve's base image (python3 + pytest)."),
     max_commits: int = typer.Option(300, help="History: commits examined, newest first."),
+    all_commits: bool = typer.Option(False, "--all-commits", help="History: examine every non-merge commit, "
+                                     "branch commits included (default: the main line only, first-parent, a "
+                                     "merge standing for its branch)."),
     suite_timeout: float = typer.Option(900, help="Seconds one run of the whole suite may take."),
     install: Optional[bool] = typer.Option(None, "--install/--no-install",
                                            help="Build a per-project image with the test dependencies and the "
@@ -256,6 +349,13 @@ def evals_synth(
                                                     "default: test, tests, testing, dev where they exist."),
     setup: Optional[str] = typer.Option(None, help="Shell command run in the project after the install "
                                                    "(as root, no network)."),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP + " Used for the grader's check of each task."),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
+    statement: str = typer.Option("deterministic", help="Problem statements: deterministic (failing tests and "
+                                                         "tracebacks), or llm (a model rewrites them as issues, "
+                                                         "checked never to quote the patch)."),
+    statement_model: Optional[str] = typer.Option(None, help="litellm model for --statement llm (e.g. "
+                                                             "anthropic/claude-sonnet-4-5, scripted/PATH.yaml)."),
 ) -> None:
     """Make an eval set from a repo: injected bugs (mutation) and/or real fixes mined from git history."""
     from evolve.evalsets.registry import evolve_home
@@ -266,10 +366,19 @@ def evals_synth(
     from evolve.synth.synthesize import synthesize
 
     sources = tuple(s.strip() for s in source.split(",") if s.strip())
+    if statement not in ("deterministic", "llm"):
+        raise ConfigError(f"--statement must be deterministic or llm, got {statement!r}")
+    if (statement == "llm") != (statement_model is not None):
+        raise ConfigError("--statement llm needs --statement-model MODEL, and --statement-model needs --statement llm")
+    if statement_model is not None:
+        from evolve.models import check_model
+
+        check_model(statement_model, role="statement")  # before any sandbox work: provider and price known
     eval_name = slug(name or repo.expanduser().resolve().name)
     dest = out or evolve_home() / "evals" / eval_name
     opts = SynthOptions(seed=seed, max_tasks=max_tasks, workers=workers, test_cmd=test_cmd, image=image,
-                        max_commits=max_commits, suite_timeout_s=suite_timeout, install=install,
+                        max_commits=max_commits, suite_timeout_s=suite_timeout, first_parent=not all_commits,
+                        executor=executor, ray_address=ray_address, install=install,
                         extras=tuple(e.strip() for e in (extras or "").split(",") if e.strip()),
                         requirement_files=tuple(requirements) if requirements else None, setup_cmd=setup)
     try:
@@ -278,16 +387,25 @@ def evals_synth(
     except KeyboardInterrupt:
         _synth_interrupted()
     print_synth_summary(console, meta, Path(dest))
+    if statement == "llm":
+        from evolve.synth.statements import TRACE_FILE, rewrite_statements
+
+        counts = rewrite_statements(Path(dest), statement_model)
+        plain(f"statements: {counts['llm']} written by {statement_model}, {counts['deterministic']} kept "
+              f"deterministic (reasons in each task's synth.statement); calls traced in {Path(dest) / TRACE_FILE}")
 
 
 @evals_app.command("build")
 def evals_build(
-    recipe: str = typer.Argument(..., help="Recipe name (evals/NAME.yaml) or path, e.g. default."),
+    recipe: str = typer.Argument(..., help="Recipe name (NAME.yaml in ./evals, $EVOLVE_HOME/evals, or "
+                                            "evolve's own: default) or path."),
     seed: Optional[int] = typer.Option(None, help="Override the recipe's seed."),
     per_project: Optional[int] = typer.Option(None, min=1, help="Override the recipe's tasks per project."),
     projects: Optional[str] = typer.Option(None, help="Only these projects, comma-separated."),
     out: Optional[Path] = typer.Option(None, help="Output directory; default $EVOLVE_HOME/evals/NAME."),
     workers: int = typer.Option(2, min=1, help="Sandboxes validating at once."),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP + " Used for the grader's check of each task."),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Build an eval set from a recipe: download pinned PyPI projects, synthesize and validate tasks."""
     from evolve.synth.build import build
@@ -298,11 +416,11 @@ def evals_build(
     try:
         with RichProgress(console) as progress:
             meta = build(recipe, dest=out, seed=seed, per_project=per_project, projects=only, workers=workers,
-                         progress=progress)
+                         progress=progress, executor=executor, ray_address=ray_address)
     except KeyboardInterrupt:
         _synth_interrupted()
     print_synth_summary(console, meta, Path(meta["path"]))
-    console.print(f"mutants tried {meta['mutants_tried']}, tasks kept {meta['tasks']} "
+    plain(f"mutants tried {meta['mutants_tried']}, tasks kept {meta['tasks']} "
                   f"({100 * meta['mutants_kept_share']:.0f}%)")
 
 
@@ -316,7 +434,7 @@ def init_cmd(directory: Path = typer.Argument(Path("."), help="Repo to create or
     from evolve.project import init_project
 
     added = init_project(directory, template, harness)
-    console.print(f"added {', '.join(added)} in {directory.resolve()}")
+    plain(f"added {', '.join(added)} in {directory.resolve()}")
     console.print("next: edit evolve.yaml (models, eval set, budget), commit, then `evolve run`")
 
 
@@ -337,14 +455,20 @@ def run_cmd(
         None, help=f"Solver tokens per task assumed by --dry-run (default "
                    f"{_default(DryRunAssumptions, 'solver_tokens_per_task')})."),
     runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+    executor: Optional[str] = typer.Option(None, help=EXECUTOR_HELP + " Default: executor.kind of evolve.yaml."),
+    ray_address: Optional[str] = typer.Option(None, help=RAY_ADDRESS_HELP + " Default: executor.address."),
+    log_every: float = typer.Option(60.0, min=1.0, help="Off a terminal (nohup, systemd, CI): seconds between "
+                                                        "progress lines while a step lasts."),
 ) -> None:
-    """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation."""
+    """Evolve the harness: analyze, plan, patch, evaluate and decide, generation after generation.
+    On a terminal it shows a live view; otherwise it writes plain timestamped progress lines."""
     from evolve.project import open_project
     from evolve.session import dry_run_assumptions, dry_run_estimate, with_overrides
 
     project = open_project(config)
     cfg = with_overrides(project.config(), {"budget.generations": generations, "budget.budget_usd": budget_usd,
-                                            "budget.max_hours": max_hours, "evals.workers": workers})
+                                            "budget.max_hours": max_hours, "evals.workers": workers,
+                                            "executor.kind": executor, "executor.address": ray_address})
     runs = runs_dir or project.runs_dir
     if dry_run:
         console.print(dry_run_estimate(cfg, dry_run_assumptions(tokens_per_task=tokens_per_task)))
@@ -354,8 +478,21 @@ def run_cmd(
     from evolve.runstate import RunStore
     from evolve.session import project_session
 
-    with project_session(cfg, note=console.print) as session:
-        view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations)
+    def refresh_report(state, rec=None) -> None:  # after every generation: the report can be watched at night
+        from evolve.report_html.render import report_run
+
+        try:
+            report_run(runs, state.run_id, repo_root=project.root)
+        except EvolveError as e:  # a report that cannot be written must not end the night: say so, go on
+            err_console.print(Text.assemble(("report not refreshed", "yellow"), f": {e}"))
+
+    with project_session(cfg, note=plain) as session:
+        if console.is_terminal:
+            view = RunLiveView(console, cfg.budget.budget_usd, cfg.budget.generations, after_verdict=refresh_report)
+        else:
+            from evolve.runlog import RunLogView
+
+            view = RunLogView(sys.stdout, every_s=log_every, after_verdict=refresh_report)
         loop = Loop(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                     solver_params=session.solver.params, runs_dir=runs,
                                                     workers=session.workers),
@@ -364,12 +501,13 @@ def run_cmd(
             with view:
                 state = loop.run()
         except KeyboardInterrupt:
-            err_console.print(f"[yellow]interrupted[/]: finished work kept; continue with "
-                              f"`evolve run --resume {loop.run_id}`")
+            _interrupted(f"finished work kept; continue with `evolve run --resume {loop.run_id}`")
             raise typer.Exit(130) from None
+    refresh_report(state)
     console.print(generations_table(RunStore(runs, state.run_id).gens()))
     console.print(run_summary(state, cfg.budget.budget_usd))
-    console.print(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
+    plain(f"report: {runs / state.run_id / 'report' / 'index.html'}")
+    plain(f"next: `evolve diff {state.run_id}`, `evolve status {state.run_id}`")
 
 
 def _run_view(runs_dir: Optional[Path], run: Optional[str]):
@@ -384,22 +522,42 @@ def _run_view(runs_dir: Optional[Path], run: Optional[str]):
 @app.command("status")
 def status_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
-               as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+               as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+               tree: bool = typer.Option(False, "--tree", help="The archive as a lineage tree, the accepted "
+                                                               "path marked.")) -> None:
     """The generations of a run: parent, hypothesis, score, delta, verdict, tasks with integrity flags,
     cost, time."""
     import json
 
     from evolve.project import find_project
-    from evolve.report import generations_table, run_summary
+    from evolve.report import generations_table, lineage_tree, run_summary
     from evolve.review import open_run
+    from evolve.search import archive
 
     view = open_run(runs_dir or find_project().runs_dir, run)
+    nodes = archive.load(view.store.dir)
     if as_json:
         print(json.dumps({"state": view.state.model_dump(mode="json"),
-                          "generations": [g.model_dump(mode="json") for g in view.gens]}, indent=2))
+                          "generations": [g.model_dump(mode="json") for g in view.gens],
+                          "archive": [n.model_dump(mode="json") for n in nodes]}, indent=2))
         return
+    if tree:
+        if not nodes:
+            console.print(f"run {view.state.run_id} has no archive yet (no baseline evaluated, or a run made "
+                          "before the archive existed); `evolve status` shows its generations")
+            return
+        console.print(lineage_tree(nodes, view.state.best, archive.accepted_path(nodes, view.state.best),
+                                   title=f"archive of {view.state.run_id} (* the accepted path)"))
+        return
+    if pending := [g for g in view.gens if g.status == "pending"]:
+        console.print(generations_table(pending, title="waiting for your decision: `evolve approve GEN` or "
+                                                       "`evolve reject GEN --why TEXT`"))
     console.print(generations_table(view.gens))
     console.print(run_summary(view.state))
+    if view.state.holdout and view.state.holdout.get("each"):
+        from evolve.report import transfer_table
+
+        console.print(transfer_table(view.state.holdout))
 
 
 @app.command("diff")
@@ -418,15 +576,83 @@ def diff_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: th
         sys.stdout.write(plain_diff(view, gen))
         return
     for part in diff(view, gen, stat=stat):
-        console.rule(part.title, align="left")
+        console.rule(Text(part.title), align="left")
         if part.hypothesis:
-            console.print(f"[bold]hypothesis:[/] {part.hypothesis}")
+            console.print(Text.assemble(("hypothesis:", "bold"), " ", part.hypothesis))
         if part.fixed or part.broken:
-            console.print(f"[green]fixed:[/] {', '.join(part.fixed) or '-'}   "
-                          f"[red]broken:[/] {', '.join(part.broken) or '-'}")
+            console.print(Text.assemble(("fixed:", "green"), f" {', '.join(part.fixed) or '-'}   ",
+                                        ("broken:", "red"), f" {', '.join(part.broken) or '-'}"))
         if part.diff:
             is_patch = part.diff.startswith("diff --git")
-            console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else part.diff)
+            console.print(Syntax(part.diff, "diff", theme="ansi_dark", word_wrap=True) if is_patch else Text(part.diff))
+
+
+def _person() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        raise ConfigError("cannot tell who you are (no user name): pass --by NAME") from None
+
+
+def _decide(gen: int, run: Optional[str], why: str, by: Optional[str], runs_dir: Optional[Path], *,
+            approve: bool) -> None:
+    from evolve.approval import decide
+    from evolve.project import find_project
+
+    project = find_project()
+    rec = decide(runs_dir or project.runs_dir, run, gen, approve=approve, by=by or _person(), why=why,
+                 root=project.root)
+    after = f"the accepted head is {rec.verdict_commit[:10]}" if approve else "its branch is kept"
+    console.print(f"generation {gen} {rec.status} ({rec.decision}); {after}")
+
+
+RUN_OPTION_HELP = "Run id (default: the latest)."
+BY_HELP = "Who decides (default: your user name)."
+WHY_HELP = "Your reason (recorded, and shown to the planner)."
+
+
+@app.command("approve")
+def approve_cmd(gen: int = typer.Argument(..., help="The pending generation to accept."),
+                run: Optional[str] = typer.Option(None, help=RUN_OPTION_HELP),
+                why: str = typer.Option("", "--why", help=WHY_HELP),
+                by: Optional[str] = typer.Option(None, help=BY_HELP),
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Accept a pending candidate (acceptance.approval: manual): the accepted head moves to it."""
+    _decide(gen, run, why, by, runs_dir, approve=True)
+
+
+@app.command("reject")
+def reject_cmd(gen: int = typer.Argument(..., help="The pending generation to close."),
+               why: str = typer.Option(..., "--why", help=WHY_HELP),
+               run: Optional[str] = typer.Option(None, help=RUN_OPTION_HELP),
+               by: Optional[str] = typer.Option(None, help=BY_HELP),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Close a pending candidate (acceptance.approval: manual): the accepted head stays."""
+    _decide(gen, run, why, by, runs_dir, approve=False)
+
+
+@app.command("report")
+def report_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
+               out: Optional[Path] = typer.Option(None, help="Report folder (default: runs/RUN/report)."),
+               open_it: bool = typer.Option(False, "--open", help="Open it in the web browser."),
+               runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+    """Write a run's static HTML report (plots, a card per generation, task pages; data in report.json):
+    no server and no network needed to view it."""
+    from evolve.project import find_project
+    from evolve.report_html.render import report_run
+    from evolve.runstate import latest_run
+
+    project = find_project()
+    runs = runs_dir or project.runs_dir
+    index = report_run(runs, run or latest_run(runs), repo_root=project.root, out=out)
+    console.print(f"report: {index}")
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(index.resolve().as_uri()):
+            raise EvolveError(f"no web browser found here; open {index} yourself")
 
 
 @app.command("rollback")
@@ -443,13 +669,15 @@ def rollback_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default
     project = find_project()
     old, new = rollback(runs_dir or project.runs_dir, run, root=project.root, to=to, revert=gen,
                         undo=undo or None)
-    console.print(f"accepted head moved {old[:10]} -> {new[:10]}; undo with `evolve rollback --undo`")
+    plain(f"accepted head moved {old[:10]} -> {new[:10]}; undo with `evolve rollback --undo`")
 
 
 @app.command("holdout")
 def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default: the latest)."),
                 config: Optional[Path] = typer.Option(None, help=CONFIG_HELP),
-                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP)) -> None:
+                runs_dir: Optional[Path] = typer.Option(None, help=RUNS_HELP),
+                each: bool = typer.Option(False, "--each", help="Every accepted generation too: its holdout delta "
+                                                                "beside its search delta.")) -> None:
     """Evaluate the baseline and the accepted head on the sealed held-out split (needs only the solver)."""
     from evolve.loop import LoopSettings, run_holdout
     from evolve.project import open_project
@@ -461,12 +689,16 @@ def holdout_cmd(run: Optional[str] = typer.Argument(None, help="Run id (default:
     cfg = project.config()
     runs = runs_dir or project.runs_dir
     view = open_run(runs, run, root=project.root)
-    with project_session(cfg, optimizer=False, note=console.print) as session:
+    with project_session(cfg, optimizer=False, note=plain) as session:
         state = run_holdout(cfg, project.root, LoopSettings(solver_model=session.solver.model,
                                                             solver_params=session.solver.params, runs_dir=runs,
                                                             workers=session.workers),
-                            run_id=view.state.run_id)
+                            run_id=view.state.run_id, each=each)
     console.print(run_summary(state))
+    if each:
+        from evolve.report import transfer_table
+
+        console.print(transfer_table(state.holdout))
 
 
 def _terminate(signum, frame) -> None:  # SIGTERM ends a run like Ctrl-C: cleanly
@@ -480,7 +712,7 @@ def main() -> None:
     try:
         app()
     except EvolveError as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(e)))
         code = 1
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Limits(BaseModel):
@@ -115,6 +115,20 @@ class RoleConfig(BaseModel):
     """USD per completion token, likewise (setting only one of the two makes the other 0)."""
 
 
+class ExecutorConfig(BaseModel):
+    """``executor:`` in evolve.yaml: where task-runs (agent phase plus grading) execute. Results,
+    cache and run state stay with the evaluating process whatever the executor (``evolve.executors``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ray"] = "local"
+    """``local``: threads of this process, on this machine's Docker engine. ``ray``: nodes of a Ray
+    cluster that declare the ``evolve_sandbox`` resource (install ``evolve[ray]``)."""
+    address: str = "auto"
+    """Ray cluster address, as ``ray.init(address=...)`` takes it: ``auto`` (the cluster this machine
+    belongs to), ``HOST:PORT`` of the head's GCS, or ``ray://HOST:10001``."""
+
+
 class ServeConfig(BaseModel):
     """A local OpenAI-compatible model server that ``evolve run`` starts and stops."""
 
@@ -197,7 +211,43 @@ class AcceptanceConfig(BaseModel):
     side's outcome is real). If that side's failure persists, it counts as not resolved for
     that side; infra on both sides is left out. See ``evolve.acceptance``."""
     keep_rejected: bool = True
-    """Keep branches of rolled-back candidates for inspection (else delete them)."""
+    """Keep branches of rolled-back candidates for inspection (else delete them); stepping stones
+    (``evolve.search.archive``) keep theirs either way."""
+    approval: Literal["auto", "manual"] = "auto"
+    """``auto``: a candidate that passes the paired test becomes the accepted head at once. ``manual``:
+    it becomes ``pending`` (its branch and a verdict commit) and the head moves only when a person runs
+    ``evolve approve GEN`` (``evolve reject GEN --why TEXT`` closes it)."""
+    approval_explore: Literal["best", "pending"] = "best"
+    """With ``approval: manual``, what the run explores from while candidates wait: ``best`` (the
+    accepted head) or ``pending`` (the latest pending candidate; such generations are marked so)."""
+    stages: list[float] = Field(default_factory=lambda: [0.5, 1.0])
+    """Cumulative fractions of the search tasks evaluated before each look, increasing, the last 1.0
+    (``evolve.acceptance``); figures for other choices: the README's "Search" section."""
+    futility_z: float | None = 0.0
+    """Reject at a look before the last when the standardized statistic is below this; null: never."""
+
+    @field_validator("stages")
+    @classmethod
+    def _stages(cls, v: list[float]) -> list[float]:
+        if not v or v != sorted(v) or any(not 0 < x <= 1 for x in v) or v[-1] != 1.0:
+            raise ValueError("must be increasing fractions in (0, 1] ending with 1.0, e.g. [0.5, 1.0]")
+        return v
+
+
+class SearchConfig(BaseModel):
+    """``search:`` in evolve.yaml: how the loop picks the parent of each generation (``evolve.search``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent: Literal["greedy", "dgm"] = "greedy"
+    """``greedy``: always the accepted head (a hill-climb). ``dgm``: any stepping stone of the archive,
+    weighted by score and by how few children it has (DGM's parent selection, ``evolve.search.parents``)."""
+    dgm_lambda: float = Field(default=10.0, gt=0)
+    """Steepness of DGM's sigmoid over the resolve rate (DGM: 10)."""
+    dgm_midpoint: float = Field(default=0.5, ge=0, le=1)
+    """Resolve rate at the sigmoid's midpoint (DGM's alpha_0: 0.5)."""
+    seed: int | None = None
+    """Seeds the parent draws (with each generation's number); None: the run id does."""
 
 
 class ProjectConfig(BaseModel):
@@ -209,15 +259,20 @@ class ProjectConfig(BaseModel):
     """Directory of the evolving harness, relative to the repo root."""
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     serve: ServeConfig | None = None
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
     evals: EvalsConfig = Field(default_factory=EvalsConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     limits: Limits = Field(default_factory=Limits)
     """Per task, enforced by the gateway."""
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
     protected_paths: list[str] = Field(default_factory=lambda: ["evolve.yaml", "evals/**", "runs/**",
-                                                                ".git/**", ".github/**"])
-    """Glob patterns (repo-relative) the optimizer may never edit."""
+                                                                ".git/**", ".github/**", "**/harness.yaml",
+                                                                "**/requirements*.txt"])
+    """Glob patterns (repo-relative) the optimizer may never edit. ``harness.yaml`` and
+    ``requirements*.txt`` are here so that a candidate can't change the harness's requirements,
+    image or entrypoint (``evolve.harness_env``); drop them to let it."""
 
 
 def load_project_config(path) -> ProjectConfig:

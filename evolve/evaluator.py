@@ -9,13 +9,16 @@ plan, patch and the optimizer run for real without Docker.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from evolve.config import EvalSettings, ProjectConfig
 from evolve.evalsets.registry import EvalSet
 from evolve.evaluate import EvalProgress, EvalReport
 from evolve.harness import Harness
 from evolve.types import TaskResult
+
+if TYPE_CHECKING:
+    from evolve.executors import Executor
 
 
 class Evaluator(Protocol):
@@ -59,11 +62,17 @@ class DockerEvaluator:
         workers: tasks evaluated at once.
         sandbox_run_id: labels the compile check's sandbox (the loop's run id).
         progress: ``progress(label, n_tasks)`` gives a progress sink or None.
+        executor: where task-runs execute (``evolve.executors``); None means the local one. One
+            executor serves every evaluation of the run.
     """
 
     def __init__(self, evalset: EvalSet, settings: EvalSettings, *, out_dir: Path, cache_dir: Path, workers: int,
-                 sandbox_run_id: str, progress: Callable[[str, int], EvalProgress | None] | None = None) -> None:
+                 sandbox_run_id: str, progress: Callable[[str, int], EvalProgress | None] | None = None,
+                 executor: "Executor | None" = None) -> None:
+        from evolve.executors.local import LocalExecutor
         from evolve.store import Cache
+
+        self.executor = executor or LocalExecutor()
 
         self.evalset, self.settings, self.out_dir, self.workers = evalset, settings, out_dir, workers
         self.cache = Cache(cache_dir)
@@ -75,13 +84,20 @@ class DockerEvaluator:
                     runs_dir: Path, run_dir: Path, run_id: str, workers: int | None = None,
                     progress: Callable[[str, int], EvalProgress | None] | None = None) -> "DockerEvaluator":
         """The evaluator ``evolve run`` uses: ``cfg``'s timeouts, limits and sandbox, the given solver,
-        outputs under ``run_dir/evals``, the cache ``runs_dir/cache``; ``workers`` None means
-        ``cfg.evals.workers``."""
+        outputs under ``run_dir/evals``, the cache ``runs_dir/cache``, ``cfg.executor``; ``workers`` None
+        means ``cfg.evals.workers``.
+
+        Raises:
+            ConfigError: ``cfg.executor`` cannot be made (``ray`` without Ray installed).
+        """
+        from evolve.executors import executor_for
+
         settings = EvalSettings(model=solver_model, model_params=solver_params,
                                 harness_timeout_s=cfg.evals.harness_timeout_s, test_timeout_s=cfg.evals.test_timeout_s,
                                 limits=cfg.limits, sandbox=cfg.sandbox)
         return cls(evalset, settings, out_dir=run_dir / "evals", cache_dir=runs_dir / "cache",
-                   workers=workers or cfg.evals.workers, sandbox_run_id=run_id, progress=progress)
+                   workers=workers or cfg.evals.workers, sandbox_run_id=run_id, progress=progress,
+                   executor=executor_for(cfg.executor))
 
     def evaluate(self, harness: Harness, instance_ids: list[str], repeat: int, label: str,
                  split: str) -> EvalReport:
@@ -91,7 +107,7 @@ class DockerEvaluator:
         return Evaluation(evalset=self.evalset, split=split, harness=harness, settings=self.settings,
                           runs_dir=self.out_dir, cache_dir=self.cache.root, workers=self.workers,
                           instance_ids=instance_ids, first_repeat=repeat, run_id=new_run_id(label),
-                          progress=self.progress(label, len(instance_ids))).run()
+                          progress=self.progress(label, len(instance_ids)), executor=self.executor).run()
 
     def compile(self, harness: Harness) -> str | None:
         from evolve.check import compile_in_sandbox

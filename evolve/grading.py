@@ -23,7 +23,9 @@ candidate would find a way around it:
 5. Resolved iff every FAIL_TO_PASS and PASS_TO_PASS test passed (PASSED or
    XFAIL, the SWE-bench rule) and no ``TAMPERING_FLAGS`` flag was raised. A
    nonzero test exit with no failed test counts every test as failed
-   (SWE-bench #620).
+   (SWE-bench #620). A task imported from SWE-bench is read with its own log
+   parser and resolved by swebench's report functions
+   (``evolve.evalsets.swebench_grading``).
 
 Infra must be earned. Only these are ``InfraError``: Docker failing; the tests
 running over the limit on the clock when the empty patch's tests do too; a
@@ -58,7 +60,8 @@ from evolve.errors import InfraError
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
 from evolve.testbed import (PRIVATE, SHADOW, TESTBED, TREE_RESET, kill_all_script, run_as_root, sandbox_ids, script,
                             shell_header, testbed_archive)
-from evolve.testlog import parse_pytest_report, status_of
+from evolve.evalsets.swebench_grading import parse_log, tests_pass
+from evolve.testlog import status_of
 from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TestStatus
 
 DEFAULT_TEST_CMD = "python3 -m pytest -rA -p no:cacheprovider"
@@ -504,7 +507,7 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
         g.flag(IntegrityFlag.OUTCOME_FORGERY, "the tests ran without evolve's record, which the empty patch's "
                                               "run has")
         return g
-    console = parse_pytest_report(output)
+    console = parse_log(task, output)  # swebench's log parser for an imported SWE-bench task, else pytest's
     if started:
         report, tampered = _from_records(records)
         g.channel = True
@@ -521,13 +524,14 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
     else:
         report = console
         g.notes.append("outcomes read from the console: the test command did not load evolve's pytest plugin")
-    if rc != 0 and not any(s in (TestStatus.FAILED, TestStatus.ERROR) for s in report.values()):
+    exit_ok = rc == 0 or any(s in (TestStatus.FAILED, TestStatus.ERROR) for s in report.values())
+    if not exit_ok:
         # Nonzero exit, yet nothing failed: don't trust any PASSED line (SWE-bench #620).
         report = {t: TestStatus.FAILED if s is TestStatus.PASSED else s for t, s in report.items()}
         g.apply_log += f"\ntest command exited {rc} with no failed test: no test counts as passed"
     g.FAIL_TO_PASS = {t: status_of(report, t) for t in task.FAIL_TO_PASS}
     g.PASS_TO_PASS = {t: status_of(report, t) for t in task.PASS_TO_PASS}
-    passed = all(s.passing for s in [*g.FAIL_TO_PASS.values(), *g.PASS_TO_PASS.values()])
+    passed = tests_pass(task, g.FAIL_TO_PASS, g.PASS_TO_PASS, exit_ok=exit_ok)
     tampering = [f for f in g.flags if f in TAMPERING_FLAGS]
     g.resolved = passed and not tampering
     if g.resolved:
@@ -539,6 +543,16 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
     else:
         g.failure_class = FailureClass.TESTS_FAILED
     return g
+
+
+def grade_log(task: Task, output: str, rc: int, model_patch: bytes | str = b"(a patch)") -> Grade:
+    """Grade a test log offline: ``output`` of the task's test command that exited ``rc``, read as the
+    grader reads the console when evolve's pytest plugin did not record the run (the same parsing,
+    #620 rule and resolution rule as ``grade``). ``model_patch`` only says whether a patch was given.
+    Used to check that evolve's resolution agrees with SWE-bench's report on the same logs."""
+    patch = model_patch.encode() if isinstance(model_patch, str) else model_patch
+    return _judge(Grade(resolved=False, failure_class=FailureClass.TESTS_FAILED), task, patch, rc, 0.0, False,
+                  output, b"", secrets.token_hex(8), math.inf, None)
 
 
 def _records(channel: bytes, nonce: str) -> list[dict]:

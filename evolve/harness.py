@@ -20,10 +20,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from evolve import hostgit
 from evolve.errors import HarnessError
@@ -44,6 +44,31 @@ class HarnessSpec(BaseModel):
     entrypoint: str = Field(min_length=1)
     """Shell command run from the harness directory inside the sandbox."""
     description: str = ""
+    requirements: list[str] = Field(default_factory=list)
+    """Python requirements (PEP 508, ``litellm>=1.75,!=1.82.7``), installed from wheels only into
+    an environment the entrypoint runs with (``evolve.harness_env``)."""
+    requirements_file: str | None = None
+    """A requirements file inside the harness directory (one PEP 508 requirement a line, ``#``
+    comments); added to ``requirements``. pip options (``-e``, ``--index-url``...) are refused."""
+    image: str | None = None
+    """A Docker image the agent phase runs in instead of the task's (grading always uses the
+    task's image). It must have ``python3`` when requirements are declared."""
+
+    @field_validator("requirements")
+    @classmethod
+    def _parse_requirements(cls, value: list[str]) -> list[str]:
+        for line in value:
+            check_requirement(line, where="requirements")
+        return value
+
+    @field_validator("requirements_file")
+    @classmethod
+    def _relative_file(cls, value: str | None) -> str | None:
+        if value is not None:
+            rel = PurePosixPath(value)
+            if not value.strip() or rel.is_absolute() or ".." in rel.parts:
+                raise ValueError(f"{value!r} must be a relative path inside the harness directory")
+        return value
 
 
 @dataclass(frozen=True)
@@ -55,6 +80,35 @@ class Harness:
     """Git tree hash of the harness content (40 hex)."""
     source: str
     """Where it came from: ``/abs/path`` or ``<repo>@<ref>:<subdir>``."""
+
+    @property
+    def requirements(self) -> list[str]:
+        """``spec.requirements`` then the lines of ``spec.requirements_file``, as written; [] when none.
+
+        Raises:
+            HarnessError: the requirements file is missing or holds a bad line (named with its line number).
+        """
+        reqs = list(self.spec.requirements)
+        if self.spec.requirements_file:
+            reqs += read_requirements_file(self.root, self.spec.requirements_file, label=self.source)
+        return reqs
+
+
+def check_requirement(line: str, *, where: str) -> str:
+    """``line`` if it is one PEP 508 requirement evolve can install from wheels, else ValueError
+    naming it: a requirement pip would have to build from source (a URL or path that is not a
+    ``.whl``) is refused, since building runs the package's code on the host."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        req = Requirement(line)
+    except InvalidRequirement as e:
+        raise ValueError(f"{where}: {line!r} is not a valid requirement ({e}); write one PEP 508 "
+                         "requirement such as 'litellm>=1.75' (pip options and paths are not allowed)") from None
+    if req.url is not None and not req.url.split("?", 1)[0].split("#", 1)[0].endswith(".whl"):
+        raise ValueError(f"{where}: {line!r} points at a source ({req.url}) pip would have to build, "
+                         "which runs its code at install; name a package on the index or a .whl URL")
+    return line
 
 
 def template_dir(name: str) -> Path:
@@ -200,11 +254,41 @@ def _load_spec(root: Path, label: str) -> HarnessSpec:
         raise HarnessError(f"{label}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise HarnessError(f"{label}: must be a mapping with keys name, entrypoint and "
-                           f"optionally description (got {type(data).__name__})")
+                           f"optionally description, requirements, requirements_file, image (got {type(data).__name__})")
     try:
-        return HarnessSpec.model_validate(data)
+        spec = HarnessSpec.model_validate(data)
     except ValidationError as e:
         raise HarnessError(f"{label}: " + "; ".join(_describe(err) for err in e.errors())) from None
+    if spec.requirements_file:
+        read_requirements_file(root, spec.requirements_file, label=label.removesuffix(f"/{SPEC_FILE}"))
+    return spec
+
+
+def read_requirements_file(root: Path, rel: str, *, label: str) -> list[str]:
+    """The requirements in ``root/rel``: one a line, blank lines and ``#`` comments skipped.
+
+    Raises:
+        HarnessError: the file is missing, outside ``root``, or a line is not one installable
+            requirement (pip options such as ``-r``, ``-e`` or ``--index-url`` included).
+    """
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise HarnessError(f"{label}/{SPEC_FILE}: requirements_file {rel!r} is not a file inside the harness "
+                           "directory; add it, or list the requirements under 'requirements:'")
+    reqs = []
+    for n, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        if line.startswith("-"):
+            raise HarnessError(f"{label}/{rel}:{n}: {line!r}: pip options are not allowed in a harness's "
+                               "requirements (evolve takes the index from the host's pip configuration); "
+                               "list requirements only")
+        try:
+            reqs.append(check_requirement(line, where=f"{label}/{rel}:{n}"))
+        except ValueError as e:
+            raise HarnessError(str(e)) from None
+    return reqs
 
 
 def _describe(err: dict) -> str:
@@ -214,4 +298,4 @@ def _describe(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(HarnessSpec.model_fields)
         return f"unknown field {field!r} (allowed: {allowed})"
-    return f"field {field!r}: {err['msg']}"
+    return f"field {field!r}: {err['msg'].removeprefix('Value error, ')}"

@@ -95,15 +95,16 @@ class Lineage:
 
     # -- candidates ---------------------------------------------------------------
 
-    def worktree(self, gen: int) -> Path:
-        """Check out a fresh worktree for generation ``gen``, branched from ``best``.
+    def worktree(self, gen: int, parent: str | None = None) -> Path:
+        """Check out a fresh worktree for generation ``gen``, branched from the commit ``parent``
+        (default: ``best``; a stepping stone's commit under ``search.parent: dgm``).
 
-        An existing branch (a resumed generation) is reset to ``best``.
+        An existing branch (a resumed generation) is reset to that commit.
         """
         path = self.worktrees / f"g{gen:03d}"
         self.drop_worktree(gen)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.repo.add_worktree(path, self.sha(self.refs.best), branch=Refs.short(self.refs.gen(gen)))
+        self.repo.add_worktree(path, parent or self.sha(self.refs.best), branch=Refs.short(self.refs.gen(gen)))
         return path
 
     def drop_worktree(self, gen: int) -> None:

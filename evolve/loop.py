@@ -5,13 +5,17 @@
         evaluate the accepted head (baseline) on the search split
         until a stop condition:
             generation():
-                1. analyze   the accepted harness's failures (optimizer)
+                0. parent    the accepted head (search.parent: greedy) or a stepping stone of
+                             the archive (dgm; evolve.search.parents)
+                1. analyze   the parent's failures (optimizer)
                 2. plan      one change: hypothesis, files, expected effect (optimizer)
                 3. patch     the harness in the candidate's worktree (optimizer, SEARCH/REPLACE)
                    check     it compiles and runs one smoke task
                 4. evaluate  paired with the parent on the same search tasks; re-run
-                             discordant tasks; decide: accept (best advances) or roll back
-                record, lesson, event, state: in that order (evolve.recorder)
+                             discordant tasks; a parent other than the accepted head must
+                             then also beat the accepted head, paired
+                   decide    accept (best advances) or roll back; a stepping stone or not
+                record, archive node, lesson, event, state: in that order (evolve.recorder)
         held-out check: baseline and best on the sealed holdout split
 
 Evaluation goes through an ``evolve.evaluator.Evaluator``: ``DockerEvaluator`` by default,
@@ -35,8 +39,8 @@ from evolve import lessons as lessons_log
 from evolve.acceptance import Verdict, run_acceptance
 from evolve.analyze import analyze, collect_failures
 from evolve.config import ProjectConfig
-from evolve.errors import (ContextWindowError, EvolveError, HarnessError, InfraError, ModelError, PlanError,
-                           RequestError, StopRun, UpstreamError)
+from evolve.errors import (ContextWindowError, EvalSetError, EvolveError, HarnessError, InfraError, ModelError,
+                           PlanError, RequestError, StopRun, UpstreamError)
 from evolve.evaluate import EvalProgress, EvalReport
 from evolve.evaluator import DockerEvaluator, Evaluator
 from evolve.harness import Harness, resolve_harness
@@ -47,6 +51,8 @@ from evolve.patch import patch
 from evolve.plan import Plan, plan
 from evolve.recorder import Recorder, kill_point, reconcile
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
+from evolve.search import archive
+from evolve.search.parents import choose_parent
 from evolve.store import atomic_write, new_run_id, now_iso, remove_orphans
 from evolve.types import IntegrityFlag, Task, TaskResult
 
@@ -187,6 +193,9 @@ class Loop:
                     state.baseline_rate = best.resolve_rate
                 state.best_rate = best.resolve_rate
                 self.recorder.save(state)
+                archive.append_once(self.store.dir, archive.Node(
+                    gen=0, commit=state.base, branch=f"evolve/{self.run_id}/base", status="base", stone=True,
+                    rate=state.baseline_rate))
                 while (reason := self._stop_reason(state, limit)) is None:
                     self.generation(state)
                 state.status, state.stop_reason = "stopped", reason
@@ -215,7 +224,10 @@ class Loop:
         """
         gen = state.generations + 1
         earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
-        rec = GenerationRecord(gen=gen, parent=state.best, cost_usd=earlier.cost_usd if earlier else 0.0)
+        parent_gen, parent, explore_from = self._start(state, gen)
+        rec = GenerationRecord(gen=gen, parent=parent, parent_gen=parent_gen, best_before=state.best,
+                               explore_from=explore_from,
+                               cost_usd=earlier.cost_usd if earlier else 0.0)
         self.recorder.begin(state, rec)
         t0, mark, carried, stop = time.monotonic(), self.meter.total(), rec.cost_usd, None
         self._cost = lambda: carried + self.meter.total() - mark
@@ -238,28 +250,29 @@ class Loop:
             self.lineage.drop_worktree(gen)
         rec.cost_usd, rec.seconds, rec.finished = self._cost(), time.monotonic() - t0, now_iso()
         self.recorder.finish(state, rec)
-        if rec.status == "rejected" and not self.cfg.acceptance.keep_rejected:
+        if rec.status == "rejected" and not self.cfg.acceptance.keep_rejected and not rec.stone:
             self.lineage.delete_branch(gen)
         if stop is not None:
             raise stop from None
         return rec
 
     def _steps(self, state: RunState, rec: GenerationRecord) -> None:
-        """The generation's steps; each returns its outcome or raises ``GenerationFailed``."""
+        """The generation's steps from ``rec.parent``; each returns its outcome or raises ``GenerationFailed``."""
         gen = rec.gen
-        parent_h = self._harness(state.best)
+        parent_h = self._harness(rec.parent)
         parent_report = self._evaluate(parent_h, self.search_ids, 0, f"g{gen:03d}-parent")
 
         self._step(state, rec, "analyze")
         analysis = self._analyze(gen, parent_report)
 
         self._step(state, rec, "plan")
-        files = self.lineage.tree_files(state.best, self.harness_dir)
-        the_plan = self._plan(analysis, files, state.best_rate)
+        files = self.lineage.tree_files(rec.parent, self.harness_dir)
+        the_plan = self._plan(analysis, files, state.best_rate if rec.parent == state.best
+                              else parent_report.resolve_rate)
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")
-        rec.candidate = self._patch(gen, the_plan, files, parent=state.best)
+        rec.candidate = self._patch(gen, the_plan, files, parent=rec.parent)
 
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
@@ -269,6 +282,12 @@ class Loop:
         verdict, seen = self._compare(parent_h, child_h, gen)
         rec.flagged_tasks, rec.integrity_flags = flag_counts(seen["child"])
         rec.tampering = new_tampering(seen["parent"], seen["child"])
+        rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
+        if rec.parent != state.best and rec.explore_from == "best":  # a stepping stone's child
+            verdict, seen_best = self._against_best(state, child_h, gen, verdict)
+            if seen_best:  # tampering the accepted head did not do counts too
+                extra = new_tampering(seen_best["parent"], seen_best["child"])
+                rec.tampering = sorted(set(rec.tampering) | set(extra))
 
         self._step(state, rec, "decide")
         self._decide(state, rec, verdict)
@@ -295,7 +314,7 @@ class Loop:
         Raises:
             GenerationFailed: no edit applied (failed), or edits refused or carrying eval-set data (refused).
         """
-        worktree = self.lineage.worktree(gen)
+        worktree = self.lineage.worktree(gen, parent)
         outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir, files=files,
                         protected=self.cfg.protected_paths)
         if not outcome.changed_files:
@@ -332,36 +351,71 @@ class Loop:
             raise GenerationFailed("failed", f"smoke task {smoke} failed: harness exit code "
                                              f"{result.harness_exit_code}{timed_out}")
 
-    def _compare(self, parent: Harness, child: Harness, gen: int) -> tuple[Verdict, dict[str, list[TaskResult]]]:
-        """The paired comparison (``run_acceptance``) and every result it saw, by side."""
+    def _compare(self, parent: Harness, child: Harness, gen: int,
+                 who: str = "parent") -> tuple[Verdict, dict[str, list[TaskResult]]]:
+        """The paired comparison (``run_acceptance``) and every result it saw, by side; ``who`` names
+        the parent side in evaluation labels (``parent``, or ``best`` for the accepted head)."""
         harnesses = {"parent": parent, "child": child}
+        names = {"parent": who, "child": "child"}
         seen: dict[str, list[TaskResult]] = {"parent": [], "child": []}
 
-        def evaluate(who: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
-            report = self._evaluate(harnesses[who], ids, repeat, f"g{gen:03d}-{who}-r{repeat}")
-            seen[who].extend(report.results)
+        def evaluate(side: str, ids: list[str], repeat: int) -> dict[str, bool | None]:
+            report = self._evaluate(harnesses[side], ids, repeat, f"g{gen:03d}-{names[side]}-r{repeat}")
+            seen[side].extend(report.results)
             return {r.instance_id: None if r.is_infra else r.resolved for r in report.results}
 
-        return run_acceptance(evaluate, self.search_ids, self.cfg.acceptance), seen
+        acc = self.cfg.acceptance
+        return run_acceptance(evaluate, self.search_ids, acc, stages=acc.stages, futility_z=acc.futility_z), seen
+
+    def _against_best(self, state: RunState, child: Harness, gen: int,
+                      v: Verdict) -> tuple[Verdict, dict[str, list[TaskResult]]]:
+        """A candidate made from a stepping stone moves ``best`` only if it also beats the accepted head,
+        paired on the same tasks (the child's runs are cached, so mostly the head's are new). ``v`` is
+        its verdict against its parent: a child that does not beat its parent is not tried (then the
+        results seen are empty). Returns the deciding verdict and the results of the second comparison."""
+        if not v.accepted:
+            return replace(v, reason=f"{v.reason}; against its parent, a stepping stone: the accepted head "
+                                     "was not tried"), {}
+        against, seen = self._compare(self._harness(state.best), child, gen, who="best")
+        return replace(against, reason=f"against the accepted head: {against.reason} "
+                                       f"(it beat its parent: {v.reason})"), seen
+
+    def _start(self, state: RunState, gen: int) -> tuple[int | None, str, Literal["best", "pending"]]:
+        """(generation, commit, which) the next candidate branches from: with ``approval: manual`` and
+        ``approval_explore: pending``, the latest candidate still waiting for a person; otherwise the
+        parent ``search.parent`` picks (``_parent``)."""
+        acc = self.cfg.acceptance
+        if acc.approval == "manual" and acc.approval_explore == "pending":
+            waiting = [g for g in self.store.gens() if g.status == "pending" and g.verdict_commit]
+            if waiting:
+                return waiting[-1].gen, waiting[-1].verdict_commit, "pending"
+        return (*self._parent(state, gen), "best")
 
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
         """Record the verdict, then write it to git: a verdict commit, and ``best`` moved on accept.
-        The decided record is saved before git changes, so a resumed run can complete it from git."""
+        With ``acceptance.approval: manual`` a passing candidate is ``pending`` instead: its verdict
+        commit is written and ``best`` stays (``evolve approve`` moves it). The decided record is saved
+        before git changes, so a resumed run can complete it from git."""
         if rec.tampering:  # whatever the scores say
             v = replace(v, accepted=False, reason=f"rejected: tampering its parent did not do on the same tasks "
                                                   f"({'; '.join(rec.tampering)}); the paired test: {v.reason}")
         rec.parent_rate, rec.child_rate, rec.delta = v.parent_rate, v.child_rate, v.delta
         rec.ci_low, rec.ci_high, rec.p_value, rec.task_runs = v.ci_low, v.ci_high, v.p_value, v.task_runs
         rec.fixed, rec.broken, rec.reason, rec.n_tasks = list(v.fixed), list(v.broken), v.reason, v.n_tasks
-        rec.pending, rec.cost_usd = ("accepted" if v.accepted else "rejected"), self._cost()
+        passed = "pending" if self.cfg.acceptance.approval == "manual" else "accepted"
+        rec.pending, rec.cost_usd = (passed if v.accepted else "rejected"), self._cost()
+        rec.stone = archive.is_stone(rec.pending, rec.p_worse, 1 - self.cfg.acceptance.confidence,
+                                     bool(rec.tampering))
         self.recorder.running(rec)
         rec.verdict_commit = self.lineage.commit_verdict(
             rec.gen, f"evolve: {rec.pending} g{rec.gen:03d}: {rec.hypothesis}", verdict_trailers(self.run_id, rec))
         kill_point("verdict-committed", rec.gen)
-        if v.accepted:
+        if rec.pending == "accepted":
             self.lineage.move_best(rec.verdict_commit, state.best)
             kill_point("best-moved", rec.gen)
             self.recorder.event("accept", gen=rec.gen, best=rec.verdict_commit, delta=v.delta)
+        elif rec.pending == "pending":
+            self.recorder.event("pending", gen=rec.gen, candidate=rec.verdict_commit, delta=v.delta)
         else:
             self.recorder.event("reject", gen=rec.gen, delta=v.delta, reason=v.reason)
         rec.status = rec.pending
@@ -400,7 +454,10 @@ class Loop:
 
         self.evalset = load_evalset(self.cfg.evals.name)
         self.search_ids = self._subset(self.evalset.tasks(self.cfg.evals.search))
-        self.evalset.tasks(self.cfg.evals.holdout)  # fail now, not after a night, if the split is missing
+        if not self.evalset.tasks(self.cfg.evals.holdout):  # fail now, not after a night, if missing or empty
+            raise EvalSetError(f"split {self.cfg.evals.holdout!r} of eval set {self.evalset.name} has no task: the "
+                               "held-out check would evaluate 0/0. Give it tasks (e.g. `evolve evals import "
+                               "swe-bench FILE --holdout-fraction F`) or name another split in evals.holdout")
         self.lineage = Lineage(self.requested_root, self.run_id, self.store.dir / "worktrees")
         self.repo_root = self.lineage.root
         if self.optimizer_backend is not None:
@@ -424,10 +481,17 @@ class Loop:
         self.recorder.event("start", base=base, evalset=self.evalset.name, search=len(self.search_ids))
         return state
 
-    def holdout(self, state: RunState) -> dict:
-        """Evaluate the baseline and the accepted head on the sealed holdout split; record both in
-        ``state.holdout`` (``{"baseline": rate, "best": rate, "n", "best_commit", "at"}``, rates in
-        [0, 1]) and return it. Needs no optimizer."""
+    def holdout(self, state: RunState, *, each: bool = True) -> dict:
+        """Evaluate the baseline and the accepted head on the sealed holdout split and, with ``each``,
+        every accepted generation (its transfer: holdout rate against that of the harness it beat);
+        record it in ``state.holdout`` and return it::
+
+            {"baseline": rate, "best": rate, "n": tasks, "best_commit": sha, "at": iso,
+             "each": [{"gen", "commit", "rate", "against", "against_rate", "delta", "search_delta"}]}
+
+        Rates are resolve rates in [0, 1], deltas in rate units (0.05 = 5 points); ``against`` is the
+        accepted head the generation was compared with. Nothing in the loop reads it: the holdout
+        split never influences a decision. Needs no optimizer."""
         self._prepare()
         split = self.cfg.evals.holdout
         ids = [t.instance_id for t in self.evalset.tasks(split)]
@@ -435,12 +499,45 @@ class Loop:
         rates, mark = {}, self.meter.total()
         for who, sha in (("baseline", state.base), ("best", state.best)):
             rates[who] = self._evaluate(self._harness(sha), ids, 0, f"holdout-{who}", split=split).resolve_rate
+        transfer = []
+        if each:
+            by_commit = {state.base: rates["baseline"], state.best: rates["best"]}
+
+            def rate(sha: str, label: str) -> float:
+                if sha not in by_commit:
+                    by_commit[sha] = self._evaluate(self._harness(sha), ids, 0, label, split=split).resolve_rate
+                return by_commit[sha]
+
+            for rec in self.store.gens():
+                if rec.status == "accepted" and rec.verdict_commit:
+                    against = rec.best_before or rec.parent
+                    now, before = rate(rec.verdict_commit, f"holdout-g{rec.gen:03d}"), rate(against, "holdout-against")
+                    transfer.append({"gen": rec.gen, "commit": rec.verdict_commit, "rate": now, "against": against,
+                                     "against_rate": before, "delta": now - before, "search_delta": rec.delta})
         state.spent_usd += self.meter.total() - mark
-        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso()}
+        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso(),
+                         **({"each": transfer} if each else {})}
         self.recorder.event("holdout", **state.holdout)
         self.recorder.save(state)
         kill_point("holdout")
         return state.holdout
+
+    def _parent(self, state: RunState, gen: int) -> tuple[int | None, str]:
+        """(generation, commit) of the next candidate's parent (``search.parent``; the draw is seeded
+        with the run and the generation, so a redone generation draws the same). An accepted head
+        that is no node of the archive (``evolve rollback --gen`` made it) is the parent, generation None."""
+        nodes = archive.load(self.store.dir)
+        by_gen = {n.gen: n for n in nodes}
+        best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best), None)
+        if best_gen is None:
+            return None, state.best
+        search = self.cfg.search
+        seed = f"{self.run_id if search.seed is None else search.seed}/{gen}"
+        chosen = choose_parent(search.parent, nodes, best_gen=best_gen, seed=seed, lam=search.dgm_lambda,
+                               midpoint=search.dgm_midpoint)
+        if chosen == best_gen or chosen not in by_gen:
+            return best_gen, state.best
+        return chosen, by_gen[chosen].commit
 
     def _stop_reason(self, state: RunState, limit: int | None) -> str | None:
         budget = self.cfg.budget
@@ -482,10 +579,11 @@ class Loop:
 
 
 def run_holdout(cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, evaluator: Evaluator | None = None,
-                *, run_id: str | None = None, view: RunView | None = None) -> RunState:
+                *, run_id: str | None = None, view: RunView | None = None, each: bool = False) -> RunState:
     """Evaluate run ``run_id``'s (default: the latest in ``settings.runs_dir``) baseline and accepted
     head (the ``best`` ref in git) on the sealed holdout split with the solver only: no optimizer is
-    built. Records ``state.holdout`` and returns the state. Takes the runs folder's lock itself: the
+    built; with ``each``, every accepted generation too (``Loop.holdout``). Records ``state.holdout``
+    and returns the state. Takes the runs folder's lock itself: the
     caller must not hold it. ``evaluator`` None means ``DockerEvaluator.for_project``.
 
     Raises:
@@ -497,5 +595,5 @@ def run_holdout(cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, eva
         loop._prepare()
         state = loop.store.load()
         state.best = loop.lineage.sha(loop.lineage.refs.best) or state.best
-        loop.holdout(state)
+        loop.holdout(state, each=each)
         return state

@@ -5,6 +5,7 @@ A generation is a transaction whose writes happen in this order::
     record (running; once per step)           runs/<run>/generations/gNNN.json
     git: candidate commit, verdict commit, best   (evolve.lineage)
     record (final)
+    archive node (one per generation)         runs/<run>/archive.jsonl (evolve.search.archive)
     lesson (at most one per generation)       runs/<run>/lessons.jsonl
     event generation_end                      runs/<run>/events.jsonl
     state (generation counted: finished, spent_usd, best)   runs/<run>/state.json
@@ -28,9 +29,11 @@ import signal
 from evolve import lessons as lessons_log
 from evolve.lineage import Lineage
 from evolve.runstate import FINAL, GenerationRecord, RunState, RunStore
+from evolve.search import archive
 
 KILL_POINTS = ("start", "analyze", "plan", "patch", "check", "evaluate", "decide", "verdict-committed",
-               "best-moved", "record-final", "lesson-written", "event-written", "state-saved", "holdout")
+               "best-moved", "record-final", "archive-written", "lesson-written", "event-written", "state-saved",
+               "holdout")
 """Named instants of a run where ``EVOLVE_TEST_KILL_AT`` can kill it."""
 
 
@@ -98,6 +101,8 @@ class Recorder:
         rec.pending = None
         self.store.save_gen(rec)
         kill_point("record-final", rec.gen)
+        archive.append_once(self.store.dir, node_of(rec, self.store.run_id))
+        kill_point("archive-written", rec.gen)
         self.lesson(rec)
         kill_point("lesson-written", rec.gen)
         if not any(e.get("event") == "generation_end" and e.get("gen") == rec.gen for e in self.store.events()):
@@ -147,7 +152,7 @@ def reconcile(state: RunState, recorder: Recorder, lineage: Lineage, *, keep_rej
                 rec = rec.model_copy(update={k: getattr(from_git, k) for k in VERDICT_FIELDS})
             rec.verdict_commit, rec.status = found[0], found[1]["Evolve-Verdict"]
             if rec.status == "accepted" and lineage.sha(lineage.refs.best) != rec.verdict_commit:
-                lineage.move_best(rec.verdict_commit, rec.parent)
+                lineage.move_best(rec.verdict_commit, rec.best_before or rec.parent)
             notes.append(f"generation {rec.gen}: its {rec.status} verdict was in git; its record is completed")
             recorder.finish(state, rec)
         elif rec.gen in rebuilt or (not legacy and rec.gen > state.finished):
@@ -155,7 +160,7 @@ def reconcile(state: RunState, recorder: Recorder, lineage: Lineage, *, keep_rej
             recorder.finish(state, rec)
         else:
             recorder.lesson(rec)
-        if rec.status == "rejected" and not keep_rejected:
+        if rec.status == "rejected" and not keep_rejected and not rec.stone:
             lineage.delete_branch(rec.gen)
         state.generations = rec.gen
     if legacy:
@@ -166,6 +171,16 @@ def reconcile(state: RunState, recorder: Recorder, lineage: Lineage, *, keep_rej
         state.best, state.best_rate = best, _rate_of(best, store.gens(), state)
     recorder.save(state)
     return notes
+
+
+def node_of(rec: GenerationRecord, run_id: str) -> archive.Node:
+    """The archive node of the final generation ``rec``."""
+    commit = rec.verdict_commit or rec.candidate
+    return archive.Node(gen=rec.gen, commit=commit, parent=rec.parent, parent_gen=rec.parent_gen,
+                        branch=f"evolve/{run_id}/g{rec.gen:03d}" if commit else None, status=rec.status,
+                        stone=rec.stone, rate=rec.child_rate, delta=rec.delta, p_value=rec.p_value,
+                        p_worse=rec.p_worse, hypothesis=rec.hypothesis, outcomes=rec.outcomes,
+                        task_runs=rec.task_runs, cost_usd=rec.cost_usd)
 
 
 def record_from_git(gen: int, sha: str, trailers: dict[str, str], lineage: Lineage) -> GenerationRecord:

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from evolve.evaluate import EvalReport
 from evolve.types import TaskResult, TestStatus
@@ -35,7 +36,7 @@ class EvalProgressView:
         self.resolved = self.running = self.infra = 0
         self.cost = 0.0
         self._lock = threading.Lock()
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+        self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
                             TextColumn("{task.completed}/{task.total}"), _Counts(self),
                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                             console=console, transient=False)
@@ -74,12 +75,12 @@ def _tests(statuses: dict[str, TestStatus]) -> str:
 
 def results_table(report: EvalReport) -> Table:
     """One row per (task, repeat)."""
-    table = Table(title=f"{report.evalset} / {report.split}", title_justify="left")
+    table = Table(title=Text(f"{report.evalset} / {report.split}"), title_justify="left")
     for col in ("instance_id", "rep", "resolved", "class", "F2P", "P2P", "calls", "tokens", "cost $", "s"):
         table.add_column(col, justify="right" if col in ("rep", "calls", "tokens", "cost $", "s") else "left")
     for r in report.results:
         mark = Text("yes", "green") if r.resolved else Text("infra", "yellow") if r.is_infra else Text("no", "red")
-        table.add_row(r.instance_id, str(r.repeat), mark, r.failure_class.value, _tests(r.FAIL_TO_PASS),
+        table.add_row(Text(r.instance_id), str(r.repeat), mark, r.failure_class.value, _tests(r.FAIL_TO_PASS),
                       _tests(r.PASS_TO_PASS), str(r.usage.calls),
                       str(r.usage.prompt_tokens + r.usage.completion_tokens), f"{r.usage.cost_usd:.4f}",
                       f"{r.seconds:.1f}")
@@ -93,8 +94,8 @@ def summary_table(report: EvalReport) -> Table:
     table.add_column(style="bold")
     table.add_column()
     rows = [
-        ("harness", f"{s['harness']} ({s['harness_tree'][:12]})"),
-        ("model", s["model"]),
+        ("harness", Text(f"{s['harness']} ({s['harness_tree'][:12]})")),
+        ("model", Text(str(s["model"]))),
         ("resolved", f"{s['resolved']}/{s['scored']} ({100 * s['resolve_rate']:.1f}%)"),
         ("infra failures (not scored)", str(s["infra"])),
         ("integrity flags", ", ".join(f"{flag} {n}" for flag, n in s["integrity_flags"].items()) or "none"),
@@ -103,23 +104,16 @@ def summary_table(report: EvalReport) -> Table:
         ("tokens (prompt + completion)", f"{s['prompt_tokens']} + {s['completion_tokens']}"),
         ("cost", f"${s['cost_usd']:.4f}"),
         ("wall time", f"{s['seconds']:.1f}s"),
-        ("results", str(report.run_dir)),
+        ("results", Text(str(report.run_dir))),
     ]
     if report.interrupted:
-        rows.insert(0, ("status", "[yellow]interrupted: finished results kept[/]"))
+        rows.insert(0, ("status", Text("interrupted: finished results kept", "yellow")))
     for k, v in rows:
         table.add_row(k, v)
     return table
 
 
 # -- evolve run: live view, status -------------------------------------------------------------
-
-def now_hms() -> str:
-    """The local time as ``HH:MM:SS``, for log lines."""
-    import time
-
-    return time.strftime("%H:%M:%S")
-
 
 def _pts(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:+.1f}"
@@ -130,7 +124,7 @@ def _pct(x: float | None) -> str:
 
 
 _VERDICT_STYLE = {"accepted": "green", "rejected": "red", "refused": "yellow", "failed": "magenta",
-                  "running": "cyan"}
+                  "running": "cyan", "pending": "bold dark_orange"}
 
 
 def generations_table(gens, title: str = "generations") -> Table:
@@ -147,9 +141,64 @@ def generations_table(gens, title: str = "generations") -> Table:
         flagged = Text("-" if g.flagged_tasks is None else str(g.flagged_tasks))
         if g.tampering:
             flagged = Text(f"{g.flagged_tasks}, {len(g.tampering)} tampering", "red bold")
-        table.add_row(str(g.gen), g.parent[:8], (g.hypothesis or g.reason or "")[:90], score,
-                      f"{_pts(g.delta)}{ci}", Text(g.status, _VERDICT_STYLE.get(g.status, "")), flagged,
+        table.add_row(str(g.gen), Text(g.parent[:8]), Text((g.hypothesis or g.reason or "")[:90]), score,
+                      f"{_pts(g.delta)}{ci}", Text(g.status + (" (from pending)" if g.explore_from == "pending" else ""),
+                                                   _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
+    return table
+
+
+def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archive") -> Tree:
+    """The archive (``evolve.search.archive.Node`` list) as a tree from the base: one line per node with
+    its generation, verdict, estimated search rate, delta against what it was compared with, and
+    hypothesis. ``on_path`` (the generations from the base to the accepted head) is marked ``*`` in
+    bold; the accepted head says so; stepping stones are marked ``stone``."""
+    tree = Tree(Text(title, "bold"))
+    kids: dict[int | None, list] = {}
+    for n in nodes:
+        kids.setdefault(n.parent_gen, []).append(n)
+
+    def label(n) -> Text:
+        mark = "* " if n.gen in on_path else "  "
+        text = Text(f"{mark}g{n.gen:03d} ", "bold" if n.gen in on_path else "")
+        text.append(n.status, _VERDICT_STYLE.get(n.status, "green" if n.status == "base" else ""))
+        if n.stone and n.status != "accepted" and n.status != "base":
+            text.append(" stone", "cyan")
+        text.append(f"  {_pct(n.rate)}")
+        if n.delta is not None:
+            text.append(f" ({_pts(n.delta)} pts)")
+        if n.commit and n.commit == best_commit:
+            text.append("  <- accepted head", "green bold")
+        if n.hypothesis:
+            text.append(f"  {n.hypothesis[:70]}", "dim")
+        return text
+
+    def grow(branch: Tree, parent_gen: int | None, seen: set[int]) -> None:
+        for n in kids.get(parent_gen, []):
+            if n.gen in seen:
+                continue
+            seen.add(n.gen)
+            grow(branch.add(label(n)), n.gen, seen)
+
+    seen: set[int] = set()
+    grow(tree, None, seen)
+    for n in nodes:  # a node whose parent is not in the archive (a record rebuilt from git)
+        if n.gen not in seen:
+            seen.add(n.gen)
+            grow(tree.add(label(n)), n.gen, seen)
+    return tree
+
+
+def transfer_table(holdout: dict) -> Table:
+    """Each accepted generation's search delta beside its holdout delta (``RunState.holdout["each"]``,
+    written by ``evolve holdout --each`` and at the end of a run)."""
+    table = Table(title=f"transfer: each accepted change on the sealed holdout split ({holdout.get('n')} tasks)",
+                  title_justify="left")
+    for col in ("gen", "commit", "search delta pts", "holdout delta pts", "holdout rate"):
+        table.add_column(col, justify="left" if col == "commit" else "right")
+    for row in holdout.get("each", []):
+        table.add_row(str(row["gen"]), row["commit"][:10], _pts(row.get("search_delta")), _pts(row.get("delta")),
+                      f"{_pct(row.get('against_rate'))} -> {_pct(row.get('rate'))}")
     return table
 
 
@@ -157,7 +206,7 @@ def run_summary(state, budget_usd: float | None = None) -> Table:
     """A run at a glance from its ``runstate.RunState``: status, eval set, baseline and accepted search
     scores, the accepted head, generations, USD spent (against ``budget_usd`` when given) and the
     held-out check once it has run."""
-    table = Table(show_header=False, title=f"run {state.run_id}", title_justify="left")
+    table = Table(show_header=False, title=Text(f"run {state.run_id}"), title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     spend = f"${state.spent_usd:.4f}" + (f" of ${budget_usd:.2f}" if budget_usd is not None else "")
@@ -171,7 +220,7 @@ def run_summary(state, budget_usd: float | None = None) -> Table:
         rows.append(("held-out check", f"baseline {_pct(h.get('baseline'))} vs best {_pct(h.get('best'))} "
                                        f"on {h.get('n')} tasks"))
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, Text(v))
     return table
 
 
@@ -206,15 +255,20 @@ class RunLiveView:
     """The live view of ``evolve run``: generation and step, evaluation progress,
     accepted score, spend against budget, the last verdicts. Implements ``evolve.loop.RunView``."""
 
-    def __init__(self, console: Console, budget_usd: float | None, generations: int | None) -> None:
+    def __init__(self, console: Console, budget_usd: float | None, generations: int | None,
+                 after_verdict=None) -> None:
+        """``after_verdict(state, rec)``, when given, is called after each verdict is shown (``evolve run``
+        refreshes the HTML report there)."""
         from rich.live import Live
 
         self.console, self.budget, self.limit = console, budget_usd, generations
+        self.after_verdict = after_verdict
         self.header = Text("starting")
         self.spent_live = 0.0
         self.verdicts: list = []
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[info]}", markup=False),
                                  TimeElapsedColumn(), console=console)
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
 
@@ -239,11 +293,8 @@ class RunLiveView:
         self.live.update(self._render())
 
     def step(self, state, gen: int, step: str) -> None:
-        """Generation ``gen`` starts ``step``; printed as one line when the console is not a terminal."""
+        """Generation ``gen`` starts ``step`` (off a terminal ``evolve run`` uses ``evolve.runlog.RunLogView``)."""
         spend = f"${state.spent_usd + self.spent_live:.4f}" + (f" / ${self.budget:.2f}" if self.budget else "")
-        if not self.console.is_terminal:  # a log file: one line per step instead of a live screen
-            self.console.print(f"[{now_hms()}] generation {gen}: {step}; accepted {_pct(state.best_rate)}; "
-                               f"spent {spend}")
         limit = f"/{self.limit}" if self.limit else ""
         self.header = Text.assemble(("evolve run ", "bold"), state.run_id, "   generation ", (f"{gen}{limit}", "bold"),
                                     "   step ", (step, "cyan bold"), "   accepted ",
@@ -255,14 +306,13 @@ class RunLiveView:
         return _LiveEvalProgress(self, label, total)
 
     def verdict(self, state, rec) -> None:
-        """Generation ``rec.gen`` is decided: add it to the last verdicts (and print it off a terminal)."""
-        if not self.console.is_terminal:
-            self.console.print(f"[{now_hms()}] generation {rec.gen}: {rec.status} ({_pts(rec.delta)} pts) "
-                               f"{rec.hypothesis[:100]!r}: {rec.reason}"[:400])
+        """Generation ``rec.gen`` is decided: add it to the last verdicts."""
         self.spent_live = 0.0
         self.verdicts.append(rec.model_copy())
         self.refresh()
+        if self.after_verdict is not None:
+            self.after_verdict(state, rec)
 
     def note(self, text: str) -> None:
-        """Print ``text`` above the live view."""
-        self.console.print(text)
+        """Print ``text`` above the live view, as plain text (never read as markup)."""
+        self.console.print(Text(str(text)))

@@ -80,7 +80,9 @@ def diff(view: RunReview, gen: int | None = None, *, stat: bool = False) -> list
     best = lin.sha(lin.refs.best) or view.state.best
     parts = []
     for g in view.gens:
-        if g.status == "accepted" and g.verdict_commit and _is_ancestor(lin, g.verdict_commit, best):
+        # its candidate, not its verdict commit: a person's approval of a candidate that a later one was
+        # explored from (approval_explore: pending) is not in the head's history, the change is
+        if g.status == "accepted" and g.candidate and _is_ancestor(lin, g.candidate, best):
             parts.append(DiffPart(f"generation {g.gen}: accepted ({_pts(g.delta)})", g.hypothesis, sorted(g.fixed),
                                   sorted(g.broken), lin.diff(g.parent, g.candidate, [hd], stat=stat)))
     net = lin.diff(view.state.base, best, [hd], stat=True)

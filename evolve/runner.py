@@ -7,10 +7,18 @@ The container layout the harness sees (its contract):
     /evolve/task.json        {"instance_id", "problem_statement", "repo", "base_commit"}
     /evolve/output/          trajectory.json goes here
     /evolve/gw/gateway.sock  the model gateway (OpenAI chat completions over HTTP)
+    /evolve/env/             the harness's environment, read-only, when it declares requirements
+                             (``evolve.harness_env``; its bin/ is first on the harness's PATH)
+
+The model endpoint: ``http://127.0.0.1:18000`` (``ENDPOINT_PORT``) is the same gateway over TCP; a
+loopback bridge (``scripts/bridge.py``), started before the harness, carries it to the socket.
 
 Environment: EVOLVE_TASK_FILE, EVOLVE_OUTPUT_DIR, EVOLVE_GATEWAY_SOCKET,
-EVOLVE_REPO and EVOLVE_MODEL. No network, no API key: the only way out is the
-gateway's socket, and every call through it is recorded on the host.
+EVOLVE_REPO and EVOLVE_MODEL; for the endpoint (``_endpoint_env``) OPENAI_BASE_URL and
+OPENAI_API_BASE (``http://127.0.0.1:18000/v1``), ANTHROPIC_BASE_URL (``http://127.0.0.1:18000``),
+OPENAI_API_KEY and ANTHROPIC_API_KEY (the task's token, never a real key; the gateway refuses any
+other key), EVOLVE_ENDPOINT_PORT, and NO_PROXY for 127.0.0.1. No network, no real API key: the
+only way out is the gateway's socket, and every call through it is recorded on the host.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,11 +38,12 @@ from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.gateway import Gateway
 from evolve.harness import Harness
+from evolve.harness_env import HarnessEnv
 from evolve.models import ModelBackend
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
-from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, TakenPatch, collect_script, print_collected_script,
-                            read_collected, reap_script, run_as_root, sandbox_ids, script, shell_header,
-                            taken_patch, testbed_archive)
+from evolve.testbed import (INLINE_BYTES, LARGE_UNTRACKED_BYTES, TESTBED, TakenPatch, collect_script,
+                            print_collected_script, read_collected, reap_script, run_as_root, sandbox_ids, script,
+                            shell_header, taken_patch, testbed_archive)
 from evolve.types import IntegrityFlag, Task, Usage
 
 HARNESS_LOG_BYTES = 5_000_000
@@ -49,6 +59,14 @@ _MAX_OUTPUT = 2 * INLINE_BYTES + 1_000_000
 """The collect exec's output: markers, error messages, the collected files in base64."""
 _ENTRYPOINT_SH = "/evolve/entrypoint.sh"
 """The entrypoint's wrapper (``scripts/entrypoint.sh`` with its header), root-owned, run as the sandbox user."""
+_BRIDGE = "/evolve/bridge.py"
+"""The loopback bridge (``scripts/bridge.py``), root-owned, started by the entrypoint's wrapper."""
+_GATEWAY_SOCKET = "/evolve/gw/gateway.sock"
+ENDPOINT_PORT = 18000
+"""The loopback port of the model endpoint inside the sandbox (each container has its own loopback)."""
+BRIDGE_SLACK = 4
+"""Connections the bridge carries at once beyond ``limits.max_connections``, so that the gateway's
+own limit (429, idle reaping) decides."""
 _HARNESS_EXIT = "evolve-harness-exit"
 _COLLECTED = "evolve-collected"
 LARGE_FILES_NOTED = 20
@@ -96,8 +114,12 @@ class _Outputs:
 
 
 def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harness,
-              backend: ModelBackend, settings: EvalSettings, trace_path: Path) -> AgentRun:
+              backend: ModelBackend, settings: EvalSettings, trace_path: Path,
+              harness_env: HarnessEnv | None = None) -> AgentRun:
     """Run ``harness`` on ``task`` and take the ``model_patch``.
+
+    ``harness_env`` is the harness's environment (``evolve.harness_env.prepare``), already
+    mounted by ``sandbox_factory``: its ``bin`` goes first on the harness's ``PATH``.
 
     ``sandbox_factory(mounts)`` returns an unstarted ``Sandbox``. Every model
     call is appended to ``trace_path`` by the gateway, whatever the harness logs.
@@ -122,7 +144,8 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
         gw_dir = Path(gw_root) / "gw"
         gw_dir.mkdir(mode=0o711)
         gw_dir.chmod(0o711)  # mkdir's mode is masked by the umask
-        gateway = Gateway(gw_dir / "gateway.sock", trace_path, backend, settings.limits)
+        token = f"evolve-task-{secrets.token_hex(16)}"  # the harness's API key: not a secret, not a real key
+        gateway = Gateway(gw_dir / "gateway.sock", trace_path, backend, settings.limits, token=token)
         # Closing the gateway waits for its server loop; once no harness process is left it runs
         # while the outputs are copied out.
         closer = threading.Thread(target=gateway.close, name="evolve-gateway-close")
@@ -132,7 +155,8 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
                 closer.start()
 
         with gateway, sandbox_factory({str(gw_dir): "/evolve/gw:ro"}) as sandbox:
-            out = _run_and_collect(sandbox, task, repo_dir, harness, settings, quiet)
+            out = _run_and_collect(sandbox, task, repo_dir, harness, settings, quiet,
+                                   {**_endpoint_env(token), **_harness_env_vars(harness_env)})
             sandbox.close(background=True)
         if closer.ident is not None:
             _wake(gateway.socket_path, closer)
@@ -140,7 +164,11 @@ def run_agent(sandbox_factory, task: Task, repo_dir: Path | None, harness: Harne
         if gateway.fatal_error is not None:
             raise gateway.fatal_error
         flags, notes = _integrity(out)
-        return AgentRun(out.taken.patch, out.exit_code, out.timed_out, gateway.usage, list(gateway.infra_errors),
+        infra = list(gateway.infra_errors)
+        if not gateway.bridge_ready:  # announced before the harness starts: the harness can't fake its absence
+            infra.append("bridge: the model endpoint's loopback bridge did not start in the sandbox, so the "
+                         "harness did not run (see harness.log)")
+        return AgentRun(out.taken.patch, out.exit_code, out.timed_out, gateway.usage, infra,
                         out.trajectory, out.harness_log.decode("utf-8", "replace"), time.monotonic() - start,
                         out.taken.total_bytes, out.taken.problem, flags, notes)
 
@@ -218,27 +246,60 @@ def _wake(socket_path: Path, closer: threading.Thread, within_s: float = 0.3) ->
 
 def _env(settings: EvalSettings) -> dict[str, str]:
     return {"EVOLVE_TASK_FILE": "/evolve/task.json", "EVOLVE_OUTPUT_DIR": _OUT,
-            "EVOLVE_GATEWAY_SOCKET": "/evolve/gw/gateway.sock", "EVOLVE_REPO": "/testbed",
+            "EVOLVE_GATEWAY_SOCKET": _GATEWAY_SOCKET, "EVOLVE_REPO": "/testbed",
             "EVOLVE_MODEL": settings.model.split("/", 1)[0] if settings.model.startswith("scripted/")
             else settings.model}
 
 
-def _entrypoint_sh(harness: Harness) -> bytes:
-    """The entrypoint's wrapper (``scripts/entrypoint.sh``): output into a capped log, exit status kept."""
-    return (shell_header(evolve_out=_OUT, evolve_log_bytes=HARNESS_LOG_BYTES, evolve_entrypoint=harness.spec.entrypoint)
-            + script("entrypoint.sh")).encode()
+def _harness_env_vars(harness_env: HarnessEnv | None) -> dict[str, str]:
+    """The environment variables that make the harness run with its environment's interpreter."""
+    return harness_env.env_vars() if harness_env is not None else {}
+
+
+def _endpoint_env(token: str) -> dict[str, str]:
+    """The model endpoint's variables (this module's docstring); ``token`` is the task's API key."""
+    base = f"http://127.0.0.1:{ENDPOINT_PORT}"
+    return {"EVOLVE_ENDPOINT_PORT": str(ENDPOINT_PORT),
+            "OPENAI_BASE_URL": f"{base}/v1", "OPENAI_API_BASE": f"{base}/v1", "OPENAI_API_KEY": token,
+            "ANTHROPIC_BASE_URL": base, "ANTHROPIC_API_KEY": token,
+            # clients honour proxy variables an image may set; loopback must never go through one
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def _entrypoint_sh(harness: Harness, max_connections: int) -> bytes:
+    """The entrypoint's wrapper: start the loopback bridge (``scripts/bridge_start.sh``), then run the
+    entrypoint (``scripts/entrypoint.sh``): output into a capped log, exit status kept."""
+    return (shell_header(evolve_out=_OUT, evolve_log_bytes=HARNESS_LOG_BYTES, evolve_entrypoint=harness.spec.entrypoint,
+                         evolve_bridge_port=ENDPOINT_PORT, evolve_bridge_socket=_GATEWAY_SOCKET,
+                         evolve_bridge_connections=max_connections + BRIDGE_SLACK)
+            + script("bridge_start.sh") + script("entrypoint.sh")).encode()
 
 
 def _task_info(task: Task) -> str:
+    """``/evolve/task.json`` for the harness: the task, and the environment the grader tests it in.
+
+    ``test_cmd`` is the command the grader runs in ``workdir`` (the repository) with the files of the task's
+    tests appended (``evolve.grading``): the same command, environment and image, so the harness runs the
+    project's tests as they will be judged. The FAIL_TO_PASS/PASS_TO_PASS ids are not given (as in
+    SWE-bench, the agent sees the issue, not the hidden tests)."""
+    from evolve.grading import DEFAULT_TEST_CMD
+
     return json.dumps({"instance_id": task.instance_id, "problem_statement": task.problem_statement,
-                       "repo": task.repo, "base_commit": task.base_commit}, indent=2)
+                       "repo": task.repo, "base_commit": task.base_commit,
+                       "test_cmd": task.test_cmd or DEFAULT_TEST_CMD,
+                       "environment": {"workdir": TESTBED, "image": task.image or "evolve's base image",
+                                       "test_cmd_usage": "run in workdir; append test files or pytest node ids "
+                                                         "to choose tests, as the grader appends the task's test "
+                                                         "files"}}, indent=2)
 
 
-def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> bytes:
-    """Tar entries for /evolve: task.json (root), the harness and an empty output dir (the sandbox user)."""
+def _install_entries(task: Task, harness: Harness, ids: tuple[int, int], max_connections: int) -> bytes:
+    """Tar entries for /evolve: task.json, the wrapper and the bridge (root), the harness and an empty
+    output dir (the sandbox user)."""
     uid, gid = ids
     entries = [tar_entry("evolve", mode=0o755), tar_entry("evolve/task.json", _task_info(task).encode()),
-               tar_entry(_ENTRYPOINT_SH.lstrip("/"), _entrypoint_sh(harness), mode=0o755),
+               tar_entry(_ENTRYPOINT_SH.lstrip("/"), _entrypoint_sh(harness, max_connections), mode=0o755),
+               tar_entry(_BRIDGE.lstrip("/"), script("bridge.py").encode(), mode=0o644),
                tar_entry("evolve/harness", uid=uid, gid=gid, mode=0o755)]
     dirs: set[str] = set()
     for p in sorted(harness.root.rglob("*")):
@@ -257,7 +318,8 @@ def _install_entries(task: Task, harness: Harness, ids: tuple[int, int]) -> byte
 
 
 def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harness: Harness,
-                     settings: EvalSettings, on_quiet: Callable[[], None]) -> _Outputs:
+                     settings: EvalSettings, on_quiet: Callable[[], None],
+                     env_vars: dict[str, str] | None = None) -> _Outputs:
     """Put in the snapshot and the harness, run the entrypoint as the sandbox user, then (as root,
     in the same exec) kill whatever it left running and collect the patch and outputs
     (``run_as_root``). Falls back to ``Sandbox.restart`` when that exec could not finish the job,
@@ -271,19 +333,20 @@ def _run_and_collect(sandbox: Sandbox, task: Task, repo_dir: Path | None, harnes
         InfraError: Docker failed (the harness may not have run).
     """
     ids = sandbox_ids(sandbox)
+    run_env = {**_env(settings), **(env_vars or {})}
     base, entries = testbed_archive(sandbox, task, repo_dir)
-    archive = entries + _install_entries(task, harness, ids or (0, 0)) + TAR_TRAILER
+    archive = entries + _install_entries(task, harness, ids or (0, 0), settings.limits.max_connections) + TAR_TRAILER
     timeout_s = max(1, math.ceil(settings.harness_timeout_s))
     body = (shell_header(evolve_timeout=timeout_s, evolve_entrypoint_sh=_ENTRYPOINT_SH, evolve_out=_OUT,
                          evolve_harness_exit=_HARNESS_EXIT, evolve_owner="" if ids else sandbox.user or "")
             + script("agent.sh") + (reap_script(ids) if ids else "") + collect_script(base, _OUTPUTS)
             + f"echo {_COLLECTED}\n" + print_collected_script())
-    run = run_as_root(sandbox, body, archive, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, env=_env(settings),
+    run = run_as_root(sandbox, body, archive, timeout_s=timeout_s + 5 + COLLECT_TIMEOUT_S, env=run_env,
                       max_output=_MAX_OUTPUT)
     res = run.result
     if not run.as_user:
         # The root script could not become the sandbox user: the entrypoint runs in an exec of its own.
-        res = sandbox.exec(f"sh {_ENTRYPOINT_SH}", timeout_s=settings.harness_timeout_s, env=_env(settings))
+        res = sandbox.exec(f"sh {_ENTRYPOINT_SH}", timeout_s=settings.harness_timeout_s, env=run_env)
         harness_rc, timed_out = res.exit_code, _ran_out(res, settings.harness_timeout_s)
         res = None
     else:

@@ -28,8 +28,10 @@ from evolve import store
 from evolve.errors import ConfigError, EvolveError
 from evolve.owner import pid_alive
 
-Status = Literal["running", "accepted", "rejected", "refused", "failed"]
-FINAL = ("accepted", "rejected", "refused", "failed")
+Status = Literal["running", "pending", "accepted", "rejected", "refused", "failed"]
+FINAL = ("pending", "accepted", "rejected", "refused", "failed")
+"""Statuses a generation ends with; ``pending`` (``acceptance.approval: manual``) waits for a person,
+who turns it into ``accepted`` or ``rejected`` (``evolve.approval``)."""
 
 
 class RunFileError(EvolveError):
@@ -41,7 +43,13 @@ class GenerationRecord(BaseModel):
 
     gen: int
     parent: str
-    """Commit of the accepted head the candidate branched from."""
+    """Commit the candidate branched from: the accepted head (``search.parent: greedy``) or a stepping
+    stone of the archive (``dgm``)."""
+    parent_gen: int | None = None
+    """The parent's generation (0 = the base); None in records written before the archive."""
+    best_before: str | None = None
+    """The accepted head when the generation began: ``best`` moves from it only on a paired win
+    against it. None in records written before the archive (then it is ``parent``)."""
     status: Status = "running"
     step: str = "analyze"
     candidate: str | None = None
@@ -51,9 +59,15 @@ class GenerationRecord(BaseModel):
     files: list[str] = Field(default_factory=list)
     expected_effect: str = ""
     reason: str = ""
-    pending: Literal["accepted", "rejected"] | None = None
+    pending: Literal["accepted", "rejected", "pending"] | None = None
     """The decided verdict while its git writes are under way (step ``decide``); a resumed run
-    completes it from git (``evolve.recorder.reconcile``)."""
+    completes it from git (``evolve.recorder.reconcile``). ``"pending"`` here means the candidate
+    passed and waits for a person (``acceptance.approval: manual``)."""
+    explore_from: Literal["best", "pending"] = "best"
+    """What the candidate branched from: the accepted head, or a pending candidate
+    (``acceptance.approval_explore: pending``)."""
+    decision: str = ""
+    """A person's decision on a pending candidate: ``"approved by NAME: reason"`` or ``"rejected by NAME: reason"``."""
     n_tasks: int = 0
     """Tasks in the paired comparison."""
     parent_rate: float | None = None
@@ -71,6 +85,12 @@ class GenerationRecord(BaseModel):
     """``{flag: the candidate's evaluated tasks raising it}``."""
     tampering: list[str] = Field(default_factory=list)
     """``"instance_id: flags"`` where the candidate tampered and its parent did not: rejected for it."""
+    p_worse: float | None = None
+    """One-sided p of "the candidate is worse than its parent" on their paired outcomes."""
+    stone: bool = False
+    """Kept as a stepping stone (``evolve.search.archive``): its branch stays and it may be a parent."""
+    outcomes: dict[str, dict] = Field(default_factory=dict)
+    """Paired outcomes against the parent: ``{instance_id: {"repeats", "parent", "child"}}``."""
     cost_usd: float = 0.0
     """Optimizer plus fresh solver spend of this generation (USD), including attempts before a resume."""
     seconds: float = 0.0

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from evolve.roles import ResolvedRole
     from evolve.serve import LocalServer
 
-Note = Callable[[str], None]
+Note = Callable[[str], None]  # plain text (printed without markup)
 """Where a session reports what it did (which model, a capped worker count): one line of rich markup."""
 
 
@@ -72,7 +72,8 @@ def option_error(e: ValidationError, options: Mapping[str, str], what: str = "ba
 
 
 RUN_OPTIONS = {"budget.generations": "--generations", "budget.budget_usd": "--budget-usd",
-               "budget.max_hours": "--max-hours", "evals.workers": "--workers"}
+               "budget.max_hours": "--max-hours", "evals.workers": "--workers", "executor.kind": "--executor",
+               "executor.address": "--ray-address"}
 """The ``evolve run`` options that override ``evolve.yaml`` keys."""
 
 
@@ -133,7 +134,7 @@ def eval_options(*, workers: int | None, repeats: int, harness_timeout_s: float 
 
 def _cap_workers(workers: int, server: "LocalServer | None", note: Note) -> int:
     if server is not None and workers > server.concurrency:
-        note(f"[dim]workers {workers} capped at the local server's concurrency ({server.concurrency})[/]")
+        note(f"workers {workers} capped at the local server's concurrency ({server.concurrency})")
         return server.concurrency
     return workers
 
@@ -156,7 +157,7 @@ def _warn_unpriced(roles, note: Note) -> None:
 
     for role in roles:
         if price_per_token(role) is None:
-            note(f"[yellow]warning:[/] no price known for {role.model}: budget.budget_usd cannot count its calls. "
+            note(f"warning: no price known for {role.model}: budget.budget_usd cannot count its calls. "
                  f"Set models.{role.name}.input_cost_per_token and output_cost_per_token.")
 
 
@@ -182,7 +183,7 @@ def project_session(cfg: ProjectConfig, *, optimizer: bool = True, note: Note = 
         roles = {name: resolve_role(name, getattr(cfg.models, name), server if name in served else None)
                  for name in wanted}
         for role in roles.values():
-            note(f"[dim]{role.describe()}[/]")
+            note(role.describe())
         check_solver(roles["solver"])
         if cfg.budget.budget_usd is not None:
             _warn_unpriced(roles.values(), note)
@@ -221,7 +222,7 @@ def eval_session(model: str | None, params: dict[str, Any], *, workers: int, api
     role_cfg = RoleConfig(params=params, temperature=temperature, max_tokens=max_completion_tokens)
     if default_api_model() is not None:
         solver = resolve_role("solver", role_cfg)
-        note(f"[dim]no --model: {solver.describe()}[/]")
+        note(f"no --model: {solver.describe()}")
         yield Session(solver=solver, optimizer=None, optimizer_backend=None, server=None, workers=workers)
         return
     from evolve.serve import LocalServer
@@ -236,12 +237,12 @@ def eval_session(model: str | None, params: dict[str, Any], *, workers: int, api
         raise ConfigError(f"{e}\n(or pass --model, or set an API key such as ANTHROPIC_API_KEY)") from None
     try:
         solver = resolve_role("solver", role_cfg, server)
-        note(f"[dim]local model server ready in {server.startup_seconds:.1f} s: {server.describe()}[/]")
+        note(f"local model server ready in {server.startup_seconds:.1f} s: {server.describe()}")
         yield Session(solver=solver, optimizer=None, optimizer_backend=None, server=server,
                       workers=_cap_workers(workers, server, note))
     finally:
         server.stop()
-        note(f"[dim]local model server stopped after {server.seconds:.0f} s[/]")
+        note(f"local model server stopped after {server.seconds:.0f} s")
 
 
 # -- evolve run --dry-run ------------------------------------------------------------------------

@@ -219,6 +219,8 @@ class TaskResult(BaseModel):
     ``model_patch`` holds its bytes in base64 (``patch_bytes()`` decodes either)."""
     patch_bytes_total: int = 0
     """Size of the work tree's diff in bytes (also when it was too large to keep)."""
+    node: str | None = None
+    """The Ray node id (hex) the task-run ran on with ``--executor ray``; None with the local executor."""
 
     def patch_bytes(self) -> bytes:
         """The ``model_patch`` as the exact bytes ``git diff --binary`` produced."""

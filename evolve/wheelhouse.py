@@ -116,10 +116,12 @@ def resolve(requirements: list[str], target: Target, *, home: Path,
     root = home / "wheelhouses" / key[:24]
     done = _read_done(root)
     if done is not None:
+        root.chmod(0o755)  # the sandbox user reads it (wheelhouses of older versions were private)
         return done
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key[:24]}-", dir=root.parent))
     try:
+        tmp.chmod(0o755)  # mounted read-only into the build, which runs as the sandbox user
         (tmp / "requirements.txt").write_text("".join(r + "\n" for r in requirements))
         _pip_download(["-r", str(tmp / "requirements.txt")], tmp, target, requirements)
         _pip_download(["--no-deps", "pip"], tmp / "_installer", target, ["pip (evolve's installer)"])

@@ -14,8 +14,14 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv || die "python3 -m venv failed: install python3-venv (apt-get install -y python3-venv)"
 fi
-say "installing evolve into .venv"
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "is ignored" || true
+# The distribution was called `evolve` before it became `evolve-harness` (`evolve` on PyPI is another
+# project): drop that old name's install of this checkout, so one distribution owns the `evolve` command.
+if .venv/bin/python -m pip show evolve 2>/dev/null | grep -qx "Editable project location: $PWD"; then
+  say "removing the old distribution name (evolve) of this checkout"
+  .venv/bin/python -m pip uninstall --quiet -y evolve
+fi
+say "installing evolve (evolve-harness) into .venv"
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,swebench,ray]' 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c "import evolve.cli" || die "evolve did not install; see the pip output above"
 
 # 1b. The embedded offline default model: llama.cpp's server (llama-cpp-python[server], compiled here
@@ -75,5 +81,24 @@ if [ "$(id -u)" = 0 ] && ! command -v debootstrap >/dev/null && command -v apt-g
   say "installing debootstrap (offline image builds)"
   apt_install debootstrap
 fi
+# 4. Headless Chromium for the report's browser test (Debian's package; tests/test_report_html.py)
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium (the report's browser test)"
+    apt_install chromium
+  else
+    say "no chromium and not root on Debian: the report's browser test will be skipped (apt-get install chromium)"
+  fi
+fi
 .venv/bin/evolve sandbox build
+
+# 4. The mini-swe-agent template's harness environment: its wheels resolved from PyPI into
+# $EVOLVE_HOME/wheelhouses, installed offline into $EVOLVE_HOME/envs (a few minutes once; cached).
+say "mini-swe-agent template: harness environment"
+.venv/bin/python -m evolve.harness_env evolve/templates/mini-swe-agent \
+  || die "could not build the mini-swe-agent template's environment (see above); check pip's index (pip config list)"
+
+# 5. Everything a run needs, checked the way `evolve doctor` checks it anywhere (exit 1 on a failure)
+say "evolve doctor"
+.venv/bin/evolve doctor || die "evolve doctor found a problem: see the FAIL lines above, each with its fix"
 say "ready: .venv/bin/evolve --help"

@@ -24,7 +24,7 @@ from conftest import FIXTURES, WIDE_MARKER, build_wide_evalset  # noqa: E402
 
 from evolve.evaluate import EvalReport  # noqa: E402
 from evolve.harness import Harness  # noqa: E402
-from evolve.types import FailureClass, TaskResult  # noqa: E402
+from evolve.types import FailureClass, TaskResult, Usage  # noqa: E402
 
 OPTIMIZER = FIXTURES / "loop" / "optimizer.yaml"
 
@@ -116,3 +116,40 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+class TaskFilesEvaluator(MarkerEvaluator):
+    """A ``MarkerEvaluator`` that also writes each evaluation's folder as ``evolve.evaluate.Evaluation``
+    does (``<out_dir>/<label>-<stamp>/``: results.jsonl, events.jsonl, tasks/<instance_id>/r<k>/ with
+    result.json, trajectory.json, trace.jsonl, test_output.txt), so ``evolve report`` has task files to
+    link. ``trajectory_text`` goes into every trajectory (a hostile harness's words, in the tests);
+    ``usd`` is each fresh task-run's solver cost."""
+
+    def __init__(self, out_dir: Path, marker: str = WIDE_MARKER, *, trajectory_text: str = "",
+                 usd: float = 0.001) -> None:
+        super().__init__(out_dir, marker)
+        self.trajectory_text, self.usd, self.n = trajectory_text, usd, 0
+
+    def evaluate(self, harness: Harness, instance_ids: list[str], repeat: int, label: str,
+                 split: str) -> EvalReport:
+        import json
+        import time
+
+        from evolve.store import append_jsonl, now_iso
+
+        report = super().evaluate(harness, instance_ids, repeat, label, split)
+        self.n += 1
+        run_dir = self.out_dir / f"{label}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{self.n:04x}"
+        for r in report.results:
+            r.usage.cost_usd = self.usd
+            tdir = run_dir / "tasks" / r.instance_id / f"r{r.repeat}"
+            tdir.mkdir(parents=True, exist_ok=True)
+            (tdir / "result.json").write_text(r.model_dump_json(indent=2))
+            (tdir / "trajectory.json").write_text(json.dumps({"instance_id": r.instance_id, "messages": [
+                {"role": "assistant", "content": f"working on {r.instance_id} {self.trajectory_text}"}]}))
+            (tdir / "trace.jsonl").write_text(json.dumps({"ts": now_iso(), "call": 1, "cost_usd": self.usd}) + "\n")
+            (tdir / "test_output.txt").write_text(f"{'PASSED' if r.resolved else 'FAILED'} tests of {r.instance_id}\n")
+            append_jsonl(run_dir / "results.jsonl", {**r.model_dump(mode="json"), "cached": False})
+        append_jsonl(run_dir / "events.jsonl", {"ts": now_iso(), "event": "end"})
+        report.fresh_usage = Usage(calls=len(report.results), cost_usd=self.usd * len(report.results))
+        return report

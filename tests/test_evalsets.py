@@ -475,21 +475,15 @@ def test_missing_path_is_not_looked_up_as_name(tmp_path: Path) -> None:
 
 
 def test_evalset_dirs_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import evolve
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EVOLVE_HOME", str(tmp_path / "home"))
-    assert evalset_dirs() == [
-        tmp_path / "evals",
-        tmp_path / "home" / "evals",
-        Path(evolve.__file__).resolve().parent.parent / "evals",
-    ]
+    assert evalset_dirs() == [tmp_path / "evals", tmp_path / "home" / "evals"]
     monkeypatch.delenv("EVOLVE_HOME")
     assert evalset_dirs()[1] == Path.home() / ".local" / "share" / "evolve" / "evals"
-    # Run from inside the evolve checkout, ./evals is the checkout's: listed once.
-    monkeypatch.chdir(Path(evolve.__file__).resolve().parent.parent)
+    # EVOLVE_HOME's evals seen from inside it: listed once.
+    monkeypatch.setenv("EVOLVE_HOME", str(tmp_path))
     dirs = evalset_dirs()
-    assert len(dirs) == len({d.resolve() for d in dirs}) == 2
+    assert dirs == [tmp_path / "evals"]
 
 
 def test_name_found_via_cwd_evals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -334,7 +334,7 @@ def test_concurrent_calls_never_exceed_the_call_limit(make_gateway, scripted):
     (b"\xff\xfe\x00garbage", "not valid JSON"),
     (json.dumps({"model": "m"}).encode(), "'messages' is required"),
     (json.dumps({"messages": []}).encode(), "'messages' is required"),
-    (json.dumps(chat(stream=True)).encode(), "streaming"),
+    (json.dumps(chat(stream="yes")).encode(), "'stream' must be true or false"),
 ])
 def test_bad_requests_are_400_counted_and_traced(make_gateway, scripted, body: bytes, needle: str):
     gw = make_gateway(scripted)
@@ -471,7 +471,7 @@ def post_head(length: int, *extra: str) -> bytes:
 
 def test_every_request_counts_valid_or_not(make_gateway, scripted):
     gw = make_gateway(scripted, Limits(max_calls=7, max_request_bytes=4096))
-    answers = [call(gw, b"{not json")[0], call(gw, {"model": "m"})[0], call(gw, chat(stream=True))[0],
+    answers = [call(gw, b"{not json")[0], call(gw, {"model": "m"})[0], call(gw, chat(stream="yes"))[0],
                call(gw, json.dumps(chat("x" * 5000)).encode())[0], call(gw, {"x": 1}, "/v1/embeddings")[0],
                call(gw, None, "/health", "DELETE")[0],
                answer_of(raw_exchange(gw, b"NOT AN HTTP REQUEST LINE AT ALL\r\n\r\n"))[0]]

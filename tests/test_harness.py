@@ -195,7 +195,14 @@ def test_not_a_git_repo(tmp_path: Path, workdir: Path) -> None:
 @pytest.mark.parametrize(("spec", "message"), [
     ("name: demo\n", r"harness\.yaml: field 'entrypoint' is required"),
     ("entrypoint: x\n", r"harness\.yaml: field 'name' is required"),
-    (SPEC + "image: foo\n", r"harness\.yaml: unknown field 'image' \(allowed: name, entrypoint, description\)"),
+    (SPEC + "docker: foo\n", r"harness\.yaml: unknown field 'docker' \(allowed: name, entrypoint, description, "
+                             r"requirements, requirements_file, image\)"),
+    (SPEC + "requirements: ['litellm>=1.75', 'not a req!']\n",
+     r"harness\.yaml: field 'requirements': requirements: 'not a req!' is not a valid requirement"),
+    (SPEC + "requirements: ['evil @ file:///tmp/evil']\n",
+     r"'evil @ file:///tmp/evil' points at a source \(file:///tmp/evil\) pip would have to build"),
+    (SPEC + "requirements_file: ../outside.txt\n", r"field 'requirements_file': '\.\./outside\.txt' must be a relative"),
+    (SPEC + "requirements_file: missing.txt\n", r"requirements_file 'missing\.txt' is not a file inside the harness"),
     ("name: demo\nentrypoint: ''\n", r"harness\.yaml: field 'entrypoint': "),
     ("name: [unclosed\n", r"harness\.yaml: not valid YAML"),
     ("- a list\n", r"harness\.yaml: must be a mapping"),
@@ -263,7 +270,7 @@ def test_minimal_config_and_prompts() -> None:
     instance = (MINIMAL / "prompts" / "instance.txt").read_text()
     assert "$problem_statement" in instance and "COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT" in instance
     # Every placeholder used by a prompt is one agent.py provides.
-    provided = {"command_timeout", "problem_statement", "repo", "repo_dir", "instance_id", "step_limit",
+    provided = {"command_timeout", "problem_statement", "test_cmd", "repo", "repo_dir", "instance_id", "step_limit",
                 "returncode", "output", "count", "command", "timeout"}
     for prompt in (MINIMAL / "prompts").iterdir():
         for match in string.Template.pattern.finditer(prompt.read_text()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -65,12 +66,22 @@ def test_three_generations_then_diff_rollback(project, docker_client):
     status_before = git(project, "status", "--porcelain")
     assert WIDE_MARKER not in (project / "harness/prompts/system.txt").read_text()
 
-    proc = subprocess.Popen([EVOLVE, "run"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen([EVOLVE, "run", "--log-every", "1"], cwd=project, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
     stdout, stderr = proc.communicate(timeout=900)
     run_pid = proc.pid
     assert proc.returncode == 0, stdout + stderr
     assert "held-out check" in stdout
+
+    # stdout is not a terminal: plain timestamped lines, each step's start and end, heartbeats, no control codes
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", stdout), repr(stdout[:2000])
+    log = [line for line in stdout.splitlines() if re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ run-\S+ ", line)]
+    for step in ("baseline", "analyze", "plan", "patch", "check", "evaluate", "decide", "holdout"):
+        assert any(f": {step} started" in line for line in log), step
+        assert any(f": {step} done in" in line for line in log), step
+    assert any(": evaluate still running after" in line and "g001-" in line for line in log), "\n".join(log)
+    assert any("evaluation g001-child-r0 started" in line for line in log)
+    assert any("generation 1: accepted (+100.0 pts)" in line for line in log)
 
     # The user's branch, HEAD and uncommitted work are untouched.
     assert git(project, "branch", "--show-current") == branch
@@ -81,6 +92,11 @@ def test_three_generations_then_diff_rollback(project, docker_client):
     status = json.loads(evolve("status", "--json", cwd=project).stdout)
     state, gens = status["state"], status["generations"]
     run = state["run_id"]
+    # the HTML report was refreshed by the run (after each generation and at its end)
+    report = json.loads((project / "runs" / run / "report" / "report.json").read_text())
+    assert [g["status"] for g in report["generations"]] == ["accepted", "rejected", "refused"]
+    assert report["run"]["holdout"]["best"] == 1.0 and report["heatmap"]["columns"] == ["base", "g001 accepted"]
+    assert any((project / "runs" / run / "report" / "tasks" / "g001").glob("*.html"))
     assert [g["status"] for g in gens] == ["accepted", "rejected", "refused"]
     g1, g2, g3 = gens
     assert g1["hypothesis"].startswith("PLAN-A") and g1["delta"] == pytest.approx(1.0)

@@ -20,7 +20,8 @@ import pytest
 from loop_support import make_project
 
 SUPPORT = Path(__file__).parent / "loop_support.py"
-VOLATILE = {"started", "finished", "seconds", "cost_usd", "parent", "candidate", "verdict_commit"}
+VOLATILE = {"started", "finished", "seconds", "cost_usd", "parent", "candidate", "verdict_commit", "best_before",
+            "commit", "at", "branch"}
 SHA_TRAILERS = {"Evolve-Parent", "Evolve-Run"}
 
 
@@ -41,6 +42,7 @@ def outcome(repo: Path, run: str) -> dict:
     run_dir = repo / "runs" / run
     gens = [json.loads(p.read_text()) for p in sorted((run_dir / "generations").glob("g*.json"))]
     lessons = [json.loads(line) for line in (run_dir / "lessons.jsonl").read_text().splitlines()]
+    nodes = [json.loads(line) for line in (run_dir / "archive.jsonl").read_text().splitlines()]
     state = json.loads((run_dir / "state.json").read_text())
     refs = git(repo, "for-each-ref", "--format=%(refname)", f"refs/heads/evolve/{run}/").splitlines()
     best = f"evolve/{run}/best"
@@ -52,6 +54,7 @@ def outcome(repo: Path, run: str) -> dict:
     return {
         "gens": [{k: v for k, v in g.items() if k not in VOLATILE} for g in gens],
         "lessons": lessons,
+        "archive": [{k: v for k, v in n.items() if k not in VOLATILE} for n in nodes],
         "refs": sorted(ref.rsplit("/", 1)[1] for ref in refs),
         "verdicts": verdicts,
         "best_harness_tree": git(repo, "rev-parse", f"{best}:harness"),
@@ -72,9 +75,9 @@ def reference(tmp_path_factory) -> dict:
 
 
 POINTS = ["start@1", "analyze@1", "plan@1", "patch@1", "check@1", "evaluate@1", "decide@1",
-          "verdict-committed@1", "best-moved@1", "record-final@1", "lesson-written@1", "event-written@1",
-          "state-saved@1", "verdict-committed@2", "record-final@2", "lesson-written@2", "patch@3",
-          "holdout"]
+          "verdict-committed@1", "best-moved@1", "record-final@1", "archive-written@1", "lesson-written@1",
+          "event-written@1", "state-saved@1", "verdict-committed@2", "record-final@2", "archive-written@2",
+          "lesson-written@2", "patch@3", "holdout"]
 """Step boundaries of generation 1 (accepted), its whole accept window, generation 2's (rejected)
 verdict window, generation 3 (refused), and the held-out check."""
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from evolve.errors import EvalSetError
 from evolve.evalsets.registry import evalset_dirs, list_evalsets, load_evalset
 
-__all__ = ["print_list", "print_show"]
+__all__ = ["print_import", "print_list", "print_show"]
 
 
 def _recipes() -> dict[str, Path]:
@@ -41,21 +41,25 @@ def print_list(console: Console) -> None:
     names = set()
     for info in infos:
         names.add(info.name)
-        name = info.name + (" [dim](shadowed)[/]" if info.shadowed_by else "")
+        name = Text(info.name)
+        if info.shadowed_by:
+            name.append(" (shadowed)", "dim")
         if info.counts is None:
-            table.add_row(name, "-", "-", "-", str(info.path), f"[red]does not load:[/] {escape(info.error or '')}")
+            table.add_row(name, "-", "-", "-", Text(str(info.path)),
+                          Text.assemble(("does not load:", "red"), " ", info.error or ""))
             continue
         counts = dict(info.counts)
         search, holdout = counts.pop("search", 0), counts.pop("holdout", 0)
         other = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or ""
-        table.add_row(name, str(search), str(holdout), other, str(info.path), escape(info.description or ""))
+        table.add_row(name, str(search), str(holdout), Text(other), Text(str(info.path)),
+                      Text(info.description or ""))
     for name, path in sorted(_recipes().items()):
         if name not in names:
-            table.add_row(f"{name} [dim](recipe)[/]", "-", "-", "", str(path),
-                          f"not built yet: [bold]evolve evals build {name}[/]")
+            table.add_row(Text.assemble(name, (" (recipe)", "dim")), "-", "-", "", Text(str(path)),
+                          Text.assemble("not built yet: ", (f"evolve evals build {name}", "bold")))
     if not table.rows:
-        console.print("no eval sets found in " + ", ".join(str(d) for d in evalset_dirs())
-                      + ". Make one with `evolve evals build default` or `evolve evals synth --repo PATH`.")
+        console.print(Text("no eval sets found in " + ", ".join(str(d) for d in evalset_dirs())
+                           + ". Make one with `evolve evals build default` or `evolve evals synth --repo PATH`."))
         return
     console.print(table)
 
@@ -72,7 +76,7 @@ def print_show(console: Console, name: str, instance_id: str | None = None, *, s
     if split:
         es.tasks(split)  # raises for an unknown split
     if instance_id is None:
-        table = Table(title=f"{es.name} ({es.root})", title_justify="left")
+        table = Table(title=Text(f"{es.name} ({es.root})"), title_justify="left")
         for col in ("instance_id", "split", "F2P", "P2P", "kind", "problem statement"):
             table.add_column(col, overflow="fold")
         for s in splits:
@@ -80,8 +84,8 @@ def print_show(console: Console, name: str, instance_id: str | None = None, *, s
                 synth = (task.model_extra or {}).get("synth") or {}
                 kind = synth.get("operator") or synth.get("kind") or ""
                 first = task.problem_statement.strip().split("\n", 1)[0][:100]
-                table.add_row(task.instance_id, s, str(len(task.FAIL_TO_PASS)), str(len(task.PASS_TO_PASS)), kind,
-                              escape(first))
+                table.add_row(Text(task.instance_id), Text(s), str(len(task.FAIL_TO_PASS)),
+                              str(len(task.PASS_TO_PASS)), Text(str(kind)), Text(first))
         console.print(table)
         return
     for s in splits:
@@ -95,21 +99,33 @@ def print_show(console: Console, name: str, instance_id: str | None = None, *, s
 
 
 def _print_task(console: Console, task, split: str, *, patch: bool, max_tests: int) -> None:
-    console.print(f"[bold]{task.instance_id}[/]  split [bold]{split}[/]  repo {escape(task.repo)}  "
-                  f"base {task.base_commit[:12]}")
+    console.print(Text.assemble((task.instance_id, "bold"), "  split ", (split, "bold"),
+                                f"  repo {task.repo}  base {task.base_commit[:12]}"))
     if task.test_cmd:
-        console.print(f"test command: {escape(task.test_cmd)}")
+        console.print(Text(f"test command: {task.test_cmd}"))
     console.rule("problem statement")
-    console.print(escape(task.problem_statement.rstrip()), soft_wrap=True)
+    console.print(Text(task.problem_statement.rstrip()), soft_wrap=True)
     for label, tests in (("FAIL_TO_PASS", task.FAIL_TO_PASS), ("PASS_TO_PASS", task.PASS_TO_PASS)):
         console.rule(f"{label} ({len(tests)})")
         for t in tests[:max_tests]:
-            console.print(escape(t), soft_wrap=True)
+            console.print(Text(t), soft_wrap=True)
         if len(tests) > max_tests:
-            console.print(f"[dim]... and {len(tests) - max_tests} more[/]")
+            console.print(Text(f"... and {len(tests) - max_tests} more", "dim"))
     if patch:
         console.rule("reference patch")
-        console.print(escape(task.patch.rstrip()), soft_wrap=True, highlight=False)
+        console.print(Text(task.patch.rstrip()), soft_wrap=True)
         if task.test_patch.strip():
             console.rule("test patch")
-            console.print(escape(task.test_patch.rstrip()), soft_wrap=True, highlight=False)
+            console.print(Text(task.test_patch.rstrip()), soft_wrap=True)
+
+
+def print_import(console: Console, imported) -> None:
+    """What ``evolve evals import`` made (an ``evolve.evalsets.swebench.Imported``): splits, dropped rows
+    with their reasons, and the images the tasks need."""
+    c = imported.counts
+    console.print(Text(f"search {c.get('search', 0)}, holdout {c.get('holdout', 0)} tasks -> {imported.path}"))
+    for key, why in imported.dropped.items():
+        console.print(Text.assemble(("dropped ", "yellow"), f"{key}: {why}"))
+    console.print(Text(f"{len(imported.images)} instance image(s) needed, checked before any agent runs; "
+                       f"e.g. {imported.images[0]}" if imported.images else "no instance image named"))
+    console.print(Text(f"evaluate with: evolve eval --evals {imported.path.name}"))

@@ -1,7 +1,9 @@
-"""The per-task model gateway: OpenAI chat completions on a unix socket.
+"""The per-task model gateway: OpenAI chat completions (and Anthropic Messages) on a unix socket.
 
 A harness runs in a container without network. Its only way out is the
-gateway's unix socket, bind-mounted read-only into the container. The gateway runs on the
+gateway's unix socket, bind-mounted read-only into the container (and, the same
+socket, ``http://127.0.0.1:<port>`` through the sandbox's loopback bridge,
+``evolve/sandbox/scripts/bridge.py``, started by ``evolve.runner``). The gateway runs on the
 host, forwards each call through a ``ModelBackend`` (which holds the API keys;
 nothing secret is ever sent to the container), enforces the task's limits and
 appends every request to a JSONL trace: the record of model calls, independent
@@ -34,15 +36,30 @@ A harness cannot flood it. Per task (``evolve.config.Limits``):
 
 HTTP API (all bodies JSON):
 
+Keys: a gateway made with a ``token`` (the runner's per-task key, ``OPENAI_API_KEY`` in the
+sandbox) answers a request carrying any other key (``Authorization: Bearer``, ``x-api-key``) 401
+``invalid_api_key``, counted like any request (even on the free GETs); the key is never traced. A
+request with no key is served: the socket is the task's boundary.
+
 ``POST /v1/chat/completions`` (also ``/chat/completions``)
-    An OpenAI chat request; ``messages`` is required, ``stream: true`` is
-    refused, ``model`` is ignored (the gateway's backend decides). 200 returns
-    the OpenAI ``chat.completion`` plus a key ``"evolve"``:
-    ``{"cost_usd", "total_cost_usd", "calls", "remaining_calls"}`` (USD;
-    requests counted toward ``max_calls`` so far, and left).
+    An OpenAI chat request; ``messages`` is required, ``model`` is ignored (the
+    gateway's backend decides). 200 returns the OpenAI ``chat.completion`` plus a
+    key ``"evolve"``: ``{"cost_usd", "total_cost_usd", "calls", "remaining_calls"}``
+    (USD; requests counted toward ``max_calls`` so far, and left). With
+    ``"stream": true`` the same call is made, and its answer is sent as
+    server-sent events (``evolve.gateway.sse``; usage in a last chunk with
+    ``stream_options.include_usage``, ``"evolve"`` in the last chunk): the
+    whole answer at once, once the model call has ended.
+``POST /v1/messages`` (also ``/messages``)
+    An Anthropic Messages request, translated to a chat request by litellm and
+    answered as an Anthropic ``message`` (plus ``"evolve"``), or its events with
+    ``"stream": true`` (``evolve.gateway.messages``). Counted, limited and traced
+    like a chat request.
     Errors are ``{"error": {"type", "message", "code"}}`` with status
-     400 ``invalid_request`` (bad JSON, no messages, streaming, a malformed request line, headers
-         or body framing, rejected by the provider),
+     400 ``invalid_request`` (bad JSON, no messages, ``stream`` not a boolean, a Messages request
+         litellm cannot translate, a malformed request line, headers or body framing, rejected
+         by the provider),
+     401 ``invalid_api_key`` (a key that is not the task's token),
      400 ``context_window_exceeded`` (code ``context_length_exceeded``),
      403 ``limit_exceeded`` (a task limit is used up; not 429, which clients retry),
      414, 431 ``invalid_request`` (a request line over 64 KiB, a header block over
@@ -58,7 +75,8 @@ HTTP API (all bodies JSON):
 ``GET /v1/models`` (also ``/models``)
     ``{"object": "list", "data": [{"id": <backend model>, "object": "model"}]}``.
 ``GET /health``
-    ``{"ok": true}``.
+    ``{"ok": true}``. With the header ``X-Evolve-Bridge`` it also marks the loopback bridge as up
+    (``Gateway.bridge_ready``).
 Anything else
     404 ``not_found`` (no such path) or 405 ``method_not_allowed`` (a known path, another
     method); counted like any request.
@@ -69,6 +87,10 @@ Trace lines (JSON, one per line). A counted request while the trace is under its
      "model": backend model, "request": the JSON body, "response": the JSON returned on
      success or null, "error": {"type", "message"} or null,
      "usage": {"prompt_tokens", "completion_tokens"}, "cost_usd": USD}
+
+For a streamed call ``request`` keeps ``"stream": true`` and ``response`` is the whole completion.
+A Messages call's line has ``"api": "messages"``; its ``request`` and ``response`` are the chat request
+and completion the model saw and gave (as litellm translated them, with the request's ``stream``).
 
 An invalid request's line has the same keys plus ``request_bytes``, and its
 ``request`` is only an excerpt of the raw body (its first ``EXCERPT_BYTES`` bytes, decoded with replacement; for a
@@ -90,8 +112,8 @@ lines are written in completion order.
 
 Modules, one job each: ``server`` (the socket, the connection cap, ``UnixHTTPConnection``),
 ``connection`` (reading a request within its caps, routing), ``limits`` (counting and the limit rule),
-``handler`` (answering: the backend, error mapping), ``trace`` (the trace writer), ``wire`` (JSON and
-error bodies).
+``handler`` (answering: the backend, error mapping, keys), ``sse`` (streamed chat answers), ``messages``
+(the Anthropic Messages API through litellm), ``trace`` (the trace writer), ``wire`` (JSON and error bodies).
 """
 
 from __future__ import annotations
@@ -136,16 +158,20 @@ class Gateway:
             A call in flight can overshoot the token and USD limits; the request limit is exact.
             Every backend knows its price (``evolve.models.model_price``), so the USD limit always
             counts; a model priced at 0 (a local server) never reaches it.
+        token: the task's API key (``OPENAI_API_KEY`` in the sandbox). A request carrying any other
+            key (``Authorization: Bearer``, ``x-api-key``) gets 401 ``invalid_api_key``; one carrying
+            none is served (the socket itself is the task's boundary). None: keys are not checked.
     """
 
-    def __init__(self, socket_path: Path, trace_path: Path, backend: ModelBackend, limits: Limits) -> None:
+    def __init__(self, socket_path: Path, trace_path: Path, backend: ModelBackend, limits: Limits,
+                 token: str | None = None) -> None:
         self.socket_path = Path(socket_path)
         self.trace_path = Path(trace_path)
         self.backend = backend
         self.limits = limits
         self._ledger = Ledger(limits)
         self._trace = TraceWriter(self.trace_path, limits.max_trace_bytes, on_failure=self._ledger.infra)
-        self._calls = CallHandler(backend, self._ledger, self._trace)
+        self._calls = CallHandler(backend, self._ledger, self._trace, token)
         self._server: UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._socket_ino: int | None = None
@@ -255,3 +281,9 @@ class Gateway:
     @property
     def closed(self) -> bool:
         return self._ledger.closed
+
+    @property
+    def bridge_ready(self) -> bool:
+        """Whether the sandbox's loopback bridge reached the socket (``GET /health`` with the
+        ``X-Evolve-Bridge`` header, sent once it listens, before the harness starts)."""
+        return self._calls.bridge_ready

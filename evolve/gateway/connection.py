@@ -2,8 +2,11 @@
 
 - The request line is at most 64 KiB (414), the header block at most ``MAX_HEADER_BYTES`` (431); either
   malformed is answered 400 (all counted), and the connection closed.
-- ``GET /health`` and ``GET /v1/models`` without a body are free; every other request is numbered and
-  counted (``Ledger.admit``) before its body is read. A refused one's body is only thrown away (at most
+- ``GET /health`` and ``GET /v1/models`` without a body (and without a wrong API key) are free; every
+  other request is numbered and counted (``Ledger.admit``) before its body is read. A request whose
+  ``Authorization: Bearer`` or ``x-api-key`` is not the task's token (``CallHandler.key_ok``) gets 401.
+- ``POST /v1/chat/completions`` and ``POST /v1/messages`` go to ``CallHandler.chat``; the answer's
+  ``Content-Type`` is JSON or, for ``"stream": true``, ``text/event-stream``. A refused one's body is only thrown away (at most
   ``DISCARD_MAX_BYTES`` within ``DISCARD_S`` seconds; nothing from a client waiting for ``100 Continue``).
 - A chat body is held whole only within ``limits.max_request_bytes``: a Content-Length over it gets 413
   unread, a chunked body is read only up to it (then thrown away as above).
@@ -40,7 +43,10 @@ make the gateway hold megabytes either."""
 _QUOTE_CHARS = 200  # characters of a request's path or method quoted in an error message
 _PIECE = 64 * 1024  # bytes read at a time from a request body
 _CHAT_ROUTES = ("/v1/chat/completions", "/chat/completions")
+_MESSAGES_ROUTES = ("/v1/messages", "/messages")
 _FREE_ROUTES = ("/health", "/v1/models", "/models")
+BRIDGE_HEADER = "X-Evolve-Bridge"
+"""Sent by the loopback bridge with its ``GET /health`` once it listens (``evolve.gateway.bridge_ready``)."""
 
 
 class _Malformed(Exception):
@@ -274,12 +280,24 @@ class ConnectionHandler(http.server.BaseHTTPRequestHandler):
 
     # -- answering ---------------------------------------------------------------------
 
+    def _keys(self) -> list[str]:
+        """The API keys the request carries (``Authorization: Bearer``, ``x-api-key``)."""
+        keys = []
+        for value in self.headers.get_all("Authorization") or []:
+            scheme, _, key = value.strip().partition(" ")
+            keys.append(key.strip() if scheme.lower() == "bearer" else value.strip())
+        keys.extend(v.strip() for v in self.headers.get_all("x-api-key") or [])
+        return keys
+
     def _dispatch(self) -> None:
         calls = self.server.calls
         route = self._route()
         kind, length = self._framing()
         bodiless = kind == "length" and length == 0
-        if self.command == "GET" and route in _FREE_ROUTES and bodiless:
+        key_ok = calls.key_ok(self._keys())
+        if self.command == "GET" and route in _FREE_ROUTES and bodiless and key_ok:
+            if route == "/health" and self.headers.get(BRIDGE_HEADER):
+                calls.bridge_ready = True
             self._send(200, json_bytes({"ok": True} if route == "/health" else calls.models_payload()))
             return
         seq, refusal = calls.ledger.admit()
@@ -289,23 +307,30 @@ class ConnectionHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
             self._send(*calls.refuse(seq, self._start, refusal, nbytes))
             return
-        if self.command == "POST" and route in _CHAT_ROUTES:
-            self._chat(seq)
+        if not key_ok:
+            excerpt, nbytes = self._discard_body()
+            error = HTTPError(401, "invalid_api_key",
+                              "the API key is not this task's: use the key evolve set in OPENAI_API_KEY and "
+                              "ANTHROPIC_API_KEY inside the sandbox (the endpoint takes no other key)")
+            self._send(*calls.reject(seq, self._start, error, excerpt, nbytes))
+            return
+        if self.command == "POST" and route in _CHAT_ROUTES + _MESSAGES_ROUTES:
+            self._chat(seq, "messages" if route in _MESSAGES_ROUTES else "chat")
             return
         excerpt, nbytes = self._discard_body()
         where = cut(f"{self.command} {self.path}", _QUOTE_CHARS)
-        if route in _CHAT_ROUTES or route in _FREE_ROUTES:
+        if route in _CHAT_ROUTES or route in _MESSAGES_ROUTES or route in _FREE_ROUTES:
             if self.command == "GET" and route in _FREE_ROUTES:
                 error = HTTPError(400, "invalid_request", f"{route} takes no request body")
             else:
                 error = HTTPError(405, "method_not_allowed",
-                                  f"{where}: wrong method; use POST for chat completions, GET for /v1/models "
+                                  f"{where}: wrong method; use POST for chat completions and messages, GET for /v1/models "
                                   "and /health")
         else:
             error = HTTPError(404, "not_found", f"no route for {where}; use POST /v1/chat/completions")
         self._send(*calls.reject(seq, self._start, error, excerpt, nbytes))
 
-    def _chat(self, seq: int) -> None:
+    def _chat(self, seq: int, api: str) -> None:
         calls = self.server.calls
         try:
             raw = self._read_body(calls.limits.max_request_bytes)
@@ -318,15 +343,15 @@ class ConnectionHandler(http.server.BaseHTTPRequestHandler):
                 excerpt, _ = self._discard_body()
             self._send(*calls.reject(seq, self._start, e.error, excerpt, nbytes))
             return
-        status, data = calls.chat(seq, self._start, raw)
+        status, data, content_type = calls.chat(seq, self._start, raw, api)
         if status == 503:
             self.close_connection = True
-        self._send(status, data)
+        self._send(status, data, content_type)
 
-    def _send(self, status: int, data: bytes) -> None:
+    def _send(self, status: int, data: bytes, content_type: str = "application/json") -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
                 self.send_header("Connection", "close")

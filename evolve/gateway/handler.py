@@ -1,8 +1,10 @@
 """Answering requests: each becomes ``(HTTP status, JSON bytes)``, counted in the ledger and traced.
 
-- ``chat``: a counted chat request's whole body, validated (a JSON object, non-empty ``messages``, no
-  ``stream``) and forwarded to the backend: 200 with the completion plus ``"evolve"`` totals (USD,
-  requests), or an error answer. Backend errors map to 400 ``context_window_exceeded``
+- ``key_ok``: whether a request's API keys may pass (the task's token, or none at all).
+- ``chat``: a counted chat (or Anthropic Messages, translated) request's whole body, validated (a JSON
+  object, non-empty ``messages``, ``stream`` a boolean) and forwarded to the backend without ``stream``:
+  200 with the completion plus ``"evolve"`` totals (USD, requests), as JSON or as server-sent events
+  (``stream: true``), or an error answer. Backend errors map to 400 ``context_window_exceeded``
   (ContextWindowError), 400 ``invalid_request`` (RequestError), 502 ``upstream_error`` (UpstreamError;
   infra), 502 ``model_error`` (ModelError; fatal), 500 ``gateway_error`` (anything else; infra).
 - ``reject``: a counted request that is invalid (body, framing, route, method); its full trace line keeps
@@ -13,11 +15,13 @@ Nothing here raises for a bad request or a failing backend.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from typing import Any
 
 from evolve.errors import ContextWindowError, ModelError, RequestError, UpstreamError
+from evolve.gateway import messages, sse
 from evolve.gateway.limits import Ledger
 from evolve.gateway.trace import EXCERPT_BYTES, TraceWriter, summary_record, trace_record
 from evolve.gateway.wire import HTTPError, error_body, json_bytes
@@ -25,13 +29,19 @@ from evolve.models import ModelBackend
 
 log = logging.getLogger(__name__)
 
+JSON = "application/json"
+SSE = "text/event-stream"
+
 
 class CallHandler:
     """Turns requests into answers for one task: ``backend`` answers, ``ledger`` counts, ``trace`` records."""
 
-    def __init__(self, backend: ModelBackend, ledger: Ledger, trace: TraceWriter) -> None:
+    def __init__(self, backend: ModelBackend, ledger: Ledger, trace: TraceWriter, token: str | None = None) -> None:
         self.backend, self.ledger, self.trace = backend, ledger, trace
         self.limits = ledger.limits
+        self.token = token
+        self.bridge_ready = False
+        """Whether the loopback bridge announced itself (``GET /health`` with ``X-Evolve-Bridge``)."""
 
     def models_payload(self) -> dict:
         return {"object": "list", "data": [{"id": self.backend.model, "object": "model",
@@ -60,22 +70,46 @@ class CallHandler:
                           full)
         return error.status, data
 
-    def chat(self, seq: int, start: float, raw: bytes) -> tuple[int, bytes]:
-        """Answer one counted chat request whose whole body is ``raw``: (HTTP status, JSON body)."""
+    def key_ok(self, keys: list[str]) -> bool:
+        """Whether a request carrying the API keys ``keys`` (from ``Authorization: Bearer`` and
+        ``x-api-key``) may go on: without a task token, or without any key, yes; else every key must be
+        the task's token."""
+        if self.token is None:
+            return True
+        return all(hmac.compare_digest(k.encode(), self.token.encode()) for k in keys)
+
+    def chat(self, seq: int, start: float, raw: bytes, api: str = "chat") -> tuple[int, bytes, str]:
+        """Answer one counted request whose whole body is ``raw``: (HTTP status, body, content type).
+
+        ``api`` is ``"chat"`` (OpenAI chat completions) or ``"messages"`` (Anthropic Messages,
+        translated to a chat request and back, ``evolve.gateway.messages``). ``"stream": true`` gets
+        the same call, answered as server-sent events (``evolve.gateway.sse``)."""
         try:
-            body = _validate(_decode(raw))
+            body = _decode(raw)
+            if api == "messages":
+                if not isinstance(body, dict):
+                    raise HTTPError(400, "invalid_request", "the request body must be a JSON object")
+                _stream_flag(body)
+                request, tool_names = messages.to_chat(body, self.backend.model)
+            else:
+                request, tool_names = _validate(body), {}
+            stream = _stream_flag(body)
         except HTTPError as e:
-            return self.reject(seq, start, e, raw, len(raw))
+            status, data = self.reject(seq, start, e, raw, len(raw))
+            return status, data, JSON
+        forwarded = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
         pt = ct = 0
         cost = 0.0
+        answer: bytes | None = None
         try:
             self.ledger.begin_call()
             try:
-                completion = self._forward(body)
+                completion = self._forward(forwarded)
                 pt, ct, cost = completion.prompt_tokens, completion.completion_tokens, completion.cost_usd
                 totals = self.ledger.charge(pt, ct, cost)
                 payload = dict(completion.response)
                 payload["evolve"] = totals
+                answer = self._render(api, stream, body, completion.response, tool_names, totals)
             finally:
                 self.ledger.end_call()
             status, error = 200, None
@@ -87,17 +121,37 @@ class CallHandler:
                 e = HTTPError(500, "gateway_error", f"internal gateway error: {text}")
             self.ledger.count_error()
             status, payload, error = e.status, error_body(e.kind, e.message), {"type": e.kind, "message": e.message}
-        data = json_bytes(payload)
+            answer = None
+        data = answer if answer is not None else json_bytes(payload)
         model = self.backend.model
-        self.trace.record(summary_record(call=seq, start=start, status=status, model=model,
-                                         request_bytes=len(raw), response_bytes=len(data), error=error,
-                                         prompt_tokens=pt, completion_tokens=ct, cost_usd=cost),
-                          lambda: trace_record(call=seq, start=start, status=status, model=model,
-                                               request=body, response=payload if status == 200 else None,
-                                               error=error, prompt_tokens=pt, completion_tokens=ct,
-                                               cost_usd=cost),
-                          size_hint=len(raw) + len(data))
-        return status, data
+        extra = {} if api == "chat" else {"api": api}
+
+        def full() -> dict:
+            return {**trace_record(call=seq, start=start, status=status, model=model,
+                                   request=request if api == "chat" else {**request, "stream": stream},
+                                   response=payload if status == 200 else None, error=error, prompt_tokens=pt,
+                                   completion_tokens=ct, cost_usd=cost), **extra}
+
+        self.trace.record({**summary_record(call=seq, start=start, status=status, model=model,
+                                            request_bytes=len(raw), response_bytes=len(data), error=error,
+                                            prompt_tokens=pt, completion_tokens=ct, cost_usd=cost), **extra},
+                          full, size_hint=len(raw) + len(data))
+        return status, data, (SSE if stream and status == 200 else JSON)
+
+    @staticmethod
+    def _render(api: str, stream: bool, body: dict, response: dict, tool_names: dict[str, str],
+                totals: dict) -> bytes:
+        """The answer's bytes for a successful call, in the shape the request asked for."""
+        if api == "messages":
+            message = messages.to_message(response, tool_names)
+            if stream:
+                return messages.message_events(message, {"evolve": totals})
+            return json_bytes({**message, "evolve": totals})
+        if stream:
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+            return sse.chat_events(response, include_usage, {"evolve": totals})
+        return json_bytes({**response, "evolve": totals})
 
     def _forward(self, body: dict) -> Any:
         """Call the backend, turning its errors into HTTP answers and recording them."""
@@ -137,7 +191,13 @@ def _validate(body: Any) -> dict:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise HTTPError(400, "invalid_request", "'messages' is required: a non-empty list of chat messages")
-    if body.get("stream"):
-        raise HTTPError(400, "invalid_request",
-                        "streaming is not supported by the evolve gateway: send 'stream': false")
+    _stream_flag(body)
     return body
+
+
+def _stream_flag(body: dict) -> bool:
+    """The request's ``stream``: absent, null, true or false. Raises HTTPError 400 for anything else."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise HTTPError(400, "invalid_request", f"'stream' must be true or false, not {json.dumps(stream)[:40]}")
+    return bool(stream)

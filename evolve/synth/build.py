@@ -217,8 +217,10 @@ def _test_cmd(spec: ProjectSpec, recipe: Recipe, root: Path) -> str:
 
 def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None, per_project: int | None = None,
           projects: list[str] | None = None, workers: int = 2, progress: SynthProgress | None = None,
-          env: SynthEnv | None = None, cache: Path | None = None) -> dict:
+          env: SynthEnv | None = None, cache: Path | None = None, executor: str = "local",
+          ray_address: str = "auto") -> dict:
     """Build the eval set of a recipe; returns the metadata written to its ``synth.json``.
+    ``executor``/``ray_address``: where the grader's check of each task runs (``synthesize.verify``).
 
     Raises:
         RecipeError: no such recipe, bad recipe, unknown project names.
@@ -258,7 +260,8 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
                 ThreadPoolExecutor(max_workers=workers, thread_name_prefix="evolve-verify") as pool:
             # The grader's check of a project's tasks runs while the next project's mutants are
             # validated: Docker's start/stop latency of the grading containers overlaps with tests.
-            verifier = Verifier(writer.root, env, SynthOptions(workers=workers))
+            verifier = Verifier(writer.root, env, SynthOptions(workers=workers, executor=executor,
+                                                                 ray_address=ray_address))
             checks: list[tuple[Task, Future]] = []
             meta_projects: dict[str, dict] = {}
             verify_started = None

@@ -76,7 +76,14 @@ class SynthOptions:
     holdout_fraction: float = 0.3
     max_commits: int = 300
     """History: commits examined, newest first along the first-parent chain."""
+    first_parent: bool = True
+    """History: only the main line's commits (a merge stands for its branch, diffed against its first
+    parent); False examines every non-merge commit, branch commits included."""
     limits: SandboxLimits = field(default_factory=SandboxLimits)
+    executor: str = "local"
+    """Where ``verify``'s validation jobs run: ``local`` or ``ray`` (``evolve.executors``)."""
+    ray_address: str = "auto"
+    """The Ray cluster's address for ``executor="ray"``."""
 
     def kind_cap(self) -> int:
         """Tasks of one mutation operator per project at most: ``max_kind_share * max_tasks``, at least 1."""

@@ -191,13 +191,20 @@ _TRAILER = re.compile(r"^(Signed-off-by|Co-authored-by|Reviewed-by|Acked-by|Chan
 
 def history_statement(message: str, tests: list[str], output: str, patch: str, *,
                       test_files: set[str] | None = None) -> str:
-    """A bug report for a task mined from a commit: its message, then the tests that should pass."""
+    """A bug report for a task mined from a commit: its message, then the tests that should pass.
+
+    ``tests`` must be tests the agent's checkout has and that fail there, and ``output`` their run on
+    that checkout (``evolve.synth.history``): ids and lines are the ones the agent sees. With no such
+    test, the statement is the message alone (the fix is checked by tests the agent does not have, as
+    in SWE-bench)."""
     test_files = test_files or {t.split("::", 1)[0] for t in tests}
     msg_lines = [l.rstrip() for l in message.strip().split("\n") if not _TRAILER.match(l.strip())]
     while msg_lines and not msg_lines[-1].strip():
         msg_lines.pop()
     subject = msg_lines[0].strip() if msg_lines else "Behaviour change needed"
     body = msg_lines[1:]
+    if not tests:
+        return scrub("\n".join([subject, *body]) + "\n", patch)
     lines = [subject, *body, "",
              f"{'These tests' if len(tests) > 1 else 'This test'} should pass once this is done, "
              f"but {'fail' if len(tests) > 1 else 'fails'} on the current code:", "", *_listing(tests)]

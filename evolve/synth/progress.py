@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichBars, SpinnerColumn, TextColumn,
                            TimeElapsedColumn)
 
@@ -16,6 +17,7 @@ _PHASES = {
     "download": "downloading sdists",
     "environment": "building the test environment (offline install)",
     "baseline": "running the original suite (twice)",
+    "head": "running the suite on HEAD",
     "mutants": "validating mutants",
     "commits": "validating commits",
     "grading": "checking tasks with the grader",
@@ -27,8 +29,9 @@ class RichProgress(SynthProgress):
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.bars = RichBars(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TextColumn("[green]{task.fields[kept]}"), TimeElapsedColumn(),
+        self.bars = RichBars(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                             MofNCompleteColumn(), TextColumn("{task.fields[kept]}", style="green", markup=False),
+                             TimeElapsedColumn(),
                              console=console, transient=False)
         self._lock = threading.Lock()
         self._task = None
@@ -53,7 +56,7 @@ class RichProgress(SynthProgress):
         with self._lock:
             self._finish_current()
             self._kept = 0
-            label = f"[bold]{project}[/] {_PHASES.get(name, name)}" if project else _PHASES.get(name, name)
+            label = f"{project}: {_PHASES.get(name, name)}" if project else _PHASES.get(name, name)
             kept = "" if name not in ("mutants", "commits") else "0 kept"
             self._task = self.bars.add_task(label, total=total, kept=kept)
             self._name = name
@@ -68,4 +71,4 @@ class RichProgress(SynthProgress):
             self.bars.update(self._task, advance=1, **fields)
 
     def note(self, message: str) -> None:
-        self.console.print(f"[yellow]note:[/] {message}")
+        self.console.print(Text.assemble(("note:", "yellow"), " ", str(message)))

@@ -26,10 +26,9 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from evolve import owner
-from evolve.config import EvalSettings
 from evolve.errors import InfraError
 from evolve.retry import retrying
 from evolve.synth.env import ProjectSource, SynthEnv, SynthError, SynthOptions, SynthProgress
@@ -38,7 +37,10 @@ from evolve.synth.output import EvalSetWriter, check_destination
 from evolve.synth.source import project_from_path
 from evolve.types import Task
 
-__all__ = ["VERIFY_ATTEMPTS", "Verifier", "synthesize", "verify"]
+if TYPE_CHECKING:
+    from evolve.executors import ValidationJob
+
+__all__ = ["VERIFY_ATTEMPTS", "Verifier", "synthesize", "validate_task", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -50,48 +52,61 @@ retried with ``evolve.retry``'s backoff, each retry logged."""
 # -- verification with the real grader ---------------------------------------------------------
 
 
-class Verifier:
-    """The real grader's check of one task at a time (thread-safe): ``check(task)`` is None when the
-    grader resolves the task with its reference patch and not with the empty patch (every
-    FAIL_TO_PASS failing), else why the task is dropped. Each grading gets a fresh container, as
-    in evaluation; containers are removed in the background (``close`` waits for them)."""
+def validate_task(client, job: "ValidationJob") -> str | None:
+    """One synthesis validation job: grade ``job.task`` with its reference patch, then (when that
+    resolves it) with the empty patch, each in a fresh sandbox of ``client``'s engine, each tried
+    ``VERIFY_ATTEMPTS`` times on infrastructure errors. Returns why the task is dropped, or None
+    when the real grader resolves it with the reference patch only and every FAIL_TO_PASS test
+    fails without it."""
+    from evolve.grading import grade
+    from evolve.sandbox.docker import Sandbox
 
-    def __init__(self, root: Path, env: SynthEnv, opts: SynthOptions) -> None:
-        self.root, self.env = root, env
-        self.settings = EvalSettings(model="evolve-synth", test_timeout_s=opts.suite_timeout_s, sandbox=env.limits)
+    task = job.task
 
-    def _graded(self, task: Task, repo_dir: Path | None, patch: str):
-        from evolve.grading import grade
-        from evolve.sandbox.docker import Sandbox
-
+    def graded(patch: str):
         for attempt in retrying(f"grading {task.instance_id} ({'reference' if patch else 'empty'} patch)",
                                 retry_on=InfraError, attempts=VERIFY_ATTEMPTS, logger=log):
             with attempt:
-                box = Sandbox(self.env.client, task.image or self.env.image, run_id=self.env.run_id,
-                              limits=self.env.limits)
-                try:
-                    box.start()
-                    return grade(box, task, repo_dir, patch, test_timeout_s=self.settings.test_timeout_s)
-                finally:
-                    box.close(background=True)
+                with Sandbox(client, job.image, run_id=job.run_id, limits=job.limits) as box:
+                    return grade(box, task, job.repo_dir, patch, test_timeout_s=job.test_timeout_s)
+
+    try:
+        ref = graded(task.patch)
+        if not ref.resolved:
+            bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
+            return f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
+        empty = graded("")
+    except InfraError as e:
+        return f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
+    passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
+    if empty.resolved or passing:
+        return f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
+    return None
+
+
+class Verifier:
+    """The real grader's check of one task at a time (thread-safe): ``check(task)`` is None when the
+    grader resolves the task with its reference patch and not with the empty patch (every
+    FAIL_TO_PASS failing), else why the task is dropped. Each check is one validation job
+    (``validate_task``) on ``opts.executor`` (``evolve.executors``: here, or a Ray cluster), in the
+    task's own image when it has one (a project's test environment, ``evolve.synth.testenv``)."""
+
+    def __init__(self, root: Path, env: SynthEnv, opts: SynthOptions) -> None:
+        from evolve.executors import make_executor
+
+        self.root, self.env, self.opts = root, env, opts
+        self.executor = make_executor(opts.executor, opts.ray_address)
 
     def check(self, task: Task, advance: Callable[[], None] = lambda: None) -> str | None:
+        from evolve.executors import ValidationJob
+
         repo_dir = (self.root / task.repo_path).resolve() if task.repo_path else None
-        try:
-            ref = self._graded(task, repo_dir, task.patch)
-            advance()
-            if not ref.resolved:
-                bad = [t for t, s in {**ref.FAIL_TO_PASS, **ref.PASS_TO_PASS}.items() if not s.passing]
-                advance()
-                return f"reference patch does not resolve ({ref.failure_class.value}: {bad[:3]}; {ref.notes[:5]})"
-            empty = self._graded(task, repo_dir, "")
-        except InfraError as e:
-            return f"grader infrastructure error after {VERIFY_ATTEMPTS} attempts: {e}"
+        reason = self.executor.validate(ValidationJob(task=task, repo_dir=repo_dir, image=task.image or self.env.image,
+                                                      run_id=self.env.run_id, limits=self.env.limits,
+                                                      test_timeout_s=self.opts.suite_timeout_s))
         advance()
-        passing = [t for t, s in empty.FAIL_TO_PASS.items() if s.passing]
-        if empty.resolved or passing:
-            return f"FAIL_TO_PASS tests pass without the fix: {passing[:3]}"
-        return None
+        advance()
+        return reason
 
     def close(self) -> None:
         """Wait for the background removal of the grading containers."""
@@ -103,7 +118,7 @@ class Verifier:
 def verify(tasks: list[Task], root: Path, env: SynthEnv, opts: SynthOptions, progress: SynthProgress,
            label: str = "") -> tuple[list[Task], dict[str, str]]:
     """The tasks the real grader resolves with their reference patch and not with the empty patch
-    (every FAIL_TO_PASS failing); and why each other task was dropped."""
+    (every FAIL_TO_PASS failing); and why each other task was dropped (``Verifier``)."""
     progress.phase(label, "grading", 2 * len(tasks))
     verifier = Verifier(root, env, opts)
     dropped: dict[str, str] = {}

@@ -191,7 +191,8 @@ def main():
         {"role": "system", "content": render("system.txt", command_timeout=CONFIG["command_timeout_s"])},
         {"role": "user", "content": render(
             "instance.txt", problem_statement=task["problem_statement"], repo=task.get("repo", ""),
-            repo_dir=REPO, instance_id=task.get("instance_id", ""), step_limit=CONFIG["step_limit"])},
+            repo_dir=REPO, instance_id=task.get("instance_id", ""), step_limit=CONFIG["step_limit"],
+            test_cmd=task.get("test_cmd") or "python3 -m pytest")},
     ]
     info = {"exit_status": None, "submitted": False, "steps": 0, "cost_usd": 0.0, "harness": NAME}
     traj = {"instance_id": task.get("instance_id"), "info": info, "messages": messages, "steps": []}

@@ -1,0 +1,160 @@
+"""The archive: every harness a run evaluated, one node per generation, append-only.
+
+    runs/<run>/archive.jsonl      one JSON object per line, one line per generation (0 = the base)
+
+A node is written once, when its generation is final (``evolve.recorder.Recorder.finish``,
+after the record and before the lesson); a resumed run that finds it already written writes
+nothing (the first line of a generation wins; a torn last line from a kill is cut off). Other
+tools (reports, dashboards) read it with ``load`` or as plain JSON lines. Schema of a line
+(``Node``)::
+
+    gen          int    generation; 0 is the run's base
+    commit       str?   the harness's commit: the verdict commit (same tree as the candidate), the
+                        candidate when no verdict was written, the base for gen 0; null when no
+                        candidate was made (a refused or failed patch)
+    parent       str?   commit of the harness it was made from (null for the base)
+    parent_gen   int?   that parent's generation (0 = base; null for the base)
+    branch       str?   where the commit lives: "evolve/<run>/gNNN" or "evolve/<run>/base"
+    status       str    "base" | "accepted" | "rejected" | "refused" | "failed"
+    stone        bool   a stepping stone: kept on its branch, may be a parent (``evolve.search.parents``)
+    rate         float? estimated resolve rate on the search split, in [0, 1]
+    delta        float? estimated gain over the harness it was compared with (0.05 = 5 points)
+    p_value      float? one-sided p of "better than the harness it was compared with"
+    p_worse      float? one-sided p of "worse than its parent" (decides ``stone``)
+    hypothesis   str    the plan's hypothesis
+    category     str    the analysis's failure category the plan aimed at ("" when none)
+    outcomes     {instance_id: {"repeats": [int], "parent": [bool], "child": [bool]}}
+                        the paired outcomes against its parent, every repeat (true = resolved)
+    task_runs    int    task evaluations its verdict asked for (parent and child)
+    cost_usd     float  optimizer plus fresh solver spend of its generation, USD
+    at           str    ISO time the node was written
+
+**Stepping stones** (as in DGM, which keeps every agent that compiles and still edits code, and
+found that a greedy-only search stalls): a candidate is kept when it compiled and was evaluated
+(accepted or rejected, no new tampering) and is not significantly worse than its parent: the
+one-sided sign-flip p of "worse" on the same paired outcomes, ``p_worse``, is at least
+``1 - confidence``. evolve is stricter than DGM (which keeps anything that compiles): a harness
+that measurably broke its parent's tasks is not worth building on. ``best`` never moves for a
+stone; it moves only on a paired win against the current best (``evolve.loop``).
+"""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from evolve import store
+from evolve.acceptance import TaskRecord, signflip_pvalue
+
+ARCHIVE_FILE = "archive.jsonl"
+
+
+class Node(BaseModel):
+    """One evaluated harness of the archive (a line of ``archive.jsonl``; see the module docstring)."""
+
+    gen: int
+    commit: str | None
+    parent: str | None = None
+    parent_gen: int | None = None
+    branch: str | None = None
+    status: Literal["base", "accepted", "pending", "rejected", "refused", "failed"]
+    stone: bool = False
+    rate: float | None = None
+    delta: float | None = None
+    p_value: float | None = None
+    p_worse: float | None = None
+    hypothesis: str = ""
+    category: str = ""
+    outcomes: dict[str, dict] = Field(default_factory=dict)
+    task_runs: int = 0
+    cost_usd: float = 0.0
+    at: str = Field(default_factory=store.now_iso)
+
+
+def path_of(run_dir: Path) -> Path:
+    return run_dir / ARCHIVE_FILE
+
+
+def load(run_dir: Path) -> list[Node]:
+    """The nodes of the run in ``run_dir``, by generation (the first line of each generation wins;
+    a torn last line is left out).
+
+    Raises:
+        RunFileError: a line other than the last is not a node (the file was edited by hand).
+    """
+    from evolve.runstate import RunFileError
+
+    path = path_of(run_dir)
+    if not path.exists():
+        return []
+    nodes: dict[int, Node] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            node = Node.model_validate_json(line)
+        except ValueError:  # pydantic's ValidationError is one
+            if i == len(lines) - 1:
+                break
+            raise RunFileError(f"{path}, line {i + 1}: not an archive node. Delete that line; `evolve run --resume` "
+                             "writes it again from the generation's record.") from None
+        nodes.setdefault(node.gen, node)
+    return [nodes[g] for g in sorted(nodes)]
+
+
+def append_once(run_dir: Path, node: Node) -> bool:
+    """Append ``node`` unless its generation already has one; True if appended."""
+    from evolve.runstate import _cut_torn_line
+
+    path = path_of(run_dir)
+    _cut_torn_line(path)
+    if any(n.gen == node.gen for n in load(run_dir)):
+        return False
+    store.append_jsonl(path, json.loads(node.model_dump_json()))
+    return True
+
+
+def p_worse(records: list[TaskRecord]) -> float:
+    """One-sided exact sign-flip p-value of "the child is worse than its parent" on the paired
+    records of a verdict (the mirror image of ``evolve.acceptance.decide``'s test); 1.0 without pairs."""
+    fracs = [r.diff_fraction() for r in records if r.n > 0]
+    return signflip_pvalue([-Fraction(num, den) for num, den in fracs])
+
+
+def is_stone(status: str, p_worse_value: float | None, alpha: float, tampering: bool) -> bool:
+    """Whether a final generation is kept as a stepping stone (module docstring): evaluated,
+    no new tampering, and ``p_worse >= alpha``. Accepted candidates always are."""
+    if status == "accepted":
+        return True
+    return status == "rejected" and not tampering and p_worse_value is not None and p_worse_value >= alpha
+
+
+def outcomes_of(records: list[TaskRecord]) -> dict[str, dict]:
+    """``{instance_id: {"repeats", "parent", "child"}}`` of a verdict's paired records."""
+    return {r.instance_id: {"repeats": list(r.repeats), "parent": list(r.parent), "child": list(r.child)}
+            for r in records if r.n > 0}
+
+
+def children(nodes: list[Node]) -> dict[int, int]:
+    """``{gen: number of nodes made from it}``, for every node (0 when none)."""
+    out = {n.gen: 0 for n in nodes}
+    for n in nodes:
+        if n.parent_gen is not None and n.parent_gen in out:
+            out[n.parent_gen] += 1
+    return out
+
+
+def accepted_path(nodes: list[Node], best_commit: str) -> set[int]:
+    """Generations on the path from the base to the node whose commit is ``best_commit``."""
+    by_commit = {n.commit: n for n in nodes if n.commit}
+    by_gen = {n.gen: n for n in nodes}
+    node, path = by_commit.get(best_commit), set()
+    while node is not None and node.gen not in path:
+        path.add(node.gen)
+        node = by_gen.get(node.parent_gen) if node.parent_gen is not None else None
+    return path

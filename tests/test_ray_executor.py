@@ -1,0 +1,205 @@
+"""`--executor ray` on a real Ray cluster on this machine: a head node and a worker node (``ray start``
+processes, tests/ray_cluster.py), each with one ``evolve_sandbox`` slot, sharing the Docker engine.
+
+Only the model's words are scripted (tests/fixtures/mini/solver.yaml). The evaluations run through
+the real CLI as separate processes, so this test process never imports Ray; the worker node is
+stopped by SIGKILL of all its processes while a task-run is on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SOLVER_SCRIPT
+from evolve.harness import template_dir
+
+pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
+from ray_cluster import RayCluster, _session_pids  # noqa: E402
+
+pytestmark = pytest.mark.docker
+EVOLVE = str(Path(sys.executable).parent / "evolve")
+SCRIPTED = f"scripted/{SOLVER_SCRIPT}"
+COMPARED = ("resolved", "failure_class", "FAIL_TO_PASS", "PASS_TO_PASS", "model_patch", "integrity_flags",
+            "harness_exit_code", "usage")
+
+
+@pytest.fixture(scope="module")
+def cluster(base_image):
+    c = RayCluster(head_slots=1)
+    try:
+        c.start()
+        c.worker = c.add_node(1)
+        yield c
+    finally:
+        c.close()
+
+
+def evolve_eval(evalset: Path, harness: Path, runs: Path, *extra: str, background: bool = False):
+    cmd = [EVOLVE, "eval", "--harness", str(harness), "--evals", str(evalset), "--split", "search",
+           "--model", SCRIPTED, "--workers", "2", "--repeats", "2", "--runs-dir", str(runs), *extra]
+    env = {**os.environ, "COLUMNS": "200"}
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def results(runs: Path) -> tuple[Path, dict[tuple[str, int], dict]]:
+    run_dir = next(p for p in runs.iterdir() if p.name.startswith("eval-"))
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return run_dir, {(r["instance_id"], r["repeat"]): r for r in rows}
+
+
+def run_containers(client, run_id: str) -> list:
+    return client.api.containers(all=True, filters={"label": f"evolve.run={run_id}"})
+
+
+def test_importing_evolve_does_not_import_ray():
+    code = ("import sys, evolve.cli, evolve.evaluate, evolve.loop, evolve.executors, evolve.executors.local;"
+            "assert 'ray' not in sys.modules, 'ray imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_executor_is_a_clear_error(mini_evalset, tmp_path):
+    proc = subprocess.run([EVOLVE, "eval", "--evals", str(mini_evalset), "--executor", "slurm", "--model", SCRIPTED,
+                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "unknown executor 'slurm'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_client, tmp_path):
+    harness = template_dir("minimal")
+    evolve_eval(mini_evalset, harness, tmp_path / "local")
+    proc = evolve_eval(mini_evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address)
+    assert "(ray)" in proc.stdout
+    local_dir, local = results(tmp_path / "local")
+    ray_dir, remote = results(tmp_path / "ray")
+    assert set(remote) == set(local) and len(remote) == 4
+    for key, row in remote.items():
+        assert {k: row[k] for k in COMPARED} == {k: local[key][k] for k in COMPARED}, key
+        assert local[key]["node"] is None
+    assert remote[("mini__calc-1", 0)]["resolved"] and not remote[("mini__calc-2", 0)]["resolved"]
+    # Two task-runs at once, one slot per node: both nodes took some; the node is recorded per result.
+    assert {r["node"] for r in remote.values()} == set(cluster.node_ids())
+    # The worker's gateway traced every model call, and the files came back into the same layout.
+    for (iid, k), row in remote.items():
+        files = sorted(p.name for p in (ray_dir / "tasks" / iid / f"r{k}").iterdir())
+        assert files == sorted(p.name for p in (local_dir / "tasks" / iid / f"r{k}").iterdir())
+        trace = (ray_dir / "tasks" / iid / f"r{k}" / "trace.jsonl").read_text().splitlines()
+        assert len(trace) == row["usage"]["calls"] > 0
+    meta = json.loads((ray_dir / "run.json").read_text())
+    assert meta["executor"] == "ray" and meta["status"] == "finished"
+    assert not run_containers(docker_client, ray_dir.name)
+
+
+def test_synth_validation_jobs_on_ray_keep_the_same_tasks(cluster, tmp_path):
+    from test_synth import make_project as make_lib
+
+    out = {}
+    for kind in ("local", "ray"):
+        extra = ["--executor", "ray", "--ray-address", cluster.address] if kind == "ray" else []
+        dest = tmp_path / kind / "tinylib"
+        proc = subprocess.run([EVOLVE, "evals", "synth", "--repo", str(make_lib(tmp_path / f"src-{kind}")),
+                               "--name", "tinylib", "--out", str(dest), "--max-tasks", "3", "--seed", "7", *extra],
+                              capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out[kind] = [(dest / f"{split}.jsonl").read_text() for split in ("search", "holdout")]
+    assert out["ray"] == out["local"] and "tinylib__mut-" in out["ray"][0] + out["ray"][1]
+
+
+def make_project(root: Path) -> Path:
+    """A user's repo made by `evolve init`, on the wide eval set, scripted models, two generations."""
+    import yaml
+
+    from conftest import FIXTURES, build_wide_evalset, write_wide_solver
+
+    evals = build_wide_evalset(root / "evals" / "wide")
+    solver = write_wide_solver(root / "solver.yaml")
+    repo = root / "proj"
+    subprocess.run([EVOLVE, "init", str(repo)], cwd=root, check=True, capture_output=True)
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    cfg["models"]["solver"]["model"] = f"scripted/{solver}"
+    cfg["models"]["optimizer"]["model"] = f"scripted/{FIXTURES / 'loop' / 'optimizer.yaml'}"
+    cfg["evals"].update(name=str(evals), workers=2, harness_timeout_s=120, test_timeout_s=120)
+    cfg["acceptance"]["rerun_discordant"] = 1
+    cfg["budget"]["generations"] = 2
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "configure"], cwd=repo,
+                   check=True)
+    return repo
+
+
+def test_run_decides_the_same_under_both_executors(cluster, base_image, tmp_path):
+    decisions = {}
+    for kind in ("local", "ray"):
+        repo = make_project(tmp_path / kind)
+        extra = ["--executor", "ray", "--ray-address", cluster.address] if kind == "ray" else []
+        proc = subprocess.run([EVOLVE, "run", *extra], cwd=repo, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "COLUMNS": "200"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        status = json.loads(subprocess.run([EVOLVE, "status", "--json"], cwd=repo, capture_output=True, text=True,
+                                           check=True).stdout)
+        state = status["state"]
+        decisions[kind] = {"gens": [(g["status"], g["delta"], sorted(g["fixed"]), sorted(g["broken"]))
+                                    for g in status["generations"]],
+                           "rates": (state["baseline_rate"], state["best_rate"], state["holdout"]["baseline"],
+                                     state["holdout"]["best"])}
+        evals = [json.loads(line) for p in (repo / "runs" / state["run_id"] / "evals").glob("*/results.jsonl")
+                 for line in p.read_text().splitlines()]
+        assert evals and all((r["node"] is None) == (kind == "local") for r in evals if not r["cached"])
+    assert decisions["ray"] == decisions["local"]
+    assert [g[0] for g in decisions["ray"]["gens"]] == ["accepted", "rejected"]
+
+
+def test_worker_node_dying_mid_evaluation_loses_nothing(cluster, mini_evalset, docker_client, tmp_path):
+    """Runs last in this module: it kills the cluster's worker node."""
+    harness = tmp_path / "sleepy"
+    shutil.copytree(template_dir("minimal"), harness)
+    spec = (harness / "harness.yaml").read_text().replace("entrypoint: python3 agent.py",
+                                                           "entrypoint: sleep 12 && python3 agent.py")
+    (harness / "harness.yaml").write_text(spec)
+    head_id = cluster.head_id()
+    proc = evolve_eval(mini_evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address",
+                       cluster.address, background=True)
+    try:
+        # Wait until one of the worker node's processes has a container (its agent phase is running).
+        deadline, victim = time.monotonic() + 180, None
+        while victim is None and time.monotonic() < deadline and proc.poll() is None:
+            pids = {str(p) for p in _session_pids(cluster.worker.proc.pid)}
+            for c in docker_client.api.containers(filters={"label": "evolve.managed=1"}):
+                if c["Labels"].get("evolve.pid") in pids:
+                    victim = c
+            time.sleep(0.3)
+        assert victim is not None, "no task-run reached the worker node"
+        cluster.worker.kill()
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    run_dir, rows = results(tmp_path / "ray")
+    assert victim["Labels"]["evolve.run"] == run_dir.name
+    # Every job has a scored result (the lost one was re-run elsewhere), with the usual outcomes.
+    assert len(rows) == 4 and not any(r["failure_class"] == "infra" for r in rows.values())
+    assert all(rows[("mini__calc-1", k)]["resolved"] and not rows[("mini__calc-2", k)]["resolved"] for k in (0, 1))
+    # The lost task-run was infrastructure: an event, then a second try on the head node.
+    retries = [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+               if e["event"] == "infra_retry"]
+    assert retries and all(e["detail"].startswith("ray attempt 1:") for e in retries)
+    for e in retries:
+        row = rows[(e["instance_id"], e["repeat"])]
+        assert row["attempts"] >= 2 and row["node"] == head_id
+    alive = cluster.node_ids()
+    assert alive[head_id] and not any(alive[n] for n in alive if n != head_id)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["scored"] == 4 and summary["infra"] == 0
+    # The dead node's container was swept with the run.
+    assert not run_containers(docker_client, run_dir.name)
