@@ -28,10 +28,16 @@ ENV_BIN = os.path.join(os.environ.get("VIRTUAL_ENV", "/evolve/env"), "bin")
 os.environ["PATH"] = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != ENV_BIN)
 os.environ.pop("VIRTUAL_ENV", None)
 
-import yaml  # noqa: E402  (from the harness's environment, like mini)
+import litellm  # noqa: E402  (from the harness's environment, like mini and yaml)
+import yaml  # noqa: E402
 from minisweagent.agents.default import DefaultAgent  # noqa: E402
 from minisweagent.environments.local import LocalEnvironment  # noqa: E402
 from minisweagent.models.litellm_textbased_model import LitellmTextbasedModel  # noqa: E402
+
+
+# Pricing an endpoint model litellm doesn't know fails on every call; without this, litellm
+# prints its provider list into harness.log each time.
+litellm.suppress_debug_info = True
 
 
 def main() -> int:
