@@ -109,7 +109,7 @@ def test_sweeps(docker_client, base_image):
     live = docker_client.containers.run(base_image, ["sleep", "infinity"], detach=True, init=True,
                                         network_mode="none", labels=run_labels("test-sweep-live"))
     try:
-        assert sweep_stale(docker_client) >= 2
+        sweep_stale(docker_client)  # its count may be short: another evolve process's sweep may come first
         ids = {c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL})}
         assert stale.id not in ids
         assert reused.id not in ids
