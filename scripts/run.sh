@@ -2,7 +2,7 @@
 # The main job on the embedded defaults, from a fresh machine:
 #   1. set everything up (scripts/setup.sh: .venv, Docker, sandbox image, the embedded local model);
 #   2. build the demo eval set: 3 projects of the default recipe, 8 tasks each (skipped when built);
-#      the full default set (17 projects, ~230 tasks, about 30 min on 2 cores) is
+#      the full default set (15 projects, up to 255 tasks) is
 #      `evolve evals build default`, built when you want it, not before the demo's first generation;
 #   3. make a demo project with `evolve init` (runs/demo, git-ignored; kept between runs);
 #   4. `evolve run` on it: solver and optimizer are the embedded SmolLM2-135M served by llama.cpp.
