@@ -6,7 +6,7 @@
 mark() { printf '\n%s %s\n' "$evolve_nonce" "$*"; }
 # A frame's payload is gzip, else zlib (no gzip or GNU base64 in the image), then base64; the host
 # reads either. gzip and base64 spare a Python start per frame.
-if printf x | gzip -c -n 2> /dev/null | base64 -w 0 > /dev/null 2>&1; then
+if command -v gzip > /dev/null 2>&1 && printf x | base64 -w 0 > /dev/null 2>&1; then
   frame_pack() { gzip -c -n | base64 -w 0; }
 else
   frame_pack() { python3 -I -c 'import base64,sys,zlib; d=sys.stdin.buffer.read(); sys.stdout.write(base64.b64encode(zlib.compress(d)).decode())'; }
