@@ -436,7 +436,7 @@ def profile(evalset: Path, harness: Path, script: Path, workers: int) -> None:
                                 settings=EvalSettings(model=f"scripted/{script}"), runs_dir=Path(tmp),
                                 workers=workers, use_cache=False)
         # The run's own start-up (sweep, image check) happens outside both phases.
-        evaluation._evaluate = with_phase(evaluation._evaluate, "task")
+        evaluation._one = with_phase(evaluation._one, "task")
         start = time.perf_counter()
         report = evaluation.run()
         wall = time.perf_counter() - start

@@ -372,13 +372,17 @@ def _grade_script(nonce: str, plugin: str, task: Task, apply_model: bool, test_t
     return header + kill_all_script() + script("grade.sh")
 
 
+_ZLIB_OR_GZIP = 32 + zlib.MAX_WBITS
+"""``zlib.decompress``'s wbits for a zlib or a gzip stream (grade.sh packs frames with either)."""
+
+
 def _frames(text: str, nonce: str) -> dict[str, bytes | None]:
     """The frames root printed: ``{name: payload}``, None for one that does not decode (cut off by
     the output cap, say)."""
     out: dict[str, bytes | None] = {}
     for m in re.finditer(rf"\n{nonce} frame (\w+) ([A-Za-z0-9+/=]*)\n", text):
         try:
-            out[m.group(1)] = zlib.decompress(base64.b64decode(m.group(2), validate=True))
+            out[m.group(1)] = zlib.decompress(base64.b64decode(m.group(2), validate=True), _ZLIB_OR_GZIP)
         except (ValueError, zlib.error):
             out[m.group(1)] = None
     return out

@@ -387,3 +387,53 @@ def test_a_daemon_the_tests_leave_holding_the_output_does_not_hold_grading(docke
         g = grade(sb, task, ev.repo_dir(task), patch, test_timeout_s=60)
     assert g.resolved, g.test_output[-2000:]
     assert time.monotonic() - start < 45
+
+
+@pytest.mark.docker
+def test_grading_reads_its_frames_with_or_without_gzip_and_base64_in_the_image(docker_client, base_image,
+                                                                                 mini_evalset, tmp_path):
+    """grade.sh packs its frames (the neutraliser's report, the plugin's records) with gzip and
+    base64 where the image has both, else with Python: the verdict and the findings are the same."""
+    import shutil
+
+    import git
+    from evolve.evalsets.registry import load_evalset
+
+    ev = load_evalset(str(mini_evalset))
+    task = ev.tasks("search")[0]
+    work = tmp_path / "work"
+    shutil.copytree(ev.repo_dir(task), work)
+    calc = work / "calc.py"
+    calc.write_text(calc.read_text().replace("return a - b", "return a + b", 1))
+    (work / "tests" / "conftest.py").write_text("import pytest\n")  # test infrastructure: restored, flagged
+    repo = git.Repo(work)
+    repo.git.add("-A")
+    patch = repo.git.diff("--cached") + "\n"
+    images = {"gzip": base_image}
+    try:
+        for tool in ("base64", "gzip"):  # without either, the frames are Python's
+            c = docker_client.containers.create(base_image, ["sleep", "infinity"], user="root")
+            try:
+                c.start()
+                assert c.exec_run(["rm", "-f", f"/usr/bin/{tool}"], user="root").exit_code == 0
+                images[f"no {tool}"] = c.commit(repository="evolve-test", tag=f"no{tool}").id
+            finally:
+                c.remove(force=True)
+        grades = {}
+        for name, image in images.items():
+            with Sandbox(docker_client, image, run_id="test-frames", limits=SandboxLimits()) as sb:
+                has = sb.exec("command -v gzip && command -v base64", timeout_s=30).exit_code == 0
+                assert has is (name == "gzip")
+                grades[name] = grade(sb, task, ev.repo_dir(task), patch,
+                                     test_timeout_s=EvalSettings(model=SCRIPTED).test_timeout_s)
+        for name, g in grades.items():
+            assert g.resolved, (name, g.apply_log, g.test_output[-2000:])
+            assert "test_files_changed" in {str(getattr(f, "value", f)) for f in g.flags}, (name, g.flags, g.notes)
+            assert g.FAIL_TO_PASS["tests/test_add.py::test_add"] is TestStatus.PASSED
+            assert (g.flags, g.FAIL_TO_PASS, g.PASS_TO_PASS) == (grades["gzip"].flags, grades["gzip"].FAIL_TO_PASS,
+                                                                 grades["gzip"].PASS_TO_PASS), name
+        sdocker.wait_removals("test-frames")
+    finally:
+        for tool in ("base64", "gzip"):
+            if f"no {tool}" in images:
+                docker_client.images.remove(f"evolve-test:no{tool}", force=True)

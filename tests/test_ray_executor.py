@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -75,6 +76,19 @@ def test_unknown_executor_is_a_clear_error(mini_evalset, tmp_path):
     assert proc.returncode == 1 and "unknown executor 'slurm'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_ray_address_where_no_cluster_answers_is_a_clear_error(mini_evalset, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([EVOLVE, "eval", "--evals", str(mini_evalset), "--executor", "ray", "--ray-address",
+                           f"127.0.0.1:{port}", "--model", SCRIPTED, "--runs-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"no Ray cluster answers at '127.0.0.1:{port}'" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_client, tmp_path):
     harness = template_dir("minimal")
     evolve_eval(mini_evalset, harness, tmp_path / "local")
@@ -137,16 +151,28 @@ def make_project(root: Path) -> Path:
     return repo
 
 
+def status_json(repo: Path) -> dict:
+    return json.loads(subprocess.run([EVOLVE, "status", "--json"], cwd=repo, capture_output=True, text=True,
+                                     check=True).stdout)
+
+
 def test_run_decides_the_same_under_both_executors(cluster, base_image, tmp_path):
+    """The Ray run is killed (kill -9) before generation 2's evaluation and resumed with
+    `evolve run --resume`: it must still decide exactly as the uninterrupted local run."""
     decisions = {}
     for kind in ("local", "ray"):
         repo = make_project(tmp_path / kind)
         extra = ["--executor", "ray", "--ray-address", cluster.address] if kind == "ray" else []
+        env = {**os.environ, "COLUMNS": "200"}
+        if kind == "ray":
+            killed = subprocess.run([EVOLVE, "run", *extra], cwd=repo, capture_output=True, text=True, timeout=900,
+                                    env={**env, "EVOLVE_TEST_KILL_AT": "evaluate@2"})
+            assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+            extra += ["--resume", status_json(repo)["state"]["run_id"]]
         proc = subprocess.run([EVOLVE, "run", *extra], cwd=repo, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "COLUMNS": "200"})
+                              env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        status = json.loads(subprocess.run([EVOLVE, "status", "--json"], cwd=repo, capture_output=True, text=True,
-                                           check=True).stdout)
+        status = status_json(repo)
         state = status["state"]
         decisions[kind] = {"gens": [(g["status"], g["delta"], sorted(g["fixed"]), sorted(g["broken"]))
                                     for g in status["generations"]],

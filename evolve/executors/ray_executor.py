@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import threading
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from evolve.types import TaskResult
 log = logging.getLogger(__name__)
 
 RESOURCE = "evolve_sandbox"
+CONNECT_TIMEOUT_S = 10.0
+"""Seconds to wait for a TCP answer at a ``host:port`` address before ``ray.init`` (which, with no
+cluster there, waits for it without end)."""
 """The custom resource a node declares for each task-run it may hold at once."""
 SYSTEM_RETRIES = 4
 """Times a task-run whose worker process or node died is submitted again before it is ``infra``."""
@@ -74,6 +78,26 @@ def _sweep(run_id: str) -> int:
     return ray_node.sweep(run_id)
 
 
+def _probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Check that something accepts a TCP connection at ``address`` (``host:port`` or ``ray://host:port``;
+    ``auto`` means ``$RAY_ADDRESS`` when set) within ``timeout_s`` seconds. Other addresses (``auto``
+    without ``$RAY_ADDRESS``, ``local``) are left to ``ray.init``, which settles them at once.
+
+    Raises:
+        ConfigError: nothing answers there, saying how to start a cluster or change the address.
+    """
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    host, sep, port = target.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at {target!r} (no TCP answer within {timeout_s:.0f} s: {e}). "
+                          f"Start one (`ray start --head --resources='{{\"{RESOURCE}\": 2}}'`, see README "
+                          "\"Running on a cluster\") or set executor.address / --ray-address.") from None
+
+
 class RayExecutor:
     """Task-runs as Ray tasks on a cluster (``address`` as ``ray.init`` takes it). Connects on the
     first ``open``; the connection serves every later evaluation of this process."""
@@ -99,6 +123,7 @@ class RayExecutor:
         if self._connected:
             return
         if not ray.is_initialized():
+            _probe(self.address)
             try:
                 env = forwarded_env()  # no runtime env at all when there is nothing to forward: quicker workers
                 ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,

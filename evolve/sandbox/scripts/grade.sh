@@ -4,9 +4,16 @@
 # evolve.testbed.run_as_root. Prints "<nonce> <marker>" lines, each followed by its text, and
 # "<nonce> frame NAME BASE64" lines; see grading._outcome.
 mark() { printf '\n%s %s\n' "$evolve_nonce" "$*"; }
+# A frame's payload is gzip, else zlib (no gzip or GNU base64 in the image), then base64; the host
+# reads either. gzip and base64 spare a Python start per frame.
+if command -v gzip > /dev/null 2>&1 && printf x | base64 -w 0 > /dev/null 2>&1; then
+  frame_pack() { gzip -c -n | base64 -w 0; }
+else
+  frame_pack() { python3 -I -c 'import base64,sys,zlib; d=sys.stdin.buffer.read(); sys.stdout.write(base64.b64encode(zlib.compress(d)).decode())'; }
+fi
 frame() {
   printf '\n%s frame %s ' "$evolve_nonce" "$1"
-  python3 -I -c 'import base64,sys,zlib; d=sys.stdin.buffer.read(); sys.stdout.write(base64.b64encode(zlib.compress(d)).decode())'
+  frame_pack
   printf '\n'
 }
 L=$evolve_step_log
@@ -42,8 +49,9 @@ apply_patch() {
 
 if [ "$evolve_apply_model" = 1 ]; then apply_patch model "$evolve_patch_file"; fi
 mark neutralise
+# It also writes the kept paths (kept.z) and python3's site-packages directories (sites.txt).
 timeout --kill-after=5 "$evolve_neutralise_timeout" python3 -I "$evolve_neutralise" "$evolve_neutral_spec" \
-  > "$evolve_private/neutral.out" 2> "$L"
+  "$evolve_private/kept.z" "$evolve_private/sites.txt" > "$evolve_private/neutral.out" 2> "$L"
 rc=$?
 if [ $rc != 0 ]; then tail -c 2000 "$L"; mark neutralise-failed $rc; exit 0; fi
 frame neutral < "$evolve_private/neutral.out"
@@ -51,16 +59,21 @@ if [ "$evolve_apply_test" = 1 ]; then apply_patch test "$evolve_test_patch_file"
 
 # evolve's plugin goes into the site-packages of the Pythons the tests may use, under a name
 # nobody can guess; its channel is fd 3, opened here on a root-only file.
+# python3's came from the neutraliser; `python` is asked only when it is another program.
 installed=0
-for py in python3 python; do
-  command -v $py > /dev/null 2>&1 && $py -I -c 'import site,sys; print("\n".join(getattr(site,"getsitepackages",lambda:[])() + [p for p in sys.path if p.endswith("-packages")]))' 2>/dev/null
-done | sort -u > "$L"
+{
+  cat "$evolve_private/sites.txt"
+  if command -v python > /dev/null 2>&1 \
+      && [ "$(readlink -f "$(command -v python)")" != "$(readlink -f "$(command -v python3)")" ]; then
+    python -I -c 'import site,sys; print("\n".join(getattr(site,"getsitepackages",lambda:[])() + [p for p in sys.path if p.endswith("-packages")]))' 2>/dev/null
+  fi
+} | sort -u > "$L"
 while IFS= read -r d; do
   [ -d "$d" ] && [ ! -L "$d" ] && cp "$evolve_plugin_src" "$d/$evolve_plugin.py" && chmod 644 "$d/$evolve_plugin.py" \
     && installed=1
 done < "$L"
 CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1
-{ printf '%s\n' "$evolve_nonce"; python3 -I -c 'import json,os,sys; sys.stdout.buffer.write(b"\0".join(os.fsencode(p) for p in json.load(open(sys.argv[1]))["kept"]))' "$evolve_private/neutral.out"; } > "$CH/t"
+{ printf '%s\n' "$evolve_nonce"; cat "$evolve_private/kept.z"; } > "$CH/t"
 chown -R "$user_ids" "$CH" && chmod 700 "$CH" && chmod 600 "$CH/t"
 : > "$evolve_channel"
 mark tests

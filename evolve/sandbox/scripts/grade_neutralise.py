@@ -1,6 +1,6 @@
 """Neutralise /testbed's test environment after the model patch, before the tests run.
 
-Run by root inside the grading container as ``python3 -I grade_neutralise.py SPEC.json``
+Run by root inside the grading container as ``python3 -I grade_neutralise.py SPEC.json KEPT SITES``
 (``-I``: nothing in /testbed or the environment can be imported). SPEC holds
 ``base`` (the base commit in the shadow repository), ``shadow`` (its git dir),
 ``testbed``, ``test_files`` (the task's test files) and ``test_patch_paths``.
@@ -495,7 +495,18 @@ class Neutraliser:
             self.flag("runner_patching", "%s: new use of %s" % (path, ", ".join(added)))
 
 
+def site_dirs():
+    """This interpreter's site-packages directories, one a line (where grade.sh puts its plugin)."""
+    import site
+
+    return "\n".join(getattr(site, "getsitepackages", lambda: [])()
+                     + [p for p in sys.path if p.endswith("-packages")]) + "\n"
+
+
 def main():
+    """``SPEC [KEPT SITES]``: prints the JSON report; with KEPT and SITES also writes the kept paths
+    NUL-separated to KEPT and ``site_dirs()`` to SITES, so grade.sh starts no other Python for them."""
+    sites = site_dirs()  # before anything here touches sys.path
     with open(sys.argv[1]) as f:
         spec = json.load(f)
     try:
@@ -503,6 +514,11 @@ def main():
     except (OSError, subprocess.CalledProcessError) as e:
         sys.stderr.write("evolve: could not neutralise the work tree: %s\n" % e)
         return 1
+    if len(sys.argv) > 3:
+        with open(sys.argv[2], "wb") as f:
+            f.write(b"\0".join(os.fsencode(p) for p in result["kept"]))
+        with open(sys.argv[3], "w") as f:
+            f.write(sites)
     sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
