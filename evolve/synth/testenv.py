@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from evolve.config import SandboxLimits
 from evolve.errors import HarnessError, InfraError, SynthError
 from evolve.synth.deps import TestDeps, detect
 from evolve.synth.validate import tree_tar
-from evolve.wheelhouse import Target, Wheelhouse, glibc_platforms, resolve
+from evolve.wheelhouse import Target, Wheelhouse, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
@@ -75,7 +74,8 @@ class TestEnv:
 def prepare_image(client: "docker.DockerClient", base_image: str, root: Path, name: str, request: EnvRequest,
                   home: Path, *, run_id: str, limits: SandboxLimits | None = None) -> TestEnv:
     """The test-environment image of the project tree at ``root`` (built unless cached); adds the
-    files the install generated to ``root``. Wheelhouses are kept under ``home/wheelhouses``.
+    files the install generated to ``root``. Wheelhouses are kept under ``home/wheelhouses``, the
+    image's probed python3 under ``home/images``.
 
     Raises:
         SynthError: bad extras/requirements (``deps.detect``); a requirement pip cannot resolve
@@ -88,7 +88,7 @@ def prepare_image(client: "docker.DockerClient", base_image: str, root: Path, na
     deps = detect(root, extras=list(request.extras) or None,
                   requirement_files=[Path(f) for f in request.requirement_files]
                   if request.requirement_files is not None else None)
-    target = image_target(client, base_image, run_id, limits)
+    target = image_target(client, base_image, home=home)
     try:
         house = resolve(list(dict.fromkeys(deps.build_requires + deps.requirements)), target, home=home)
     except HarnessError as e:
@@ -115,41 +115,21 @@ def prepare_image(client: "docker.DockerClient", base_image: str, root: Path, na
     return TestEnv(tag, deps, house.wheels, paths, cached)
 
 
-_TARGETS: dict[str, Target] = {}
-_PROBE = ("import json, os, platform, sys, sysconfig; print(json.dumps({'v': platform.python_version(), "
-          "'impl': sys.implementation.name, 'soabi': sysconfig.get_config_var('SOABI') or '', "
-          "'libc': os.confstr('CS_GNU_LIBC_VERSION') or '', 'machine': platform.machine()}))")
-
-
-def image_target(client, image: str, run_id: str, limits: SandboxLimits | None = None) -> Target:
-    """The interpreter of ``image``'s ``python3`` as a wheelhouse ``Target`` (asked in a container
-    once per image and process).
+def image_target(client, image: str, *, home: Path) -> Target:
+    """The interpreter of ``image``'s ``python3`` as a wheelhouse ``Target``: the probe harness
+    environments use (``harness_env.probe_image``, cached per image id under ``home``).
 
     Raises:
         SynthError: the image has no usable python3 or no glibc (manylinux wheels need one).
         InfraError: Docker failed.
     """
-    from evolve.sandbox.docker import Sandbox
+    from evolve.harness_env import probe_image
 
-    image_id = client.images.get(image).id
-    if image_id in _TARGETS:
-        return _TARGETS[image_id]
-    with Sandbox(client, image, run_id=run_id, limits=limits or SandboxLimits()) as box:
-        res = box.exec(f"python3 -c {json.dumps(_PROBE)}", timeout_s=60)
     try:
-        info = json.loads(res.output.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise SynthError(f"cannot ask the image {image} for its python3 (exit {res.exit_code}): "
-                         f"{res.output[-300:]}") from None
-    impl = {"cpython": "cp", "pypy": "pp"}.get(info["impl"], info["impl"])
-    abi_tag = re.match(r"cpython-(\d+t?)", info["soabi"])
-    abi = f"cp{abi_tag.group(1)}" if abi_tag else f"{impl}{''.join(info['v'].split('.')[:2])}"
-    glibc = info["libc"].removeprefix("glibc ").strip()
-    if not info["libc"].startswith("glibc"):
-        raise SynthError(f"the image {image} has no glibc ({info['libc'] or 'none found'}): test environments "
-                         "install manylinux wheels; use a Debian- or Ubuntu-based image")
-    _TARGETS[image_id] = Target(info["v"], impl, abi, glibc_platforms(glibc, info["machine"]))
-    return _TARGETS[image_id]
+        return probe_image(client, image, home=home).target()
+    except HarnessError as e:
+        raise SynthError(f"test environments are built with the image's own python3, and image {image} "
+                         f"cannot give one: {e}") from None
 
 
 def _tag_safe(name: str) -> str:
