@@ -55,6 +55,21 @@ def _session_pids(sid: int) -> list[int]:
     return pids
 
 
+def kill_session(sid: int, *, tries: int) -> None:
+    """SIGKILL every process of session ``sid``, up to ``tries`` rounds 0.1 s apart (a dying raylet
+    may start workers meanwhile)."""
+    for _ in range(tries):
+        pids = _session_pids(sid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
 @dataclass
 class Node:
     proc: subprocess.Popen
@@ -62,17 +77,7 @@ class Node:
 
     def kill(self) -> None:
         """SIGKILL every process of the node's session (the raylet, its workers, its agents)."""
-        sid = self.proc.pid
-        for _ in range(20):
-            pids = _session_pids(sid)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.1)
+        kill_session(self.proc.pid, tries=20)
         self.proc.wait(timeout=30)
 
 

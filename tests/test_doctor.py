@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from conftest import SOLVER_SCRIPT
+from ray_cluster import kill_session
 from evolve.project import init_project
 
 EVOLVE = str(Path(sys.executable).parent / "evolve")
@@ -196,30 +197,6 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session ``sid`` (the head's raylet, GCS and workers)."""
-    import signal
-    import time
-
-    for _ in range(50):
-        pids = []
-        for entry in Path("/proc").iterdir():
-            try:
-                stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-            except OSError:
-                continue
-            if stat and int(stat[stat.rindex(")") + 2:].split()[3]) == sid:
-                pids.append(int(entry.name))
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def ray_head(tmp_path_factory):
     """``address`` of a one-node Ray cluster offering ``evolve_sandbox: 1``; killed after the test."""
@@ -251,7 +228,7 @@ def ray_head(tmp_path_factory):
         ip = re.search(r"Local node IP: (\S+)", (temp / "head.log").read_text(errors="replace")).group(1)
         yield f"{ip}:{p[0]}"
     finally:
-        _kill_session(head.pid)
+        kill_session(head.pid, tries=50)
         head.wait(timeout=60)
         import shutil
 
