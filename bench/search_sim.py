@@ -52,6 +52,8 @@ from evolve.search.archive import Node, is_stone, p_worse  # noqa: E402
 from evolve.search.parents import dgm_weights  # noqa: E402
 from evolve.search.race import run_race  # noqa: E402
 
+_DEF = AcceptanceConfig()
+
 INFRA = 0.01
 
 
@@ -303,9 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=29, help="search split size N (evolve's default eval set: 29)")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--confidence", type=float, default=0.95)
-    ap.add_argument("--rerun", type=int, default=2)
-    ap.add_argument("--stages", default="0.5,1")
-    ap.add_argument("--futility-z", type=float, default=0.0)
+    ap.add_argument("--rerun", type=int, default=_DEF.rerun_discordant, help="cfg.rerun_discordant (default: evolve's)")
+    ap.add_argument("--stages", type=str, default="auto", help="cumulative fractions, e.g. 0.5,1 or 1; auto: evolve's default for the split size")
+    ap.add_argument("--futility-z", type=float, default=_DEF.futility_z, help="(default: evolve's)")
     ap.add_argument("--null-trials", type=int, default=600)
     ap.add_argument("--power-trials", type=int, default=300)
     ap.add_argument("--power-sizes", default="29,50,100,150")
@@ -316,10 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.race_k = [int(x) for x in args.race_k.split(",") if x]
     cfg = AcceptanceConfig(confidence=args.confidence, rerun_discordant=args.rerun)
-    kw = dict(stages=tuple(float(s) for s in args.stages.split(",")), futility_z=args.futility_z)
+    kw = dict(stages=None if args.stages == "auto" else tuple(float(s) for s in args.stages.split(",")),
+              futility_z=args.futility_z)
     only = {x for x in args.only.split(",") if x} or {"null", "power", "stream"}
     print(f"search_sim: {args.tasks} tasks, confidence {args.confidence}, rerun_discordant {args.rerun}, "
-          f"stages {kw['stages']}, futility_z {args.futility_z}, seed {args.seed}")
+          f"stages {kw['stages'] or 'auto'}, futility_z {args.futility_z}, seed {args.seed}")
     ok = True
     if "null" in only:
         ok = null_table(args, cfg, kw)

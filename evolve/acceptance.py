@@ -10,7 +10,7 @@ Procedure (``run_acceptance``)
    are evaluated on the same search-split tasks at the same repeat indices, so
    each task is its own control: task difficulty, the largest source of
    variance, cancels. The tasks are put in a fixed pseudo-random order (sha256 of
-   the instance_id) and taken in *stages* (default: half, then the rest), so an
+   the instance_id) and taken in *stages* (default: ``evolve.config.auto_stages``: one look per 30 tasks, at most five), so an
    interim look sees a representative subset rather than, say, one repository.
 2. **Re-run the discordant tasks.** A task whose repeat-0 outcomes differ (one
    side resolved it, the other not) is re-run ``cfg.rerun_discordant`` (R) more
@@ -137,7 +137,7 @@ from fractions import Fraction
 from functools import cached_property, lru_cache
 from typing import Optional
 
-from evolve.config import AcceptanceConfig
+from evolve.config import DEFAULT_FUTILITY_Z, AcceptanceConfig, auto_stages
 
 RunOutcome = Optional[bool]
 """One harness's outcome on one task at one repeat: True resolved, False not resolved, None an
@@ -151,10 +151,6 @@ An instance_id missing from the answer counts as an infrastructure failure."""
 
 PARENT, CHILD = "parent", "child"
 """The ``who`` an ``EvaluateFn`` is called with."""
-DEFAULT_STAGES: tuple[float, ...] = (0.5, 1.0)
-"""Cumulative fractions of the tasks evaluated before each look: half, then the rest."""
-DEFAULT_FUTILITY_Z = 0.0
-"""Reject at an interim look when the standardized statistic is below this (the child is behind)."""
 EXACT_LIMIT = 20_000_000
 """Above this many cells x steps the exact sign-flip convolution gives way to Monte Carlo."""
 MC_RESAMPLES = 100_000
@@ -452,7 +448,7 @@ class _Pairs:
 
 
 def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: AcceptanceConfig, *,
-                   stages: Sequence[float] = DEFAULT_STAGES, futility_z: float | None = DEFAULT_FUTILITY_Z,
+                   stages: Sequence[float] | None = None, futility_z: float | None = DEFAULT_FUTILITY_Z,
                    estimator: str = "rao-blackwell") -> Verdict:
     """Evaluate parent and child on ``instance_ids`` (in stages), re-run the discordant
     tasks ``cfg.rerun_discordant`` times for both, stop early for futility, and decide.
@@ -466,7 +462,8 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
         instance_ids: the search split's tasks (duplicates are ignored).
         cfg: confidence, min_gain, rerun_discordant and infra_reruns.
         stages: cumulative fractions of the tasks evaluated before each interim look;
-            ``(1.0,)`` evaluates everything at once (no early stop).
+            ``(1.0,)`` evaluates everything at once (no early stop); None: ``auto_stages`` of the
+            number of tasks.
         futility_z: after each stage but the last, reject if the standardized statistic
             ``sum(d)/sqrt(sum(d^2))`` is below this; None disables the stop.
         estimator: how a task's pairs become d_i: ``rao-blackwell`` (the default, unbiased)
@@ -476,7 +473,7 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
     if not ids:
         return decide([], cfg, tasks_total=0)
     order = _order(ids)
-    ends = _stage_ends(len(order), stages)
+    ends = _stage_ends(len(order), auto_stages(len(order)) if stages is None else stages)
     runs = {PARENT: 0, CHILD: 0}
 
     def call(who: str, batch: list[str], rep: int) -> dict[str, RunOutcome]:

@@ -195,6 +195,27 @@ class BudgetConfig(BaseModel):
     max_hours: float | None = Field(default=None, gt=0)
 
 
+TASKS_PER_LOOK = 30
+"""Default stages: one look per this many search tasks (``auto_stages``)."""
+MAX_LOOKS = 5
+"""Default stages: at most this many looks."""
+
+
+def auto_stages(n_tasks: int) -> tuple[float, ...]:
+    """The default stages for a search split of ``n_tasks``: one look per ``TASKS_PER_LOOK`` tasks, at
+    most ``MAX_LOOKS``, evenly spaced (29 tasks: ``(1.0,)``, a single look; 100: thirds; 150 and more:
+    fifths). Chosen with ``bench/acceptance_sim.py --search`` (README "Search"): at 150 tasks, with
+    ``rerun_discordant`` 1 and ``DEFAULT_FUTILITY_Z``, 80% power for a true +10 points, false accepts
+    <= 2.7% per generation, 0.39x the task-runs of a full evaluation. Small splits get no interim look,
+    because an early look on a few tasks costs power that a small split cannot spare."""
+    k = max(1, min(MAX_LOOKS, n_tasks // TASKS_PER_LOOK))
+    return tuple(round(i / k, 6) for i in range(1, k)) + (1.0,)
+
+
+DEFAULT_FUTILITY_Z = 0.25
+"""Reject at an interim look when the standardized statistic is below this (the child is behind)."""
+
+
 class AcceptanceConfig(BaseModel):
     """When a candidate replaces its parent (paired comparison on the search split)."""
 
@@ -204,7 +225,7 @@ class AcceptanceConfig(BaseModel):
     """One-sided confidence that the child resolves more tasks than the parent."""
     min_gain: float = Field(default=0.0, ge=0.0, le=1.0)
     """Minimum gain in resolve rate (0.05 = 5 points) the child must show."""
-    rerun_discordant: int = Field(default=2, ge=0)
+    rerun_discordant: int = Field(default=1, ge=0)
     """Extra repeats of tasks whose outcome differs between parent and child."""
     infra_reruns: int = Field(default=1, ge=0)
     """Extra asks for a repeat where only one side had an infrastructure failure (the other
@@ -220,15 +241,18 @@ class AcceptanceConfig(BaseModel):
     approval_explore: Literal["best", "pending"] = "best"
     """With ``approval: manual``, what the run explores from while candidates wait: ``best`` (the
     accepted head) or ``pending`` (the latest pending candidate; such generations are marked so)."""
-    stages: list[float] = Field(default_factory=lambda: [0.5, 1.0])
+    stages: list[float] | None = None
     """Cumulative fractions of the search tasks evaluated before each look, increasing, the last 1.0
-    (``evolve.acceptance``); figures for other choices: the README's "Search" section."""
-    futility_z: float | None = 0.0
+    (``evolve.acceptance``); null: ``auto_stages`` of the split's size. Figures for other choices: the
+    README's "Search" section."""
+    futility_z: float | None = DEFAULT_FUTILITY_Z
     """Reject at a look before the last when the standardized statistic is below this; null: never."""
 
     @field_validator("stages")
     @classmethod
-    def _stages(cls, v: list[float]) -> list[float]:
+    def _stages(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
         if not v or v != sorted(v) or any(not 0 < x <= 1 for x in v) or v[-1] != 1.0:
             raise ValueError("must be increasing fractions in (0, 1] ending with 1.0, e.g. [0.5, 1.0]")
         return v

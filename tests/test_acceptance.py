@@ -274,13 +274,13 @@ def test_abstaining_child_is_not_accepted():
     assert audit.accepted and audit.reason.startswith("accepted: child +20.0 pts")
     assert audit.p_value == pytest.approx(1 / 32) and "(5 fixed, 0 broken)" in audit.reason
 
-    for kw in (dict(stages=(1.0,)), {}):
+    for kw in (dict(stages=(1.0,)), dict(stages=(0.5, 1.0))):
         ev = _audit_abstainer()
-        v = run_acceptance(ev, IDS, cfg(), **kw)
+        v = run_acceptance(ev, IDS, cfg(rerun_discordant=2), **kw)
         assert not v.accepted, v.reason
         assert "0 broken" not in v.reason
     # without the early stop, every task is compared, and the child's failures count as failures
-    v = run_acceptance(_audit_abstainer(), IDS, cfg(), stages=(1.0,))
+    v = run_acceptance(_audit_abstainer(), IDS, cfg(rerun_discordant=2), stages=(1.0,))
     assert v.n_tasks == 40 and v.delta == pytest.approx(0) and v.p_value > 0.05
     assert sorted(v.fixed) == IDS[0:10:2] and sorted(v.broken) == IDS[1:10:2]
     assert v.infra_losses[1] == v.one_sided_infra[1] > 0 and v.one_sided_infra[0] == 0
@@ -298,7 +298,7 @@ def test_child_that_retries_its_failures_through_infra_is_rejected():
         return True if ev.calls[("child", i, r)] > 1 or (idx(i) + r) % 2 == 0 else None
 
     ev = Scripted(parent, child)
-    v = run_acceptance(ev, IDS[:20], cfg(), stages=(1.0,))
+    v = run_acceptance(ev, IDS[:20], cfg(rerun_discordant=2), stages=(1.0,))
     assert v.p_value < 0.05 and v.delta > 0 and v.broken == []
     assert v.one_sided_infra == (0, 20) and v.infra_losses == (0, 0)
     assert v.infra_p_value == pytest.approx(0.5 ** 20)
@@ -333,7 +333,7 @@ def test_empty_task_list_rejects():
 
 def test_futility_stop_when_child_fails_what_parent_solves():
     ev = Scripted(lambda i, r: idx(i) % 2 == 0, lambda i, r: False)
-    v = run_acceptance(ev, IDS, cfg(rerun_discordant=2))
+    v = run_acceptance(ev, IDS, cfg(rerun_discordant=2), stages=(0.5, 1.0))
     assert v.stopped_early and not v.accepted
     assert "futility" in v.reason and v.reason.startswith("rejected early")
     assert v.n_tasks == 20 and v.tasks_total == 40          # stopped after the first half

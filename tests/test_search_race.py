@@ -36,7 +36,7 @@ def test_the_best_candidate_wins_the_shared_parent_runs_once_and_losers_stop_ear
         asked.extend((who, i, rep) for i in ids)
         return {i: (parent if who is None else outcome[who])[i] for i in ids}
 
-    race = run_race(evaluate, IDS, 4, CFG)
+    race = run_race(evaluate, IDS, 4, CFG, stages=(0.5, 1.0))
     assert race.winner == 1 and race.accepted(1) and 1 in race.passed and 2 not in race.passed
     assert race.verdicts[2].stopped_early and not race.verdicts[1].stopped_early
     parent_asks = [(i, rep) for who, i, rep in asked if who is None]
