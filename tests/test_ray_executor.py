@@ -35,6 +35,7 @@ COMPARED = ("resolved", "failure_class", "FAIL_TO_PASS", "PASS_TO_PASS", "model_
 @pytest.fixture(scope="module")
 def cluster(base_image):
     c = RayCluster(head_slots=1)
+    c.env["EVOLVE_HOME"] = str(c.temp / "home")  # the nodes' own: what the head ships is not there yet
     try:
         c.start()
         c.worker = c.add_node(1)
@@ -114,16 +115,21 @@ def test_a_ray_address_where_no_cluster_answers_is_a_clear_error(mini_evalset, t
 
 def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, base_image, docker_client, tmp_path):
     """The tasks' image exists only as the head's saved copy (a fresh node's engine lacks it): the
-    nodes load it, once each at most, and the outcomes are the local executor's in that image."""
+    nodes load it, once each at most, and the outcomes are the local executor's in that image. The
+    harness declares a requirement (its agent runs in the base image): the head's environment is
+    unpacked on the nodes, whose $EVOLVE_HOME lacks it."""
     import uuid
 
     from evolve.executors import images
 
-    harness, home, fresh = template_dir("minimal"), tmp_path / "home", f"evolve-test-fresh-{uuid.uuid4().hex[:8]}:1"
+    harness, home, fresh = tmp_path / "harness", tmp_path / "home", f"evolve-test-fresh-{uuid.uuid4().hex[:8]}:1"
+    shutil.copytree(template_dir("minimal"), harness)
+    with open(harness / "harness.yaml", "a") as f:
+        f.write(f"\nimage: {base_image}\nrequirements: [tomli-w==1.0.0]\n")
     evalset = with_image(mini_evalset, tmp_path / "mini", fresh)
     docker_client.images.get(base_image).tag(fresh)
     try:
-        evolve_eval(evalset, harness, tmp_path / "local")
+        evolve_eval(evalset, harness, tmp_path / "local", home=home)
         image_id = docker_client.images.get(fresh).id
         saved = images.saved_copy(docker_client, fresh, image_id, home)  # the head's copy, then gone from the engine
         untag(docker_client, fresh)
@@ -158,6 +164,10 @@ def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, base_im
     loaders = [e["detail"].split()[1] for e in loaded]
     assert 1 <= len(loaders) == len(set(loaders)) and set(loaders) <= set(cluster.node_ids())
     assert all(f"loaded {fresh} ({image_id})" in e["detail"] for e in loaded)
+    (env_dir,) = (home / "envs").iterdir()
+    unpacked = [e["detail"] for e in events(ray_dir, "env_loaded")]
+    assert len(unpacked) == 1 and "unpacked the harness environment" in unpacked[0]  # one lock: one machine
+    assert (cluster.temp / "home" / "envs" / env_dir.name / "evolve-env.json").is_file()
 
 
 def test_an_image_copy_that_is_not_the_claimed_image_is_infra(cluster, mini_evalset, base_image, docker_client,

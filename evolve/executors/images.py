@@ -14,6 +14,7 @@ Nothing here imports Ray; the Ray executor moves the bytes (``ray_executor``, ``
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -170,6 +171,17 @@ def saved_copy(client: "docker.DockerClient", ref: str, image_id: str, home: Pat
         raise InfraError("image", f"docker save {ref} on the head failed: {e}") from None
 
 
+@contextlib.contextmanager
+def node_lock(home: Path):
+    """Hold this node's lock on what it receives from the head (``home/images/load.lock``):
+    one image load or environment unpack at a time, across the node's worker processes."""
+    path = home / "images" / "load.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by close, or by the process's death
+        yield
+
+
 class LoadError(Exception):
     """A saved copy could not be loaded on this node, or loaded as another image."""
 
@@ -187,14 +199,11 @@ def load(client: "docker.DockerClient", ref: str, image_id: str, sha256: str, si
     """
     from docker.errors import DockerException
 
-    lock_path = home / "images" / "load.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released by close, or by the process's death
+    with node_lock(home):
         if have():
             return None
         start = time.monotonic()
-        with tempfile.TemporaryFile(dir=lock_path.parent) as f:
+        with tempfile.TemporaryFile(dir=home / "images") as f:
             digest, got = hashlib.sha256(), 0
             for block in chunks:
                 digest.update(block)

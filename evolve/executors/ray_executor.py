@@ -6,7 +6,8 @@ takes at most N at once, and only nodes that declare it (they have a Docker engi
 
 What travels: the head puts the harness tree, each task repository (a tar of its directory) and
 the split's task rows into Ray's object store once per evaluation; every task-run references them
-and a worker process unpacks each once (``ray_node``). The model call path stays
+and a worker process unpacks each once (``ray_node``); the harness's environment (built on the
+head, ``taskrun.agent_env``) is put once per executor and unpacked once per node. The model call path stays
 container → unix socket → gateway → litellm → model, with the gateway in the worker process beside
 the container: API keys reach it through the job's runtime env (``env_vars``: the variables of this
 process named in ``forwarded_env``), never a container. Back to the head come the ``TaskResult``,
@@ -128,6 +129,8 @@ class RayExecutor:
         """``{ref: {"id": image id, "payload": None or {"sha256", "size", "chunks": [ObjectRef]}}}``:
         replaced whole when it changes (jobs being submitted read it without a lock)."""
         self._ship_lock = threading.Lock()
+        self._envs: dict[str, list] = {}
+        """``{harness environment key: [ObjectRef of the tar of its directory]}``, put once per executor."""
 
     def connect(self) -> None:
         """Join the cluster once per process.
@@ -163,7 +166,7 @@ class RayExecutor:
         self._spec = {"run_id": work.run_id, "settings": work.settings, "harness_key": "harness-" + harness.tree_hash,
                       "harness_ref": [ray.put(harness_tar)], "harness_spec": harness.spec.model_dump(),
                       "tree_hash": harness.tree_hash, "source": harness.source, "repos": repos,
-                      "task_refs": task_refs}
+                      "task_refs": task_refs, "envs": self._harness_envs(work, task_refs)}
         self._tasks = ray.put({t.instance_id: t for t in work.tasks})
         self._work = work
 
@@ -196,6 +199,42 @@ class RayExecutor:
         kept = {ref: entry for ref, entry in self._images.items() if ids.get(ref) == entry["id"]}
         self._images = {ref: kept.get(ref, {"id": image_id, "payload": None}) for ref, image_id in ids.items()}
         return task_refs
+
+    def _harness_envs(self, work: EvalWork, task_refs: dict) -> dict:
+        """``{task image ref: shipped environment}`` (``ray_node._Node.env``): the harness's
+        environment for each image, built or found on the head as the local executor does
+        (``taskrun.agent_env``; an image the head has only saved is loaded into its engine first)
+        and put once per executor. Empty when the harness declares no requirements.
+
+        Raises:
+            HarnessError: as ``agent_env``.
+            SandboxError: the head's saved copy of an image cannot be loaded on the head.
+        """
+        from evolve.errors import SandboxError
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors import images
+        from evolve.harness_env import agent_image
+        from evolve.taskrun import agent_env
+
+        if not work.harness.requirements:
+            return {}
+        home, out = evolve_home(), {}
+        for ref in set(task_refs.values()):
+            agent_ref = agent_image(work.harness, ref)
+            image_id = self._images[agent_ref]["id"]
+            if images.engine_id(self._client, agent_ref) != image_id:  # only saved: the env is built in it here
+                saved = images.saved_copy(self._client, agent_ref, image_id, home)
+                try:
+                    images.load(self._client, agent_ref, image_id, saved.sha256, saved.size, saved.chunks(), home=home,
+                                have=lambda: images.engine_id(self._client, agent_ref) == image_id)
+                except images.LoadError as e:
+                    raise SandboxError(f"the head cannot load its own saved copy of {agent_ref}: {e}") from None
+            _, env = agent_env(self._client, work.harness, ref, work.settings)
+            if env.key not in self._envs:
+                self._envs[env.key] = [ray.put(ray_node.tar_dir(env.root))]
+            out[ref] = {"key": env.key, "tar": self._envs[env.key], "image": env.image, "python": dict(env.python.__dict__),
+                        "requirements": list(env.requirements)}
+        return out
 
     def _ship(self, refs: list[str], say=lambda detail: None) -> None:
         """Put the head's saved copy of each of ``refs`` into the object store (once per evaluation).

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from evolve.config import EvalSettings
 from evolve.harness import Harness, HarnessSpec
-from evolve.taskrun import Files, Job, TaskContext, agent_env, run_task
+from evolve.taskrun import Files, Job, TaskContext, run_task
 from evolve.types import Task
 
 _CONTEXTS_KEPT = 4
@@ -103,6 +103,37 @@ class _Node:
             self.backends[key] = backend_for(settings.model, settings.model_params)[0]
         return self.backends[key]
 
+    def env(self, shipped: dict, fetch: Callable[[Any], bytes], node_id: str):
+        """``(HarnessEnv, what was done or None)``: the head's harness environment (``shipped``:
+        ``key``, ``tar`` (``[ObjectRef]`` of the tar of its directory), ``image``, ``python``,
+        ``requirements``) at ``$EVOLVE_HOME/envs/<key>`` on this node, unpacked there (renamed into
+        place once complete) unless it is there already. The same bytes on every node: nodes need
+        no package index and build nothing."""
+        import shutil
+        import tempfile
+
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors.images import node_lock
+        from evolve.harness_env import HarnessEnv, ImagePython
+
+        home, key = evolve_home(), shipped["key"]
+        root = home / "envs" / key[:24]
+        env = HarnessEnv(root, key, shipped["image"], ImagePython(**shipped["python"]), tuple(shipped["requirements"]))
+        with node_lock(home):
+            if (root / "evolve-env.json").is_file():
+                return env, None
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:24]}-", dir=root.parent))
+            try:
+                data = fetch(shipped["tar"][0])
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+                    tar.extractall(tmp, filter="tar")
+                tmp.chmod(0o755)
+                tmp.rename(root)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return env, f"node {node_id} unpacked the harness environment {key[:12]} ({len(data)} bytes) from the head"
+
     def tree(self, key: str, ref: list, fetch: Callable[[Any], bytes]) -> Path:
         """The directory holding the tar ``ref[0]`` (named by ``key``), unpacked on first need."""
         if key not in self.trees:
@@ -137,7 +168,8 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
     ``spec``: ``run_id``, ``settings``, the harness (``harness_key``, ``harness_ref``: ``[ObjectRef]``,
     ``harness_spec``, ``tree_hash``, ``source``), ``repos`` (``{repo_path: (key, [ObjectRef])}``),
     ``images`` (``{ref: {"id": image id, "payload": None or {"sha256", "size", "chunks": [ObjectRef]}}}``)
-    and ``task_refs`` (``{task image: ref}``).
+    ``task_refs`` (``{task image: ref}``) and ``envs`` (``{ref: shipped harness environment}``, see
+    ``_Node.env``; empty when the harness declares no requirements).
     Refs come wrapped in a list so that Ray does not fetch them for every job: ``fetch`` gets one
     only the first time this process needs it.
     """
@@ -166,8 +198,12 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
             return got
         events += [("image_loaded", instance_id, repeat, detail) for detail in got["loaded"]]
         ctx.images[task.image] = ref
-        if task.image not in ctx.agent_envs:  # built on this node, from its own wheelhouse cache
-            ctx.agent_envs[task.image] = agent_env(n.client, ctx.harness, ctx.images[task.image], ctx.settings)
+        if task.image not in ctx.agent_envs:  # the head's environment, unpacked here once
+            shipped = spec["envs"].get(ref)
+            env, detail = n.env(shipped, fetch, node_id) if shipped else (None, None)
+            ctx.agent_envs[task.image] = (agent_image(ctx.harness, ref), env)
+            if detail:
+                events.append(("env_loaded", instance_id, repeat, detail))
     from evolve import owner
 
     ctx_for_job = TaskContext(client=ctx.client, images=ctx.images, backend=ctx.backend, harness=ctx.harness,
