@@ -227,6 +227,39 @@ def test_synth_validation_jobs_on_ray_keep_the_same_tasks(cluster, tmp_path):
     assert out["ray"] == out["local"] and "tinylib__mut-" in out["ray"][0] + out["ray"][1]
 
 
+def test_a_copy_corrupted_on_the_way_is_refused_before_docker_load(docker_client, tmp_path):
+    """No cluster needed: the bytes a node received differ from the head's copy in one byte."""
+    import io
+    import tarfile
+    import uuid
+
+    from evolve.executors import images
+
+    ref = f"evolve-test-corrupt-{uuid.uuid4().hex[:8]}:1"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    repo, tag = ref.split(":")
+    docker_client.api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
+    image_id = docker_client.images.get(ref).id
+    try:
+        saved = images.saved_copy(docker_client, ref, image_id, tmp_path)
+        assert images.saved_copy(docker_client, ref, image_id, tmp_path) == saved  # made once
+    finally:
+        untag(docker_client, ref)
+    data = bytearray(saved.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(images.LoadError, match=f"the copy of {ref} received from the head is corrupt"):
+        images.load(docker_client, ref, image_id, saved.sha256, saved.size, [bytes(data)], home=tmp_path,
+                    have=lambda: False)
+    assert images.engine_id(docker_client, ref) is None
+    assert images.load(docker_client, ref, image_id, saved.sha256, saved.size, saved.chunks(), home=tmp_path,
+                       have=lambda: False)["bytes"] == saved.size
+    untag(docker_client, ref)
+
+
 def make_project(root: Path) -> Path:
     """A user's repo made by `evolve init`, on the wide eval set, scripted models, two generations."""
     import yaml
