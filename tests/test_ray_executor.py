@@ -35,6 +35,7 @@ COMPARED = ("resolved", "failure_class", "FAIL_TO_PASS", "PASS_TO_PASS", "model_
 @pytest.fixture(scope="module")
 def cluster(base_image):
     c = RayCluster(head_slots=1)
+    c.env["EVOLVE_HOME"] = str(c.temp / "home")  # the nodes' own: what the head ships is not there yet
     try:
         c.start()
         c.worker = c.add_node(1)
@@ -43,10 +44,11 @@ def cluster(base_image):
         c.close()
 
 
-def evolve_eval(evalset: Path, harness: Path, runs: Path, *extra: str, background: bool = False):
+def evolve_eval(evalset: Path, harness: Path, runs: Path, *extra: str, background: bool = False,
+                home: Path | None = None):
     cmd = [EVOLVE, "eval", "--harness", str(harness), "--evals", str(evalset), "--split", "search",
            "--model", SCRIPTED, "--workers", "2", "--repeats", "2", "--runs-dir", str(runs), *extra]
-    env = {**os.environ, "COLUMNS": "200"}
+    env = {**os.environ, "COLUMNS": "200", **({"EVOLVE_HOME": str(home)} if home else {})}
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -62,6 +64,28 @@ def results(runs: Path) -> tuple[Path, dict[tuple[str, int], dict]]:
 
 def run_containers(client, run_id: str) -> list:
     return client.api.containers(all=True, filters={"label": f"evolve.run={run_id}"})
+
+
+def events(run_dir: Path, kind: str) -> list[dict]:
+    return [e for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines()) if e["event"] == kind]
+
+
+def with_image(evalset: Path, dest: Path, image: str) -> Path:
+    """A copy of ``evalset`` whose tasks run in ``image``."""
+    shutil.copytree(evalset, dest)
+    for split in dest.glob("*.jsonl"):
+        rows = [{**json.loads(line), "image": image} for line in split.read_text().splitlines()]
+        split.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest
+
+
+def untag(client, ref: str) -> None:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.remove(ref)
+    except ImageNotFound:
+        pass
 
 
 def test_importing_evolve_does_not_import_ray():
@@ -89,10 +113,31 @@ def test_a_ray_address_where_no_cluster_answers_is_a_clear_error(mini_evalset, t
     assert f"no Ray cluster answers at '127.0.0.1:{port}'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_client, tmp_path):
-    harness = template_dir("minimal")
-    evolve_eval(mini_evalset, harness, tmp_path / "local")
-    proc = evolve_eval(mini_evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address)
+def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, base_image, docker_client, tmp_path):
+    """The tasks' image exists only as the head's saved copy (a fresh node's engine lacks it): the
+    nodes load it, once each at most, and the outcomes are the local executor's in that image. The
+    harness declares a requirement (its agent runs in the base image): the head's environment is
+    unpacked on the nodes, whose $EVOLVE_HOME lacks it."""
+    import uuid
+
+    from evolve.executors import images
+
+    harness, home, fresh = tmp_path / "harness", tmp_path / "home", f"evolve-test-fresh-{uuid.uuid4().hex[:8]}:1"
+    shutil.copytree(template_dir("minimal"), harness)
+    with open(harness / "harness.yaml", "a") as f:
+        f.write(f"\nimage: {base_image}\nrequirements: [tomli-w==1.0.0]\n")
+    evalset = with_image(mini_evalset, tmp_path / "mini", fresh)
+    docker_client.images.get(base_image).tag(fresh)
+    try:
+        evolve_eval(evalset, harness, tmp_path / "local", home=home)
+        image_id = docker_client.images.get(fresh).id
+        saved = images.saved_copy(docker_client, fresh, image_id, home)  # the head's copy, then gone from the engine
+        untag(docker_client, fresh)
+        proc = evolve_eval(evalset, harness, tmp_path / "ray", "--executor", "ray", "--ray-address", cluster.address,
+                           home=home)
+        assert docker_client.images.get(fresh).id == image_id  # loaded from the head's copy
+    finally:
+        untag(docker_client, fresh)
     assert "(ray)" in proc.stdout
     local_dir, local = results(tmp_path / "local")
     ray_dir, remote = results(tmp_path / "ray")
@@ -112,6 +157,59 @@ def test_ray_runs_on_both_nodes_and_matches_local(cluster, mini_evalset, docker_
     meta = json.loads((ray_dir / "run.json").read_text())
     assert meta["executor"] == "ray" and meta["status"] == "finished"
     assert not run_containers(docker_client, ray_dir.name)
+    # The head shipped its copy once; nodes loaded it, each at most once (both share this engine:
+    # the second usually finds it present), and the events say which node loaded what.
+    shipped, loaded = events(ray_dir, "image_shipped"), events(ray_dir, "image_loaded")
+    assert len(shipped) == 1 and f"{saved.size} bytes" in shipped[0]["detail"]
+    loaders = [e["detail"].split()[1] for e in loaded]
+    assert 1 <= len(loaders) == len(set(loaders)) and set(loaders) <= set(cluster.node_ids())
+    assert all(f"loaded {fresh} ({image_id})" in e["detail"] for e in loaded)
+    (env_dir,) = (home / "envs").iterdir()
+    unpacked = [e["detail"] for e in events(ray_dir, "env_loaded")]
+    assert len(unpacked) == 1 and "unpacked the harness environment" in unpacked[0]  # one lock: one machine
+    assert (cluster.temp / "home" / "envs" / env_dir.name / "evolve-env.json").is_file()
+
+
+def test_an_image_copy_that_is_not_the_claimed_image_is_infra(cluster, mini_evalset, base_image, docker_client,
+                                                               tmp_path):
+    """Hostile: the head's saved copy of an image holds another image. Each node loads it, finds
+    the other id, removes what it loaded and reports; the task-runs go to the other node, then end
+    ``infra`` with that reason: never the agent's failure, and no image is left behind."""
+    import io
+    import tarfile
+    import uuid
+
+    from evolve.executors import images
+
+    ref, home = f"evolve-test-bad-{uuid.uuid4().hex[:8]}:1", tmp_path / "home"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    repo, tag = ref.split(":")
+    docker_client.api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
+    other_id = docker_client.images.get(ref).id
+    try:  # its copy claims the base image's id
+        images.write_saved(home, ref, docker_client.images.get(base_image).id, docker_client.api.get_image(ref))
+    finally:
+        untag(docker_client, ref)
+    evalset = with_image(mini_evalset, tmp_path / "mini", ref)
+    try:
+        evolve_eval(evalset, template_dir("minimal"), tmp_path / "ray", "--executor", "ray", "--ray-address",
+                    cluster.address, home=home)
+    finally:
+        untag(docker_client, ref)
+        untag(docker_client, other_id)
+    run_dir, rows = results(tmp_path / "ray")
+    assert len(rows) == 4
+    for row in rows.values():
+        assert row["failure_class"] == "infra" and row["harness_exit_code"] is None, row
+        assert f"loading image {ref} on node" in row["error"] and f"loaded as image {other_id}" in row["error"]
+    nodes = set(cluster.node_ids())
+    assert {e["detail"].split(" on node ")[1].split()[0] for e in events(run_dir, "infra_retry")} <= nodes
+    assert json.loads((run_dir / "summary.json").read_text())["infra"] == 4
+    assert not any(i.id == other_id or ref in i.tags for i in docker_client.images.list(all=True))
 
 
 def test_synth_validation_jobs_on_ray_keep_the_same_tasks(cluster, tmp_path):
@@ -127,6 +225,39 @@ def test_synth_validation_jobs_on_ray_keep_the_same_tasks(cluster, tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out[kind] = [(dest / f"{split}.jsonl").read_text() for split in ("search", "holdout")]
     assert out["ray"] == out["local"] and "tinylib__mut-" in out["ray"][0] + out["ray"][1]
+
+
+def test_a_copy_corrupted_on_the_way_is_refused_before_docker_load(docker_client, tmp_path):
+    """No cluster needed: the bytes a node received differ from the head's copy in one byte."""
+    import io
+    import tarfile
+    import uuid
+
+    from evolve.executors import images
+
+    ref = f"evolve-test-corrupt-{uuid.uuid4().hex[:8]}:1"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    repo, tag = ref.split(":")
+    docker_client.api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
+    image_id = docker_client.images.get(ref).id
+    try:
+        saved = images.saved_copy(docker_client, ref, image_id, tmp_path)
+        assert images.saved_copy(docker_client, ref, image_id, tmp_path) == saved  # made once
+    finally:
+        untag(docker_client, ref)
+    data = bytearray(saved.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(images.LoadError, match=f"the copy of {ref} received from the head is corrupt"):
+        images.load(docker_client, ref, image_id, saved.sha256, saved.size, [bytes(data)], home=tmp_path,
+                    have=lambda: False)
+    assert images.engine_id(docker_client, ref) is None
+    assert images.load(docker_client, ref, image_id, saved.sha256, saved.size, saved.chunks(), home=tmp_path,
+                       have=lambda: False)["bytes"] == saved.size
+    untag(docker_client, ref)
 
 
 def make_project(root: Path) -> Path:

@@ -6,12 +6,22 @@ takes at most N at once, and only nodes that declare it (they have a Docker engi
 
 What travels: the head puts the harness tree, each task repository (a tar of its directory) and
 the split's task rows into Ray's object store once per evaluation; every task-run references them
-and a worker process unpacks each once (``ray_node``). The model call path stays
+and a worker process unpacks each once (``ray_node``); the harness's environment (built on the
+head, ``taskrun.agent_env``) is put once per executor and unpacked once per node. The model call path stays
 container → unix socket → gateway → litellm → model, with the gateway in the worker process beside
 the container: API keys reach it through the job's runtime env (``env_vars``: the variables of this
 process named in ``forwarded_env``), never a container. Back to the head come the ``TaskResult``,
 the files (trace, trajectory, patch, test output) and the retry events, which the evaluation writes
 into the same ``runs/`` and cache layout as the local executor; the result records the node's id.
+
+Images: the head fixes the image id of every image the evaluation uses (``images.head_ids``: its
+engine's, else its saved copy's). A node that lacks one answers ``need_images`` before running
+anything; the head then puts its saved copy (``docker save | gzip``, made once per image id and
+kept in ``$EVOLVE_HOME/images/saved/``) into the object store in ``images.CHUNK_BYTES`` pieces, once
+per evaluation, and submits the task-run again; the node loads it once (a per-node file lock), checks
+the id, and the task-run's events say which node loaded what (``image_loaded``). A load that fails
+(corrupt bytes, another image id, docker refusing) is this node's infrastructure: an
+``infra_retry`` event and the task-run goes to another node; with no node left, ``infra``.
 
 Failures: a task-run whose worker or node died is infrastructure: an ``infra_retry`` event, then
 submitted again on any node with a free ``evolve_sandbox`` (``SYSTEM_RETRIES`` times); when that is
@@ -30,6 +40,7 @@ import os
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 
 import ray
@@ -63,14 +74,14 @@ def forwarded_env(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 @ray.remote(num_cpus=0, resources={RESOURCE: 1}, max_retries=0)  # retried by RayExecutor.run, with an event
 def _task_run(spec: dict, tasks: dict, instance_id: str, repeat: int, key: str) -> dict:
-    out = ray_node.run_remote(spec, tasks, instance_id, repeat, key, fetch=ray.get)
-    out["node"] = ray.get_runtime_context().get_node_id()
-    return out
+    node = ray.get_runtime_context().get_node_id()
+    return {**ray_node.run_remote(spec, tasks, instance_id, repeat, key, fetch=ray.get, node_id=node), "node": node}
 
 
 @ray.remote(num_cpus=0, resources={RESOURCE: 1}, max_retries=SYSTEM_RETRIES, retry_exceptions=False)
-def _validate(job, repo) -> str | None:
-    return ray_node.validate_remote(job, repo, fetch=ray.get)
+def _validate(job, repo, images) -> dict:
+    node = ray.get_runtime_context().get_node_id()
+    return {**ray_node.validate_remote(job, repo, images, fetch=ray.get, node_id=node), "node": node}
 
 
 @ray.remote(num_cpus=0)
@@ -113,6 +124,13 @@ class RayExecutor:
         self._lock = threading.Lock()
         self._repos: dict[str, tuple[str, list]] = {}
         self._connected = False
+        self._client = None
+        self._images: dict[str, dict] = {}
+        """``{ref: {"id": image id, "payload": None or {"sha256", "size", "chunks": [ObjectRef]}}}``:
+        replaced whole when it changes (jobs being submitted read it without a lock)."""
+        self._ship_lock = threading.Lock()
+        self._envs: dict[str, list] = {}
+        """``{harness environment key: [ObjectRef of the tar of its directory]}``, put once per executor."""
 
     def connect(self) -> None:
         """Join the cluster once per process.
@@ -140,38 +158,175 @@ class RayExecutor:
     def open(self, work: EvalWork) -> None:
         self.connect()
         harness = work.harness
+        task_refs = self._resolve_images(work)
         # Put once, referenced by every task-run (wrapped in lists: fetched lazily). A repository is
         # put once per executor, so every evaluation of an `evolve run` shares it.
         harness_tar = ray_node.tar_dir(harness.root)
         repos = {t.repo_path: self._repo(work.evalset.repo_dir(t)) for t in work.tasks if t.repo_path}
         self._spec = {"run_id": work.run_id, "settings": work.settings, "harness_key": "harness-" + harness.tree_hash,
                       "harness_ref": [ray.put(harness_tar)], "harness_spec": harness.spec.model_dump(),
-                      "tree_hash": harness.tree_hash, "source": harness.source, "repos": repos}
+                      "tree_hash": harness.tree_hash, "source": harness.source, "repos": repos,
+                      "task_refs": task_refs, "envs": self._harness_envs(work, task_refs)}
         self._tasks = ray.put({t.instance_id: t for t in work.tasks})
         self._work = work
 
+    def _resolve_images(self, work: EvalWork) -> dict:
+        """Fix the image id of every image ``work`` uses (``images.head_ids``; images the head has
+        neither in its engine nor saved are got as the local executor gets them) and return
+        ``{task image: ref}``.
+
+        Raises:
+            SandboxError: as ``taskrun.task_images``: images that cannot be had, named.
+        """
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors import images
+        from evolve.harness_env import agent_image
+        from evolve.sandbox.docker import docker_client
+        from evolve.sandbox.image import base_image_tag, ensure_image
+        from evolve.taskrun import task_images
+
+        if self._client is None:
+            self._client = docker_client()
+        client, home = self._client, evolve_home()
+        task_refs = {t.image: t.image or base_image_tag() for t in work.tasks}
+        ids = images.head_ids(client, task_refs.values(), home)
+        absent = [t for t in work.tasks if task_refs[t.image] not in ids]
+        if absent:
+            task_refs.update(task_images(client, absent, work.split))  # present, pulled or built; else an error
+            ids.update(images.head_ids(client, task_refs.values(), home))
+        for ref in {agent_image(work.harness, r) for r in task_refs.values()} - ids.keys():
+            ids[ref] = images.engine_id(client, ensure_image(client, ref))
+        kept = {ref: entry for ref, entry in self._images.items() if ids.get(ref) == entry["id"]}
+        self._images = {ref: kept.get(ref, {"id": image_id, "payload": None}) for ref, image_id in ids.items()}
+        return task_refs
+
+    def _harness_envs(self, work: EvalWork, task_refs: dict) -> dict:
+        """``{task image ref: shipped environment}`` (``ray_node._Node.env``): the harness's
+        environment for each image, built or found on the head as the local executor does
+        (``taskrun.agent_env``; an image the head has only saved is loaded into its engine first)
+        and put once per executor. Empty when the harness declares no requirements.
+
+        Raises:
+            HarnessError: as ``agent_env``.
+            SandboxError: the head's saved copy of an image cannot be loaded on the head.
+        """
+        from evolve.errors import SandboxError
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors import images
+        from evolve.harness_env import agent_image
+        from evolve.taskrun import agent_env
+
+        if not work.harness.requirements:
+            return {}
+        home, out = evolve_home(), {}
+        for ref in set(task_refs.values()):
+            agent_ref = agent_image(work.harness, ref)
+            image_id = self._images[agent_ref]["id"]
+            if images.engine_id(self._client, agent_ref) != image_id:  # only saved: the env is built in it here
+                saved = images.saved_copy(self._client, agent_ref, image_id, home)
+                try:
+                    images.load(self._client, agent_ref, image_id, saved.sha256, saved.size, saved.chunks(), home=home,
+                                have=lambda: images.engine_id(self._client, agent_ref) == image_id)
+                except images.LoadError as e:
+                    raise SandboxError(f"the head cannot load its own saved copy of {agent_ref}: {e}") from None
+            _, env = agent_env(self._client, work.harness, ref, work.settings)
+            if env.key not in self._envs:
+                self._envs[env.key] = [ray.put(ray_node.tar_dir(env.root))]
+            out[ref] = {"key": env.key, "tar": self._envs[env.key], "image": env.image, "python": dict(env.python.__dict__),
+                        "requirements": list(env.requirements)}
+        return out
+
+    def _ship(self, refs: list[str], say=lambda detail: None) -> None:
+        """Put the head's saved copy of each of ``refs`` into the object store (once per evaluation).
+
+        Raises:
+            InfraError: the head cannot make a saved copy (``images.saved_copy``).
+        """
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors import images
+
+        with self._ship_lock:
+            for ref in refs:
+                entry = self._images[ref]
+                if entry["payload"] is not None:
+                    continue
+                start = time.monotonic()
+                saved = images.saved_copy(self._client, ref, entry["id"], evolve_home())
+                chunks = [ray.put(block) for block in saved.chunks()]
+                payload = {"sha256": saved.sha256, "size": saved.size, "chunks": chunks}
+                self._images = {**self._images, ref: {**entry, "payload": payload}}
+                say(f"head shipped {ref} ({entry['id']}): {saved.size} bytes in {len(chunks)} pieces, "
+                    f"{time.monotonic() - start:.1f} s to save and put")
+
+    def _submit(self, key: str, submit, say) -> dict:
+        """``ray.get`` of ``submit()``, shipping images and submitting again while the node
+        answers ``need_images`` (at most once per image). Raises what ``ray.get`` raises and
+        ``InfraError`` of ``_ship``."""
+        for _ in range(len(self._images) + 1):
+            ref = submit()
+            with self._lock:
+                self._running[key] = ref
+            try:
+                out = ray.get(ref)
+            finally:
+                with self._lock:
+                    self._running.pop(key, None)
+            if "need_images" not in out:
+                return out
+            self._ship(out["need_images"], say)
+        raise RuntimeError(f"a node kept asking for images already shipped: {out['need_images']}")
+
+    def _elsewhere(self, failed: set[str]) -> dict | None:
+        """Ray options that keep a task-run off the nodes in ``failed`` (their image load failed):
+        ``{}`` when none failed, None when no other live node declares ``evolve_sandbox``."""
+        import random
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        if not failed:
+            return {}
+        others = [n["NodeID"] for n in ray.nodes()
+                  if n.get("Alive") and n.get("Resources", {}).get(RESOURCE) and n["NodeID"] not in failed]
+        if not others:
+            return None
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(random.choice(others), soft=False)}
+
     def run(self, job: Job, scratch: Path) -> tuple[TaskResult, Files]:
-        """As ``Executor.run``. A task-run whose worker process or node died is infrastructure: it
-        is written as an ``infra_retry`` event and submitted again (Ray places it on a node with a
-        free slot, the dead one excluded once the cluster notices), ``SYSTEM_RETRIES`` times;
+        """As ``Executor.run``. A task-run whose worker process or node died, or whose node could
+        not load an image, is infrastructure: it is written as an ``infra_retry`` event and
+        submitted again (Ray places it on a node with a free slot, the dead one excluded once the
+        cluster notices; after a failed load, on another node), ``SYSTEM_RETRIES`` times;
         then the result is ``infra``. The result's ``attempts`` counts these tries too."""
+        from evolve.errors import InfraError
+
         work = self._work
         assert work is not None and self._spec is not None, "open() first"
-        iid, errors = job.task.instance_id, []
+        iid, errors, failed = job.task.instance_id, [], set()
+        say = lambda detail: work.on_event("image_shipped", iid, job.repeat, detail)  # noqa: E731
         for n in range(1, SYSTEM_RETRIES + 2):
             if work.stop.is_set():
                 raise Cancelled()
-            ref = _task_run.remote(self._spec, self._tasks, iid, job.repeat, job.key)
-            with self._lock:
-                self._running[job.key] = ref
+            opts = self._elsewhere(failed)
+            if opts is None:
+                return infra_result(job, "; ".join(errors[-3:]) + "; no other node to try", attempts=len(errors)), {}
             try:
-                out = ray.get(ref)
-                break
+                out = self._submit(job.key, lambda: _task_run.options(**opts).remote(
+                    {**self._spec, "images": self._images}, self._tasks, iid, job.repeat, job.key), say)
+                if "image_error" not in out:
+                    break
+                errors.append(f"ray attempt {n}: {out['image_error']}")
+                failed.add(out["node"])
+                log.warning("task-run %s r%d: %s", iid, job.repeat, errors[-1])
+                if n > SYSTEM_RETRIES:
+                    return infra_result(job, "; ".join(errors[-3:]), attempts=len(errors)), {}
+                work.on_event("infra_retry", iid, job.repeat, errors[-1])
             except ray.exceptions.RayTaskError as e:
                 if work.stop.is_set():
                     raise Cancelled() from None
                 cause = e.cause if isinstance(e.cause, BaseException) else e
                 raise cause from None  # ModelError, a bug: as the local executor raises it
+            except InfraError as e:  # the head cannot ship an image: no node can do better
+                return infra_result(job, f"{e}", attempts=len(errors) + 1), {}
             except ray.exceptions.RayError as e:  # WorkerCrashedError, NodeDiedError, TaskCancelledError ...
                 if work.stop.is_set():
                     raise Cancelled() from None
@@ -181,9 +336,6 @@ class RayExecutor:
                     return infra_result(job, "; ".join(errors[-3:]), attempts=len(errors)), {}
                 work.on_event("infra_retry", iid, job.repeat, errors[-1])
                 work.stop.wait(min(2.0 ** n, 16.0))  # time for the cluster to notice a dead node
-            finally:
-                with self._lock:
-                    self._running.pop(job.key, None)
         for event in out["events"]:
             work.on_event(*event)
         result: TaskResult = out["result"]
@@ -193,17 +345,42 @@ class RayExecutor:
         """As ``LocalExecutor.validate``, on a node with a free ``evolve_sandbox``. Each repository
         is put once per executor (by path: synthesis writes it before validating). A node lost
         ``SYSTEM_RETRIES + 1`` times drops the task with the reason, as a grader infrastructure error does."""
-        with self._lock:
-            self.connect()
-        repo = self._repo(job.repo_dir) if job.repo_dir is not None else None
         import dataclasses
 
-        try:
-            return ray.get(_validate.remote(dataclasses.replace(job, repo_dir=None), repo))
-        except ray.exceptions.RayTaskError as e:
-            raise (e.cause if isinstance(e.cause, BaseException) else e) from None
-        except ray.exceptions.RayError as e:
-            return f"grader infrastructure error: ray: {type(e).__name__}: {str(e)[:300]}"
+        from evolve.errors import InfraError
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors import images
+        from evolve.sandbox.docker import docker_client
+
+        with self._lock:
+            self.connect()
+            if job.image not in self._images:  # the image synthesis built on the head
+                if self._client is None:
+                    self._client = docker_client()
+                ids = images.head_ids(self._client, [job.image], evolve_home())
+                if job.image not in ids:
+                    return f"grader infrastructure error: image {job.image} is neither in the head's engine nor saved"
+                self._images = {**self._images, job.image: {"id": ids[job.image], "payload": None}}
+        repo = self._repo(job.repo_dir) if job.repo_dir is not None else None
+        remote_job, failed, errors = dataclasses.replace(job, repo_dir=None), set(), []
+        for _ in range(SYSTEM_RETRIES + 1):
+            opts = self._elsewhere(failed)
+            if opts is None:
+                break
+            try:
+                out = self._submit(f"validate-{job.task.instance_id}-{threading.get_ident()}", lambda: _validate.options(
+                    **opts).remote(remote_job, repo, {job.image: self._images[job.image]}), say=log.info)
+            except ray.exceptions.RayTaskError as e:
+                raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+            except InfraError as e:  # the head cannot ship the image
+                return f"grader infrastructure error: {e}"
+            except ray.exceptions.RayError as e:
+                return f"grader infrastructure error: ray: {type(e).__name__}: {str(e)[:300]}"
+            if "image_error" not in out:
+                return out["reason"]
+            errors.append(out["image_error"])
+            failed.add(out["node"])
+        return "grader infrastructure error: " + "; ".join(errors[-3:])
 
     def _repo(self, repo_dir: Path) -> tuple[str, list]:
         """``(key, [ObjectRef])`` of the tar of ``repo_dir``, put on first need (by path: eval sets
@@ -226,6 +403,7 @@ class RayExecutor:
         if self._work is not None:
             self._sweep_nodes()
         self._work = self._spec = self._tasks = None
+        self._images = {ref: {**entry, "payload": None} for ref, entry in self._images.items()}  # frees the copies
 
     def _sweep_nodes(self) -> None:
         """``ray_node.sweep`` of this run on every live node that declares ``evolve_sandbox``."""

@@ -2,7 +2,8 @@
 
 Runs inside a Ray worker process on a node that declares ``evolve_sandbox``. Per process, on
 first need: a docker client of the node's engine (and a sweep of what dead evolve processes left
-on it), the task images (``ensure_image``: present, pulled, or built offline), the model backend
+on it), the task images (present with the head's image id, else loaded from the head's saved copy:
+``executors.images``; a node without the head's copy asks for it by answering ``need_images``), the model backend
 (built here from the model string and whatever keys the node's environment holds: the gateway
 runs on this node, beside the container), and the harness trees and repositories the head put in
 Ray's object store, unpacked once into a private temp dir (swept once the process is dead).
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 from evolve.config import EvalSettings
 from evolve.harness import Harness, HarnessSpec
-from evolve.taskrun import Files, Job, TaskContext, agent_env, run_task
+from evolve.taskrun import Files, Job, TaskContext, run_task
 from evolve.types import Task
 
 _CONTEXTS_KEPT = 4
@@ -49,16 +50,48 @@ class _Node:
         self._dir = owner.temp_dir("node")  # removed at exit, swept after a kill -9
         self.root = Path(self._dir.name)
         self.images: dict[str, str] = {}
+        """``{ref: image id}`` seen in this node's engine."""
         self.backends: dict[str, Any] = {}
         self.trees: dict[str, Path] = {}
         self.contexts: OrderedDict[str, TaskContext] = OrderedDict()
 
-    def image(self, name: str) -> str:
-        from evolve.sandbox.image import ensure_image
+    def has(self, ref: str, image_id: str) -> bool:
+        """Whether this node's engine holds ``ref`` as ``image_id``."""
+        from evolve.executors.images import engine_id
 
-        if name not in self.images:
-            self.images[name] = ensure_image(self.client, name)
-        return self.images[name]
+        if self.images.get(ref) != image_id:
+            found = engine_id(self.client, ref)
+            if found is None:
+                return False
+            self.images[ref] = found
+        return self.images[ref] == image_id
+
+    def ensure_images(self, images: dict, refs: list[str], fetch: Callable[[Any], bytes],
+                      node_id: str) -> dict:
+        """Make ``refs`` present here as ``images[ref]["id"]``, loading the head's copies
+        (``images[ref]["payload"]``). Returns ``{"need_images": [ref]}`` (copies the head must ship
+        first), ``{"image_error": why}`` (a load failed: infrastructure of this node), or
+        ``{"loaded": [what was loaded, for events]}``."""
+        from evolve.errors import InfraError
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors.images import LoadError, load
+
+        missing = [r for r in dict.fromkeys(refs) if not self.has(r, images[r]["id"])]
+        need = [r for r in missing if images[r]["payload"] is None]
+        if need:
+            return {"need_images": need}
+        loaded = []
+        for ref in missing:
+            image_id, p = images[ref]["id"], images[ref]["payload"]
+            try:
+                done = load(self.client, ref, image_id, p["sha256"], p["size"], (fetch(c) for c in p["chunks"]),
+                            home=evolve_home(), have=lambda: self.has(ref, image_id))
+            except (LoadError, InfraError) as e:
+                return {"image_error": f"loading image {ref} on node {node_id} failed: {e}"}
+            if done is not None:
+                loaded.append(f"node {node_id} loaded {ref} ({image_id}): {done['bytes']} bytes from the head's "
+                              f"saved copy in {done['seconds']} s")
+        return {"loaded": loaded}
 
     def backend(self, settings: EvalSettings):
         import json
@@ -69,6 +102,37 @@ class _Node:
         if key not in self.backends:  # kept for the process's life (a scripted server is a thread)
             self.backends[key] = backend_for(settings.model, settings.model_params)[0]
         return self.backends[key]
+
+    def env(self, shipped: dict, fetch: Callable[[Any], bytes], node_id: str):
+        """``(HarnessEnv, what was done or None)``: the head's harness environment (``shipped``:
+        ``key``, ``tar`` (``[ObjectRef]`` of the tar of its directory), ``image``, ``python``,
+        ``requirements``) at ``$EVOLVE_HOME/envs/<key>`` on this node, unpacked there (renamed into
+        place once complete) unless it is there already. The same bytes on every node: nodes need
+        no package index and build nothing."""
+        import shutil
+        import tempfile
+
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors.images import node_lock
+        from evolve.harness_env import HarnessEnv, ImagePython
+
+        home, key = evolve_home(), shipped["key"]
+        root = home / "envs" / key[:24]
+        env = HarnessEnv(root, key, shipped["image"], ImagePython(**shipped["python"]), tuple(shipped["requirements"]))
+        with node_lock(home):
+            if (root / "evolve-env.json").is_file():
+                return env, None
+            root.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key[:24]}-", dir=root.parent))
+            try:
+                data = fetch(shipped["tar"][0])
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+                    tar.extractall(tmp, filter="tar")
+                tmp.chmod(0o755)
+                tmp.rename(root)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return env, f"node {node_id} unpacked the harness environment {key[:12]} ({len(data)} bytes) from the head"
 
     def tree(self, key: str, ref: list, fetch: Callable[[Any], bytes]) -> Path:
         """The directory holding the tar ``ref[0]`` (named by ``key``), unpacked on first need."""
@@ -96,12 +160,16 @@ def node() -> _Node:
 
 
 def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int, key: str,
-               fetch: Callable[[Any], bytes]) -> dict:
+               fetch: Callable[[Any], bytes], node_id: str = "") -> dict:
     """Run one job on this node and return ``{"result": TaskResult, "files": {name: bytes},
-    "events": [(event, instance_id, repeat, detail)]}``.
+    "events": [(event, instance_id, repeat, detail)]}``, or, before anything ran, ``{"need_images":
+    [ref]}`` or ``{"image_error": why}`` (``_Node.ensure_images``).
 
     ``spec``: ``run_id``, ``settings``, the harness (``harness_key``, ``harness_ref``: ``[ObjectRef]``,
-    ``harness_spec``, ``tree_hash``, ``source``) and ``repos`` (``{repo_path: (key, [ObjectRef])}``).
+    ``harness_spec``, ``tree_hash``, ``source``), ``repos`` (``{repo_path: (key, [ObjectRef])}``),
+    ``images`` (``{ref: {"id": image id, "payload": None or {"sha256", "size", "chunks": [ObjectRef]}}}``)
+    ``task_refs`` (``{task image: ref}``) and ``envs`` (``{ref: shipped harness environment}``, see
+    ``_Node.env``; empty when the harness declares no requirements).
     Refs come wrapped in a list so that Ray does not fetch them for every job: ``fetch`` gets one
     only the first time this process needs it.
     """
@@ -122,10 +190,20 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
             while len(n.contexts) > _CONTEXTS_KEPT:
                 n.contexts.popitem(last=False)
         task = tasks[instance_id]
-        if task.image not in ctx.images:
-            ctx.images[task.image] = n.image(task.image)
-        if task.image not in ctx.agent_envs:  # built on this node, from its own wheelhouse cache
-            ctx.agent_envs[task.image] = agent_env(n.client, ctx.harness, ctx.images[task.image], ctx.settings)
+        from evolve.harness_env import agent_image
+
+        ref = spec["task_refs"][task.image]
+        got = n.ensure_images(spec["images"], [ref, agent_image(ctx.harness, ref)], fetch, node_id)
+        if "loaded" not in got:
+            return got
+        events += [("image_loaded", instance_id, repeat, detail) for detail in got["loaded"]]
+        ctx.images[task.image] = ref
+        if task.image not in ctx.agent_envs:  # the head's environment, unpacked here once
+            shipped = spec["envs"].get(ref)
+            env, detail = n.env(shipped, fetch, node_id) if shipped else (None, None)
+            ctx.agent_envs[task.image] = (agent_image(ctx.harness, ref), env)
+            if detail:
+                events.append(("env_loaded", instance_id, repeat, detail))
     from evolve import owner
 
     ctx_for_job = TaskContext(client=ctx.client, images=ctx.images, backend=ctx.backend, harness=ctx.harness,
@@ -139,9 +217,12 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
     return {"result": result, "files": out, "events": events}
 
 
-def validate_remote(job, repo: tuple[str, list] | None, fetch: Callable[[Any], bytes]) -> str | None:
+def validate_remote(job, repo: tuple[str, list] | None, images: dict, fetch: Callable[[Any], bytes],
+                    node_id: str = "") -> dict:
     """``synth.synthesize.validate_task`` of ``job`` on this node, its repository unpacked from
-    ``repo`` (``(key, [ObjectRef])``, or None when the image holds it)."""
+    ``repo`` (``(key, [ObjectRef])``, or None when the image holds it), ``job.image`` as in
+    ``images`` (as ``run_remote``'s spec). Returns ``{"reason": why dropped or None, "loaded": [...]}``,
+    or ``need_images``/``image_error`` as ``_Node.ensure_images``."""
     import dataclasses
 
     from evolve.synth.synthesize import validate_task
@@ -149,8 +230,10 @@ def validate_remote(job, repo: tuple[str, list] | None, fetch: Callable[[Any], b
     n = node()
     with n.lock:
         repo_dir = n.tree(repo[0], repo[1], fetch) if repo else None
-        image = n.image(job.image)
-    return validate_task(n.client, dataclasses.replace(job, repo_dir=repo_dir, image=image))
+        got = n.ensure_images(images, [job.image], fetch, node_id)
+    if "loaded" not in got:
+        return got
+    return {"reason": validate_task(n.client, dataclasses.replace(job, repo_dir=repo_dir)), **got}
 
 
 def sweep(run_id: str) -> int:
