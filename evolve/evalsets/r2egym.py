@@ -18,9 +18,9 @@ PyPI, so these rules are written here, in evolve's terms):
   sight, links ``/r2e_tests`` into /testbed and runs ``bash run_tests.sh`` in /testbed (ANSI codes and
   ``\\r`` removed). evolve's test command does the same in the grader's fresh container: PATH gets
   ``/testbed/.venv/bin`` first, ``/r2e_tests`` is copied (without bytecode) to /testbed/r2e_tests, then
-  ``bash run_tests.sh``. The agent does not see ``r2e_tests`` (R2E-Gym links it in; evolve hides hidden
-  tests as SWE-bench does) and ``run_tests.sh`` stays in /testbed (the grader restores it from the base
-  if a patch changes it).
+  ``bash run_tests.sh``. The tests stay at ``/r2e_tests`` in the agent's container, readable as in
+  R2E-Gym (which links them into /testbed), and ``run_tests.sh`` stays in /testbed (the grader restores
+  it from the base if a patch changes it, and restores any file of the venv: ``package_metadata``).
 * Log parser (``parse_log``): only the lines after pytest's "short test summary info"; a line holding
   ``PASSED``, else ``FAILED``, else ``ERROR`` names the test by its node id without the file, parts
   joined with ``.`` (``r2e_tests/test_1.py::TestX::test_y`` is ``TestX.test_y``), cut at ``" - "``.
