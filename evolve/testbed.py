@@ -263,11 +263,12 @@ def _tree_entries(root: Path, name: str, uid: int, gid: int) -> list[bytes]:
 def testbed_archive(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> tuple[str, bytes]:
     """The base commit's sha and the tar entries (no trailer) that put the task's snapshot at
     /testbed: the host-built ``snapshot`` when the sandbox has a numeric user and there is a local
-    repo, else none (``prepare_testbed`` has then made it inside the sandbox).
+    repo and no ``setup_patch``, else none (``prepare_testbed`` has then made it inside the sandbox).
 
     Raises:
         EvalSetError: the repo or the commit does not exist.
-        InfraError: the snapshot could not be made (Docker or git).
+        InfraError: the snapshot could not be made (Docker or git), or the task's ``setup_patch`` does not
+            apply (``"eval_set"``).
     """
     ids = sandbox_ids(sandbox)
     if repo_dir is not None and ids is not None and not setup_patch(task):
@@ -289,12 +290,14 @@ def prepare_testbed(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> str:
     """Put the task's snapshot at /testbed and return the base commit's sha (40 hex).
 
     ``repo_dir`` is the local repository to copy in, or None when the image
-    already holds the repo at /testbed. (``testbed_archive`` instead gives the
+    already holds the repo at /testbed. A task's ``setup_patch`` is applied
+    first, inside the sandbox. (``testbed_archive`` instead gives the
     host-built snapshot as tar entries when it can.)
 
     Raises:
         EvalSetError: the repo or the commit does not exist.
-        InfraError: the snapshot could not be made (Docker or git).
+        InfraError: the snapshot could not be made (Docker or git), or the task's ``setup_patch`` does not
+            apply (``"eval_set"``: the eval set's problem, never the agent's).
     """
     ids = sandbox_ids(sandbox)
     setup = setup_patch(task)

@@ -32,6 +32,9 @@ PyPI, so these rules are written here, in evolve's terms):
   ``old_commit_res_stdout`` (read with the same parser, as R2E-Gym's ``is_good_exec`` does): not PASSED
   before is FAIL_TO_PASS, PASSED before is PASS_TO_PASS. Without that log every PASSED test is
   FAIL_TO_PASS. Resolution always uses the whole expected map.
+* Dropped: R2E-Gym's runtime also installs ``chardet`` into the venv when it starts (for its agent's
+  tools) and gives the tests 300 seconds; evolve's sandboxes have no network, and the test timeout is
+  evolve's setting.
 * The reference ``patch`` is the commit's non-test Python file diffs rebuilt from
   ``parsed_commit_content`` (R2E-Gym's ``ParsedCommit.get_patch(test_file=False)``), or empty.
 """
