@@ -29,10 +29,12 @@ What SWE-smith does, and what evolve does with it (sources: the swesmith package
   swebench 5, and so evolve, never resolves a skipped FAIL_TO_PASS test.
 * **Gap:** the swesmith package (0.0.9, the newest on PyPI) imports names that swebench 5 removed
   (``DOCKER_USER``, ``swebench.harness.dockerfiles``), so it cannot be installed next to the swebench
-  that evolve grades with, and its per-repo profiles are not read. Most Python profiles (about 120
-  of 133 in 0.0.9) use the default command and parser above; for the others give ``--test-cmd``
-  (and ``--log-parser``). Rows whose tests are not pytest ids (SWE-smith's Go, Rust, JavaScript, ...
-  profiles) are dropped with that reason.
+  that evolve grades with, and its per-repo profiles are not read. Of its 133 Python profiles, 113
+  run the default command and parser above on the whole suite; 11 run it on the instance's test files
+  only (``min_testing``, e.g. pandas, sympy, dask: give ``--test-cmd`` with the same command and the
+  files are appended); 9 have their own command or parser (give ``--test-cmd``/``--log-parser``).
+  Rows whose tests are not pytest ids (SWE-smith's Go, Rust, JavaScript, ... profiles) are dropped
+  with that reason.
 """
 
 from __future__ import annotations
