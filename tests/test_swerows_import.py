@@ -442,3 +442,43 @@ def test_an_r2e_gym_task_runs_its_hidden_tests_and_resolves_by_expected_outcomes
             "+++ b/r2e_tests/test_1.py\n@@ -0,0 +1,6 @@\n+class TestCalc:\n+    def test_add(self):\n+        pass\n+\n"
             "+    def test_sub(self):\n+        pass\n")
     assert not grade_in(docker_client, r2e_image, task, fake).resolved
+
+
+
+def agent_fixes(tmp_path: Path, solvable: dict, other: dict):
+    """Import two rows, run the scripted solver's agent on ``solvable`` in its split, return its result."""
+    from evolve.config import EvalSettings
+    from evolve.evaluate import Evaluation
+    from evolve.harness import resolve_harness
+
+    imported = import_swebench(str(write_jsonl(tmp_path / "two.jsonl", [solvable, other])), tmp_path / "two",
+                               ImportOptions(holdout_fraction=0.5))
+    es = load_evalset(imported.path)
+    iid = [t.instance_id for t in es.tasks("search") + es.tasks("holdout") if "gives -1" in t.problem_statement][0]
+    split = next(s for s in ("search", "holdout") if iid in {t.instance_id for t in es.tasks(s)})
+    settings = EvalSettings(model=f"scripted/{SOLVER_SCRIPT}", harness_timeout_s=180, test_timeout_s=120)
+    ev = Evaluation(evalset=es, split=split, harness=resolve_harness(HARNESS, workdir=tmp_path / "harnesses"),
+                    settings=settings, runs_dir=tmp_path / "runs", workers=1, instance_ids=[iid])
+    (result,) = ev.run().results
+    assert not result.is_infra, result.error
+    return result
+
+
+def test_an_agent_fixes_a_swe_smith_bug_end_to_end(smith_image, docker_client, tmp_path):
+    """The whole path: import, the agent's sandbox starts from the bug, its patch is graded in the image."""
+    base = {**rows(SMITH)[0], "patch": BUG, "image_name": smith_image,
+            "FAIL_TO_PASS": ["tests/test_calc.py::TestCalc::test_add"], "PASS_TO_PASS": ["tests/test_calc.py::TestCalc::test_sub"]}
+    result = agent_fixes(tmp_path, {**base, "instance_id": "calc__calc.0000aaaa.op__solv", "problem_statement": "add(2, 3) gives -1"},
+                         {**base, "instance_id": "calc__calc.0000aaaa.op__othr", "problem_statement": "something else"})
+    assert result.resolved, (result.failure_class, result.model_patch)
+    assert "-    return a - b\n+    return a + b" in result.model_patch  # the agent saw the bug, and fixed it
+
+
+def test_an_agent_fixes_an_r2e_gym_bug_end_to_end(r2e_image, docker_client, tmp_path):
+    expected = json.dumps({"TestCalc.test_add": "PASSED", "TestCalc.test_sub": "PASSED"})
+    rest = rows(R2E)
+    result = agent_fixes(tmp_path, {**rest[0], "docker_image": r2e_image, "expected_output_json": expected,
+                                    "problem_statement": "add(2, 3) gives -1"},
+                         {**rest[1], "docker_image": r2e_image, "expected_output_json": expected})
+    assert result.resolved, (result.failure_class, result.model_patch)
+    assert result.FAIL_TO_PASS == {"TestCalc.test_add": "PASSED"} and ".venv" not in result.model_patch
