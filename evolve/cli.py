@@ -294,15 +294,18 @@ def evals_import_swebench(
     holdout_fraction: float = typer.Option(0.3, help="Share of tasks sealed in the holdout split (0 < f < 1)."),
     seed: int = typer.Option(0, help="Seed of the split: same seed, same split."),
     style: str = typer.Option("auto", help="Row style: auto, swe-bench (rows naming image, eval_script, "
-                                           "log_parser) or classic (older exports, SWE-Gym)."),
-    test_cmd: Optional[str] = typer.Option(None, help="Classic rows: test command run in /testbed of the "
-                                                      "instance image (test files appended)."),
-    log_parser: str = typer.Option("parse_log_pytest", help="Classic rows: swebench's log parser."),
+                                           "log_parser), classic (older exports, SWE-Gym), swe-smith (rows "
+                                           "with image_name) or r2e-gym (rows with docker_image)."),
+    test_cmd: Optional[str] = typer.Option(None, help="Classic and SWE-smith rows: test command run in /testbed "
+                                                      "of the instance image (test files appended); SWE-smith "
+                                                      "rows default to SWE-smith's Python profile command."),
+    log_parser: str = typer.Option("parse_log_pytest", help="Classic and SWE-smith rows: swebench's log parser."),
     namespace: Optional[str] = typer.Option(None, help="Classic rows: registry namespace of the instance images "
                                                        "(default: the names swebench builds locally)."),
     hf_split: str = typer.Option("test", help="Split of a Hugging Face dataset."),
 ) -> None:
-    """Import SWE-bench rows (SWE-bench, Lite, Verified, SWE-Gym) as an eval set with search and holdout splits."""
+    """Import SWE-bench rows (SWE-bench, Lite, Verified, SWE-Gym, SWE-smith, R2E-Gym) as an eval set with search
+    and holdout splits."""
     from evolve.evalsets.commands import print_import
     from evolve.evalsets.registry import evolve_home
     from evolve.evalsets.swebench import ImportOptions, import_swebench

@@ -23,9 +23,9 @@ candidate would find a way around it:
 5. Resolved iff every FAIL_TO_PASS and PASS_TO_PASS test passed (PASSED or
    XFAIL, the SWE-bench rule) and no ``TAMPERING_FLAGS`` flag was raised. A
    nonzero test exit with no failed test counts every test as failed
-   (SWE-bench #620). A task imported from SWE-bench is read with its own log
-   parser and resolved by swebench's report functions
-   (``evolve.evalsets.swebench_grading``).
+   (SWE-bench #620). A task imported from SWE-bench or SWE-smith is read with
+   its own log parser and resolved by swebench's report functions; one from
+   R2E-Gym by R2E-Gym's parser and rule (``evolve.evalsets.swebench_grading``).
 
 Infra must be earned. Only these are ``InfraError``: Docker failing; the tests
 running over the limit on the clock when the empty patch's tests do too; a
@@ -60,7 +60,7 @@ from evolve.errors import InfraError
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
 from evolve.testbed import (PRIVATE, SHADOW, TESTBED, TREE_RESET, kill_all_script, run_as_root, sandbox_ids, script,
                             shell_header, testbed_archive)
-from evolve.evalsets.swebench_grading import parse_log, tests_pass
+from evolve.evalsets.swebench_grading import parse_log, record_names, tests_pass
 from evolve.testlog import status_of
 from evolve.types import TAMPERING_FLAGS, FailureClass, IntegrityFlag, Task, TestStatus
 
@@ -514,6 +514,7 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
     console = parse_log(task, output)  # swebench's log parser for an imported SWE-bench task, else pytest's
     if started:
         report, tampered = _from_records(records)
+        report = record_names(task, report)  # an R2E-Gym task names its tests without the file
         g.channel = True
         for note in tampered:
             g.flag(IntegrityFlag.RUNNER_PATCHING, note)
@@ -535,7 +536,7 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
         g.apply_log += f"\ntest command exited {rc} with no failed test: no test counts as passed"
     g.FAIL_TO_PASS = {t: status_of(report, t) for t in task.FAIL_TO_PASS}
     g.PASS_TO_PASS = {t: status_of(report, t) for t in task.PASS_TO_PASS}
-    passed = tests_pass(task, g.FAIL_TO_PASS, g.PASS_TO_PASS, exit_ok=exit_ok)
+    passed = tests_pass(task, g.FAIL_TO_PASS, g.PASS_TO_PASS, exit_ok=exit_ok, report=report)
     tampering = [f for f in g.flags if f in TAMPERING_FLAGS]
     g.resolved = passed and not tampering
     if g.resolved:

@@ -125,15 +125,29 @@ def task_images(client, tasks: list[Task], split: str) -> dict[str | None, str]:
                 raise
             missing[task.image] = [task.instance_id]
     if missing:
-        swebench = any((t.model_extra or {}).get("swebench") for t in tasks if t.image in missing)
-        how = ("build SWE-bench's instance images with the swebench package (`swebench images build`, see "
-               "its docs) or `docker load -i FILE` them" if swebench else
-               "build them or `docker load -i FILE` them")
+        how = _how_to_get([t for t in tasks if t.image in missing])
         listed = "; ".join(f"{img} ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''})"
                            for img, ids in sorted(missing.items()))
         raise SandboxError(f"{len(missing)} image(s) of split {split!r} are not present and cannot be "
                            f"pulled, so no agent was started: {listed}. To get them: {how}; then run again")
     return found
+
+
+def _how_to_get(tasks: list[Task]) -> str:
+    """How to get the missing images of ``tasks``, by where their rows came from."""
+    fields = [(t.model_extra or {}).get("swebench") for t in tasks]
+    styles = {f.get("style", "swe-bench") for f in fields if isinstance(f, dict)}
+    ways = []
+    if styles & {"swe-bench", "classic"}:
+        ways.append("SWE-bench's: build them with the swebench package (`swebench images build`, see its docs)")
+    if "swe-smith" in styles:
+        ways.append("SWE-smith's: pull them by name from your own registry's copy (`docker pull NAME`) or build "
+                    "them with the swesmith toolkit where it runs")
+    if "r2e-gym" in styles:
+        ways.append("R2E-Gym's: pull them by name from your own registry's copy (`docker pull NAME`)")
+    ways.append("or save them where you have them (`docker save NAME -o FILE`) and `docker load -i FILE` them here"
+                if ways else "build them or `docker load -i FILE` them")
+    return "; ".join(ways)
 
 
 def agent_env(client, harness: Harness, image_ref: str, settings: EvalSettings) -> tuple[str, "HarnessEnv | None"]:

@@ -73,6 +73,8 @@ TREE_RESET = f"{GIT} checkout -q -- . && {GIT} clean -fdq"
 ``_version.py``) are part of the tree the tests run against, untracked in the visible repository,
 and must survive a reset; files the tests write under ignore rules are no part of any patch."""
 _VISIBLE_MESSAGE = "evolve: snapshot at base_commit"
+_SETUP_PATCH = f"{PRIVATE}/setup.patch"
+_SETUP_FAILED = "evolve-setup-patch-failed"
 SNAPSHOT_CACHE_BYTES = 1 << 30
 """Snapshot archives kept in memory per process, least recently used dropped first."""
 
@@ -261,47 +263,66 @@ def _tree_entries(root: Path, name: str, uid: int, gid: int) -> list[bytes]:
 def testbed_archive(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> tuple[str, bytes]:
     """The base commit's sha and the tar entries (no trailer) that put the task's snapshot at
     /testbed: the host-built ``snapshot`` when the sandbox has a numeric user and there is a local
-    repo, else none (``prepare_testbed`` has then made it inside the sandbox).
+    repo and no ``setup_patch``, else none (``prepare_testbed`` has then made it inside the sandbox).
 
     Raises:
         EvalSetError: the repo or the commit does not exist.
-        InfraError: the snapshot could not be made (Docker or git).
+        InfraError: the snapshot could not be made (Docker or git), or the task's ``setup_patch`` does not
+            apply (``"eval_set"``).
     """
     ids = sandbox_ids(sandbox)
-    if repo_dir is not None and ids is not None:
+    if repo_dir is not None and ids is not None and not setup_patch(task):
         snap = snapshot(repo_dir, task.base_commit, *ids)
         return snap.sha, snap.entries
     return prepare_testbed(sandbox, task, repo_dir), b""
+
+
+def setup_patch(task: Task) -> bytes:
+    """The task's ``setup_patch`` (an extra field, a unified diff; b"" when absent): applied as root to
+    /testbed before the snapshot, so the agent and the grader both start from the patched tree. SWE-smith
+    tasks carry their bug here (``evolve.evalsets.swesmith``): its images hold the clean repo and the bug
+    is the instance's patch."""
+    value = (task.model_extra or {}).get("setup_patch")
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) and value.strip() else b""
 
 
 def prepare_testbed(sandbox: Sandbox, task: Task, repo_dir: Path | None) -> str:
     """Put the task's snapshot at /testbed and return the base commit's sha (40 hex).
 
     ``repo_dir`` is the local repository to copy in, or None when the image
-    already holds the repo at /testbed. (``testbed_archive`` instead gives the
+    already holds the repo at /testbed. A task's ``setup_patch`` is applied
+    first, inside the sandbox. (``testbed_archive`` instead gives the
     host-built snapshot as tar entries when it can.)
 
     Raises:
         EvalSetError: the repo or the commit does not exist.
-        InfraError: the snapshot could not be made (Docker or git).
+        InfraError: the snapshot could not be made (Docker or git), or the task's ``setup_patch`` does not
+            apply (``"eval_set"``: the eval set's problem, never the agent's).
     """
     ids = sandbox_ids(sandbox)
-    if repo_dir is not None and ids is not None:
+    setup = setup_patch(task)
+    if repo_dir is not None and ids is not None and not setup:
         snap = snapshot(repo_dir, task.base_commit, *ids)
         sandbox.put_archive(snap.entries + TAR_TRAILER)
         return snap.sha
     # The image holds the repo (or the sandbox has no numeric user): snapshot inside the sandbox.
     if repo_dir is not None:
         sandbox.put_tar(TESTBED, archive_at(repo_dir, task.base_commit))
+    if setup:
+        sandbox.put_archive(tar_entry(_SETUP_PATCH.lstrip("/"), setup, mode=0o600) + TAR_TRAILER)
     later = "evolve-visible-snapshot-later"
     visible = shell_header(evolve_testbed=TESTBED, evolve_exclude=_EXCLUDE,
                            evolve_message=_VISIBLE_MESSAGE) + script("visible_snapshot.sh")
     header = shell_header(evolve_testbed=TESTBED, evolve_shadow=SHADOW, evolve_private=PRIVATE,
                           evolve_exclude=_EXCLUDE, evolve_later=later, evolve_visible=visible,
                           evolve_chown=sandbox.user if repo_dir is None and sandbox.user else "",
-                          evolve_uid=ids[0] if ids else "", evolve_gid=ids[1] if ids else "")
+                          evolve_uid=ids[0] if ids else "", evolve_gid=ids[1] if ids else "",
+                          evolve_setup_patch=_SETUP_PATCH if setup else "", evolve_setup_failed=_SETUP_FAILED)
     shadow = sandbox.exec(header + script("snapshot.sh"), timeout_s=600, user="root")
     lines = shadow.output.strip().splitlines()
+    if _SETUP_FAILED in lines:
+        raise InfraError("eval_set", f"the task's setup_patch does not apply to {TESTBED} of image {task.image}: "
+                                     f"{shadow.output[-800:]}")
     sha = next((line for line in reversed(lines) if re.fullmatch(r"[0-9a-f]{40}", line)), "")
     if shadow.exit_code != 0 or len(sha) != 40:
         raise InfraError("docker", f"could not snapshot {TESTBED} (exit {shadow.exit_code}): {shadow.output[-500:]}")

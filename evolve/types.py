@@ -141,7 +141,9 @@ class IntegrityFlag(str, Enum):
     standard library, the test runner, an installed package): removed."""
     PACKAGE_METADATA = "package_metadata"
     """Package metadata (``*.dist-info``, ``*.egg-info``, ``*.egg-link``) or a ``.pth`` file
-    added or changed (entry points can register runner plugins): removed."""
+    added or changed (entry points can register runner plugins): removed. Also any file of a virtual
+    environment inside /testbed (a directory whose base holds ``pyvenv.cfg``, as in R2E-Gym's images):
+    restored."""
     RUNNER_PATCHING = "runner_patching"
     """Non-test code reaching into the test runner, ``sys.modules``, ``builtins``, process exit or
     frame introspection (found in the patch), or the runner's own functions found replaced while

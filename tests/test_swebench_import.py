@@ -142,14 +142,14 @@ def test_classic_rows_need_a_test_command_and_get_swebench_image_names(tmp_path)
     assert task.model_extra["swebench"]["log_parser"] == "parse_log_pytest"
 
 
-def test_swe_smith_and_r2e_gym_rows_are_dropped_with_their_reason(tmp_path):
+def test_incomplete_swe_smith_and_r2e_gym_rows_are_dropped_with_their_reason(tmp_path):
     rows = [swebench_row(0), swebench_row(1), swebench_row(2),
             {"instance_id": "oauthlib__oauthlib.1fd52536.combine_file__x", "image_name": "swesmith/x"},
             {"instance_id": "r2e-1", "docker_image": "r2e/x"}, swebench_row(3, log_parser="parse_log_nothing")]
     imported = import_swebench(str(write_jsonl(tmp_path / "mix.jsonl", rows)), tmp_path / "mix", ImportOptions())
     assert sum(imported.counts.values()) == 3
-    assert "SWE-smith" in imported.dropped["oauthlib__oauthlib.1fd52536.combine_file__x"]
-    assert "R2E-Gym" in imported.dropped["r2e-1"]
+    assert "a SWE-smith row needs image_name and patch" in imported.dropped["oauthlib__oauthlib.1fd52536.combine_file__x"]
+    assert "an R2E-Gym row needs docker_image and a non-empty expected_output_json" in imported.dropped["r2e-1"]
     assert "no log parser 'parse_log_nothing'" in imported.dropped["django__django-11003"]
     assert "3 rows dropped" in (tmp_path / "mix" / "evalset.yaml").read_text()
 

@@ -14,9 +14,10 @@ with ``datasets`` when the network allows). Row styles, told apart by their fiel
   (``ImageSpec.name``, with ``--namespace`` for a registry's copy, e.g. SWE-Gym's), and the test
   command must be given with ``--test-cmd`` (the FAIL_TO_PASS/PASS_TO_PASS files are appended); the log
   parser is ``--log-parser`` (default ``parse_log_pytest``).
-* SWE-smith (``image_name``) and R2E-Gym (``docker_image``) rows are refused with the reason: their test
-  commands and bug states come from their own packages (swesmith's repo profiles, R2E-Gym's
-  ``expected_output_json``), which evolve does not read yet.
+* ``swe-smith``: rows with ``image_name`` (``evolve.evalsets.swesmith``): the bug patch is applied to the
+  image's clean /testbed, the fix is its reverse, SWE-smith's Python test command, graded as SWE-bench.
+* ``r2e-gym``: rows with ``docker_image`` (``evolve.evalsets.r2egym``): the image's ``run_tests.sh`` on
+  its hidden ``/r2e_tests``, resolved when the outcomes equal ``expected_output_json`` (R2E-Gym's rule).
 
 Rows are never changed silently: a row that cannot become a task is dropped with its reason, listed in
 the result and in ``evalset.yaml``'s description. Splits: the ``round(n * holdout_fraction)`` tasks
@@ -43,13 +44,9 @@ from evolve.types import Task
 
 __all__ = ["ImportOptions", "Imported", "import_swebench", "read_rows", "split_tasks", "test_command", "to_task"]
 
-STYLES = ("auto", "swe-bench", "classic")
-_REFUSED = {
-    "image_name": "a SWE-smith row: its test command and bug branch come from the swesmith package's repo "
-                  "profiles, which evolve does not read yet",
-    "docker_image": "an R2E-Gym row: its tests and expected outcomes come from R2E-Gym's expected_output_json, "
-                    "which evolve does not read yet",
-}
+STYLES = ("auto", "swe-bench", "classic", "swe-smith", "r2e-gym")
+_R2E_KEPT = ("problem_statement", "repo_name", "commit_hash", "created_at")
+"""Fields of an R2E-Gym row kept in the task as they are (the large ones are read, not copied)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +58,12 @@ class ImportOptions:
     seed: int = 0
     """Same seed, same split."""
     style: str = "auto"
-    """``auto`` (by the fields of each row), ``swe-bench`` or ``classic``."""
+    """``auto`` (by the fields of each row), ``swe-bench``, ``classic``, ``swe-smith`` or ``r2e-gym``."""
     test_cmd: str | None = None
-    """Classic rows: the test command run in /testbed (test files appended), e.g. with the conda env activated."""
+    """Classic and SWE-smith rows: the test command run in /testbed (test files appended), e.g. with the
+    conda env activated. SWE-smith rows default to SWE-smith's Python profile command."""
     log_parser: str = "parse_log_pytest"
-    """Classic rows: swebench's log parser (a key of ``PARSER_REGISTRY``)."""
+    """Classic and SWE-smith rows: swebench's log parser (a key of ``PARSER_REGISTRY``)."""
     namespace: str | None = None
     """Classic rows: the registry namespace of the instance images (None: the locally built name)."""
     hf_split: str = "test"
@@ -179,7 +177,19 @@ def _eval_script_parts(script: str) -> tuple[list[str], list[str]] | str:
 def _style(row: dict, wanted: str) -> str:
     if wanted != "auto":
         return wanted
-    return "swe-bench" if all(row.get(k) for k in ("image", "eval_script", "log_parser")) else "classic"
+    if all(row.get(k) for k in ("image", "eval_script", "log_parser")):
+        return "swe-bench"
+    if "image_name" in row:
+        return "swe-smith"
+    if "docker_image" in row:
+        return "r2e-gym"
+    return "classic"
+
+
+def _derived(fields: dict) -> dict:
+    """Task fields from the parts a SWE-smith or R2E-Gym row gave (``env``/``tests`` become ``test_cmd``)."""
+    env, tests = fields.pop("env"), fields.pop("tests")
+    return {**fields, "test_cmd": test_command(env, tests), "repo_path": None}
 
 
 def to_task(row: dict, opts: ImportOptions) -> Task | str:
@@ -188,12 +198,23 @@ def to_task(row: dict, opts: ImportOptions) -> Task | str:
     Raises:
         EvalSetError: a classic row while ``opts.test_cmd`` is unset (the message says how to set it).
     """
-    for key, why in _REFUSED.items():
-        if key in row and "eval_script" not in row:
-            return f"{why}"
     style = _style(row, opts.style)
     fields = {k: v for k, v in row.items() if k not in ("image", "eval_script", "log_parser", "eval_type")}
-    if style == "swe-bench":
+    if style == "swe-smith":
+        from evolve.evalsets.swesmith import swesmith_fields
+
+        made = swesmith_fields(row, opts.test_cmd, opts.log_parser)
+        if isinstance(made, str):
+            return made
+        fields = {k: v for k, v in fields.items() if k != "image_name"} | _derived(made)
+    elif style == "r2e-gym":
+        from evolve.evalsets.r2egym import r2egym_fields
+
+        made = r2egym_fields(row)
+        if isinstance(made, str):
+            return made
+        fields = {k: row[k] for k in _R2E_KEPT if k in row} | _derived(made)
+    elif style == "swe-bench":
         missing = [k for k in ("image", "eval_script", "log_parser") if not row.get(k)]
         if missing:
             return f"a swe-bench row without {', '.join(missing)}"

@@ -10,6 +10,11 @@ resolution with ``swebench.harness.grading.get_eval_tests_report`` and ``get_res
 (FULL only), exactly as SWE-bench's ``get_eval_report`` does on the same log. evolve's own checks stay
 on top: a patch that tampers with grading is never resolved.
 
+SWE-smith tasks (``"style": "swe-smith"``) are graded the same way: SWE-smith's report function is
+swebench's FAIL_TO_PASS/PASS_TO_PASS report and its verdict ``get_resolution_status == FULL``.
+R2E-Gym tasks (``{"style": "r2e-gym", "expected": {test: outcome}}``) are read with R2E-Gym's log
+parser and resolved by its reward rule (``evolve.evalsets.r2egym``): the outcomes equal ``expected``.
+
 Tasks without the field keep evolve's rule: every FAIL_TO_PASS and PASS_TO_PASS test PASSED or XFAIL.
 ``swebench`` is imported only when a task needs it (``pip install 'evolve[swebench]'``).
 """
@@ -20,7 +25,7 @@ from evolve.errors import EvalSetError
 from evolve.testlog import parse_pytest_report
 from evolve.types import Task, TestStatus
 
-__all__ = ["LOG_PARSERS_HINT", "log_parser_names", "parse_log", "swebench_fields", "tests_pass"]
+__all__ = ["LOG_PARSERS_HINT", "log_parser_names", "parse_log", "record_names", "swebench_fields", "tests_pass"]
 
 LOG_PARSERS_HINT = "install the extra: pip install 'evolve[swebench]' (bash scripts/setup.sh does)"
 
@@ -50,6 +55,10 @@ def log_parser_names() -> list[str]:
     return sorted(_swebench()[1])
 
 
+def _r2e(fields: dict | None) -> bool:
+    return fields is not None and fields.get("style") == "r2e-gym"
+
+
 def _spec(task: Task, fields: dict):
     from swebench.types import TestSpec
 
@@ -69,6 +78,10 @@ def parse_log(task: Task, output: str) -> dict[str, TestStatus]:
     fields = swebench_fields(task)
     if fields is None:
         return parse_pytest_report(output)
+    if _r2e(fields):
+        from evolve.evalsets import r2egym
+
+        return {test: TestStatus(status) for test, status in r2egym.parse_log(output).items()}
     _, registry = _swebench()
     parser = registry.get(fields.get("log_parser", ""))
     if parser is None:
@@ -77,15 +90,29 @@ def parse_log(task: Task, output: str) -> dict[str, TestStatus]:
             if status in TestStatus._value2member_map_}
 
 
-def tests_pass(task: Task, f2p: dict[str, TestStatus], p2p: dict[str, TestStatus], *, exit_ok: bool) -> bool:
+def record_names(task: Task, report: dict[str, TestStatus]) -> dict[str, TestStatus]:
+    """Outcomes from evolve's out-of-band record (pytest node ids), named as the task's log parser names
+    them: for an R2E-Gym task its names (``r2egym.node_name``), keeping only PASSED, FAILED and ERROR as
+    its parser does; other tasks' unchanged."""
+    if not _r2e(swebench_fields(task)):
+        return report
+    from evolve.evalsets.r2egym import node_name
+
+    keep = (TestStatus.PASSED, TestStatus.FAILED, TestStatus.ERROR)
+    return {node_name(test): s for test, s in report.items() if s in keep}
+
+
+def tests_pass(task: Task, f2p: dict[str, TestStatus], p2p: dict[str, TestStatus], *, exit_ok: bool,
+               report: dict[str, TestStatus] | None = None) -> bool:
     """Whether the task's tests count as passing, before evolve's tampering checks.
 
     ``f2p``/``p2p`` map each FAIL_TO_PASS/PASS_TO_PASS test to its outcome (``MISSING`` when absent).
     ``exit_ok``: the test command exited 0 or some test FAILED or ERRORed; otherwise SWE-bench
-    rejects the whole log (#620) and evolve too.
+    rejects the whole log (#620) and evolve too. ``report``: every test's outcome (R2E-Gym tasks).
 
-    SWE-bench task: ``get_resolution_status(get_eval_tests_report(...)) == "RESOLVED_FULL"`` on the
-    same outcomes (a SKIPPED PASS_TO_PASS test is kept, a SKIPPED FAIL_TO_PASS test is not resolved).
+    SWE-bench and SWE-smith task: ``get_resolution_status(get_eval_tests_report(...)) == "RESOLVED_FULL"``
+    on the same outcomes (a SKIPPED PASS_TO_PASS test is kept, a SKIPPED FAIL_TO_PASS test is not resolved).
+    R2E-Gym task: ``report`` equals the task's expected outcomes (``r2egym.resolved``).
     Other tasks: every test PASSED or XFAIL.
     """
     fields = swebench_fields(task)
@@ -93,6 +120,10 @@ def tests_pass(task: Task, f2p: dict[str, TestStatus], p2p: dict[str, TestStatus
         return all(s.passing for s in [*f2p.values(), *p2p.values()])
     if not exit_ok:
         return False
+    if _r2e(fields):
+        from evolve.evalsets.r2egym import resolved
+
+        return resolved({t: s.value for t, s in (report or {}).items()}, dict(fields.get("expected") or {}))
     grading, _ = _swebench()
     from swebench.harness.constants import EvalType, ResolvedStatus
 

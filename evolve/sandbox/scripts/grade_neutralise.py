@@ -11,6 +11,9 @@ sorts every change into a class, by what the file *is*, not by a list of names:
 
   test infrastructure  test files, ``conftest.py``, the test_patch's paths    -> restored, test_files_changed
   package metadata     ``*.dist-info``, ``*.egg-info``, ``*.egg-link``, ``.pth`` -> removed, package_metadata
+  virtual environments any file under a directory of /testbed whose base
+                       holds ``pyvenv.cfg`` (R2E-Gym's images keep the
+                       runner's venv in /testbed/.venv)                      -> restored, package_metadata
   compiled modules     ``*.pyc`` / ``__pycache__`` (an unchecked-hash pyc
                        replaces its source)                                 -> removed, shadowing_module
   shadowing modules    a new module or package whose top-level name, seen
@@ -376,12 +379,15 @@ class Neutraliser:
         # task's other test files are restored only when they look like tests (a doctest's module
         # is source).
         test_patch_paths = set(self.spec["test_patch_paths"])
+        venvs = sorted(p[:-len("/pyvenv.cfg")] for p in base if p.endswith("/pyvenv.cfg"))
         reserved = None
         to_revert = []
         for path in changed:
             kind = "added" if path not in base else "deleted" if path not in work else "modified"
             why = None
-            if METADATA.search(path):
+            if any(path.startswith(v + "/") for v in venvs):
+                why = ("package_metadata", "virtual environment file %s: %s" % (kind, path))
+            elif METADATA.search(path):
                 why = ("package_metadata", "package metadata %s: %s" % (kind, path))
             elif TEST_LIKE.search(path) or path in test_patch_paths or any(
                     path.startswith(t + "/") for t in test_patch_paths):
