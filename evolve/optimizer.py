@@ -38,11 +38,41 @@ class Optimizer:
         self.client = RoleClient(ResolvedRole("optimizer", backend.model), trace_path=trace_path, backend=backend)
         self.cache_dir = cache_dir
         self.params = dict(params or {})
+        self.trace_path = Path(trace_path)
+        self._agent_usage = Usage()
 
     @property
     def usage(self) -> Usage:
-        """Calls, tokens and USD of fresh (uncached) calls so far."""
-        return self.client.usage
+        """Calls, tokens and USD of fresh (uncached) calls so far, the patch agent's included (``charge``)."""
+        return self.client.usage.add(self._agent_usage)
+
+    def charge(self, usage: Usage, trace: Path, step: str) -> None:
+        """Count calls made on the optimizer's behalf through a gateway (the patch agent's,
+        ``evolve.patch_agent``): ``usage`` joins ``usage``, and each line of the gateway's ``trace``
+        is appended to this optimizer's trace, numbered on, with ``"step": step`` (streamed line by line;
+        the gateway already capped it at its ``limits.max_trace_bytes``).
+
+        Raises:
+            OSError: the traces cannot be read or written.
+        """
+        from evolve.gateway import append_trace
+        from evolve.roles import _next_call
+
+        self._agent_usage = self._agent_usage.add(usage)
+        if not trace.exists():
+            return
+        with open(trace, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = {"unreadable_line": line[:1000]}
+                if not isinstance(record, dict):
+                    record = {"value": record}
+                call, lock = _next_call(self.trace_path)
+                with lock:
+                    append_trace(self.trace_path, {**record, "call": call, "step": step,
+                                                   "agent_call": record.get("call")})
 
     def ask(self, step: str, messages: list[dict]) -> str:
         """The reply's text; a cached reply if this exact request was answered before in this run.
