@@ -149,3 +149,44 @@ def test_the_agent_patches_itself_end_to_end(tmp_path, base_image):
     assert loop.optimizer.usage.cost_usd == pytest.approx(total_usd)
     assert state.spent_usd == pytest.approx(total_usd)  # the marker evaluator is free: all spend is optimizer's
     assert g1.cost_usd + g2.cost_usd >= agent_usd
+
+
+def test_the_agent_is_self_a_template_or_a_path(tmp_path):
+    from evolve.config import ProjectConfig
+    from evolve.errors import HarnessError
+    from evolve.harness import resolve_harness, template_dir
+    from evolve.models import backend_for
+    from evolve.optimizer import Optimizer
+    from evolve.patch_agent import PatchAgent
+
+    backend, close = backend_for(f"scripted/{OPTIMIZER}")
+    try:
+        optimizer = Optimizer(backend, tmp_path / "trace.jsonl", tmp_path / "cache")
+        work = tmp_path / "harnesses"
+        parent = resolve_harness(str(template_dir("minimal")), workdir=work)
+        mine = tmp_path / "repo" / "tools" / "patcher"
+        mine.mkdir(parents=True)
+        (mine / "harness.yaml").write_text("name: patcher\nentrypoint: python3 run.py\n")
+
+        def agent(name: str):
+            cfg = ProjectConfig.model_validate({"optimizer": {"patch": "agent", "agent": name}})
+            return PatchAgent(cfg, optimizer, repo_root=tmp_path / "repo", run_dir=tmp_path / "run", run_id="r",
+                              hidden=[], harness_workdir=work).agent(parent)
+
+        assert agent("self") is parent
+        assert agent("mini-swe-agent").spec.name == "mini-swe-agent"
+        assert agent("tools/patcher").spec.name == "patcher"
+        with pytest.raises(HarnessError):
+            agent("no-such-harness")
+    finally:
+        close()
+
+
+def test_optimizer_config_errors_name_the_key(tmp_path):
+    from evolve.config import load_project_config
+    from evolve.errors import ConfigError
+
+    (tmp_path / "evolve.yaml").write_text("optimizer: {patch: diff, agnt: self}\n")
+    with pytest.raises(ConfigError) as e:
+        load_project_config(tmp_path / "evolve.yaml")
+    assert "optimizer.patch:" in str(e.value) and "optimizer.agnt: unknown key" in str(e.value)
