@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -40,11 +41,13 @@ class Optimizer:
         self.params = dict(params or {})
         self.trace_path = Path(trace_path)
         self._agent_usage = Usage()
+        self._agent_lock = threading.Lock()
 
     @property
     def usage(self) -> Usage:
         """Calls, tokens and USD of fresh (uncached) calls so far, the patch agent's included (``charge``)."""
-        return self.client.usage.add(self._agent_usage)
+        with self._agent_lock:
+            return self.client.usage.add(self._agent_usage)
 
     def charge(self, usage: Usage, trace: Path, step: str) -> None:
         """Count calls made on the optimizer's behalf through a gateway (the patch agent's,
@@ -58,7 +61,8 @@ class Optimizer:
         from evolve.gateway import append_trace
         from evolve.roles import _next_call
 
-        self._agent_usage = self._agent_usage.add(usage)
+        with self._agent_lock:
+            self._agent_usage = self._agent_usage.add(usage)
         if not trace.exists():
             return
         with open(trace, encoding="utf-8", errors="replace") as lines:

@@ -13,8 +13,8 @@ phase, container contract and gateway. What differs:
     /evolve/harness/      the agent: the parent harness (``optimizer.agent: self``), a template or a path
 
 Model calls go container -> socket -> gateway -> the optimizer's backend (keys stay on the host),
-with ``optimizer.limits``. The gateway's trace is kept as ``runs/<run>/patch_agent/gNNN/trace.jsonl``
-and each of its lines is appended to ``optimizer_trace.jsonl`` with ``"step": "patch-agent"``; the
+with ``optimizer.limits``. The gateway's trace is kept as ``runs/<run>/patch_agent/gNNN/trace-N.jsonl``
+(attempt N) and each of its lines is appended to ``optimizer_trace.jsonl`` with ``"step": "patch-agent"``; the
 usage is charged to the optimizer (``Optimizer.charge``), hence to the loop's ``Meter``. The agent's
 ``model_patch`` is applied to the candidate's worktree by ``evolve.edits.diff.apply_diff`` (harness
 directory and protected paths enforced). It is cached in the optimizer's cache, keyed by everything
@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,8 @@ from evolve.patch import PatchOutcome
 from evolve.plan import Plan
 from evolve.prompting import render
 from evolve.types import Task
+
+log = logging.getLogger(__name__)
 
 CONTEXT_DIR = "/evolve/context"
 """Where the read-only context files are mounted in the patch agent's sandbox."""
@@ -189,13 +191,17 @@ class PatchAgent:
             outcome.feedback.append("; ".join(report.failed) if report.failed else
                                     "the agent's model_patch changed no file" if not model_patch.strip() else
                                     "the agent's model_patch changed no allowed file")
+            outcome.feedback[-1] += f" (its files: {self.run_dir.name}/patch_agent/g{gen:03d}/)"
         return outcome
 
     def _run(self, gen: int, plan: Plan, ctx: PatchContext, tree: str, statement: str, agent: Harness) -> bytes:
-        """One patch task-run (the agent phase only); its model_patch. Files go to ``patch_agent/gNNN/``."""
+        """One patch task-run (the agent phase only, retried on infrastructure failures as a task-run's
+        is: ``evolve.taskrun.MAX_ATTEMPTS``); its model_patch. Files go to ``patch_agent/gNNN/``:
+        context/, trace-N.jsonl (attempt N), trajectory.json, harness.log, model.patch, run.json."""
+        from evolve.retry import retrying
         from evolve.runner import run_agent
         from evolve.sandbox.docker import Sandbox, docker_client
-        from evolve.taskrun import agent_env, task_images
+        from evolve.taskrun import MAX_ATTEMPTS, RETRY_PAUSE_S, agent_env, task_images
 
         out = self.run_dir / "patch_agent" / f"g{gen:03d}"
         if out.exists():  # a redone generation: the killed attempt's files go
@@ -217,19 +223,26 @@ class PatchAgent:
                 return Sandbox(client, agent_ref, run_id=self.run_id, limits=self.settings.sandbox,
                                mounts={**(extra or {}), **mounts})
 
-            trace, run = out / "trace.jsonl", None
-            try:
-                run = run_agent(sandbox, task, self.repo_root, agent, self.optimizer.client.backend, self.settings,
-                                trace, harness_env=env)
-            finally:  # the gateway's count; when run_agent raised, what its trace records
-                self.optimizer.charge(run.usage if run is not None else _usage_of(trace), trace, STEP)
+            for attempt in retrying(f"the patch agent of g{gen:03d}", retry_on=InfraError, attempts=MAX_ATTEMPTS,
+                                    logger=log, base_s=RETRY_PAUSE_S):
+                with attempt:
+                    trace, run = out / f"trace-{attempt.retry_state.attempt_number}.jsonl", None
+                    try:
+                        run = run_agent(sandbox, task, self.repo_root, agent, self.optimizer.client.backend,
+                                        self.settings, trace, harness_env=env)
+                    finally:  # the gateway's count; when run_agent raised, what its trace records
+                        self.optimizer.charge(run.usage if run is not None else _usage_of(trace), trace, STEP)
+                    if run.infra_errors:
+                        raise InfraError("gateway", f"the patch agent's gateway: {run.infra_errors[-1]}")
         finally:
             client.close()
         for name, data in (("model.patch", run.model_patch), ("harness.log", run.harness_log.encode()),
                            ("trajectory.json", run.trajectory or b"")):
             (out / name).write_bytes(data)
-        if run.infra_errors:
-            raise InfraError("gateway", f"the patch agent's gateway: {run.infra_errors[-1]}")
+        store.atomic_write_json(out / "run.json", {
+            "exit_code": run.exit_code, "timed_out": run.timed_out, "seconds": run.seconds,
+            "usage": run.usage.model_dump(), "patch_bytes_total": run.patch_bytes_total,
+            "patch_problem": run.patch_problem, "flags": [f.value for f in run.flags], "notes": run.notes})
         if run.patch_problem is not None:
             return b""
         return run.model_patch
