@@ -137,6 +137,10 @@ def test_the_agent_patches_itself_end_to_end(tmp_path, base_image):
         assert what in g2.reason, (what, g2.reason)
     assert git(project, "log", "--all", "--format=%H", "--", "outside.txt", "harness/passwd") == ""
     assert state.best == g1.verdict_commit
+    # `agent: self`: generation 2's agent is generation 1's harness, the one the agent itself improved.
+    first = json.loads((run_dir / "patch_agent" / "g002" / "trace-1.jsonl").read_text().splitlines()[0])
+    assert WIDE_MARKER in first["request"]["messages"][0]["content"]
+    assert len(list((run_dir / "optimizer_cache").glob("patch-agent-*.json"))) == 2  # a resumed run replays them
 
     # Every agent call is in the optimizer trace and charged to the optimizer's spend.
     trace = [json.loads(line) for line in (run_dir / "optimizer_trace.jsonl").read_text().splitlines()]
