@@ -17,8 +17,7 @@ import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evolve.edits.paths import _harness_dir, _inside, _Refused, _resolve, _within
-from evolve.errors import ConfigError
+from evolve.edits.paths import _inside, _places, _Refused, _resolve
 from evolve.hostgit import HostGitError, Repo
 
 _SYMLINK_MODE = "120000"
@@ -54,12 +53,7 @@ def apply_diff(root: Path, harness_dir: str, diff: bytes, protected: list[str]) 
     import unidiff
 
     root = Path(root)
-    root_real = Path(os.path.realpath(root))
-    hd = _harness_dir(harness_dir)
-    harness_real = Path(os.path.realpath(root / hd))
-    if not _within(harness_real, root_real):
-        raise ConfigError(f"harness directory {harness_dir!r} resolves to {harness_real}, outside the "
-                          f"repository {root_real}")
+    root_real, hd, harness_real = _places(root, harness_dir)
     report = DiffReport()
     try:
         patch = unidiff.PatchSet(diff.decode("utf-8"))
