@@ -157,8 +157,10 @@ class PatchAgent:
                                repo=self.repo_root)
 
     def patch(self, gen: int, plan: Plan, ctx: PatchContext, *, parent: str, parent_harness: Harness,
-              worktree: Path) -> PatchOutcome:
+              worktree: Path, label: str | None = None) -> PatchOutcome:
         """Run the agent on the harness at commit ``parent`` and apply its ``model_patch`` to ``worktree``.
+        ``label`` names its folder ``patch_agent/<label>/`` (default ``gNNN``; one per candidate when a
+        generation makes several).
 
         Returns the outcome as ``evolve.patch.patch`` does (changed and refused files; ``feedback``
         says why nothing applied).
@@ -168,6 +170,7 @@ class PatchAgent:
             ModelError: the optimizer model cannot be called at all.
             HarnessError: the agent harness cannot be resolved or its environment built.
         """
+        label = label or f"g{gen:03d}"
         harness_dir = self.cfg.harness.strip("/") or "."
         protected = self.cfg.protected_paths
         agent = self.agent(parent_harness)
@@ -182,8 +185,8 @@ class PatchAgent:
         if cached.exists():
             model_patch = base64.b64decode(json.loads(cached.read_text())["model_patch_b64"])
         else:
-            model_patch = self._run(gen, plan, ctx, tree, statement, agent)
-            store.atomic_write_json(cached, {"step": STEP, "gen": gen,
+            model_patch = self._run(label, plan, ctx, tree, statement, agent)
+            store.atomic_write_json(cached, {"step": STEP, "gen": gen, "label": label,
                                              "model_patch_b64": base64.b64encode(model_patch).decode()})
         report = apply_diff(worktree, harness_dir, model_patch, protected)
         outcome = PatchOutcome(changed_files=report.changed_files, refused=report.refused)
@@ -191,26 +194,26 @@ class PatchAgent:
             outcome.feedback.append("; ".join(report.failed) if report.failed else
                                     "the agent's model_patch changed no file" if not model_patch.strip() else
                                     "the agent's model_patch changed no allowed file")
-            outcome.feedback[-1] += f" (its files: {self.run_dir.name}/patch_agent/g{gen:03d}/)"
+            outcome.feedback[-1] += f" (its files: {self.run_dir.name}/patch_agent/{label}/)"
         return outcome
 
-    def _run(self, gen: int, plan: Plan, ctx: PatchContext, tree: str, statement: str, agent: Harness) -> bytes:
+    def _run(self, label: str, plan: Plan, ctx: PatchContext, tree: str, statement: str, agent: Harness) -> bytes:
         """One patch task-run (the agent phase only, retried on infrastructure failures as a task-run's
-        is: ``evolve.taskrun.MAX_ATTEMPTS``); its model_patch. Files go to ``patch_agent/gNNN/``:
+        is: ``evolve.taskrun.MAX_ATTEMPTS``); its model_patch. Files go to ``patch_agent/<label>/``:
         context/, trace-N.jsonl (attempt N), trajectory.json, harness.log, model.patch, run.json."""
         from evolve.retry import retrying
         from evolve.runner import run_agent
         from evolve.sandbox.docker import Sandbox, docker_client
         from evolve.taskrun import MAX_ATTEMPTS, RETRY_PAUSE_S, agent_env, task_images
 
-        out = self.run_dir / "patch_agent" / f"g{gen:03d}"
+        out = self.run_dir / "patch_agent" / label
         if out.exists():  # a redone generation: the killed attempt's files go
             import shutil
 
             shutil.rmtree(out)
         write_context(out / "context", plan, ctx)
         task = Task.model_construct(  # never graded: it has no FAIL_TO_PASS, so it skips the validation that wants one
-            instance_id=f"evolve-patch-g{gen:03d}", repo=self.repo_root.name, base_commit=tree,
+            instance_id=f"evolve-patch-{label}", repo=self.repo_root.name, base_commit=tree,
             problem_statement=statement, patch="", test_patch="", FAIL_TO_PASS=[], PASS_TO_PASS=[], image=None,
             test_cmd=None, repo_path=None)
         client = docker_client()
@@ -223,7 +226,7 @@ class PatchAgent:
                 return Sandbox(client, agent_ref, run_id=self.run_id, limits=self.settings.sandbox,
                                mounts={**(extra or {}), **mounts})
 
-            for attempt in retrying(f"the patch agent of g{gen:03d}", retry_on=InfraError, attempts=MAX_ATTEMPTS,
+            for attempt in retrying(f"the patch agent of {label}", retry_on=InfraError, attempts=MAX_ATTEMPTS,
                                     logger=log, base_s=RETRY_PAUSE_S):
                 with attempt:
                     trace, run = out / f"trace-{attempt.retry_state.attempt_number}.jsonl", None
