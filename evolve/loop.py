@@ -488,7 +488,7 @@ class Loop:
             if self.cfg.optimizer.patch == "agent":
                 self.patch_agent = PatchAgent(self.cfg, self.optimizer, repo_root=self.repo_root,
                                               run_dir=self.store.dir, run_id=self.run_id,
-                                              hidden=self._hidden_dirs(), harness_workdir=self.settings.runs_dir
+                                              hidden=self._hidden_paths(), harness_workdir=self.settings.runs_dir
                                               / "harnesses")
         if self.evaluator is None:
             self.evaluator = DockerEvaluator.for_project(
@@ -496,14 +496,18 @@ class Loop:
                 solver_params=self.settings.solver_params, runs_dir=self.settings.runs_dir, run_dir=self.store.dir,
                 run_id=self.run_id, workers=self.settings.workers, progress=self.view.eval_progress)
 
-    def _hidden_dirs(self) -> list[str]:
-        """Repo-relative directories the patch agent never sees: the eval set's and the runs folder, when
-        inside the repository."""
+    def _hidden_paths(self) -> list[str]:
+        """Repo-relative paths the patch agent never sees, when inside the repository: the runs folder and
+        the eval set's directory (only its split files and evalset.yaml when that is the repository's top)."""
+        root = Path(os.path.realpath(self.repo_root))
         out = []
-        for d in (self.evalset.root, self.settings.runs_dir):
-            real, root = Path(os.path.realpath(d)), Path(os.path.realpath(self.repo_root))
-            if real == root or root in real.parents:
-                out.append(real.relative_to(root).as_posix() or ".")
+        places = [self.settings.runs_dir, self.evalset.root]
+        if Path(os.path.realpath(self.evalset.root)) == root:
+            places[1:] = [*self.evalset.files.values(), self.evalset.root / "evalset.yaml"]
+        for d in places:
+            real = Path(os.path.realpath(d))
+            if root in real.parents:
+                out.append(real.relative_to(root).as_posix())
         return out
 
     def _create(self) -> RunState:

@@ -91,7 +91,7 @@ def _safe(name: str) -> str:
 
 def testbed_tree(repo: Path, commit: str, *, harness_dir: str, protected: list[str], hidden: list[str]) -> str:
     """The tree id of ``commit`` without the files the patch agent must not see: those under a
-    repo-relative directory of ``hidden`` (the eval set, the runs folder) and those matching a
+    repo-relative path (file or directory) of ``hidden`` (the eval set, the runs folder) and those matching a
     ``protected`` glob outside ``harness_dir``. Written to ``repo``'s object store (no ref, no index,
     no work tree is touched).
 
@@ -128,7 +128,7 @@ class PatchAgent:
         repo_root: the user's repository (commits are read from it, never its work tree).
         run_dir: ``runs/<run>``; the patch task-runs' files go to ``run_dir/patch_agent/gNNN/``.
         run_id: labels the sandboxes.
-        hidden: repo-relative directories never shown to the agent (the eval set, the runs folder).
+        hidden: repo-relative paths (files or directories) never shown to the agent (the eval set, the runs folder).
         harness_workdir: where resolved harnesses are snapshotted.
     """
 
