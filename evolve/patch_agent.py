@@ -64,17 +64,11 @@ class PatchContext:
 
 def write_context(dest: Path, plan: Plan, ctx: PatchContext) -> None:
     """Write the context files into the new directory ``dest`` (world-readable: the sandbox user reads them)."""
-    files = {"plan.md": (f"# Plan\n\nHypothesis: {plan.hypothesis}\nFiles: {', '.join(plan.files)}\n"
-                         f"Expected effect: {plan.expected_effect}\nChange: {plan.change}\n"),
+    files = {"plan.md": render("patch_agent_context.j2", kind="plan", plan=plan),
              "analysis.md": ctx.analysis,
-             "lessons.md": "\n".join(f"- generation {l.generation}: {l.outcome} ({l.delta if l.delta is not None else '-'})"
-                                     f": {l.hypothesis} | {l.change} | {l.reason}" for l in ctx.lessons)
-             or "No lessons yet.\n"}
+             "lessons.md": render("patch_agent_context.j2", kind="lessons", lessons=ctx.lessons)}
     for f in ctx.failures:
-        files[f"failures/{_safe(f.instance_id)}.md"] = (
-            f"# {f.instance_id} ({f.failure_class})\n\n## Problem statement\n{f.problem_statement}\n\n"
-            f"## The harness's steps\n{f.trajectory}\n\n## Model calls\n{f.calls}\n\n## Tests\n{f.tests}\n"
-            + (f"\n## Integrity flags\n{', '.join(f.integrity_flags)}\n" if f.integrity_flags else ""))
+        files[f"failures/{_safe(f.instance_id)}.md"] = render("patch_agent_context.j2", kind="failure", f=f)
     dest.mkdir(parents=True, exist_ok=False)
     (dest / "failures").mkdir()
     for d in (dest, dest / "failures"):
