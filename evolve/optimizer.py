@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Callable
@@ -52,8 +53,10 @@ class Optimizer:
     def charge(self, usage: Usage, trace: Path, step: str) -> None:
         """Count calls made on the optimizer's behalf through a gateway (the patch agent's,
         ``evolve.patch_agent``): ``usage`` joins ``usage``, and each line of the gateway's ``trace``
-        is appended to this optimizer's trace, numbered on, with ``"step": step`` (streamed line by line;
-        the gateway already capped it at its ``limits.max_trace_bytes``).
+        is appended to this optimizer's trace, numbered on, with ``"step": step``, ``"agent_call"`` (its
+        number in ``trace``) and ``"agent_trace"`` (``trace``'s path relative to this trace's folder),
+        without its ``request`` and ``response`` bodies: those stay in ``trace`` alone (capped by the
+        gateway's ``limits.max_trace_bytes``), so the optimizer's trace grows by a summary per call.
 
         Raises:
             OSError: the traces cannot be read or written.
@@ -65,6 +68,7 @@ class Optimizer:
             self._agent_usage = self._agent_usage.add(usage)
         if not trace.exists():
             return
+        where = os.path.relpath(trace, self.trace_path.parent)
         with open(trace, encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 try:
@@ -75,8 +79,10 @@ class Optimizer:
                     record = {"value": record}
                 call, lock = _next_call(self.trace_path)
                 with lock:
-                    append_trace(self.trace_path, {**record, "call": call, "step": step,
-                                                   "agent_call": record.get("call")})
+                    append_trace(self.trace_path, {**{k: v for k, v in record.items()
+                                                      if k not in ("request", "response")},
+                                                   "call": call, "step": step, "agent_call": record.get("call"),
+                                                   "agent_trace": where})
 
     def ask(self, step: str, messages: list[dict]) -> str:
         """The reply's text; a cached reply if this exact request was answered before in this run.

@@ -149,6 +149,10 @@ def test_the_agent_patches_itself_end_to_end(tmp_path, base_image):
     assert [t["call"] for t in trace] == list(range(1, len(trace) + 1))
     agent_usd = sum(t["cost_usd"] for t in agent_calls)
     assert agent_usd > 0 and all(t["usage"]["prompt_tokens"] > 0 for t in agent_calls)
+    full = [json.loads(line) for line in (run_dir / "patch_agent" / "g001" / "trace-1.jsonl").read_text().splitlines()]
+    assert [t["agent_trace"] for t in agent_calls[:4]] == ["patch_agent/g001/trace-1.jsonl"] * 4
+    assert [t["agent_call"] for t in agent_calls[:4]] == [f["call"] for f in full] == [1, 2, 3, 4]
+    assert "request" not in agent_calls[0] and "PLAN-A" in json.dumps(full[0]["request"])  # bodies in full there
     total_usd = sum(t.get("cost_usd", 0.0) for t in trace)
     assert loop.optimizer.usage.cost_usd == pytest.approx(total_usd)
     assert state.spent_usd == pytest.approx(total_usd)  # the marker evaluator is free: all spend is optimizer's
