@@ -14,9 +14,9 @@ phase, container contract and gateway. What differs:
 
 Model calls go container -> socket -> gateway -> the optimizer's backend (keys stay on the host),
 with ``optimizer.limits``. The gateway's trace is kept as ``runs/<run>/patch_agent/gNNN/trace-N.jsonl``
-(attempt N); each of its lines is summarized in ``optimizer_trace.jsonl`` (``"step": "patch-agent"``, no
-bodies: ``Optimizer.charge``) and the usage is charged to the optimizer (``Optimizer.charge``), hence to the loop's ``Meter``. The agent's
-``model_patch`` is applied to the candidate's worktree by ``evolve.edits.diff.apply_diff`` (harness
+(attempt N); ``Optimizer.charge`` summarizes each of its lines in ``optimizer_trace.jsonl`` (``"step":
+"patch-agent"``, no bodies) and charges the usage to the optimizer, hence to the loop's ``Meter``. The
+agent's ``model_patch`` is applied to the candidate's worktree by ``evolve.edits.diff.apply_diff`` (harness
 directory and protected paths enforced). It is cached in the optimizer's cache, keyed by everything
 the agent saw, so a resumed run does not pay for it twice.
 """
