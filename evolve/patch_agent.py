@@ -177,23 +177,27 @@ class PatchAgent:
                              .encode()).hexdigest()
         cached = self.optimizer.cache_dir / f"{STEP}-{key}.json"
         if cached.exists():
-            model_patch = base64.b64decode(json.loads(cached.read_text())["model_patch_b64"])
+            done = json.loads(cached.read_text())
+            model_patch, problem = base64.b64decode(done["model_patch_b64"]), done.get("patch_problem")
         else:
-            model_patch = self._run(label, plan, ctx, tree, statement, agent)
+            model_patch, problem = self._run(label, plan, ctx, tree, statement, agent)
             store.atomic_write_json(cached, {"step": STEP, "gen": gen, "label": label,
-                                             "model_patch_b64": base64.b64encode(model_patch).decode()})
+                                             "model_patch_b64": base64.b64encode(model_patch).decode(),
+                                             "patch_problem": problem})
         report = apply_diff(worktree, harness_dir, model_patch, protected)
         outcome = PatchOutcome(changed_files=report.changed_files, refused=report.refused)
         if not report.changed_files:
             outcome.feedback.append("; ".join(report.failed) if report.failed else
+                                    f"the agent's diff was not kept: {problem}" if problem else
                                     "the agent's model_patch changed no file" if not model_patch.strip() else
                                     "the agent's model_patch changed no allowed file")
             outcome.feedback[-1] += f" (its files: {self.run_dir.name}/patch_agent/{label}/)"
         return outcome
 
-    def _run(self, label: str, plan: Plan, ctx: PatchContext, tree: str, statement: str, agent: Harness) -> bytes:
+    def _run(self, label: str, plan: Plan, ctx: PatchContext, tree: str, statement: str,
+             agent: Harness) -> tuple[bytes, str | None]:
         """One patch task-run (the agent phase only, retried on infrastructure failures as a task-run's
-        is: ``evolve.taskrun.MAX_ATTEMPTS``); its model_patch. Files go to ``patch_agent/<label>/``:
+        is: ``evolve.taskrun.MAX_ATTEMPTS``): (its model_patch, why it was not kept or None). Files go to ``patch_agent/<label>/``:
         context/, trace-N.jsonl (attempt N), trajectory.json, harness.log, model.patch, run.json."""
         from evolve.retry import retrying
         from evolve.runner import run_agent
@@ -240,9 +244,7 @@ class PatchAgent:
             "exit_code": run.exit_code, "timed_out": run.timed_out, "seconds": run.seconds,
             "usage": run.usage.model_dump(), "patch_bytes_total": run.patch_bytes_total,
             "patch_problem": run.patch_problem, "flags": [f.value for f in run.flags], "notes": run.notes})
-        if run.patch_problem is not None:
-            return b""
-        return run.model_patch
+        return (b"", run.patch_problem) if run.patch_problem is not None else (run.model_patch, None)
 
 
 def _usage_of(trace: Path):
