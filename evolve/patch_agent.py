@@ -197,11 +197,12 @@ class PatchAgent:
     def _run(self, label: str, plan: Plan, ctx: PatchContext, tree: str, statement: str,
              agent: Harness) -> tuple[bytes, str | None]:
         """One patch task-run (the agent phase only, retried on infrastructure failures as a task-run's
-        is: ``evolve.taskrun.MAX_ATTEMPTS``): (its model_patch, why it was not kept or None). Files go to ``patch_agent/<label>/``:
-        context/, trace-N.jsonl (attempt N), trajectory.json, harness.log, model.patch, run.json."""
+        is: ``evolve.taskrun.MAX_ATTEMPTS``): (its model_patch, why it was not kept or None). Files go to
+        ``patch_agent/<label>/``: context/, trace-N.jsonl (attempt N), trajectory.json, harness.log,
+        model.patch, run.json. Its containers are labelled ``<run id>-patch-<label>`` and all gone on return."""
         from evolve.retry import retrying
         from evolve.runner import run_agent
-        from evolve.sandbox.docker import Sandbox, docker_client
+        from evolve.sandbox.docker import Sandbox, docker_client, sweep_run, wait_removals
         from evolve.taskrun import MAX_ATTEMPTS, RETRY_PAUSE_S, agent_env, task_images
 
         out = self.run_dir / "patch_agent" / label
@@ -214,14 +215,14 @@ class PatchAgent:
             instance_id=f"evolve-patch-{label}", repo=self.repo_root.name, base_commit=tree,
             problem_statement=statement, patch="", test_patch="", FAIL_TO_PASS=[], PASS_TO_PASS=[], image=None,
             test_cmd=None, repo_path=None)
-        client = docker_client()
+        client, box_label = docker_client(), f"{self.run_id}-patch-{label}"
         try:
             (image,) = task_images(client, [task], "patch").values()
             agent_ref, env = agent_env(client, agent, image, self.settings)
             mounts = {str((out / "context").resolve()): f"{CONTEXT_DIR}:ro", **(env.mounts() if env else {})}
 
             def sandbox(extra: dict[str, str] | None = None) -> Sandbox:
-                return Sandbox(client, agent_ref, run_id=self.run_id, limits=self.settings.sandbox,
+                return Sandbox(client, agent_ref, run_id=box_label, limits=self.settings.sandbox,
                                mounts={**(extra or {}), **mounts})
 
             for attempt in retrying(f"the patch agent of {label}", retry_on=InfraError, attempts=MAX_ATTEMPTS,
@@ -236,6 +237,8 @@ class PatchAgent:
                     if run.infra_errors:
                         raise InfraError("gateway", f"the patch agent's gateway: {run.infra_errors[-1]}")
         finally:
+            wait_removals(box_label)  # removed in the background by run_agent
+            sweep_run(client, box_label)
             client.close()
         for name, data in (("model.patch", run.model_patch), ("harness.log", run.harness_log.encode()),
                            ("trajectory.json", run.trajectory or b"")):

@@ -93,7 +93,7 @@ def test_testbed_hides_the_eval_set_and_protected_paths_outside_the_harness(repo
 
 
 @pytest.mark.docker
-def test_the_agent_patches_itself_end_to_end(tmp_path, base_image):
+def test_the_agent_patches_itself_end_to_end(tmp_path, base_image, docker_client):
     from evolve.config import load_project_config
     from evolve.loop import Loop, LoopSettings
     from evolve.models import backend_for
@@ -141,6 +141,8 @@ def test_the_agent_patches_itself_end_to_end(tmp_path, base_image):
     first = json.loads((run_dir / "patch_agent" / "g002" / "trace-1.jsonl").read_text().splitlines()[0])
     assert WIDE_MARKER in first["request"]["messages"][0]["content"]
     assert len(list((run_dir / "optimizer_cache").glob("patch-agent-*.json"))) == 2  # a resumed run replays them
+
+    assert not docker_client.api.containers(all=True, filters={"label": f"evolve.run={loop.run_id}-patch-g001"})
 
     # Every agent call is in the optimizer trace and charged to the optimizer's spend.
     trace = [json.loads(line) for line in (run_dir / "optimizer_trace.jsonl").read_text().splitlines()]
