@@ -119,11 +119,15 @@ class PatchAgent:
     Args:
         cfg: the project's config (``optimizer``, ``sandbox``, ``harness``, ``protected_paths``).
         optimizer: the loop's optimizer: its backend answers the agent, its trace and usage get the calls.
-        repo_root: the user's repository (commits are read from it, never its work tree).
+        repo_root: the user's repository: commits are read from it; a named agent directory
+            (``optimizer.agent``) is read from its work tree once, here, and snapshotted.
         run_dir: ``runs/<run>``; the patch task-runs' files go to ``run_dir/patch_agent/gNNN/``.
         run_id: labels the sandboxes.
         hidden: repo-relative paths (files or directories) never shown to the agent (the eval set, the runs folder).
         harness_workdir: where resolved harnesses are snapshotted.
+
+    Raises:
+        HarnessError: ``optimizer.agent`` names no harness (so a run fails at its start, not in every generation).
     """
 
     def __init__(self, cfg: ProjectConfig, optimizer: Optimizer, *, repo_root: Path, run_dir: Path, run_id: str,
@@ -134,16 +138,14 @@ class PatchAgent:
         self.settings = EvalSettings(model=backend.model, model_params=optimizer.params,
                                      harness_timeout_s=cfg.optimizer.timeout_s, limits=cfg.optimizer.limits,
                                      sandbox=cfg.sandbox)
+        self.named = None if cfg.optimizer.agent == "self" else self._resolve(cfg.optimizer.agent)
 
     def agent(self, parent: Harness) -> Harness:
-        """The harness that runs as the agent: ``parent`` for ``self``, else a template or a path/ref.
+        """The harness that runs as the agent: ``parent`` for ``self``, else the named one."""
+        return parent if self.named is None else self.named
 
-        Raises:
-            HarnessError: no such harness.
-        """
-        name = self.cfg.optimizer.agent
-        if name == "self":
-            return parent
+    def _resolve(self, name: str) -> Harness:
+        """A directory of the repository, else a template (a bare name), else a git ref (``REF:SUBDIR``)."""
         where = self.repo_root / name
         if not where.is_dir() and "/" not in name and ":" not in name:
             where = template_dir(name)
