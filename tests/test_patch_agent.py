@@ -200,3 +200,33 @@ def test_optimizer_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_project_config(tmp_path / "evolve.yaml")
     assert "optimizer.patch:" in str(e.value) and "optimizer.agnt: unknown key" in str(e.value)
+
+
+@pytest.mark.docker
+def test_a_named_template_patches_another_harness(tmp_path, base_image):
+    """`agent: mini-swe-agent`: the real mini-swe-agent (its harness environment, built by setup.sh) patches
+    the minimal harness, driven by the same scripted words."""
+    from evolve.config import load_project_config
+    from evolve.loop import Loop, LoopSettings
+    from evolve.models import backend_for
+
+    project = make_project(tmp_path, generations=1)
+    cfg = yaml.safe_load((project / "evolve.yaml").read_text())
+    cfg["models"]["optimizer"]["model"] = f"scripted/{OPTIMIZER}"
+    cfg["optimizer"] = {"patch": "agent", "agent": "mini-swe-agent", "timeout_s": 300}
+    (project / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    git(project, "commit", "-qam", "patch agent: mini-swe-agent")
+    config = load_project_config(project / "evolve.yaml")
+    backend, close = backend_for(config.models.optimizer.model)
+    loop = Loop(config, project, LoopSettings(solver_model="marker", runs_dir=project / "runs"), backend,
+                evaluator=MarkerEvaluator(project / "runs" / "marker"))
+    try:
+        loop.run()
+    finally:
+        close()
+    (g1,) = loop.store.gens()
+    assert g1.status == "accepted", g1.reason
+    assert WIDE_MARKER in git(project, "show", f"{g1.candidate}:harness/prompts/system.txt")
+    out = project / "runs" / loop.run_id / "patch_agent" / "g001"
+    assert "exit_status=Submitted" in (out / "harness.log").read_text()  # mini's own words, not minimal's
+    assert json.loads((out / "trajectory.json").read_text())["info"]["exit_status"] == "Submitted"
