@@ -230,3 +230,18 @@ def test_a_named_template_patches_another_harness(tmp_path, base_image):
     out = project / "runs" / loop.run_id / "patch_agent" / "g001"
     assert "exit_status=Submitted" in (out / "harness.log").read_text()  # mini's own words, not minimal's
     assert json.loads((out / "trajectory.json").read_text())["info"]["exit_status"] == "Submitted"
+
+
+def test_dry_run_counts_the_patch_agent(mini_evalset):
+    from evolve.config import ProjectConfig
+    from evolve.session import dry_run_assumptions, dry_run_estimate
+
+    def text(patch: str) -> str:
+        cfg = ProjectConfig.model_validate({"evals": {"name": str(mini_evalset)}, "optimizer": {"patch": patch},
+                                            "models": {"optimizer": {"model": "openai/gpt-4o-mini"}}})
+        return dry_run_estimate(cfg, dry_run_assumptions(tokens_per_task=50_000))
+
+    blocks, agent = text("blocks"), text("agent")
+    assert "patch-agent" not in blocks and "one patch-agent run per generation" in agent
+    line = lambda t: next(x for x in t.splitlines() if "optimizer" in x and "gpt-4o-mini" in x)  # noqa: E731
+    assert line(blocks) != line(agent), (line(blocks), line(agent))
