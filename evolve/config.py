@@ -274,6 +274,26 @@ class SearchConfig(BaseModel):
     """Seeds the parent draws (with each generation's number); None: the run id does."""
 
 
+class OptimizerConfig(BaseModel):
+    """``optimizer:`` in evolve.yaml: how the patch step (step 3 of a generation) edits the harness.
+    The optimizer's model is ``models.optimizer``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patch: Literal["blocks", "agent"] = "blocks"
+    """``blocks``: one SEARCH/REPLACE reply of the optimizer model (``evolve.patch``). ``agent``: a coding
+    agent driven by the optimizer model edits the harness's repository in a sandbox, reading the analysis,
+    the plan, the failed tasks' traces and the lessons from read-only files (``evolve.patch_agent``)."""
+    agent: str = "self"
+    """With ``patch: agent``, the harness that runs as the agent: ``self`` (the candidate's parent harness
+    patches itself, DGM's self-improvement), a template name (``minimal``, ``mini-swe-agent``), or a
+    harness directory or git ref (``REF:SUBDIR``), relative to the repository."""
+    timeout_s: float = Field(default=1800.0, gt=0)
+    """Wall-clock seconds the patch agent may run inside its container."""
+    limits: Limits = Field(default_factory=Limits)
+    """Per patch-agent run, enforced by its gateway, at the optimizer model's price."""
+
+
 class ProjectConfig(BaseModel):
     """``evolve.yaml``: everything ``evolve run`` needs. Unknown keys are errors."""
 
@@ -291,6 +311,7 @@ class ProjectConfig(BaseModel):
     sandbox: SandboxLimits = Field(default_factory=SandboxLimits)
     acceptance: AcceptanceConfig = Field(default_factory=AcceptanceConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     protected_paths: list[str] = Field(default_factory=lambda: ["evolve.yaml", "evals/**", "runs/**",
                                                                 ".git/**", ".github/**", "**/harness.yaml",
                                                                 "**/requirements*.txt"])

@@ -9,7 +9,8 @@
                              the archive (dgm; evolve.search.parents)
                 1. analyze   the parent's failures (optimizer)
                 2. plan      one change: hypothesis, files, expected effect (optimizer)
-                3. patch     the harness in the candidate's worktree (optimizer, SEARCH/REPLACE)
+                3. patch     the harness in the candidate's worktree (optimizer, SEARCH/REPLACE;
+                             or a coding agent in a sandbox, optimizer.patch: agent)
                    check     it compiles and runs one smoke task
                 4. evaluate  paired with the parent on the same search tasks; re-run
                              discordant tasks; a parent other than the accepted head must
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from evolve import lessons as lessons_log
 from evolve.acceptance import Verdict, run_acceptance
@@ -48,6 +49,7 @@ from evolve.leakage import added_lines, task_leaks
 from evolve.lineage import Lineage, candidate_trailers, verdict_trailers
 from evolve.optimizer import Optimizer
 from evolve.patch import patch
+from evolve.patch_agent import PatchAgent, PatchContext
 from evolve.plan import Plan, plan
 from evolve.recorder import Recorder, kill_point, reconcile
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
@@ -166,6 +168,7 @@ class Loop:
         self.harness_dir = cfg.harness.strip("/")
         self.meter = Meter()
         self.optimizer: Optimizer | None = None
+        self.patch_agent: PatchAgent | None = None
         self.lineage: Lineage | None = None
         self.started = time.monotonic()
         self._cost = lambda: 0.0
@@ -272,7 +275,8 @@ class Loop:
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")
-        rec.candidate = self._patch(gen, the_plan, files, parent=rec.parent)
+        rec.candidate = self._patch(gen, the_plan, files, parent=rec.parent,
+                                    context=lambda: self._patch_context(analysis, parent_report))
 
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
@@ -296,11 +300,15 @@ class Loop:
 
     def _analyze(self, gen: int, parent_report: EvalReport) -> str:
         """The optimizer's failure analysis of the parent's search results (also saved as analysis/gNNN.md)."""
-        entries = {r.instance_id: d for r in parent_report.results if (d := self.evaluator.result_dir(r)) is not None}
-        tasks = {t.instance_id: t for t in self.evalset.tasks(self.cfg.evals.search)}
-        text = analyze(self._optimizer(), collect_failures(parent_report.results, entries, tasks)).text
+        text = analyze(self._optimizer(), self._failures(parent_report)).text
         atomic_write(self.store.dir / f"analysis/g{gen:03d}.md", text)
         return text
+
+    def _failures(self, parent_report: EvalReport) -> list:
+        """The parent's failed search tasks, cut for the optimizer (``evolve.analyze.collect_failures``)."""
+        entries = {r.instance_id: d for r in parent_report.results if (d := self.evaluator.result_dir(r)) is not None}
+        tasks = {t.instance_id: t for t in self.evalset.tasks(self.cfg.evals.search)}
+        return collect_failures(parent_report.results, entries, tasks)
 
     def _plan(self, analysis: str, files: dict[str, str], score: float | None) -> Plan:
         """One change to make, seeing the analysis, the harness and the most relevant lessons."""
@@ -308,15 +316,22 @@ class Loop:
         return plan(self._optimizer(), analysis=analysis, files=files, lessons=lessons_log.relevant(history, analysis),
                     harness_dir=self.harness_dir, score=score or 0.0)
 
-    def _patch(self, gen: int, the_plan: Plan, files: dict[str, str], *, parent: str) -> str:
-        """The candidate commit holding the plan's edits.
+    def _patch(self, gen: int, the_plan: Plan, files: dict[str, str], *, parent: str,
+               context: Callable[[], PatchContext]) -> str:
+        """The candidate commit holding the plan's edits: the optimizer's SEARCH/REPLACE reply
+        (``optimizer.patch: blocks``) or a coding agent's model_patch (``agent``; ``context()`` gives
+        what it reads, ``evolve.patch_agent``).
 
         Raises:
             GenerationFailed: no edit applied (failed), or edits refused or carrying eval-set data (refused).
         """
         worktree = self.lineage.worktree(gen, parent)
-        outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir, files=files,
-                        protected=self.cfg.protected_paths)
+        if self.patch_agent is not None:
+            outcome = self.patch_agent.patch(gen, the_plan, context(), parent=parent,
+                                             parent_harness=self._harness(parent), worktree=worktree)
+        else:
+            outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir,
+                            files=files, protected=self.cfg.protected_paths)
         if not outcome.changed_files:
             if outcome.refused:
                 raise GenerationFailed("refused", "edits refused: " + "; ".join(outcome.refused)[:500])
@@ -331,6 +346,12 @@ class Loop:
             raise GenerationFailed("refused", "the change carries eval-set data, which would raise the score "
                                               "without improving the harness: " + "; ".join(leaks)[:500])
         return candidate
+
+    def _patch_context(self, analysis: str, parent_report: EvalReport) -> PatchContext:
+        """What the patch agent reads: the analysis, the parent's failed tasks, the relevant lessons."""
+        history = lessons_log.load(self.store.lessons_path)
+        return PatchContext(analysis=analysis, failures=self._failures(parent_report),
+                            lessons=lessons_log.relevant(history, analysis))
 
     def _check(self, child: Harness, parent_report: EvalReport, gen: int) -> None:
         """The candidate must compile and run one smoke task cleanly.
@@ -464,11 +485,30 @@ class Loop:
             self.optimizer = Optimizer(self.optimizer_backend, self.store.dir / "optimizer_trace.jsonl",
                                        self.store.dir / "optimizer_cache", self.settings.optimizer_params)
             self.meter.optimizer = self.optimizer
+            if self.cfg.optimizer.patch == "agent":
+                self.patch_agent = PatchAgent(self.cfg, self.optimizer, repo_root=self.repo_root,
+                                              run_dir=self.store.dir, run_id=self.run_id,
+                                              hidden=self._hidden_paths(), harness_workdir=self.settings.runs_dir
+                                              / "harnesses")
         if self.evaluator is None:
             self.evaluator = DockerEvaluator.for_project(
                 self.cfg, self.evalset, solver_model=self.settings.solver_model,
                 solver_params=self.settings.solver_params, runs_dir=self.settings.runs_dir, run_dir=self.store.dir,
                 run_id=self.run_id, workers=self.settings.workers, progress=self.view.eval_progress)
+
+    def _hidden_paths(self) -> list[str]:
+        """Repo-relative paths the patch agent never sees, when inside the repository: the runs folder and
+        the eval set's directory (only its split files and evalset.yaml when that is the repository's top)."""
+        root = Path(os.path.realpath(self.repo_root))
+        out = []
+        places = [self.settings.runs_dir, self.evalset.root]
+        if Path(os.path.realpath(self.evalset.root)) == root:
+            places[1:] = [*self.evalset.files.values(), self.evalset.root / "evalset.yaml"]
+        for d in places:
+            real = Path(os.path.realpath(d))
+            if root in real.parents:
+                out.append(real.relative_to(root).as_posix())
+        return out
 
     def _create(self) -> RunState:
         base = self.lineage.start("HEAD")

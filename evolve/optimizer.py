@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -38,11 +40,49 @@ class Optimizer:
         self.client = RoleClient(ResolvedRole("optimizer", backend.model), trace_path=trace_path, backend=backend)
         self.cache_dir = cache_dir
         self.params = dict(params or {})
+        self.trace_path = Path(trace_path)
+        self._agent_usage = Usage()
+        self._agent_lock = threading.Lock()
 
     @property
     def usage(self) -> Usage:
-        """Calls, tokens and USD of fresh (uncached) calls so far."""
-        return self.client.usage
+        """Calls, tokens and USD of fresh (uncached) calls so far, the patch agent's included (``charge``)."""
+        with self._agent_lock:
+            return self.client.usage.add(self._agent_usage)
+
+    def charge(self, usage: Usage, trace: Path, step: str) -> None:
+        """Count calls made on the optimizer's behalf through a gateway (the patch agent's,
+        ``evolve.patch_agent``): ``usage`` joins ``usage``, and each line of the gateway's ``trace``
+        is appended to this optimizer's trace, numbered on, with ``"step": step``, ``"agent_call"`` (its
+        number in ``trace``) and ``"agent_trace"`` (``trace``'s path relative to this trace's folder),
+        without its ``request`` and ``response`` bodies: those stay in ``trace`` alone (capped by the
+        gateway's ``limits.max_trace_bytes``), so the optimizer's trace grows by a summary per call.
+
+        Raises:
+            OSError: the traces cannot be read or written.
+        """
+        from evolve.gateway import append_trace
+        from evolve.roles import _next_call
+
+        with self._agent_lock:
+            self._agent_usage = self._agent_usage.add(usage)
+        if not trace.exists():
+            return
+        where = os.path.relpath(trace, self.trace_path.parent)
+        with open(trace, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    record = {"unreadable_line": line[:1000]}
+                if not isinstance(record, dict):
+                    record = {"value": record}
+                call, lock = _next_call(self.trace_path)
+                with lock:
+                    append_trace(self.trace_path, {**{k: v for k, v in record.items()
+                                                      if k not in ("request", "response")},
+                                                   "call": call, "step": step, "agent_call": record.get("call"),
+                                                   "agent_trace": where})
 
     def ask(self, step: str, messages: list[dict]) -> str:
         """The reply's text; a cached reply if this exact request was answered before in this run.

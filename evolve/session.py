@@ -298,8 +298,14 @@ def dry_run_estimate(cfg: ProjectConfig, assume: DryRunAssumptions) -> str:
              else resolve_role(name, getattr(cfg.models, name)) for name in ("solver", "optimizer")}
     # per generation: the child on every search task plus the re-runs of discordant tasks
     per_gen = int(tasks * (1 + assume.discordant_share * cfg.acceptance.rerun_discordant))
-    est = estimate(per_gen, gens, assume.solver_tokens_per_task, solver=roles["solver"],
-                   optimizer=roles["optimizer"], optimizer_tokens_per_generation=assume.optimizer_tokens_per_generation)
+    agent = cfg.optimizer.patch == "agent"  # the patch step is then one task-run at the optimizer's price
+    est = estimate(per_gen, gens, assume.solver_tokens_per_task, solver=roles["solver"], optimizer=roles["optimizer"],
+                   optimizer_tokens_per_generation=assume.optimizer_tokens_per_generation
+                   + (assume.solver_tokens_per_task if agent else 0))
+    ceiling = cfg.optimizer.limits
     return (f"{evalset.name}: {tasks} search tasks, {holdout} holdout tasks; {gens} generations\n"
             f"{est.format()}\nplus the baseline ({tasks} task runs) and the held-out check ({2 * holdout} task "
-            f"runs); per-task ceiling from limits: {cfg.limits.max_tokens:,} tokens, ${cfg.limits.max_cost_usd:.2f}")
+            f"runs); per-task ceiling from limits: {cfg.limits.max_tokens:,} tokens, ${cfg.limits.max_cost_usd:.2f}"
+            + (f"\nthe optimizer counts one patch-agent run per generation (as many tokens as a task run); its "
+               f"ceiling from optimizer.limits: {ceiling.max_tokens:,} tokens, ${ceiling.max_cost_usd:.2f}"
+               if agent else ""))

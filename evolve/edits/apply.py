@@ -12,9 +12,8 @@ from pathlib import Path
 
 from evolve.edits.match import _Ambiguous, _closest, _find, _is_dots, _NoMatch, _replace, _replace_dots
 from evolve.edits.parse import EditBlock
-from evolve.edits.paths import _harness_dir, _harness_files, _Refused, _resolve, _similar_names, _within
+from evolve.edits.paths import _harness_files, _places, _Refused, _resolve, _similar_names
 from evolve.edits.text import _join, _lines, _normalize_newlines, _with_newline
-from evolve.errors import ConfigError
 
 
 NEW_FILE_MODE = 0o644
@@ -146,12 +145,7 @@ def apply_edits(root: Path, harness_dir: str, blocks: list[EditBlock], protected
         ConfigError: ``harness_dir`` is absolute or outside ``root``.
     """
     root = Path(root)
-    root_real = Path(os.path.realpath(root))
-    hd = _harness_dir(harness_dir)
-    harness_real = Path(os.path.realpath(root / hd))
-    if not _within(harness_real, root_real):
-        raise ConfigError(f"harness directory {harness_dir!r} resolves to {harness_real}, outside the "
-                          f"repository {root_real}")
+    root_real, hd, harness_real = _places(root, harness_dir)
     report = EditReport()
     files: dict[Path, _File] = {}
     for block in blocks:

@@ -33,6 +33,21 @@ def _harness_dir(harness_dir: str) -> str:
     return hd
 
 
+def _places(root: Path, harness_dir: str) -> tuple[Path, str, Path]:
+    """(the work tree's real path, the normalized harness directory, its real path).
+
+    Raises:
+        ConfigError: ``harness_dir`` is absolute, or outside ``root`` as written or resolved.
+    """
+    root_real = Path(os.path.realpath(root))
+    hd = _harness_dir(harness_dir)
+    harness_real = Path(os.path.realpath(root / hd))
+    if not _within(harness_real, root_real):
+        raise ConfigError(f"harness directory {harness_dir!r} resolves to {harness_real}, outside the "
+                          f"repository {root_real}")
+    return root_real, hd, harness_real
+
+
 def _within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
