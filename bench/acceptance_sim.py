@@ -76,7 +76,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evolve.acceptance import run_acceptance  # noqa: E402
 from evolve.config import AcceptanceConfig  # noqa: E402
 
-_DEF = AcceptanceConfig()
 
 TARGET = 0.05
 EPS = 1e-6
@@ -284,14 +283,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--confidence", type=float, default=0.95)
     ap.add_argument("--min-gain", type=float, default=0.0)
-    ap.add_argument("--rerun", type=int, default=_DEF.rerun_discordant, help="cfg.rerun_discordant (default: evolve's)")
+    ap.add_argument("--rerun", type=int, default=None, help="cfg.rerun_discordant (default: evolve's for the split size)")
     ap.add_argument("--children", type=int, default=4, help="candidates per parent (its runs are cached)")
     ap.add_argument("--infra", type=float, default=0.01, help="infrastructure-failure rate per run")
     ap.add_argument("--infra-reruns", type=int, default=1, help="cfg.infra_reruns")
     ap.add_argument("--abstain", type=float, default=0.5,
                     help="'0 abstaining' row: share of its failed runs the child reports as infra")
     ap.add_argument("--stages", type=str, default="auto", help="cumulative fractions, e.g. 0.5,1 or 1; auto: evolve's default for the split size")
-    ap.add_argument("--futility-z", type=float, default=_DEF.futility_z, help="(default: evolve's)")
+    ap.add_argument("--futility-z", type=lambda v: v if v == "auto" else float(v), default="auto",
+                    help="a number, or auto: evolve's default for the split size")
     ap.add_argument("--estimator", default="rao-blackwell", choices=["rao-blackwell", "mean"])
     ap.add_argument("--scenarios", default="", help="comma-separated row labels to run (default: all), e.g. '+5,+10'")
     ap.add_argument("--no-variants", action="store_true", help="skip the comparison procedures")
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = AcceptanceConfig(confidence=args.confidence, min_gain=args.min_gain, rerun_discordant=args.rerun,
                            infra_reruns=args.infra_reruns)
     main_proc = Procedure(f"configured: confidence {args.confidence}, min_gain {args.min_gain}, rerun_discordant "
-                          f"{args.rerun}, infra_reruns {args.infra_reruns}, stages {stages or 'auto'}, "
+                          f"{'auto' if args.rerun is None else args.rerun}, infra_reruns {args.infra_reruns}, stages {stages or 'auto'}, "
                           f"futility_z {args.futility_z}, estimator {args.estimator}",
                           cfg, dict(stages=stages, futility_z=args.futility_z, estimator=args.estimator))
     procs = [main_proc]

@@ -52,7 +52,6 @@ from evolve.search.archive import Node, is_stone, p_worse  # noqa: E402
 from evolve.search.parents import dgm_weights  # noqa: E402
 from evolve.search.race import run_race  # noqa: E402
 
-_DEF = AcceptanceConfig()
 
 INFRA = 0.01
 
@@ -305,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", type=int, default=29, help="search split size N (evolve's default eval set: 29)")
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--confidence", type=float, default=0.95)
-    ap.add_argument("--rerun", type=int, default=_DEF.rerun_discordant, help="cfg.rerun_discordant (default: evolve's)")
+    ap.add_argument("--rerun", type=int, default=None, help="cfg.rerun_discordant (default: evolve's for the split size)")
     ap.add_argument("--stages", type=str, default="auto", help="cumulative fractions, e.g. 0.5,1 or 1; auto: evolve's default for the split size")
-    ap.add_argument("--futility-z", type=float, default=_DEF.futility_z, help="(default: evolve's)")
+    ap.add_argument("--futility-z", type=lambda v: v if v == "auto" else float(v), default="auto",
+                    help="a number, or auto: evolve's default for the split size")
     ap.add_argument("--null-trials", type=int, default=600)
     ap.add_argument("--power-trials", type=int, default=300)
     ap.add_argument("--power-sizes", default="29,50,100,150")
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     kw = dict(stages=None if args.stages == "auto" else tuple(float(s) for s in args.stages.split(",")),
               futility_z=args.futility_z)
     only = {x for x in args.only.split(",") if x} or {"null", "power", "stream"}
-    print(f"search_sim: {args.tasks} tasks, confidence {args.confidence}, rerun_discordant {args.rerun}, "
+    print(f"search_sim: {args.tasks} tasks, confidence {args.confidence}, rerun_discordant {'auto' if args.rerun is None else args.rerun}, "
           f"stages {kw['stages'] or 'auto'}, futility_z {args.futility_z}, seed {args.seed}")
     ok = True
     if "null" in only:

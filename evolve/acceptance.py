@@ -10,7 +10,7 @@ Procedure (``run_acceptance``)
    are evaluated on the same search-split tasks at the same repeat indices, so
    each task is its own control: task difficulty, the largest source of
    variance, cancels. The tasks are put in a fixed pseudo-random order (sha256 of
-   the instance_id) and taken in *stages* (default: ``evolve.config.auto_stages``: one look per 30 tasks, at most five), so an
+   the instance_id) and taken in *stages* (default: ``evolve.config.Procedure.default`` for the split's size), so an
    interim look sees a representative subset rather than, say, one repository.
 2. **Re-run the discordant tasks.** A task whose repeat-0 outcomes differ (one
    side resolved it, the other not) is re-run ``cfg.rerun_discordant`` (R) more
@@ -23,8 +23,8 @@ Procedure (``run_acceptance``)
    Its sign is that of mean(child_i) - mean(parent_i), so ``fixed``/``broken``
    are the tasks whose per-task mean outcome got better/worse.
 3. **Futility stop (binding, one-sided).** After every stage but the last, if
-   ``z = sum(d_i) / sqrt(sum(d_i^2)) < futility_z`` (default 0: the child is
-   behind so far) the candidate is rejected without evaluating the remaining
+   ``z = sum(d_i) / sqrt(sum(d_i^2)) < futility_z`` (default 0 below 100 tasks: the
+   child is behind so far; 0.25 from 100) the candidate is rejected without evaluating the remaining
    tasks. This is where task-runs are saved: most candidates are no better than
    their parent. A futility stop can only turn an accept into a reject, never the
    reverse, so it cannot raise the false-accept rate: event by event,
@@ -137,7 +137,7 @@ from fractions import Fraction
 from functools import cached_property, lru_cache
 from typing import Optional
 
-from evolve.config import DEFAULT_FUTILITY_Z, AcceptanceConfig, auto_stages
+from evolve.config import AcceptanceConfig
 
 RunOutcome = Optional[bool]
 """One harness's outcome on one task at one repeat: True resolved, False not resolved, None an
@@ -448,7 +448,7 @@ class _Pairs:
 
 
 def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: AcceptanceConfig, *,
-                   stages: Sequence[float] | None = None, futility_z: float | None = DEFAULT_FUTILITY_Z,
+                   stages: Sequence[float] | None = None, futility_z: float | str | None = "auto",
                    estimator: str = "rao-blackwell") -> Verdict:
     """Evaluate parent and child on ``instance_ids`` (in stages), re-run the discordant
     tasks ``cfg.rerun_discordant`` times for both, stop early for futility, and decide.
@@ -462,8 +462,8 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
         instance_ids: the search split's tasks (duplicates are ignored).
         cfg: confidence, min_gain, rerun_discordant and infra_reruns.
         stages: cumulative fractions of the tasks evaluated before each interim look;
-            ``(1.0,)`` evaluates everything at once (no early stop); None: ``auto_stages`` of the
-            number of tasks.
+            ``(1.0,)`` evaluates everything at once (no early stop); None: ``cfg``'s (its
+            ``procedure`` for the number of tasks).
         futility_z: after each stage but the last, reject if the standardized statistic
             ``sum(d)/sqrt(sum(d^2))`` is below this; None disables the stop.
         estimator: how a task's pairs become d_i: ``rao-blackwell`` (the default, unbiased)
@@ -473,7 +473,9 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
     if not ids:
         return decide([], cfg, tasks_total=0)
     order = _order(ids)
-    ends = _stage_ends(len(order), auto_stages(len(order)) if stages is None else stages)
+    proc = cfg.procedure(len(order))
+    ends = _stage_ends(len(order), proc.stages if stages is None else stages)
+    futility_z = proc.futility_z if futility_z == "auto" else futility_z
     runs = {PARENT: 0, CHILD: 0}
 
     def call(who: str, batch: list[str], rep: int) -> dict[str, RunOutcome]:
@@ -509,7 +511,7 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
         done = end
         ask(batch, 0, pairs)
         rerun = [i for i in batch if pairs[i].parent and pairs[i].parent[0] != pairs[i].child[0]]
-        for rep in range(1, cfg.rerun_discordant + 1):
+        for rep in range(1, proc.rerun_discordant + 1):
             ask(rerun, rep, pairs)
         records = [pairs[i].record(i) for i in order[:done]]
         if k < len(ends) - 1 and futility_z is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -195,25 +195,37 @@ class BudgetConfig(BaseModel):
     max_hours: float | None = Field(default=None, gt=0)
 
 
-TASKS_PER_LOOK = 30
-"""Default stages: one look per this many search tasks (``auto_stages``)."""
-MAX_LOOKS = 5
-"""Default stages: at most this many looks."""
+LARGE_SPLIT = 100
+"""Search splits of at least this many tasks get the staged procedure by default (``Procedure.default``)."""
 
 
-def auto_stages(n_tasks: int) -> tuple[float, ...]:
-    """The default stages for a search split of ``n_tasks``: one look per ``TASKS_PER_LOOK`` tasks, at
-    most ``MAX_LOOKS``, evenly spaced (29 tasks: ``(1.0,)``, a single look; 100: thirds; 150 and more:
-    fifths). Chosen with ``bench/acceptance_sim.py --search`` (README "Search"): at 150 tasks, with
-    ``rerun_discordant`` 1 and ``DEFAULT_FUTILITY_Z``, 80% power for a true +10 points, false accepts
-    <= 2.7% per generation, 0.39x the task-runs of a full evaluation. Small splits get no interim look,
-    because an early look on a few tasks costs power that a small split cannot spare."""
-    k = max(1, min(MAX_LOOKS, n_tasks // TASKS_PER_LOOK))
-    return tuple(round(i / k, 6) for i in range(1, k)) + (1.0,)
+class Procedure(NamedTuple):
+    """How a paired comparison is run (``evolve.acceptance.run_acceptance``)."""
 
+    stages: tuple[float, ...]
+    """Cumulative fractions of the tasks evaluated before each look; the last is 1.0."""
+    rerun_discordant: int
+    """Extra repeats of tasks whose outcome differs between parent and child."""
+    futility_z: float | None
+    """Reject at a look before the last when the standardized statistic is below this; None: never."""
 
-DEFAULT_FUTILITY_Z = 0.25
-"""Reject at an interim look when the standardized statistic is below this (the child is behind)."""
+    @staticmethod
+    def default(n_tasks: int) -> "Procedure":
+        """The default for a search split of ``n_tasks``, chosen with ``bench/acceptance_sim.py --search``
+        (figures in the README's "Search" section):
+
+        * fewer than ``LARGE_SPLIT`` tasks: half, then the rest; 2 re-runs of discordant tasks; stop at
+          half if the child is behind (z < 0). At 29 tasks it reaches the most true gain per night
+          (+4.8 points against +2.6 for the staged procedure); no procedure gives a +10-point change
+          much power there (18%).
+        * ``LARGE_SPLIT`` or more: one look per 30 tasks, at most five (fifths from 150 tasks); 1
+          re-run; stop at a look if z < 0.25. At 150 tasks: 80% power for a true +10 points, false
+          accepts <= 2.7% per generation, 0.39x the task-runs of evaluating every candidate fully.
+        """
+        if n_tasks < LARGE_SPLIT:
+            return Procedure((0.5, 1.0), 2, 0.0)
+        k = min(5, n_tasks // 30)
+        return Procedure(tuple(round(i / k, 6) for i in range(1, k)) + (1.0,), 1, 0.25)
 
 
 class AcceptanceConfig(BaseModel):
@@ -225,8 +237,9 @@ class AcceptanceConfig(BaseModel):
     """One-sided confidence that the child resolves more tasks than the parent."""
     min_gain: float = Field(default=0.0, ge=0.0, le=1.0)
     """Minimum gain in resolve rate (0.05 = 5 points) the child must show."""
-    rerun_discordant: int = Field(default=1, ge=0)
-    """Extra repeats of tasks whose outcome differs between parent and child."""
+    rerun_discordant: int | None = Field(default=None, ge=0)
+    """Extra repeats of tasks whose outcome differs between parent and child; null: the default for
+    the split's size (``Procedure.default``)."""
     infra_reruns: int = Field(default=1, ge=0)
     """Extra asks for a repeat where only one side had an infrastructure failure (the other
     side's outcome is real). If that side's failure persists, it counts as not resolved for
@@ -243,10 +256,18 @@ class AcceptanceConfig(BaseModel):
     accepted head) or ``pending`` (the latest pending candidate; such generations are marked so)."""
     stages: list[float] | None = None
     """Cumulative fractions of the search tasks evaluated before each look, increasing, the last 1.0
-    (``evolve.acceptance``); null: ``auto_stages`` of the split's size. Figures for other choices: the
-    README's "Search" section."""
-    futility_z: float | None = DEFAULT_FUTILITY_Z
-    """Reject at a look before the last when the standardized statistic is below this; null: never."""
+    (``evolve.acceptance``); null: the default for the split's size (``Procedure.default``). Figures
+    for other choices: the README's "Search" section."""
+    futility_z: float | Literal["auto"] | None = "auto"
+    """Reject at a look before the last when the standardized statistic is below this; null: never;
+    ``auto``: the default for the split's size (``Procedure.default``)."""
+
+    def procedure(self, n_tasks: int) -> Procedure:
+        """This configuration's procedure on a search split of ``n_tasks``: what is set, else the default."""
+        d = Procedure.default(n_tasks)
+        return Procedure(tuple(self.stages) if self.stages is not None else d.stages,
+                         d.rerun_discordant if self.rerun_discordant is None else self.rerun_discordant,
+                         d.futility_z if self.futility_z == "auto" else self.futility_z)
 
     @field_validator("stages")
     @classmethod

@@ -297,7 +297,7 @@ def dry_run_estimate(cfg: ProjectConfig, assume: DryRunAssumptions) -> str:
     roles = {name: ResolvedRole(name, "local server", {}, "local server", local=True) if name in served
              else resolve_role(name, getattr(cfg.models, name)) for name in ("solver", "optimizer")}
     # per generation: the child on every search task plus the re-runs of discordant tasks
-    per_gen = int(tasks * (1 + assume.discordant_share * cfg.acceptance.rerun_discordant))
+    per_gen = int(tasks * (1 + assume.discordant_share * cfg.acceptance.procedure(tasks).rerun_discordant))
     agent = cfg.optimizer.patch == "agent"  # the patch step is then one task-run at the optimizer's price
     est = estimate(per_gen, gens, assume.solver_tokens_per_task, solver=roles["solver"], optimizer=roles["optimizer"],
                    optimizer_tokens_per_generation=assume.optimizer_tokens_per_generation

@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from evolve.acceptance import (CHILD, DEFAULT_FUTILITY_Z, PARENT, RunOutcome, Verdict,
+from evolve.acceptance import (CHILD, PARENT, RunOutcome, Verdict,
                                run_acceptance)
 from evolve.config import AcceptanceConfig
 
@@ -77,7 +77,7 @@ def holm(p_values: Sequence[float], alpha: float) -> list[int]:
 
 
 def run_race(evaluate: RaceEvaluateFn, instance_ids: list[str], k: int, cfg: AcceptanceConfig, *,
-             stages: Sequence[float] | None = None, futility_z: float | None = DEFAULT_FUTILITY_Z) -> RaceResult:
+             stages: Sequence[float] | None = None, futility_z: float | str | None = "auto") -> RaceResult:
     """Race ``k`` candidates against one parent on ``instance_ids`` and accept at most one.
 
     Args:
