@@ -1,0 +1,208 @@
+"""Several candidates per generation (``search.candidates: K``) through the real loop: scripted
+optimizer words, the MarkerEvaluator behind the evaluator seam, real git, real run files.
+
+``fixtures/race/optimizer.yaml``: the analysis names three categories; the plan aimed at
+"edits without reproduction" truly helps (0% -> 100%), "format errors" is neutral, "protected
+settings" edits a protected path and is refused. ``fixtures/race/null.yaml``: three neutral plans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+
+from loop_support import make_loop, make_project
+
+from evolve.search import archive
+
+FIXTURES = Path(__file__).parent / "fixtures" / "race"
+EVOLVE = str(Path(sys.executable).parent / "evolve")
+AIM = "Yours is **"
+
+
+def configure(repo: Path, k: int, script: str | None = "optimizer.yaml", generations: int = 1,
+              **acceptance) -> None:
+    """``search.candidates: k``, one generation; ``script`` None keeps the loop tests' optimizer."""
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    if script is not None:
+        cfg["models"]["optimizer"]["model"] = f"scripted/{FIXTURES / script}"
+    cfg["budget"]["generations"] = generations
+    cfg["search"] = {"candidates": k}
+    cfg["acceptance"].update(acceptance)
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    git.Repo(repo).git.commit("-qam", "race settings", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def run(repo: Path):
+    loop, close = make_loop(repo)
+    try:
+        state = loop.run()
+    finally:
+        close()
+    return loop, state
+
+
+def plan_aims(run_dir: Path) -> list[str]:
+    """The category each plan prompt of the optimizer's trace aimed at (read from the real trace)."""
+    aims = []
+    for line in (run_dir / "optimizer_trace.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        text = rec["request"]["messages"][0]["content"]
+        if text.startswith("## Step: plan"):
+            aims.append(text.split(AIM, 1)[1].split("**", 1)[0] if AIM in text else "")
+    return aims
+
+
+def branches(repo: Path, run_id: str) -> list[str]:
+    refs = git.Repo(repo).git.for_each_ref("--format=%(refname)", f"refs/heads/evolve/{run_id}/").splitlines()
+    return sorted(r.rsplit("/", 1)[1] for r in refs)
+
+
+def test_two_candidates_the_one_that_helps_wins_and_the_other_is_a_lost_stone(tmp_path):
+    repo = make_project(tmp_path)
+    configure(repo, 2)
+    loop, state = run(repo)
+    (rec,) = loop.store.gens()
+    assert rec.status == "accepted" and rec.winner == rec.cand == 1
+    assert rec.hypothesis.startswith("PLAN-A") and rec.category == "edits without reproduction"
+    assert [(c.cand, c.status, c.category) for c in rec.candidates] == [
+        (1, "accepted", "edits without reproduction"), (2, "rejected", "format errors")]
+    loser = rec.candidates[1]
+    assert loser.hypothesis.startswith("PLAN-N") and loser.delta == 0.0 and loser.stone and loser.p_worse == 1.0
+    assert "lost the race" in loser.reason and "candidate 1 of 2" in rec.reason and "Holm" in rec.reason
+    # best moved to the winner's verdict commit, on gNNN; the loser keeps its own branch (a stepping stone)
+    assert state.best == rec.verdict_commit == loop.lineage.sha(loop.lineage.refs.best)
+    assert loop.lineage.sha(loop.lineage.refs.gen(1)) == rec.verdict_commit
+    assert loop.lineage.sha(f"{rec.verdict_commit}^") == rec.candidate
+    assert loop.lineage.sha(loop.lineage.refs.gen(1, 2)) == loser.candidate != rec.candidate
+    assert branches(repo, loop.run_id) == ["base", "best", "g001", "g001-c2"]
+    assert not list((loop.store.dir / "worktrees").glob("g001*"))
+    # every candidate is an archive node; the loser is marked lost and is no parent
+    nodes = archive.load(loop.store.dir)
+    assert [(n.gen, n.cand, n.lost, n.status) for n in nodes] == [
+        (0, None, False, "base"), (1, 1, False, "accepted"), (1, 2, True, "rejected")]
+    assert nodes[2].branch == f"evolve/{loop.run_id}/g001-c2" and nodes[2].category == "format errors"
+    assert set(nodes[2].outcomes) <= set(loop.search_ids) and nodes[2].outcomes
+    assert archive.accepted_path(nodes, state.best) == {0, 1}
+    assert archive.children(nodes) == {0: 2, 1: 0}
+    # plans aimed at distinct categories, made concurrently through one optimizer: the trace is whole
+    assert sorted(plan_aims(loop.store.dir)) == ["edits without reproduction", "format errors"]
+    calls = [json.loads(line)["call"] for line in (loop.store.dir / "optimizer_trace.jsonl").read_text().splitlines()]
+    assert calls == list(range(1, len(calls) + 1))
+    # the parent is evaluated once per (task, repeat), shared; each candidate has its own labels
+    labels = [label for label, *_ in loop.evaluator.calls]
+    assert "g001-c1-r0" in labels and "g001-c2-r0" in labels and "g001-c1-smoke" in labels
+    assert not any(label.startswith("g001-child") for label in labels)
+    parent_runs = [(i, rep) for label, _, ids, rep in loop.evaluator.calls if label.startswith("g001-parent-r")
+                   for i in ids]
+    assert len(parent_runs) == len(set(parent_runs))
+
+    env = {**os.environ, "COLUMNS": "200"}
+    shown = subprocess.run([EVOLVE, "status"], cwd=repo, capture_output=True, text=True, timeout=120, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "c1 accepted" in shown.stdout and "c2 rejected stone" in shown.stdout and "PLAN-N" in shown.stdout
+    tree = subprocess.run([EVOLVE, "status", "--tree"], cwd=repo, capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert tree.returncode == 0, tree.stderr
+    assert "* g001 accepted" in tree.stdout and "g001-c2 rejected stone" in tree.stdout
+    assert "* g001-c2" not in tree.stdout
+
+
+def test_a_refused_candidate_drops_out_and_fewer_categories_make_fewer_candidates(tmp_path):
+    repo = make_project(tmp_path)
+    configure(repo, 4, keep_rejected=False)  # 3 categories for K = 4: 3 candidates, and a note
+    loop, state = run(repo)
+    (rec,) = loop.store.gens()
+    assert [(c.cand, c.status) for c in rec.candidates] == [(1, "accepted"), (2, "rejected"), (3, "refused")]
+    refused = rec.candidates[2]
+    assert refused.hypothesis.startswith("PLAN-C") and "refused" in refused.reason and refused.candidate is None
+    assert rec.status == "accepted" and rec.winner == 1 and "of 2" in rec.reason  # only 2 were raced
+    (note,) = [e for e in loop.store.events() if e.get("event") == "candidates"]
+    assert note["made"] == 3 and note["asked"] == 4
+    assert sorted(plan_aims(loop.store.dir)) == ["edits without reproduction", "format errors", "protected settings"]
+    assert not any(label.startswith("g001-c3") for label, *_ in loop.evaluator.calls)
+    # the refused candidate has no commit: its branch (at the parent) is gone; the neutral loser is a stone
+    assert branches(repo, loop.run_id) == ["base", "best", "g001", "g001-c2"]
+    assert [(n.cand, n.lost, n.status, n.commit) for n in archive.load(loop.store.dir)[1:]] == [
+        (1, False, "accepted", rec.verdict_commit), (2, True, "rejected", rec.candidates[1].candidate),
+        (3, True, "refused", None)]
+
+
+def test_three_null_candidates_accept_nothing(tmp_path):
+    repo = make_project(tmp_path)
+    configure(repo, 3, "null.yaml", keep_rejected=False)
+    loop, state = run(repo)
+    (rec,) = loop.store.gens()
+    assert rec.status == "rejected" and rec.winner is None and state.best == state.base
+    assert loop.lineage.sha(loop.lineage.refs.best) == state.base
+    assert [c.status for c in rec.candidates] == ["rejected"] * 3
+    assert all(c.delta == 0.0 and c.stone for c in rec.candidates)
+    assert "no candidate of 3 passes Holm" in rec.reason and rec.cand == 1  # ties: the first is recorded
+    assert sorted(plan_aims(loop.store.dir)) == ["alpha", "beta", "gamma"]
+    assert len({c.candidate for c in rec.candidates}) == 3
+    nodes = archive.load(loop.store.dir)
+    assert [(n.cand, n.lost, n.status) for n in nodes[1:]] == [(1, False, "rejected"), (2, True, "rejected"),
+                                                              (3, True, "rejected")]
+    assert branches(repo, loop.run_id) == ["base", "best", "g001", "g001-c2", "g001-c3"]  # stones stay
+
+
+def test_a_tampering_candidate_cannot_win(tmp_path):
+    """The helpful candidate's results carry a tampering flag its parent's do not: it passes Holm on
+    its scores, yet cannot win; the neutral one does not pass, so nothing is accepted."""
+    from loop_support import MarkerEvaluator
+
+    from evolve.types import IntegrityFlag
+
+    class Tampering(MarkerEvaluator):
+        def evaluate(self, harness, instance_ids, repeat, label, split):
+            report = super().evaluate(harness, instance_ids, repeat, label, split)
+            if label.startswith("g001-c1-r"):
+                for r in report.results:
+                    r.integrity_flags = [IntegrityFlag.RUNNER_PATCHING]
+            return report
+
+    repo = make_project(tmp_path)
+    configure(repo, 2)
+    loop, close = make_loop(repo, evaluator=Tampering(repo / "runs" / "marker"))
+    try:
+        state = loop.run()
+    finally:
+        close()
+    (rec,) = loop.store.gens()
+    helpful = rec.candidates[0]
+    assert helpful.hypothesis.startswith("PLAN-A") and helpful.delta == 1.0 and helpful.tampering
+    assert rec.status == "rejected" and rec.winner is None and state.best == state.base
+    assert "tampering" in rec.reason and not helpful.stone
+
+
+def test_one_candidate_is_unchanged(tmp_path):
+    """K = 1 (the default, and set explicitly): no aim in the plan prompt, no candidate branches,
+    the record and archive as before racing existed."""
+    repo = make_project(tmp_path)
+    configure(repo, 1, None)
+    loop, state = run(repo)
+    (rec,) = loop.store.gens()
+    assert rec.status == "accepted" and rec.candidates == [] and rec.cand is None and rec.winner is None
+    assert plan_aims(loop.store.dir) == [""]
+    assert branches(repo, loop.run_id) == ["base", "best", "g001"]
+    assert [label for label, *_ in loop.evaluator.calls if label.startswith("g001")][:3] == [
+        "g001-parent", "g001-smoke", "g001-parent-r0"]
+    assert all(n.cand is None and not n.lost for n in archive.load(loop.store.dir))
+
+
+def test_candidates_must_be_at_least_one():
+    from pydantic import ValidationError
+
+    from evolve.config import SearchConfig
+
+    assert SearchConfig().candidates == 1
+    with pytest.raises(ValidationError):
+        SearchConfig(candidates=0)
