@@ -206,3 +206,58 @@ def test_candidates_must_be_at_least_one():
     assert SearchConfig().candidates == 1
     with pytest.raises(ValidationError):
         SearchConfig(candidates=0)
+
+
+KILL_POINTS = ["plan@1", "check@1", "evaluate@1", "decide@1", "verdict-committed@1", "best-moved@1",
+               "archive-written@1"]
+"""Inside a K = 2 generation: while the plans and patches run, at the checks, in the race, after
+the decision, and through the accept window (the lost candidate's node is written after the
+generation's)."""
+
+
+def _race_outcome(repo: Path, run: str) -> dict:
+    from test_loop_kill_resume import outcome
+
+    got = outcome(repo, run)
+    for g in got["gens"]:  # candidate commits carry their commit time; their trees are compared below
+        for c in g.get("candidates", []):
+            c.pop("candidate")
+    got["trees"] = {ref: git.Repo(repo).git.rev_parse(f"evolve/{run}/{ref}:harness") for ref in got["refs"]}
+    return got
+
+
+def test_a_race_killed_anywhere_resumes_to_the_same_verdict(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_loop_kill_resume import run_loop
+
+    def project(where: Path) -> Path:
+        repo = make_project(where)
+        configure(repo, 2)
+        return repo
+
+    ref_repo = project(tmp_path / "reference")
+    proc = run_loop(ref_repo)
+    assert proc.returncode == 0, proc.stderr
+    reference = _race_outcome(ref_repo, proc.stdout.split()[0])
+    assert reference["refs"] == ["base", "best", "g001", "g001-c2"] and reference["gens"][0]["winner"] == 1
+
+    def kill_and_resume(point: str) -> str | None:
+        repo = project(tmp_path / point.replace("@", "-"))
+        killed = run_loop(repo, kill_at=point)
+        if killed.returncode != -9:
+            return f"{point}: not killed (exit {killed.returncode}): {killed.stderr[-2000:]}"
+        run_id = killed.stdout.split()[0]
+        resumed = run_loop(repo, run_id)
+        if resumed.returncode != 0:
+            return f"{point}: resume failed: {resumed.stderr[-2000:]}"
+        got = _race_outcome(repo, run_id)
+        if got != reference:
+            return f"{point}: differs: {({k: (got[k], reference[k]) for k in got if got[k] != reference[k]})}"
+        if list((repo / "runs" / run_id / "worktrees").glob("g001*")):
+            return f"{point}: a candidate's worktree was left behind"
+        return None
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        problems = [p for p in pool.map(kill_and_resume, KILL_POINTS) if p]
+    assert not problems, "\n".join(problems)
