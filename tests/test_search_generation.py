@@ -155,32 +155,37 @@ def test_three_null_candidates_accept_nothing(tmp_path):
 
 
 def test_a_tampering_candidate_cannot_win(tmp_path):
-    """The helpful candidate's results carry a tampering flag its parent's do not: it passes Holm on
-    its scores, yet cannot win; the neutral one does not pass, so nothing is accepted."""
+    """Both candidates resolve every task here (the evaluator counts the greeting as a fix too), so
+    both pass Holm with the same gain; candidate 1 would win the tie, but its results carry a
+    tampering flag its parent's do not: candidate 2 wins instead."""
     from loop_support import MarkerEvaluator
 
     from evolve.types import IntegrityFlag
 
-    class Tampering(MarkerEvaluator):
+    class GreetingFixesAndC1Tampers(MarkerEvaluator):
         def evaluate(self, harness, instance_ids, repeat, label, split):
             report = super().evaluate(harness, instance_ids, repeat, label, split)
-            if label.startswith("g001-c1-r"):
-                for r in report.results:
+            greets = "Hello." in (harness.root / "prompts" / "system.txt").read_text()
+            for r in report.results:
+                r.resolved = r.resolved or greets
+                if label.startswith("g001-c1-r"):
                     r.integrity_flags = [IntegrityFlag.RUNNER_PATCHING]
             return report
 
     repo = make_project(tmp_path)
     configure(repo, 2)
-    loop, close = make_loop(repo, evaluator=Tampering(repo / "runs" / "marker"))
+    loop, close = make_loop(repo, evaluator=GreetingFixesAndC1Tampers(repo / "runs" / "marker"))
     try:
         state = loop.run()
     finally:
         close()
     (rec,) = loop.store.gens()
-    helpful = rec.candidates[0]
-    assert helpful.hypothesis.startswith("PLAN-A") and helpful.delta == 1.0 and helpful.tampering
-    assert rec.status == "rejected" and rec.winner is None and state.best == state.base
-    assert "tampering" in rec.reason and not helpful.stone
+    tamperer, clean = rec.candidates
+    assert tamperer.hypothesis.startswith("PLAN-A") and tamperer.delta == clean.delta == 1.0
+    assert tamperer.tampering and not tamperer.stone and tamperer.status == "rejected"
+    assert rec.status == "accepted" and rec.winner == rec.cand == 2 and rec.hypothesis.startswith("PLAN-N")
+    assert "new tampering and cannot win" in rec.reason and not rec.tampering
+    assert state.best == rec.verdict_commit and loop.lineage.sha(f"{state.best}^") == clean.candidate
 
 
 def test_one_candidate_is_unchanged(tmp_path):
