@@ -118,22 +118,28 @@ def test_two_candidates_the_one_that_helps_wins_and_the_other_is_a_lost_stone(tm
 
 def test_a_refused_candidate_drops_out_and_fewer_categories_make_fewer_candidates(tmp_path):
     repo = make_project(tmp_path)
-    configure(repo, 4, keep_rejected=False)  # 3 categories for K = 4: 3 candidates, and a note
+    configure(repo, 4, keep_rejected=False, generations=2)  # 3 categories for K = 4: 3 candidates, and a note
     loop, state = run(repo)
-    (rec,) = loop.store.gens()
+    rec, rec2 = loop.store.gens()
     assert [(c.cand, c.status) for c in rec.candidates] == [(1, "accepted"), (2, "rejected"), (3, "refused")]
     refused = rec.candidates[2]
     assert refused.hypothesis.startswith("PLAN-C") and "refused" in refused.reason and refused.candidate is None
     assert rec.status == "accepted" and rec.winner == 1 and "of 2" in rec.reason  # only 2 were raced
-    (note,) = [e for e in loop.store.events() if e.get("event") == "candidates"]
-    assert note["made"] == 3 and note["asked"] == 4
-    assert sorted(plan_aims(loop.store.dir)) == ["edits without reproduction", "format errors", "protected settings"]
+    note, note2 = [e for e in loop.store.events() if e.get("event") == "candidates"]
+    assert note["gen"] == 1 and note["made"] == 3 and note["asked"] == 4
+    # generation 2's parent fails nothing: the analysis names no category, so one candidate, no aim
+    # (this script then gives no plan): the generation fails, and its one node is that candidate's
+    assert note2["gen"] == 2 and note2["made"] == 1 and "no failure category" in note2["note"]
+    assert rec2.status == "failed" and [(c.cand, c.status) for c in rec2.candidates] == [(1, "failed")]
+    assert rec2.cand == 1 and "PlanError" in rec2.reason and plan_aims(loop.store.dir)[-1] == ""
+    assert sorted(a for a in plan_aims(loop.store.dir) if a) == ["edits without reproduction", "format errors",
+                                                                  "protected settings"]
     assert not any(label.startswith("g001-c3") for label, *_ in loop.evaluator.calls)
     # the refused candidate has no commit: its branch (at the parent) is gone; the neutral loser is a stone
     assert branches(repo, loop.run_id) == ["base", "best", "g001", "g001-c2"]
-    assert [(n.cand, n.lost, n.status, n.commit) for n in archive.load(loop.store.dir)[1:]] == [
-        (1, False, "accepted", rec.verdict_commit), (2, True, "rejected", rec.candidates[1].candidate),
-        (3, True, "refused", None)]
+    assert [(n.gen, n.cand, n.lost, n.status, n.commit) for n in archive.load(loop.store.dir)[1:]] == [
+        (1, 1, False, "accepted", rec.verdict_commit), (1, 2, True, "rejected", rec.candidates[1].candidate),
+        (1, 3, True, "refused", None), (2, 1, False, "failed", None)]
 
 
 def test_three_null_candidates_accept_nothing(tmp_path):

@@ -133,8 +133,10 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
         except HarnessError as e:
             c.status, c.reason = "failed", f"HarnessError: {e}"
     alive = [c for c in cands if c.status == "checked"]
-    if not alive:
-        _drop_branches(loop, gen, cands)
+    if not alive:  # the generation's node is candidate 1, as the first of equals is with no winner
+        first = cands[0]
+        _drop_branches(loop, gen, cands, keep=first)
+        _own(loop, rec, first)
         rec.candidates = [_brief(c) for c in cands]
         status = "refused" if all(c.status == "refused" for c in cands) else "failed"
         raise GenerationFailed(status, f"none of {len(cands)} candidates was made: " + "; ".join(
@@ -170,9 +172,7 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
         reason = f"{race.reason}{untampered}; recorded: candidate {chosen.n}, the largest estimated gain: {verdict.reason}"
     verdict = replace(verdict, accepted=winner is not None, task_runs=race.task_runs, reason=reason)
 
-    rec.cand, rec.category = chosen.n, (chosen.aim or {}).get("name", "")
-    rec.hypothesis, rec.files, rec.expected_effect = chosen.plan.hypothesis, chosen.plan.files, chosen.plan.expected_effect
-    rec.candidate = chosen.commit
+    _own(loop, rec, chosen)
     rec.flagged_tasks, rec.integrity_flags = flag_counts(chosen.seen)
     rec.tampering = tampering[pick]
     rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
@@ -205,10 +205,19 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
                         task_runs=race.task_runs, reason=race.reason)
 
     _drop_branches(loop, gen, cands, keep=chosen, briefs=briefs)
-    loop.lineage.point_gen(gen, chosen.commit)  # the generation's candidate lives on gNNN, as for K = 1
-    loop.lineage.delete_branch(gen, chosen.n)
     loop._step(state, rec, "decide")
     loop._decide(state, rec, verdict)
+
+
+def _own(loop: "Loop", rec: GenerationRecord, c: _Candidate) -> None:
+    """Make ``c`` the generation's own candidate: the record's fields, and its commit moved from
+    ``gNNN-cJ`` to ``gNNN`` (where a verdict commit goes, as for K = 1)."""
+    rec.cand, rec.category, rec.candidate = c.n, (c.aim or {}).get("name", ""), c.commit
+    if c.plan is not None:
+        rec.hypothesis, rec.files, rec.expected_effect = c.plan.hypothesis, c.plan.files, c.plan.expected_effect
+    if c.commit is not None:
+        loop.lineage.point_gen(rec.gen, c.commit)
+    loop.lineage.delete_branch(rec.gen, c.n)
 
 
 def _brief(c: _Candidate) -> CandidateRecord:
