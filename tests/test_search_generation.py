@@ -272,3 +272,48 @@ def test_a_race_killed_anywhere_resumes_to_the_same_verdict(tmp_path):
     with ThreadPoolExecutor(max_workers=3) as pool:
         problems = [p for p in pool.map(kill_and_resume, KILL_POINTS) if p]
     assert not problems, "\n".join(problems)
+
+
+def test_with_manual_approval_the_winner_waits_and_approving_it_moves_best(tmp_path):
+    from evolve.approval import decide
+
+    repo = make_project(tmp_path)
+    configure(repo, 2, approval="manual")
+    loop, state = run(repo)
+    (rec,) = loop.store.gens()
+    assert rec.status == "pending" and rec.winner == 1 and state.best == state.base
+    assert [c.status for c in rec.candidates] == ["pending", "rejected"]
+    assert loop.lineage.sha(loop.lineage.refs.best) == state.base
+    approved = decide(repo / "runs", loop.run_id, 1, approve=True, by="t", why="looks right", root=repo)
+    assert approved.status == "accepted"
+    assert loop.lineage.sha(loop.lineage.refs.best) == approved.verdict_commit
+    assert loop.lineage.sha(f"{approved.verdict_commit}^") == rec.verdict_commit
+
+
+def test_a_race_from_a_stepping_stone_must_also_beat_the_accepted_head(tmp_path):
+    """search.parent: dgm draws generation 1 (three null candidates; its own node a stone) as the
+    parent of generation 2, whose winner beats that parent and then the accepted head (the base)."""
+    from evolve.search.archive import Node
+    from evolve.search.parents import choose_parent
+
+    after_g1 = [Node(gen=0, commit="a", status="base", stone=True, rate=0.0),
+                Node(gen=1, cand=1, commit="b", parent_gen=0, status="rejected", stone=True, rate=0.0),
+                Node(gen=1, cand=2, lost=True, commit="c", parent_gen=0, status="rejected", stone=True, rate=0.0),
+                Node(gen=1, cand=3, lost=True, commit="d", parent_gen=0, status="rejected", stone=True, rate=0.0)]
+    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == 1)
+    repo = make_project(tmp_path)
+    configure(repo, 3, "null.yaml", generations=2)
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    cfg["search"].update(parent="dgm", seed=seed)
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    git.Repo(repo).git.commit("-qam", "dgm", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                                  "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    loop, state = run(repo)
+    g1, g2 = loop.store.gens()
+    assert g1.status == "rejected" and g1.stone and g2.parent_gen == 1 and g2.parent == g1.verdict_commit
+    assert g2.status == "accepted" and g2.winner == 1 and g2.hypothesis.startswith("PLAN-A")
+    assert "against the accepted head" in g2.reason and "beat its parent" in g2.reason
+    labels = [label for label, *_ in loop.evaluator.calls]
+    assert "g002-best-r0" in labels and "g002-c1-r0" in labels
+    assert state.best == g2.verdict_commit == loop.lineage.sha(loop.lineage.refs.best)
+    assert archive.accepted_path(archive.load(loop.store.dir), state.best) == {0, 1, 2}
