@@ -317,3 +317,26 @@ def test_a_race_from_a_stepping_stone_must_also_beat_the_accepted_head(tmp_path)
     assert "g002-best-r0" in labels and "g002-c1-r0" in labels
     assert state.best == g2.verdict_commit == loop.lineage.sha(loop.lineage.refs.best)
     assert archive.accepted_path(archive.load(loop.store.dir), state.best) == {0, 1, 2}
+
+
+def test_aims_are_distinct_named_categories_and_render_into_the_plan_prompt():
+    from evolve.analyze import Analysis
+    from evolve.prompting import render
+    from evolve.search.generation import aims_of
+
+    cats = [{"name": "  loops  "}, {"name": "loops", "description": "again"}, {"description": "no name"},
+            {"name": "format", "description": "no\nbash block", "instance_ids": ["a", 3]}, {"name": "x"}]
+    aims, note = aims_of(Analysis(text="t", categories=cats), 2)
+    assert aims == [{"name": "loops", "description": "", "instance_ids": []},
+                    {"name": "format", "description": "no bash block", "instance_ids": ["a", "3"]}] and note == ""
+    aims, note = aims_of(Analysis(text="t", categories=cats), 4)
+    assert [a["name"] for a in aims] == ["loops", "format", "x"] and "3 candidates instead of 4" in note
+    assert aims_of(Analysis(text="t"), 3) == ([None], "the analysis names no failure category: 1 candidate "
+                                                     "instead of 3")
+    common = dict(analysis="A", lessons=[], files={"a.py": "x"}, harness_dir="harness", score=0.5)
+    for aim in aims:
+        prompt = render("plan.j2", aim=aim, **common)
+        assert f"Yours is **{aim['name']}**" in prompt and "most important failure category" not in prompt
+    plain = render("plan.j2", aim=None, **common)
+    assert "Yours is" not in plain and "Propose exactly ONE change that addresses the most important failure " \
+                                       "category. Do not repeat a change that was already rejected." in plain

@@ -71,12 +71,19 @@ class _Candidate:
 
 
 def aims_of(analysis: Analysis, k: int) -> tuple[list[dict | None], str]:
-    """(the aim of each candidate, a note or ""): categories 1..k of the analysis, one each; fewer
-    candidates when it names fewer; ``[None]`` (one candidate, no aim) when it names none."""
-    named = [c for c in analysis.categories if str(c.get("name", "")).strip()]
+    """(the aim of each candidate, a note or ""): categories 1..k of the analysis, one each, as
+    ``{"name", "description", "instance_ids"}`` (a name given twice counts once); fewer candidates
+    when it names fewer; ``[None]`` (one candidate, no aim) when it names none."""
+    named: dict[str, dict] = {}  # the model's JSON: any key may be missing or of another type
+    for c in analysis.categories:
+        name = " ".join(str(c.get("name") or "").split())
+        ids = c.get("instance_ids")
+        if name and name not in named:
+            named[name] = {"name": name, "description": " ".join(str(c.get("description") or "").split()),
+                           "instance_ids": [str(i) for i in ids] if isinstance(ids, list) else []}
     if not named:
         return [None], f"the analysis names no failure category: 1 candidate instead of {k}"
-    aims = [dict(c) for c in named[:k]]
+    aims: list[dict | None] = list(named.values())[:k]
     note = "" if len(aims) == k else (f"the analysis names {len(aims)} failure categories: {len(aims)} "
                                       f"candidates instead of {k} (no category is aimed at twice)")
     return aims, note
@@ -169,7 +176,8 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
                   f"the largest gain of the others that pass: {verdict.reason}")
     else:
         untampered = "" if race.winner is None else "; the candidate that passed has new tampering and cannot win"
-        reason = f"{race.reason}{untampered}; recorded: candidate {chosen.n}, the largest estimated gain: {verdict.reason}"
+        reason = (f"{race.reason}{untampered}; recorded: candidate {chosen.n}, the largest estimated gain: "
+                  f"{verdict.reason}")
     verdict = replace(verdict, accepted=winner is not None, task_runs=race.task_runs, reason=reason)
 
     _own(loop, rec, chosen)
