@@ -87,11 +87,16 @@ class Recorder:
         self.store.save_gen(rec)
 
     def lesson(self, rec: GenerationRecord) -> None:
-        """Append the final ``rec``'s lesson unless its generation already has one."""
+        """Append the final ``rec``'s lesson unless its generation already has one. With K > 1
+        candidates its reason also names the others' hypotheses and verdicts, so later plans see
+        every idea tried."""
         change = f"files: {', '.join(rec.files) or '-'}; expected: {rec.expected_effect}"
+        others = [f"candidate {c.cand} ({c.status}" + ("" if c.delta is None else f", {100 * c.delta:+.1f} points")
+                  + f"): {c.hypothesis or c.reason[:200]}" for c in rec.candidates if c.cand != rec.cand]
+        also = f" Also tried in this generation: {'; '.join(others)}." if others else ""  # the planner sees them
         lessons_log.append_once(self.store.lessons_path, lessons_log.Lesson(
             generation=rec.gen, hypothesis=rec.hypothesis, change=change, outcome=rec.status,
-            reason=rec.reason, delta=rec.delta, fixed=rec.fixed, broken=rec.broken))
+            reason=rec.reason + also, delta=rec.delta, fixed=rec.fixed, broken=rec.broken))
 
     def finish(self, state: RunState, rec: GenerationRecord) -> None:
         """Write a final generation's record, lesson, event and state, in that order; each write is

@@ -78,6 +78,9 @@ def test_two_candidates_the_one_that_helps_wins_and_the_other_is_a_lost_stone(tm
     loser = rec.candidates[1]
     assert loser.hypothesis.startswith("PLAN-N") and loser.delta == 0.0 and loser.stone and loser.p_worse == 1.0
     assert "lost the race" in loser.reason and "candidate 1 of 2" in rec.reason and "Holm" in rec.reason
+    (lesson,) = [json.loads(line) for line in (loop.store.dir / "lessons.jsonl").read_text().splitlines()]
+    assert lesson["hypothesis"].startswith("PLAN-A") and "Also tried in this generation: candidate 2 (rejected, " \
+        "+0.0 points): PLAN-N" in lesson["reason"]
     # best moved to the winner's verdict commit, on gNNN; the loser keeps its own branch (a stepping stone)
     assert state.best == rec.verdict_commit == loop.lineage.sha(loop.lineage.refs.best)
     assert loop.lineage.sha(loop.lineage.refs.gen(1)) == rec.verdict_commit
