@@ -343,3 +343,19 @@ def test_aims_are_distinct_named_categories_and_render_into_the_plan_prompt():
     plain = render("plan.j2", aim=None, **common)
     assert "Yours is" not in plain and "Propose exactly ONE change that addresses the most important failure " \
                                        "category. Do not repeat a change that was already rejected." in plain
+
+
+def test_the_dry_run_counts_k_candidates(tmp_path):
+    import re
+
+    from evolve.config import load_project_config
+    from evolve.session import dry_run_assumptions, dry_run_estimate
+
+    repo = make_project(tmp_path)
+    cfg = load_project_config(repo / "evolve.yaml")
+    one = dry_run_estimate(cfg, dry_run_assumptions())
+    three = dry_run_estimate(cfg.model_copy(update={"search": cfg.search.model_copy(update={"candidates": 3})}),
+                             dry_run_assumptions())
+    runs = [int(re.search(r"estimate: (\d+) task runs", text).group(1)) for text in (one, three)]
+    assert runs[1] == 3 * runs[0] > 0
+    assert "candidates per generation" not in one and "3 candidates per generation" in three
