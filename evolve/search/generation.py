@@ -38,6 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from evolve.acceptance import Verdict
 from evolve.analyze import Analysis
 from evolve.errors import ContextWindowError, HarnessError, PlanError, RequestError
 from evolve.evaluate import EvalReport
@@ -46,7 +47,7 @@ from evolve.lineage import label
 from evolve.plan import Plan
 from evolve.runstate import CandidateRecord, GenerationRecord, RunState
 from evolve.search import archive
-from evolve.search.race import run_race
+from evolve.search.race import RaceResult, run_race
 from evolve.types import TaskResult
 
 if TYPE_CHECKING:
@@ -97,6 +98,39 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
         GenerationFailed: every candidate failed or was refused (``refused`` if all were refused).
         UpstreamError, ModelError, InfraError: as in a K = 1 generation.
     """
+    from evolve.loop import flag_counts, new_tampering
+
+    cands = _make(loop, state, rec, parent_report, analysis)
+    alive = _checked(loop, state, rec, cands, parent_report)
+
+    loop._step(state, rec, "evaluate")
+    race, parent_seen = _race(loop, rec.gen, parent_h, alive)
+    tampering = [new_tampering(parent_seen, c.seen) for c in alive]
+    pick, verdict = _pick(race, tampering, alive)
+    chosen = alive[pick]
+    _own(loop, rec, chosen)
+    rec.flagged_tasks, rec.integrity_flags = flag_counts(chosen.seen)
+    rec.tampering = tampering[pick]
+    rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
+    if rec.parent != state.best and rec.explore_from == "best":  # a stepping stone's child
+        verdict, seen_best = loop._against_best(state, chosen.harness, rec.gen, verdict)
+        if seen_best:
+            rec.tampering = sorted(set(rec.tampering) | set(new_tampering(seen_best["parent"], seen_best["child"])))
+        verdict = replace(verdict, task_runs=verdict.task_runs + race.task_runs if seen_best else race.task_runs)
+    rec.winner = chosen.n if verdict.accepted and not rec.tampering else None
+
+    rec.candidates = _briefs(loop, rec, cands, alive, race, tampering)
+    loop.recorder.event("race", gen=rec.gen, candidates=len(cands), raced=len(alive), winner=rec.winner,
+                        task_runs=race.task_runs, reason=race.reason)
+    _drop_branches(loop, rec.gen, cands, keep=chosen, briefs=rec.candidates)
+    loop._step(state, rec, "decide")
+    loop._decide(state, rec, verdict)
+
+
+def _make(loop: "Loop", state: RunState, rec: GenerationRecord, parent_report: EvalReport,
+          analysis: Analysis) -> list[_Candidate]:
+    """One candidate per aim: plan and patch, one thread each; a candidate whose plan or patch
+    fails or is refused keeps that status and reason. Errors that end a generation propagate."""
     from evolve.loop import GenerationFailed
 
     gen = rec.gen
@@ -108,7 +142,7 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
     files = loop.lineage.tree_files(rec.parent, loop.harness_dir)
     score = state.best_rate if rec.parent == state.best else parent_report.resolve_rate
 
-    def make(c: _Candidate) -> None:  # one thread per candidate: plan, then patch in its own worktree
+    def make(c: _Candidate) -> None:
         try:
             c.plan = loop._plan(analysis.text, files, score, aim=c.aim)
             c.commit = loop._patch(gen, c.plan, files, parent=rec.parent, cand=c.n)
@@ -126,6 +160,17 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
     finally:
         for c in cands:
             loop.lineage.drop_worktree(gen, c.n)
+    return cands
+
+
+def _checked(loop: "Loop", state: RunState, rec: GenerationRecord, cands: list[_Candidate],
+             parent_report: EvalReport) -> list[_Candidate]:
+    """The candidates that compile and pass the smoke task (``Loop._check``), one after another.
+
+    Raises:
+        GenerationFailed: none does; candidate 1 is then the generation's own (its record and node).
+    """
+    from evolve.loop import GenerationFailed
 
     loop._step(state, rec, "check")
     for c in cands:
@@ -133,23 +178,26 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
             continue
         try:
             c.harness = loop._harness(c.commit)
-            loop._check(c.harness, parent_report, gen, cand=c.n)
+            loop._check(c.harness, parent_report, rec.gen, cand=c.n)
             c.status = "checked"
         except GenerationFailed as e:
             c.status, c.reason = e.status, e.reason
         except HarnessError as e:
             c.status, c.reason = "failed", f"HarnessError: {e}"
     alive = [c for c in cands if c.status == "checked"]
-    if not alive:  # the generation's node is candidate 1, as the first of equals is with no winner
-        first = cands[0]
-        _drop_branches(loop, gen, cands, keep=first)
-        _own(loop, rec, first)
+    if not alive:
+        _drop_branches(loop, rec.gen, cands, keep=cands[0])
+        _own(loop, rec, cands[0])
         rec.candidates = [_brief(c) for c in cands]
         status = "refused" if all(c.status == "refused" for c in cands) else "failed"
         raise GenerationFailed(status, f"none of {len(cands)} candidates was made: " + "; ".join(
             f"c{c.n} {c.status}: {c.reason}" for c in cands)[:1000])
+    return alive
 
-    loop._step(state, rec, "evaluate")
+
+def _race(loop: "Loop", gen: int, parent_h: Harness, alive: list[_Candidate]):
+    """(``run_race``'s result, the parent's results seen); each candidate's results go to its ``seen``.
+    Evaluations run one after another, labelled ``gNNN-parent-rR`` and ``gNNN-cJ-rR``."""
     parent_seen: list[TaskResult] = []
 
     def evaluate(j: int | None, ids: list[str], repeat: int) -> dict[str, bool | None]:
@@ -160,61 +208,49 @@ def race_generation(loop: "Loop", state: RunState, rec: GenerationRecord, parent
         return {r.instance_id: None if r.is_infra else r.resolved for r in report.results}
 
     acc = loop.cfg.acceptance
-    race = run_race(evaluate, loop.search_ids, len(alive), acc, stages=acc.stages, futility_z=acc.futility_z)
-    from evolve.loop import flag_counts, new_tampering
+    return run_race(evaluate, loop.search_ids, len(alive), acc, stages=acc.stages,
+                    futility_z=acc.futility_z), parent_seen
 
-    tampering = [new_tampering(parent_seen, c.seen) for c in alive]
+
+def _pick(race: RaceResult, tampering: list[list[str]], alive: list[_Candidate]) -> tuple[int, Verdict]:
+    """(index into ``alive`` of the generation's own candidate, its verdict for ``Loop._decide``): the
+    winner, of those Holm passes without new tampering the largest gain; with none, the largest
+    estimated gain (accepted False). The verdict's task_runs are the whole race's."""
     eligible = [j for j in race.passed if not tampering[j]]
     winner = max(eligible, key=lambda j: (race.verdicts[j].delta, -race.verdicts[j].p_value, -j)) if eligible else None
     pick = winner if winner is not None else max(range(len(alive)), key=lambda j: (race.verdicts[j].delta, -j))
-    chosen, k = alive[pick], len(alive)
-    verdict = race.verdicts[pick]
+    n, k, verdict = alive[pick].n, len(alive), race.verdicts[pick]
     if winner is not None and winner == race.winner:
         reason = race.reason
     elif winner is not None:
-        reason = (f"{race.reason}; that candidate has new tampering and cannot win: candidate {chosen.n} of {k}, "
+        reason = (f"{race.reason}; that candidate has new tampering and cannot win: candidate {n} of {k}, "
                   f"the largest gain of the others that pass: {verdict.reason}")
     else:
         untampered = "" if race.winner is None else "; the candidate that passed has new tampering and cannot win"
-        reason = (f"{race.reason}{untampered}; recorded: candidate {chosen.n}, the largest estimated gain: "
-                  f"{verdict.reason}")
-    verdict = replace(verdict, accepted=winner is not None, task_runs=race.task_runs, reason=reason)
+        reason = f"{race.reason}{untampered}; recorded: candidate {n}, the largest estimated gain: {verdict.reason}"
+    return pick, replace(verdict, accepted=winner is not None, task_runs=race.task_runs, reason=reason)
 
-    _own(loop, rec, chosen)
-    rec.flagged_tasks, rec.integrity_flags = flag_counts(chosen.seen)
-    rec.tampering = tampering[pick]
-    rec.p_worse, rec.outcomes = archive.p_worse(verdict.records), archive.outcomes_of(verdict.records)
-    if rec.parent != state.best and rec.explore_from == "best":  # a stepping stone's child
-        verdict, seen_best = loop._against_best(state, chosen.harness, gen, verdict)
-        if seen_best:
-            rec.tampering = sorted(set(rec.tampering) | set(new_tampering(seen_best["parent"], seen_best["child"])))
-        verdict = replace(verdict, task_runs=verdict.task_runs + race.task_runs if seen_best else race.task_runs)
-    rec.winner = chosen.n if verdict.accepted and not rec.tampering else None
 
-    alpha = 1 - acc.confidence
+def _briefs(loop: "Loop", rec: GenerationRecord, cands: list[_Candidate], alive: list[_Candidate],
+            race: RaceResult, tampering: list[list[str]]) -> list[CandidateRecord]:
+    """Every candidate's brief record, with its own verdict in the race for those raced."""
+    acc = loop.cfg.acceptance
     passed = "pending" if acc.approval == "manual" else "accepted"
-    for j, c in enumerate(alive):
-        v = race.verdicts[j]
-        c.status = (passed if c.n == rec.winner else "rejected")
-        c.reason = v.reason if c is chosen else f"lost the race ({race.reason}); its own test: {v.reason}"
-    briefs = []
+    out = []
     for c in cands:
-        brief = _brief(c)
         if c in alive:
             j = alive.index(c)
             v = race.verdicts[j]
-            brief = brief.model_copy(update=dict(
+            c.status = passed if c.n == rec.winner else "rejected"
+            c.reason = v.reason if c.n == rec.cand else f"lost the race ({race.reason}); its own test: {v.reason}"
+            brief = _brief(c).model_copy(update=dict(
                 child_rate=v.child_rate, delta=v.delta, p_value=v.p_value, p_worse=archive.p_worse(v.records),
                 tampering=tampering[j], task_runs=v.child_runs, outcomes=archive.outcomes_of(v.records)))
-            brief.stone = archive.is_stone(brief.status, brief.p_worse, alpha, bool(brief.tampering))
-        briefs.append(brief)
-    rec.candidates = briefs
-    loop.recorder.event("race", gen=gen, candidates=len(cands), raced=len(alive), winner=rec.winner,
-                        task_runs=race.task_runs, reason=race.reason)
-
-    _drop_branches(loop, gen, cands, keep=chosen, briefs=briefs)
-    loop._step(state, rec, "decide")
-    loop._decide(state, rec, verdict)
+            brief.stone = archive.is_stone(brief.status, brief.p_worse, 1 - acc.confidence, bool(brief.tampering))
+            out.append(brief)
+        else:
+            out.append(_brief(c))
+    return out
 
 
 def _own(loop: "Loop", rec: GenerationRecord, c: _Candidate) -> None:
