@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from loop_support import make_loop, make_project
+from test_search_archive import run
 
 from evolve.search import archive
 
@@ -39,15 +40,6 @@ def configure(repo: Path, k: int, script: str | None = "optimizer.yaml", generat
     (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     git.Repo(repo).git.commit("-qam", "race settings", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                                                             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-
-
-def run(repo: Path):
-    loop, close = make_loop(repo)
-    try:
-        state = loop.run()
-    finally:
-        close()
-    return loop, state
 
 
 def plan_aims(run_dir: Path) -> list[str]:
