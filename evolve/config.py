@@ -293,6 +293,11 @@ class SearchConfig(BaseModel):
     """Resolve rate at the sigmoid's midpoint (DGM's alpha_0: 0.5)."""
     seed: int | None = None
     """Seeds the parent draws (with each generation's number); None: the run id does."""
+    candidates: int = Field(default=1, ge=1, le=16)
+    """Candidates per generation (K). 1: one plan, one candidate (a hill-climb step). K > 1: one plan
+    per failure category of the analysis (at most K, fewer when the analysis names fewer), made
+    concurrently and raced against the parent (``evolve.search.generation``, ``evolve.search.race``:
+    Holm's procedure keeps the generation's false-accept rate at ``1 - confidence``)."""
 
 
 class OptimizerConfig(BaseModel):

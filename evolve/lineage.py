@@ -5,16 +5,22 @@ Refs of a run ``<run>``:
     evolve/<run>/base    the commit the run started from (never moves)
     evolve/<run>/best    the accepted head: moves on accept and on rollback
     evolve/<run>/gNNN    generation NNN's candidate: its change, then a verdict commit
+    evolve/<run>/gNNN-cJ candidate J of a generation that made K > 1 (``search.candidates``); the
+                         generation's own candidate (the winner, or the largest gain) moves to
+                         gNNN before its verdict commit, the others stay here (stepping stones)
 
 Candidates are edited in their own worktree (under ``runs/<run>/worktrees``), so
 the user's checked-out branch, index and work tree are never touched. Every
 verdict is a commit of its own carrying the hypothesis and the scores as git
 trailers; accepting moves ``best`` to it. Refs are moved with a compare-and-swap
 (``git update-ref NEW OLD``), so a stale writer cannot clobber a newer head.
+A ``Lineage`` may be used from several threads (K candidates patched at once): its git writes
+(worktrees, commits, refs) hold one lock, since ``git worktree add`` and ``prune`` race otherwise.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +53,9 @@ class Refs:
     def best(self) -> str:
         return f"refs/heads/evolve/{self.run_id}/best"
 
-    def gen(self, n: int) -> str:
-        return f"refs/heads/evolve/{self.run_id}/g{n:03d}"
+    def gen(self, n: int, cand: int | None = None) -> str:
+        """Generation ``n``'s branch, or with ``cand`` its candidate ``cand``'s (``gNNN-cJ``)."""
+        return f"refs/heads/evolve/{self.run_id}/{label(n, cand)}"
 
     @staticmethod
     def short(ref: str) -> str:
@@ -64,6 +71,7 @@ class Lineage:
         self.root = self.repo.root
         self.refs = Refs(run_id)
         self.worktrees = worktrees
+        self._lock = threading.RLock()
 
     # -- refs ---------------------------------------------------------------------
 
@@ -95,24 +103,41 @@ class Lineage:
 
     # -- candidates ---------------------------------------------------------------
 
-    def worktree(self, gen: int, parent: str | None = None) -> Path:
-        """Check out a fresh worktree for generation ``gen``, branched from the commit ``parent``
-        (default: ``best``; a stepping stone's commit under ``search.parent: dgm``).
+    def worktree(self, gen: int, parent: str | None = None, cand: int | None = None) -> Path:
+        """Check out a fresh worktree for generation ``gen`` (or its candidate ``cand``), branched from
+        the commit ``parent`` (default: ``best``; a stepping stone's commit under ``search.parent: dgm``).
 
         An existing branch (a resumed generation) is reset to that commit.
         """
-        path = self.worktrees / f"g{gen:03d}"
-        self.drop_worktree(gen)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.repo.add_worktree(path, parent or self.sha(self.refs.best), branch=Refs.short(self.refs.gen(gen)))
+        path = self.worktrees / label(gen, cand)
+        with self._lock:
+            self.drop_worktree(gen, cand)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.repo.add_worktree(path, parent or self.sha(self.refs.best),
+                                   branch=Refs.short(self.refs.gen(gen, cand)))
         return path
 
-    def drop_worktree(self, gen: int) -> None:
-        self.repo.remove_worktree(self.worktrees / f"g{gen:03d}")
+    def drop_worktree(self, gen: int, cand: int | None = None) -> None:
+        with self._lock:
+            self.repo.remove_worktree(self.worktrees / label(gen, cand))
+
+    def drop_worktrees(self, gen: int) -> None:
+        """Remove generation ``gen``'s worktree and those of its candidates (``gNNN-cJ``)."""
+        self.drop_worktree(gen)
+        for path in sorted(self.worktrees.glob(f"{label(gen)}-c*")):
+            if path.name.removeprefix(f"{label(gen)}-c").isdigit():
+                self.drop_worktree(gen, int(path.name.removeprefix(f"{label(gen)}-c")))
 
     def commit_candidate(self, gen: int, path: Path, subject: str, trailers: dict[str, str]) -> str | None:
         """Commit every change in the worktree at ``path``; None if nothing changed."""
-        return Repo(path).commit_all(message(subject, trailers))
+        with self._lock:
+            return Repo(path).commit_all(message(subject, trailers))
+
+    def point_gen(self, gen: int, commit: str) -> None:
+        """Point generation ``gen``'s branch at ``commit`` (its chosen candidate of K), creating or
+        moving it; a verdict commit then goes on top (``commit_verdict``)."""
+        with self._lock:
+            self.repo.update_ref(self.refs.gen(gen), commit)
 
     def commit_verdict(self, gen: int, subject: str, trailers: dict[str, str]) -> str:
         """An empty commit on the generation's branch recording its verdict; returns its sha."""
@@ -123,10 +148,11 @@ class Lineage:
         self.repo.update_ref(branch, sha, parent)
         return sha
 
-    def delete_branch(self, gen: int) -> None:
-        """Delete generation ``gen``'s branch if it exists (idempotent)."""
-        if self.sha(self.refs.gen(gen)):
-            self.repo.delete_ref(self.refs.gen(gen))
+    def delete_branch(self, gen: int, cand: int | None = None) -> None:
+        """Delete generation ``gen``'s branch (or its candidate ``cand``'s) if it exists (idempotent)."""
+        with self._lock:
+            if self.sha(self.refs.gen(gen, cand)):
+                self.repo.delete_ref(self.refs.gen(gen, cand))
 
     def verdict_of(self, gen: int) -> tuple[str, dict[str, str]] | None:
         """(sha, trailers) of generation ``gen``'s verdict commit when it is the tip of the
@@ -163,6 +189,11 @@ class Lineage:
             except (HostGitError, UnicodeDecodeError):
                 continue
         return out
+
+
+def label(gen: int, cand: int | None = None) -> str:
+    """``gNNN``, or ``gNNN-cJ`` for candidate J of a generation that made several."""
+    return f"g{gen:03d}" + (f"-c{cand}" if cand is not None else "")
 
 
 def candidate_trailers(run_id: str, gen: int, parent: str, files: list[str]) -> dict[str, str]:

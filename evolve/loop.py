@@ -8,6 +8,8 @@
                 0. parent    the accepted head (search.parent: greedy) or a stepping stone of
                              the archive (dgm; evolve.search.parents)
                 1. analyze   the parent's failures (optimizer)
+                   with search.candidates K > 1, steps 2-4 are a race of K candidates, one per
+                   failure category of the analysis (evolve.search.generation)
                 2. plan      one change: hypothesis, files, expected effect (optimizer)
                 3. patch     the harness in the candidate's worktree (optimizer, SEARCH/REPLACE;
                              or a coding agent in a sandbox, optimizer.patch: agent)
@@ -38,7 +40,7 @@ from typing import Callable, Literal
 
 from evolve import lessons as lessons_log
 from evolve.acceptance import Verdict, run_acceptance
-from evolve.analyze import analyze, collect_failures
+from evolve.analyze import Analysis, analyze, collect_failures
 from evolve.config import ProjectConfig
 from evolve.errors import (ContextWindowError, EvalSetError, EvolveError, HarnessError, InfraError, ModelError,
                            PlanError, RequestError, StopRun, UpstreamError)
@@ -46,7 +48,7 @@ from evolve.evaluate import EvalProgress, EvalReport
 from evolve.evaluator import DockerEvaluator, Evaluator
 from evolve.harness import Harness, resolve_harness
 from evolve.leakage import added_lines, task_leaks
-from evolve.lineage import Lineage, candidate_trailers, verdict_trailers
+from evolve.lineage import Lineage, candidate_trailers, label, verdict_trailers
 from evolve.optimizer import Optimizer
 from evolve.patch import patch
 from evolve.patch_agent import PatchAgent, PatchContext
@@ -54,6 +56,7 @@ from evolve.plan import Plan, plan
 from evolve.recorder import Recorder, kill_point, reconcile
 from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
 from evolve.search import archive
+from evolve.search.generation import race_generation
 from evolve.search.parents import choose_parent
 from evolve.store import atomic_write, new_run_id, now_iso, remove_orphans
 from evolve.types import IntegrityFlag, Task, TaskResult
@@ -250,7 +253,7 @@ class Loop:
             self.recorder.running(rec)
             raise
         finally:
-            self.lineage.drop_worktree(gen)
+            self.lineage.drop_worktrees(gen)
         rec.cost_usd, rec.seconds, rec.finished = self._cost(), time.monotonic() - t0, now_iso()
         self.recorder.finish(state, rec)
         if rec.status == "rejected" and not self.cfg.acceptance.keep_rejected and not rec.stone:
@@ -267,16 +270,18 @@ class Loop:
 
         self._step(state, rec, "analyze")
         analysis = self._analyze(gen, parent_report)
+        if self.cfg.search.candidates > 1:  # K candidates raced (evolve.search.generation)
+            return race_generation(self, state, rec, parent_h, parent_report, analysis)
 
         self._step(state, rec, "plan")
         files = self.lineage.tree_files(rec.parent, self.harness_dir)
-        the_plan = self._plan(analysis, files, state.best_rate if rec.parent == state.best
+        the_plan = self._plan(analysis.text, files, state.best_rate if rec.parent == state.best
                               else parent_report.resolve_rate)
         rec.hypothesis, rec.files, rec.expected_effect = the_plan.hypothesis, the_plan.files, the_plan.expected_effect
 
         self._step(state, rec, "patch")
         rec.candidate = self._patch(gen, the_plan, files, parent=rec.parent,
-                                    context=lambda: self._patch_context(analysis, parent_report))
+                                    context=lambda: self._patch_context(analysis.text, parent_report))
 
         self._step(state, rec, "check")
         child_h = self._harness(rec.candidate)
@@ -298,11 +303,11 @@ class Loop:
 
     # -- the steps ----------------------------------------------------------------------
 
-    def _analyze(self, gen: int, parent_report: EvalReport) -> str:
-        """The optimizer's failure analysis of the parent's search results (also saved as analysis/gNNN.md)."""
-        text = analyze(self._optimizer(), self._failures(parent_report)).text
-        atomic_write(self.store.dir / f"analysis/g{gen:03d}.md", text)
-        return text
+    def _analyze(self, gen: int, parent_report: EvalReport) -> Analysis:
+        """The optimizer's failure analysis of the parent's search results (its text also saved as analysis/gNNN.md)."""
+        result = analyze(self._optimizer(), self._failures(parent_report))
+        atomic_write(self.store.dir / f"analysis/g{gen:03d}.md", result.text)
+        return result
 
     def _failures(self, parent_report: EvalReport) -> list:
         """The parent's failed search tasks, cut for the optimizer (``evolve.analyze.collect_failures``)."""
@@ -310,25 +315,27 @@ class Loop:
         tasks = {t.instance_id: t for t in self.evalset.tasks(self.cfg.evals.search)}
         return collect_failures(parent_report.results, entries, tasks)
 
-    def _plan(self, analysis: str, files: dict[str, str], score: float | None) -> Plan:
-        """One change to make, seeing the analysis, the harness and the most relevant lessons."""
+    def _plan(self, analysis: str, files: dict[str, str], score: float | None, aim: dict | None = None) -> Plan:
+        """One change to make, seeing the analysis, the harness and the most relevant lessons; with
+        ``aim``, aimed at that failure category (``evolve.plan.plan``)."""
         history = lessons_log.load(self.store.lessons_path)
         return plan(self._optimizer(), analysis=analysis, files=files, lessons=lessons_log.relevant(history, analysis),
-                    harness_dir=self.harness_dir, score=score or 0.0)
+                    harness_dir=self.harness_dir, score=score or 0.0, aim=aim)
 
     def _patch(self, gen: int, the_plan: Plan, files: dict[str, str], *, parent: str,
-               context: Callable[[], PatchContext]) -> str:
-        """The candidate commit holding the plan's edits: the optimizer's SEARCH/REPLACE reply
-        (``optimizer.patch: blocks``) or a coding agent's model_patch (``agent``; ``context()`` gives
-        what it reads, ``evolve.patch_agent``).
+               context: Callable[[], PatchContext], cand: int | None = None) -> str:
+        """The candidate commit holding the plan's edits (``cand``: candidate J of K, on ``gNNN-cJ``):
+        the optimizer's SEARCH/REPLACE reply (``optimizer.patch: blocks``) or a coding agent's
+        model_patch (``agent``; ``context()`` gives what it reads, ``evolve.patch_agent``).
 
         Raises:
             GenerationFailed: no edit applied (failed), or edits refused or carrying eval-set data (refused).
         """
-        worktree = self.lineage.worktree(gen, parent)
+        worktree = self.lineage.worktree(gen, parent, cand)
         if self.patch_agent is not None:
             outcome = self.patch_agent.patch(gen, the_plan, context(), parent=parent,
-                                             parent_harness=self._harness(parent), worktree=worktree)
+                                             parent_harness=self._harness(parent), worktree=worktree,
+                                             label=label(gen, cand))
         else:
             outcome = patch(self._optimizer(), the_plan, worktree=worktree, harness_dir=self.harness_dir,
                             files=files, protected=self.cfg.protected_paths)
@@ -353,7 +360,7 @@ class Loop:
         return PatchContext(analysis=analysis, failures=self._failures(parent_report),
                             lessons=lessons_log.relevant(history, analysis))
 
-    def _check(self, child: Harness, parent_report: EvalReport, gen: int) -> None:
+    def _check(self, child: Harness, parent_report: EvalReport, gen: int, cand: int | None = None) -> None:
         """The candidate must compile and run one smoke task cleanly.
 
         Raises:
@@ -364,7 +371,7 @@ class Loop:
             raise GenerationFailed("failed", f"does not compile: {error}")
         solved = [r.instance_id for r in parent_report.results if r.resolved]
         smoke = (solved or self.search_ids)[0]
-        (result,) = self._evaluate(child, [smoke], 0, f"g{gen:03d}-smoke").results
+        (result,) = self._evaluate(child, [smoke], 0, f"{label(gen, cand)}-smoke").results
         if result.is_infra:
             return  # not the candidate's fault; the full evaluation will retry
         if result.harness_timed_out or result.harness_exit_code != 0:
@@ -567,8 +574,8 @@ class Loop:
         with the run and the generation, so a redone generation draws the same). An accepted head
         that is no node of the archive (``evolve rollback --gen`` made it) is the parent, generation None."""
         nodes = archive.load(self.store.dir)
-        by_gen = {n.gen: n for n in nodes}
-        best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best), None)
+        by_gen = {n.gen: n for n in nodes if not n.lost}
+        best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best and not n.lost), None)
         if best_gen is None:
             return None, state.best
         search = self.cfg.search

@@ -26,6 +26,9 @@ class Optimizer:
 
     Calls go through ``evolve.roles.RoleClient`` (retries, fail-fast errors,
     prices and trace lines shared with the gateway); this adds the per-run reply cache.
+    Thread-safe (a generation of K candidates asks from K threads): usage is counted under the
+    client's lock, each trace line is numbered and appended under the trace file's lock, and a
+    cache entry is written atomically (a temporary file, then a rename).
 
     Args:
         backend: a model backend (``evolve.models.backend_for``).

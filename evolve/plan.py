@@ -35,7 +35,7 @@ class Plan:
 
 
 def plan(optimizer: Optimizer, *, analysis: str, files: dict[str, str], lessons: list[Lesson],
-         harness_dir: str, score: float) -> Plan:
+         harness_dir: str, score: float, aim: dict | None = None) -> Plan:
     """One change to make, from the optimizer.
 
     Args:
@@ -44,6 +44,9 @@ def plan(optimizer: Optimizer, *, analysis: str, files: dict[str, str], lessons:
         lessons: the run's relevant lessons (``lessons.relevant``).
         harness_dir: the harness directory, relative to the repository.
         score: the accepted harness's resolve rate on the search split, in [0, 1].
+        aim: the failure category to aim the change at (one of ``analyze.Analysis.categories``:
+            ``{"name", "description", "instance_ids"}``), when a generation makes several
+            candidates; None: the prompt asks for the most important category.
 
     Raises:
         ContextWindowError: the prompt does not fit even when cut down (``Optimizer.ask_fitting``).
@@ -52,7 +55,7 @@ def plan(optimizer: Optimizer, *, analysis: str, files: dict[str, str], lessons:
     def build(scale: float) -> list[dict]:
         first = render("plan.j2", analysis=cut(analysis, int(20_000 * scale)), lessons=lessons,
                        files={p: cut(t, int(30_000 * scale)) for p, t in files.items()},
-                       harness_dir=harness_dir, score=score)
+                       harness_dir=harness_dir, score=score, aim=aim)
         return [{"role": "user", "content": first}, *retries]
 
     retries: list[dict] = []

@@ -5,7 +5,7 @@ A generation is a transaction whose writes happen in this order::
     record (running; once per step)           runs/<run>/generations/gNNN.json
     git: candidate commit, verdict commit, best   (evolve.lineage)
     record (final)
-    archive node (one per generation)         runs/<run>/archive.jsonl (evolve.search.archive)
+    archive nodes (the generation's, then its lost candidates')   runs/<run>/archive.jsonl (evolve.search.archive)
     lesson (at most one per generation)       runs/<run>/lessons.jsonl
     event generation_end                      runs/<run>/events.jsonl
     state (generation counted: finished, spent_usd, best)   runs/<run>/state.json
@@ -87,11 +87,16 @@ class Recorder:
         self.store.save_gen(rec)
 
     def lesson(self, rec: GenerationRecord) -> None:
-        """Append the final ``rec``'s lesson unless its generation already has one."""
+        """Append the final ``rec``'s lesson unless its generation already has one. With K > 1
+        candidates its reason also names the others' hypotheses and verdicts, so later plans see
+        every idea tried."""
         change = f"files: {', '.join(rec.files) or '-'}; expected: {rec.expected_effect}"
+        others = [f"candidate {c.cand} ({c.status}" + ("" if c.delta is None else f", {100 * c.delta:+.1f} points")
+                  + f"): {c.hypothesis or c.reason[:200]}" for c in rec.candidates if c.cand != rec.cand]
+        also = f" Also tried in this generation: {'; '.join(others)}." if others else ""  # the planner sees them
         lessons_log.append_once(self.store.lessons_path, lessons_log.Lesson(
             generation=rec.gen, hypothesis=rec.hypothesis, change=change, outcome=rec.status,
-            reason=rec.reason, delta=rec.delta, fixed=rec.fixed, broken=rec.broken))
+            reason=rec.reason + also, delta=rec.delta, fixed=rec.fixed, broken=rec.broken))
 
     def finish(self, state: RunState, rec: GenerationRecord) -> None:
         """Write a final generation's record, lesson, event and state, in that order; each write is
@@ -102,6 +107,8 @@ class Recorder:
         self.store.save_gen(rec)
         kill_point("record-final", rec.gen)
         archive.append_once(self.store.dir, node_of(rec, self.store.run_id))
+        for node in lost_nodes(rec, self.store.run_id):
+            archive.append_once(self.store.dir, node)
         kill_point("archive-written", rec.gen)
         self.lesson(rec)
         kill_point("lesson-written", rec.gen)
@@ -143,7 +150,7 @@ def reconcile(state: RunState, recorder: Recorder, lineage: Lineage, *, keep_rej
         if rec.status == "running":
             found = lineage.verdict_of(rec.gen)
             if found is None:
-                lineage.drop_worktree(rec.gen)  # never reached its verdict commit: redone from the start
+                lineage.drop_worktrees(rec.gen)  # never reached its verdict commit: redone from the start
                 state.generations = rec.gen - 1
                 notes.append(f"generation {rec.gen} was interrupted at {rec.step}: it is redone")
                 break
@@ -176,11 +183,22 @@ def reconcile(state: RunState, recorder: Recorder, lineage: Lineage, *, keep_rej
 def node_of(rec: GenerationRecord, run_id: str) -> archive.Node:
     """The archive node of the final generation ``rec``."""
     commit = rec.verdict_commit or rec.candidate
-    return archive.Node(gen=rec.gen, commit=commit, parent=rec.parent, parent_gen=rec.parent_gen,
+    return archive.Node(gen=rec.gen, commit=commit, cand=rec.cand, parent=rec.parent, parent_gen=rec.parent_gen,
                         branch=f"evolve/{run_id}/g{rec.gen:03d}" if commit else None, status=rec.status,
                         stone=rec.stone, rate=rec.child_rate, delta=rec.delta, p_value=rec.p_value,
-                        p_worse=rec.p_worse, hypothesis=rec.hypothesis, outcomes=rec.outcomes,
-                        task_runs=rec.task_runs, cost_usd=rec.cost_usd)
+                        p_worse=rec.p_worse, hypothesis=rec.hypothesis, category=rec.category,
+                        outcomes=rec.outcomes, task_runs=rec.task_runs, cost_usd=rec.cost_usd)
+
+
+def lost_nodes(rec: GenerationRecord, run_id: str) -> list[archive.Node]:
+    """The archive nodes of a K > 1 generation's other candidates (``lost``), from ``rec.candidates``;
+    their cost is in the generation's node (one spend for the whole generation)."""
+    return [archive.Node(gen=rec.gen, cand=c.cand, lost=True, commit=c.candidate, parent=rec.parent,
+                         parent_gen=rec.parent_gen, branch=f"evolve/{run_id}/g{rec.gen:03d}-c{c.cand}"
+                         if c.candidate else None, status=c.status, stone=c.stone, rate=c.child_rate,
+                         delta=c.delta, p_value=c.p_value, p_worse=c.p_worse, hypothesis=c.hypothesis,
+                         category=c.category, outcomes=c.outcomes, task_runs=c.task_runs)
+            for c in rec.candidates if c.cand != rec.cand]
 
 
 def record_from_git(gen: int, sha: str, trailers: dict[str, str], lineage: Lineage) -> GenerationRecord:

@@ -129,7 +129,9 @@ _VERDICT_STYLE = {"accepted": "green", "rejected": "red", "refused": "yellow", "
 
 def generations_table(gens, title: str = "generations") -> Table:
     """One row per generation: parent, hypothesis, score with interval, delta, verdict, the candidate's
-    tasks with integrity flags (and its new tampering, which rejects it), cost, time."""
+    tasks with integrity flags (and its new tampering, which rejects it), cost, time. A generation that
+    made K > 1 candidates (``search.candidates``) is followed by one row per candidate (``cJ``): its
+    category and hypothesis, score, delta, verdict in the race (``stone``: a kept stepping stone)."""
     table = Table(title=title, title_justify="left", expand=False)
     for col, just in (("gen", "right"), ("parent", "left"), ("hypothesis", "left"), ("score", "right"),
                       ("delta [CI] pts", "right"), ("verdict", "left"), ("flagged", "right"), ("cost $", "right"),
@@ -145,6 +147,16 @@ def generations_table(gens, title: str = "generations") -> Table:
                       f"{_pts(g.delta)}{ci}", Text(g.status + (" (from pending)" if g.explore_from == "pending" else ""),
                                                    _VERDICT_STYLE.get(g.status, "")), flagged,
                       f"{g.cost_usd:.4f}", f"{g.seconds / 60:.1f}m")
+        for c in g.candidates:
+            what = f"[{c.category}] {c.hypothesis or c.reason}" if c.category else (c.hypothesis or c.reason)
+            verdict = Text(f"c{c.cand} {c.status}", _VERDICT_STYLE.get(c.status, ""))
+            if c.stone and c.status == "rejected":
+                verdict.append(" stone", "cyan")
+            if c.cand == g.cand:
+                verdict.append(" (the generation's)", "dim")
+            table.add_row(f"  c{c.cand}", "", Text(what[:90], "dim"),
+                          "-" if c.child_rate is None else f"-> {_pct(c.child_rate)}", _pts(c.delta), verdict,
+                          Text(f"{len(c.tampering)} tampering", "red bold") if c.tampering else Text(""), "", "")
     return table
 
 
@@ -154,13 +166,16 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
     hypothesis. ``on_path`` (the generations from the base to the accepted head) is marked ``*`` in
     bold; the accepted head says so; stepping stones are marked ``stone``."""
     tree = Tree(Text(title, "bold"))
+    from evolve.search.archive import key, name
+
     kids: dict[int | None, list] = {}
     for n in nodes:
         kids.setdefault(n.parent_gen, []).append(n)
 
     def label(n) -> Text:
-        mark = "* " if n.gen in on_path else "  "
-        text = Text(f"{mark}g{n.gen:03d} ", "bold" if n.gen in on_path else "")
+        on = n.gen in on_path and not n.lost
+        mark = "* " if on else "  "
+        text = Text(f"{mark}{name(n)} ", "bold" if on else "")
         text.append(n.status, _VERDICT_STYLE.get(n.status, "green" if n.status == "base" else ""))
         if n.stone and n.status != "accepted" and n.status != "base":
             text.append(" stone", "cyan")
@@ -175,17 +190,21 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
 
     def grow(branch: Tree, parent_gen: int | None, seen: set[int]) -> None:
         for n in kids.get(parent_gen, []):
-            if n.gen in seen:
+            if key(n) in seen:
                 continue
-            seen.add(n.gen)
-            grow(branch.add(label(n)), n.gen, seen)
+            seen.add(key(n))
+            node = branch.add(label(n))
+            if not n.lost:  # a lost candidate is never a parent
+                grow(node, n.gen, seen)
 
-    seen: set[int] = set()
+    seen: set[tuple] = set()
     grow(tree, None, seen)
     for n in nodes:  # a node whose parent is not in the archive (a record rebuilt from git)
-        if n.gen not in seen:
-            seen.add(n.gen)
-            grow(tree.add(label(n)), n.gen, seen)
+        if key(n) not in seen:
+            seen.add(key(n))
+            node = tree.add(label(n))
+            if not n.lost:
+                grow(node, n.gen, seen)
     return tree
 
 

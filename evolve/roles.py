@@ -198,11 +198,17 @@ _trace_counts: dict[str, int] = {}
 _trace_guard = threading.Lock()
 
 
-def _next_call(path: Path) -> tuple[int, threading.Lock]:
-    """The next call number in trace ``path`` (continuing the file's numbering) and its writer lock."""
+def _trace_lock(path: Path) -> threading.Lock:
+    """The writer lock of trace ``path`` (one per file, shared by every client of this process)."""
+    with _trace_guard:
+        return _trace_locks.setdefault(str(path.resolve()), threading.Lock())
+
+
+def _next_call(path: Path) -> int:
+    """The next call number in trace ``path`` (continuing the file's numbering). Call it holding
+    ``_trace_lock(path)``, and append that call's line before releasing it, so lines stay in order."""
     key = str(path.resolve())
     with _trace_guard:
-        lock = _trace_locks.setdefault(key, threading.Lock())
         if key not in _trace_counts:
             try:
                 with open(path, "rb") as f:
@@ -210,7 +216,7 @@ def _next_call(path: Path) -> tuple[int, threading.Lock]:
             except FileNotFoundError:  # a new trace
                 _trace_counts[key] = 0
         _trace_counts[key] += 1
-        return _trace_counts[key], lock
+        return _trace_counts[key]
 
 
 _ERROR_KINDS: tuple[tuple[type[Exception], int, str], ...] = (  # (HTTP-like status, trace error type) as the gateway
@@ -304,9 +310,8 @@ class RoleClient:
 
         if self.trace_path is None:
             return
-        call, lock = _next_call(self.trace_path)
-        with lock:
-            append_trace(self.trace_path, make_record(call))
+        with _trace_lock(self.trace_path):  # concurrent calls (K candidates): numbered in the file's order
+            append_trace(self.trace_path, make_record(_next_call(self.trace_path)))
 
 
 def complete(role: ResolvedRole, messages: list[dict], *, trace_path: Path | str | None = None,

@@ -38,6 +38,36 @@ class RunFileError(EvolveError):
     """A run file cannot be read or written; the message names the file and how to recover."""
 
 
+class CandidateRecord(BaseModel):
+    """One candidate of a generation that made K > 1 (``search.candidates``), in brief: what it
+    aimed at and its own verdict in the race. Rates in [0, 1]; ``delta`` in rate units."""
+
+    cand: int
+    """Its number in the generation, 1..K; its branch is ``evolve/<run>/gNNN-cJ`` (the generation's
+    own candidate, the winner or the largest gain, lives on ``evolve/<run>/gNNN``)."""
+    category: str = ""
+    """The analysis's failure category its plan aimed at."""
+    hypothesis: str = ""
+    files: list[str] = Field(default_factory=list)
+    expected_effect: str = ""
+    status: Literal["accepted", "pending", "rejected", "refused", "failed"] = "failed"
+    """``accepted``/``pending``: it won the race; ``rejected``: evaluated and lost; ``refused``/``failed``:
+    dropped before the race (its patch was refused or failed, or it did not compile or pass the smoke task)."""
+    reason: str = ""
+    candidate: str | None = None
+    """Commit holding its change (None when no edit was committed)."""
+    child_rate: float | None = None
+    delta: float | None = None
+    p_value: float | None = None
+    p_worse: float | None = None
+    stone: bool = False
+    tampering: list[str] = Field(default_factory=list)
+    task_runs: int = 0
+    """Its own task evaluations in the race (the shared parent's runs are counted once, in the record)."""
+    outcomes: dict[str, dict] = Field(default_factory=dict)
+    """Paired outcomes against the parent: ``{instance_id: {"repeats", "parent", "child"}}``."""
+
+
 class GenerationRecord(BaseModel):
     """One generation: what was tried and the verdict. Rates are resolve rates in [0, 1]."""
 
@@ -91,6 +121,16 @@ class GenerationRecord(BaseModel):
     """Kept as a stepping stone (``evolve.search.archive``): its branch stays and it may be a parent."""
     outcomes: dict[str, dict] = Field(default_factory=dict)
     """Paired outcomes against the parent: ``{instance_id: {"repeats", "parent", "child"}}``."""
+    category: str = ""
+    """The analysis's failure category the plan aimed at (K > 1; empty with one candidate)."""
+    candidates: list[CandidateRecord] = Field(default_factory=list)
+    """With ``search.candidates`` K > 1: every candidate made, by number; empty for one candidate (and
+    in records written before racing). The record's own fields (hypothesis, candidate, verdict) are
+    the generation's candidate: the winner, or with no winner the largest estimated gain."""
+    cand: int | None = None
+    """With K > 1: which candidate (1..K) the record's own fields describe; None for one candidate."""
+    winner: int | None = None
+    """The candidate (1..K) that won the race, or None."""
     cost_usd: float = 0.0
     """Optimizer plus fresh solver spend of this generation (USD), including attempts before a resume."""
     seconds: float = 0.0

@@ -296,14 +296,19 @@ def dry_run_estimate(cfg: ProjectConfig, assume: DryRunAssumptions) -> str:
     served = roles_needing_server(cfg)
     roles = {name: ResolvedRole(name, "local server", {}, "local server", local=True) if name in served
              else resolve_role(name, getattr(cfg.models, name)) for name in ("solver", "optimizer")}
-    # per generation: the child on every search task plus the re-runs of discordant tasks
-    per_gen = int(tasks * (1 + assume.discordant_share * cfg.acceptance.procedure(tasks).rerun_discordant))
+    # per generation: the child on every search task plus the re-runs of discordant tasks; with K
+    # candidates (search.candidates) K children and K plans and patches: an upper bound, since the
+    # futility stop drops most losers after the first stage and the analysis is shared
+    k = cfg.search.candidates
+    per_gen = int(tasks * (1 + assume.discordant_share * cfg.acceptance.procedure(tasks).rerun_discordant)) * k
     agent = cfg.optimizer.patch == "agent"  # the patch step is then one task-run at the optimizer's price
     est = estimate(per_gen, gens, assume.solver_tokens_per_task, solver=roles["solver"], optimizer=roles["optimizer"],
-                   optimizer_tokens_per_generation=assume.optimizer_tokens_per_generation
-                   + (assume.solver_tokens_per_task if agent else 0))
+                   optimizer_tokens_per_generation=(assume.optimizer_tokens_per_generation
+                                                    + (assume.solver_tokens_per_task if agent else 0)) * k)
     ceiling = cfg.optimizer.limits
-    return (f"{evalset.name}: {tasks} search tasks, {holdout} holdout tasks; {gens} generations\n"
+    race = (f"; {k} candidates per generation, each counted on every task (an upper bound: losers are "
+            "usually dropped after the first stage)") if k > 1 else ""
+    return (f"{evalset.name}: {tasks} search tasks, {holdout} holdout tasks; {gens} generations{race}\n"
             f"{est.format()}\nplus the baseline ({tasks} task runs) and the held-out check ({2 * holdout} task "
             f"runs); per-task ceiling from limits: {cfg.limits.max_tokens:,} tokens, ${cfg.limits.max_cost_usd:.2f}"
             + (f"\nthe optimizer counts one patch-agent run per generation (as many tokens as a task run); its "

@@ -131,8 +131,9 @@ def heatmap(state: RunState, gens: list[GenerationRecord], evals: dict[str, dict
     for g in gens:
         if g.status in ("accepted", "pending"):
             merged: dict[str, list] = {}
+            child = f"g{g.gen:03d}-child-r" if g.cand is None else f"g{g.gen:03d}-c{g.cand}-r"  # K > 1: its number
             for label, res in evals.items():
-                if label.startswith(f"g{g.gen:03d}-child-r"):
+                if label.startswith(child):
                     for iid, vals in res.items():
                         merged.setdefault(iid, []).extend(vals)
             columns.append((f"g{g.gen:03d} {g.status}", merged))

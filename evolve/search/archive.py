@@ -1,20 +1,29 @@
-"""The archive: every harness a run evaluated, one node per generation, append-only.
+"""The archive: every harness a run evaluated, one node per candidate, append-only.
 
-    runs/<run>/archive.jsonl      one JSON object per line, one line per generation (0 = the base)
+    runs/<run>/archive.jsonl      one JSON object per line: one line per generation (0 = the base),
+                                  plus one per losing candidate of a generation that raced K > 1
 
 A node is written once, when its generation is final (``evolve.recorder.Recorder.finish``,
 after the record and before the lesson); a resumed run that finds it already written writes
-nothing (the first line of a generation wins; a torn last line from a kill is cut off). Other
+nothing (the first line of a (gen, cand) wins; a torn last line from a kill is cut off). Other
 tools (reports, dashboards) read it with ``load`` or as plain JSON lines. Schema of a line
 (``Node``)::
 
     gen          int    generation; 0 is the run's base
+    cand         int?   with ``search.candidates`` K > 1: the candidate's number 1..K in its
+                        generation; null when the generation made one candidate (K = 1, the base)
+    lost         bool   a candidate of a K > 1 generation that is not the generation's own node:
+                        it lost the race (or another was recorded as the generation); it lives on
+                        "evolve/<run>/gNNN-cJ". The generation's node (``lost`` false) is the winner,
+                        or with no winner the candidate with the largest estimated gain; it lives
+                        on "evolve/<run>/gNNN" like a K = 1 generation's
     commit       str?   the harness's commit: the verdict commit (same tree as the candidate), the
                         candidate when no verdict was written, the base for gen 0; null when no
                         candidate was made (a refused or failed patch)
     parent       str?   commit of the harness it was made from (null for the base)
     parent_gen   int?   that parent's generation (0 = base; null for the base)
-    branch       str?   where the commit lives: "evolve/<run>/gNNN" or "evolve/<run>/base"
+    branch       str?   where the commit lives: "evolve/<run>/gNNN", "evolve/<run>/gNNN-cJ" (a lost
+                        candidate) or "evolve/<run>/base"
     status       str    "base" | "accepted" | "rejected" | "refused" | "failed"
     stone        bool   a stepping stone: kept on its branch, may be a parent (``evolve.search.parents``)
     rate         float? estimated resolve rate on the search split, in [0, 1]
@@ -58,6 +67,8 @@ class Node(BaseModel):
 
     gen: int
     commit: str | None
+    cand: int | None = None
+    lost: bool = False
     parent: str | None = None
     parent_gen: int | None = None
     branch: str | None = None
@@ -80,8 +91,8 @@ def path_of(run_dir: Path) -> Path:
 
 
 def load(run_dir: Path) -> list[Node]:
-    """The nodes of the run in ``run_dir``, by generation (the first line of each generation wins;
-    a torn last line is left out).
+    """The nodes of the run in ``run_dir``, by generation then candidate, a generation's own node
+    first (the first line of each (gen, cand) wins; a torn last line is left out).
 
     Raises:
         RunFileError: a line other than the last is not a node (the file was edited by hand).
@@ -91,7 +102,7 @@ def load(run_dir: Path) -> list[Node]:
     path = path_of(run_dir)
     if not path.exists():
         return []
-    nodes: dict[int, Node] = {}
+    nodes: dict[tuple[int, bool, int], Node] = {}
     lines = path.read_text(encoding="utf-8").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
@@ -103,17 +114,27 @@ def load(run_dir: Path) -> list[Node]:
                 break
             raise RunFileError(f"{path}, line {i + 1}: not an archive node. Delete that line; `evolve run --resume` "
                              "writes it again from the generation's record.") from None
-        nodes.setdefault(node.gen, node)
-    return [nodes[g] for g in sorted(nodes)]
+        nodes.setdefault(key(node), node)
+    return [nodes[k] for k in sorted(nodes)]
+
+
+def key(node: Node) -> tuple[int, bool, int]:
+    """A node's identity in the archive: (gen, lost, cand)."""
+    return node.gen, node.lost, node.cand or 0
+
+
+def name(node: Node) -> str:
+    """``gNNN`` for a generation's node, ``gNNN-cJ`` for a lost candidate (its branch's last part)."""
+    return f"g{node.gen:03d}" + (f"-c{node.cand}" if node.lost else "")
 
 
 def append_once(run_dir: Path, node: Node) -> bool:
-    """Append ``node`` unless its generation already has one; True if appended."""
+    """Append ``node`` unless a node with its ``key`` is already written; True if appended."""
     from evolve.runstate import _cut_torn_line
 
     path = path_of(run_dir)
     _cut_torn_line(path)
-    if any(n.gen == node.gen for n in load(run_dir)):
+    if any(key(n) == key(node) for n in load(run_dir)):
         return False
     store.append_jsonl(path, json.loads(node.model_dump_json()))
     return True
@@ -141,8 +162,9 @@ def outcomes_of(records: list[TaskRecord]) -> dict[str, dict]:
 
 
 def children(nodes: list[Node]) -> dict[int, int]:
-    """``{gen: number of nodes made from it}``, for every node (0 when none)."""
-    out = {n.gen: 0 for n in nodes}
+    """``{gen: number of nodes made from it}``, for every generation's node (0 when none); lost
+    candidates count as children of their parent (they explored it) and are never parents here."""
+    out = {n.gen: 0 for n in nodes if not n.lost}
     for n in nodes:
         if n.parent_gen is not None and n.parent_gen in out:
             out[n.parent_gen] += 1
@@ -151,8 +173,8 @@ def children(nodes: list[Node]) -> dict[int, int]:
 
 def accepted_path(nodes: list[Node], best_commit: str) -> set[int]:
     """Generations on the path from the base to the node whose commit is ``best_commit``."""
-    by_commit = {n.commit: n for n in nodes if n.commit}
-    by_gen = {n.gen: n for n in nodes}
+    by_commit = {n.commit: n for n in nodes if n.commit and not n.lost}
+    by_gen = {n.gen: n for n in nodes if not n.lost}
     node, path = by_commit.get(best_commit), set()
     while node is not None and node.gen not in path:
         path.add(node.gen)

@@ -16,6 +16,11 @@ explored less. Where evolve differs: DGM scores a node by its own full evaluatio
 the node's paired estimate (parent's rate + the unbiased delta of its verdict), since evaluating
 every stone fully again would cost what racing saves. The draw is seeded with the run id and the
 generation, so a resumed run draws the same parent.
+
+With ``search.candidates`` K > 1 the candidates that lost their generation's race (archive nodes
+with ``lost``) are kept as stepping stones on their branches and counted as children of their
+parent, but are not drawn as parents: a generation offers one node (its winner, or its largest
+estimated gain). DGM draws among all its agents; drawing lost candidates too is future work.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def dgm_weights(nodes: list[Node], *, lam: float = 10.0, midpoint: float = 0.5) 
     """``{gen: probability}`` over the eligible nodes (stepping stones with a commit and a rate
     below 1); empty when none is eligible."""
     kids = children(nodes)
-    eligible = [n for n in nodes if n.stone and n.commit and n.rate is not None and n.rate < 1.0]
+    eligible = [n for n in nodes if n.stone and not n.lost and n.commit and n.rate is not None and n.rate < 1.0]
     raw = {n.gen: sigmoid_weight(n.rate, lam, midpoint) / (1 + kids[n.gen]) for n in eligible}
     total = sum(raw.values())
     return {g: w / total for g, w in raw.items()} if total > 0 else {}
