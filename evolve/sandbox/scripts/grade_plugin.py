@@ -5,7 +5,8 @@ module name and loaded with ``-p <name>`` (through ``PYTEST_ADDOPTS``), before
 any conftest or module of /testbed is imported. At load it takes its channel
 from the environment variable ``EVOLVE_GRADE_CHANNEL`` ("<fd> <token file>"),
 removes the variable, reads the token file and deletes it: its first line is
-the per-run nonce, the rest names the source files the patch changed (NUL-separated). It
+the per-run nonce, the rest names the source files the patch changed, each followed by the
+lines it changed ("a-b,c-d", or "*" for all; NUL-separated). It
 moves the descriptor to a random high number and writes JSON lines to it; root
 opened it on a file in a root-only directory, so nothing in the test process
 can open that file by name.
@@ -20,21 +21,25 @@ Its state lives in closures, not in module globals. It watches the runner two wa
 - An audit hook (``sys.addaudithook``, which cannot be removed) that reports
   what untrusted code does to the process: read frames (``sys._getframe``,
   ``sys._current_frames``), walk the heap (``gc.get_objects``), trace
-  (``sys.settrace``), replace a function's code, read a function's code or a
-  frame, build code objects, load native code, send signals, look into
-  ``/proc/self``.
+  (``sys.settrace``), replace a function's code, read a traceback's,
+  generator's or coroutine's frame, build code objects, load native code, send
+  signals, look into ``/proc/self``. Reading a function's code or defaults, or
+  a frame's code, hands over no frame and is not reported.
 
-Attribution (who did it) is by provenance. Untrusted code is code whose file
-(``co_filename``) is one the patch changed; or was written while the tests ran
-(its ctime is not before the plugin loaded: ``os.utime`` cannot set a ctime
-back); or no longer exists; or is a name untrusted code compiled or ran code
-under (``compile``, ``exec``, ``function.__new__``: the file name of the code,
-and of the code nested in it, is tainted; compiling a file's own text taints
-nothing); or is the source of, or any name inside, bytecode written while the
-tests ran that is read (``*.pyc``). Other names, "<string>" and "<frozen ...>"
+Attribution (who did it) is by provenance. Untrusted code is: a code object
+(a function, a class body, a module body; not the code nested in it) that runs
+a line the patch changed, so a fixed file's untouched helpers are as trusted as
+an untouched file's (an untouched helper that hands frames back is a gadget
+either way); code whose file (``co_filename``) was written while the tests ran
+(its ctime is not before the plugin loaded; ``os.utime`` cannot set a ctime
+back) or no longer exists; code under a file name untrusted code compiled or ran
+code under (``compile``, ``exec``, ``function.__new__`` taint the name, and the
+names of the code nested in it; compiling a file's own text taints nothing);
+and the source of, and every name inside, bytecode (``*.pyc``) written while
+the tests ran that is read. Other names, "<string>" and "<frozen ...>"
 included, are trusted until tainted. ``exec`` and ``compile`` are no evidence
-themselves, so a changed file may run code at import (six does); what that code
-does is attributed to it. An event is attributed to:
+themselves, so a fixed module may run code at import (six does); what that
+code does is attributed to it. An event is attributed to:
 
 - the code that made the call, for frames, code objects, signals and audit
   hooks; the standard library's helpers that hand frames to their caller
@@ -92,10 +97,18 @@ def _now_as_ctime():
         return int((time.time() - 0.05) * 1e9)
 
 
+def _spans(text):
+    """"a-b,c-d" -> [(a, b), (c, d)]; "*" (the whole file) -> None."""
+    if text == "*":
+        return None
+    return [tuple(int(n) for n in part.split("-")) for part in text.split(",") if part]
+
+
 def _install():
     """Read the channel, then return the hook functions, closed over the plugin's state."""
     channel = os.environ.pop("EVOLVE_GRADE_CHANNEL", "")
-    state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": frozenset(), "baseline": {}, "namespaces": [], "plugins_seen": {},
+    state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": {}, "baseline": {}, "namespaces": [],
+             "plugins_seen": {},
              "reported": set()}
     if channel:
         fd_text, _, token_path = channel.partition(" ")
@@ -104,7 +117,9 @@ def _install():
                 nonce, _, changed = f.read().partition(b"\n")
             os.unlink(token_path)
             state["nonce"] = nonce.decode("ascii").strip()
-            state["changed"] = frozenset(os.fsdecode(p) for p in changed.split(b"\0") if p)
+            fields = changed.split(b"\0")
+            state["changed"] = {os.fsdecode(p): _spans(r.decode("ascii")) for p, r in zip(fields[0::2], fields[1::2])
+                                if p}
             fd = int(fd_text)
             for _ in range(50):  # a descriptor number nobody can guess
                 target = random.SystemRandom().randrange(300, 1000)
@@ -311,6 +326,7 @@ def _install():
     getframe, stat_of, get_ident, is_regular = getattr(sys, "_getframe"), os.stat, _thread.get_ident, stat.S_ISREG
     dirname, join, sep, fsdecode, fspath = os.path.dirname, os.path.join, os.sep, os.fsdecode, os.fspath
     unmarshal = marshal.loads
+    line_starts = None if hasattr(code_type, "co_lines") else __import__("dis").findlinestarts
     loaded = _now_as_ctime()
     tainted = set()  # file names of code untrusted code compiled or ran, or of bytecode written while the tests ran
     codes = {}       # id(code) -> (code, its file is trusted, its path in the standard library or None)
@@ -320,8 +336,6 @@ def _install():
         """Whether the file ``name`` is code as graded: not changed by the patch, not written while
         the tests ran (ctime, which os.utime cannot set back), not gone. Pseudo-names ("<string>",
         "<frozen ...>") are trusted until tainted."""
-        if name in state["changed"]:
-            return False
         if name.startswith("<"):
             return True
         path = name
@@ -353,9 +367,18 @@ def _install():
             lib = name[len(stdlib):]
         if len(codes) > 20000:
             codes.clear()
-        ok = file_trusted(name)
+        spans = state["changed"].get(name, ())
+        ok = not (spans is None or (spans and runs_lines(code, spans))) and file_trusted(name)
         codes[id(code)] = (code, ok, lib)
         return ok, lib
+
+    def runs_lines(code, spans):
+        """Whether ``code`` itself (not the code nested in it) runs a line in ``spans``."""
+        if line_starts is None:
+            lines = set(line for _, _, line in code.co_lines() if line is not None)
+        else:  # Python < 3.10
+            lines = set(line for _, line in line_starts(code))
+        return any(a <= line <= b for line in lines for a, b in spans)
 
     def trusted(code):
         ok, _ = info(code)
@@ -527,7 +550,10 @@ def _install():
                     return  # the code's own classes may set their attributes
                 what = "%s(%s, %r)" % (event, label if type(label) is str else "?", name)
             elif event == "object.__getattr__":
-                what = "read of %r" % (args[1] if type(args[1]) is str else "?",)
+                name = args[1] if len(args) > 1 else None
+                if type(name) is str and not name.endswith("_frame"):
+                    return  # a function's code or defaults, a frame's code: reading them hands over no frame
+                what = "read of %r" % (name if type(name) is str else "?",)
             if event in direct_events:
                 origin = caller(frame)
             else:
