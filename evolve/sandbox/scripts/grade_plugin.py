@@ -17,7 +17,9 @@ Its state lives in closures, not in module globals. It watches the runner two wa
   runner (each module of pytest, _pytest and pluggy, and each class they
   define) and the plugins registered; after each report it reports any of
   those functions replaced or deleted, a function added to a runner class,
-  and, of plugins registered since, each hook function of untrusted code.
+  and each hook function of untrusted code that pluggy would call: in a
+  plugin registered since, or put into an implementation of a hook that runs
+  or reports tests (``HookImpl.function``).
 - An audit hook (``sys.addaudithook``, which cannot be removed) that reports
   what untrusted code does to the process: read frames (``sys._getframe``,
   ``sys._current_frames``), walk the heap (``gc.get_objects``), trace
@@ -53,6 +55,12 @@ code does is attributed to it. An event is attributed to:
   library module's own import-time code, and the import system running a file
   with a loader the standard library defines, are the standard library's own.
 
+Known false positives: a changed function that reads frames, walks the heap or
+traces for good reasons; bytecode the test process wrote and reads again
+(``importlib.reload`` of a module first imported during the tests, a
+subprocess's ``__pycache__``) taints its source; code the tests generate while
+they run (pytester) is untrusted.
+
 The hook filters by event name before it walks a frame and caches each code
 object's trust (one ``stat`` per code object that raises a watched event). It
 runs no code of the objects it is given (no ``str``, ``==`` or attribute lookup
@@ -76,7 +84,8 @@ import builtins
 import json
 import marshal
 import os
-from operator import is_not
+from itertools import chain
+from operator import is_not, itemgetter
 import random
 import stat
 import sys
@@ -107,8 +116,8 @@ def _spans(text):
 def _install():
     """Read the channel, then return the hook functions, closed over the plugin's state."""
     channel = os.environ.pop("EVOLVE_GRADE_CHANNEL", "")
-    state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": {}, "baseline": {}, "namespaces": [],
-             "plugins_seen": {},
+    state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": {}, "baseline": {}, "namespaces": {},
+             "plugins_seen": {}, "hooks_seen": {},
              "reported": set()}
     if channel:
         fd_text, _, token_path = channel.partition(" ")
@@ -214,6 +223,10 @@ def _install():
         return out
 
     function_type = type(_install)
+    call_getter = itemgetter.__call__
+    outcome_hooks = ("pytest_runtest", "pytest_pyfunc_call", "pytest_report", "pytest_collection",
+                     "pytest_make", "pytest_itemcollected", "pytest_deselected", "pytest_sessionfinish",
+                     "pytest_terminal_summary", "pytest_exception_interact", "pytest_unconfigure")
     method_kinds = (function_type, classmethod, staticmethod, property)
 
     def code_like(value):
@@ -222,18 +235,38 @@ def _install():
 
     def snapshot():
         """What ``replaced`` compares against: per namespace, the keys holding the runner's
-        functions and what they hold, and all its keys."""
-        snap = []
+        functions and what they hold, and all its keys; and the same flattened, so that the
+        common case (nothing changed) is compared without a Python loop."""
+        entries = []
         for label, names, is_class in namespaces():
             keys = tuple(k for k, v in list(names.items()) if code_like(v) or isinstance(v, type))
-            snap.append([label, names, is_class, keys, tuple(map(names.get, keys)), frozenset(names)])
-        return snap
+            entries.append([label, names, is_class, keys, tuple(map(names.get, keys)), frozenset(names)])
+        return flatten(entries)
+
+    def flatten(entries):
+        tracked = [e for e in entries if e[3]]
+        # itemgetter of one key returns the value, not a 1-tuple: ask for it twice
+        getters = [itemgetter(*(e[3] * 2 if len(e[3]) == 1 else e[3])) for e in tracked]
+        classes = [e[1] for e in entries if e[2]]
+        return {"entries": entries, "getters": getters, "maps": [e[1] for e in tracked],
+                "ids": tuple(map(id, chain.from_iterable(g(e[1]) for g, e in zip(getters, tracked)))),
+                "classes": classes, "sizes": tuple(map(len, classes))}
 
     def replaced(snap):
         """Evidence of runner functions replaced or deleted, or added to a runner class (shadowing
         what it inherits), since ``snap``; each is reported once."""
+        if not snap:
+            return []
+        try:
+            # ids, not ==: a replacement could say it equals what it replaced (the originals are
+            # held by the entries, so their ids are not reused)
+            same = tuple(map(id, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])))) == snap["ids"]
+        except KeyError:  # a function was deleted
+            same = False
+        if same and tuple(map(len, snap["classes"])) == snap["sizes"]:
+            return []
         out = []
-        for entry in snap:
+        for entry in snap["entries"]:
             label, names, is_class, keys, values, known = entry
             if any(map(is_not, map(names.get, keys), values)):
                 out += ["replaced: %s.%s" % (label, k) for k, v in zip(keys, values) if names.get(k) is not v]
@@ -242,11 +275,22 @@ def _install():
                 out += ["replaced: %s.%s (added)" % (label, k) for k, v in list(names.items())
                         if k not in known and code_like(v)]
                 entry[5] = frozenset(names)
+        for entry in snap["entries"]:  # what was deleted stays reported; compare what is there now
+            entry[3] = tuple(k for k in entry[3] if k in entry[1])
+            entry[4] = tuple(map(entry[1].get, entry[3]))
+        snap.update(flatten(snap["entries"]))
         return out
 
-    def late_hooks():
-        """Evidence of hook functions of untrusted code in plugins registered after the run
-        started (a conftest is test code; a plugin the run started with is the runner's)."""
+    def hook_code(fn):
+        fn = getattr(fn, "__func__", fn)
+        code = getattr(fn, "__code__", None)
+        return code if type(code) is code_type else None
+
+    def foreign_hooks(everything):
+        """Evidence of hook functions of untrusted code: in a plugin registered after the run
+        started (a conftest is test code; a plugin the run started with is the runner's), and,
+        when ``everything``, in any plugin's implementation of a hook that runs or reports tests
+        (an implementation's function replaced)."""
         config = state.get("config")
         manager = getattr(config, "pluginmanager", None)
         if manager is None:
@@ -260,15 +304,27 @@ def _install():
                 for impl in caller.get_hookimpls():
                     if impl.plugin is not plugin:
                         continue
-                    fn = impl.function
-                    fn = getattr(fn, "__func__", fn)
-                    code = getattr(fn, "__code__", None)
-                    if type(code) is not code_type:
+                    code = hook_code(impl.function)
+                    if code is None:
                         out.append("%s: a hook that is no function, of a plugin registered while the tests ran"
                                    % caller.name)
                     elif not trusted(code):
                         out.append("%s of a plugin registered while the tests ran, from %s"
                                    % (caller.name, code.co_filename))
+        if everything:
+            for name, caller in list(vars(manager.hook).items()):
+                if not name.startswith(outcome_hooks):
+                    continue
+                for impl in caller.get_hookimpls():
+                    fn = impl.function
+                    if state["hooks_seen"].get(id(fn)) is fn:
+                        continue
+                    code = hook_code(fn)
+                    if code is None or not trusted(code):
+                        out.append("%s: its implementation in %s is %s" % (
+                            name, getattr(impl, "plugin_name", "?"),
+                            "no function" if code is None else "from " + code.co_filename))
+                    state["hooks_seen"][id(fn)] = fn
         return out
 
     def tamper(evidence):
@@ -285,7 +341,7 @@ def _install():
         except Exception as e:  # the runner's own modules became unimportable: that is tampering too
             now = {"import of the runner's modules: %s" % type(e).__name__: object()}
         tamper(["replaced: " + k for k, v in now.items() if state["baseline"].get(k) is not v]
-               + (replaced(state["namespaces"]) if everything else []) + late_hooks())
+               + (replaced(state["namespaces"]) if everything else []) + foreign_hooks(everything))
 
     # -- the audit hook: what untrusted code does (the rule is in the module docstring) ----------
     code_type = type(_install.__code__)
