@@ -19,7 +19,9 @@ Its state lives in closures, not in module globals. It watches the runner two wa
   those functions replaced or deleted, a function added to a runner class,
   and each hook function of untrusted code that pluggy would call: in a
   plugin registered since, or put into an implementation of a hook that runs
-  or reports tests (``HookImpl.function``).
+  or reports tests (``HookImpl.function``). The implementations the run
+  started with are the runner's and the suite's; when the project under test
+  is pytest or pluggy, their changed files are the runner's own.
 - An audit hook (``sys.addaudithook``, which cannot be removed) that reports
   what untrusted code does to the process: read frames (``sys._getframe``,
   ``sys._current_frames``), walk the heap (``gc.get_objects``), trace
@@ -117,7 +119,7 @@ def _install():
     """Read the channel, then return the hook functions, closed over the plugin's state."""
     channel = os.environ.pop("EVOLVE_GRADE_CHANNEL", "")
     state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": {}, "baseline": {}, "namespaces": {},
-             "plugins_seen": {}, "hooks_seen": {},
+             "plugins_seen": {}, "hooks_seen": {}, "runner_dirs": ("\0",),
              "reported": set()}
     if channel:
         fd_text, _, token_path = channel.partition(" ")
@@ -286,6 +288,13 @@ def _install():
         code = getattr(fn, "__code__", None)
         return code if type(code) is code_type else None
 
+    def runners_own(code):
+        """Changed code of pytest, _pytest or pluggy themselves, when the project under test is the
+        runner: its changes are the runner's, and no hook of it can be told from the runner's."""
+        name = code.co_filename
+        return (name in state["changed"] and name not in tainted and name.startswith(state["runner_dirs"])
+                and file_trusted(name))
+
     def foreign_hooks(everything):
         """Evidence of hook functions of untrusted code: in a plugin registered after the run
         started (a conftest is test code; a plugin the run started with is the runner's), and,
@@ -308,7 +317,7 @@ def _install():
                     if code is None:
                         out.append("%s: a hook that is no function, of a plugin registered while the tests ran"
                                    % caller.name)
-                    elif not trusted(code):
+                    elif not trusted(code) and not runners_own(code):
                         out.append("%s of a plugin registered while the tests ran, from %s"
                                    % (caller.name, code.co_filename))
         if everything:
@@ -320,7 +329,7 @@ def _install():
                     if state["hooks_seen"].get(id(fn)) is fn:
                         continue
                     code = hook_code(fn)
-                    if code is None or not trusted(code):
+                    if code is None or not (trusted(code) or runners_own(code)):
                         out.append("%s: its implementation in %s is %s" % (
                             name, getattr(impl, "plugin_name", "?"),
                             "no function" if code is None else "from " + code.co_filename))
@@ -632,6 +641,13 @@ def _install():
             state["namespaces"] = snapshot()
             state["config"] = config
             state["plugins_seen"].update((id(p), p) for p in config.pluginmanager.get_plugins())
+            # The hook implementations the run started with are the runner's and the test suite's.
+            for caller in list(vars(config.pluginmanager.hook).values()):
+                for impl in getattr(caller, "get_hookimpls", lambda: ())():
+                    state["hooks_seen"][id(impl.function)] = impl.function
+            state["runner_dirs"] = tuple(os.path.dirname(m.__file__) + os.sep for m in
+                                         (sys.modules.get("_pytest"), sys.modules.get("pluggy"))
+                                         if getattr(m, "__file__", None)) or ("\0",)
         send({"t": "start", "pytest": getattr(pytest, "__version__", "?")})
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
