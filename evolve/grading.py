@@ -580,7 +580,7 @@ def _from_records(records: list[dict]) -> tuple[dict[str, TestStatus], list[str]
              TestStatus.FAILED: 4, TestStatus.ERROR: 5}
     for r in records:
         if r.get("t") == "tamper":
-            tampered.append("runner functions replaced while the tests ran: " + ", ".join(map(str, r.get("what", []))))
+            tampered.append("tampering seen while the tests ran: " + ", ".join(map(str, r.get("what", []))))
         if r.get("t") != "report":
             continue
         nodeid, when, outcome, xfail = str(r.get("id")), r.get("when"), r.get("outcome"), bool(r.get("xfail"))

@@ -31,13 +31,15 @@ runner, ``sys.modules``, builtins, frames or process exit and that occurs
 more often than in the base file is reported (``runner_patching``).
 
 Prints one JSON object: ``{"findings": [[flag, note], ...], "counts": {flag: n}, "reverted":
-[path, ...], "kept": [absolute path of each changed Python source kept]}`` (the grading plugin
-watches what the kept files do while the tests run).
+[path, ...], "kept": [absolute path of each changed Python source kept], "changed_lines": {kept
+path: "a-b,c-d" or "*"}}`` (the grading plugin watches what the code on those lines does while the
+tests run).
 Exits 0, or 1 with a message on standard error when it cannot do its job.
 Standard library only, Python 3.6+: it runs with the image's python3.
 """
 
 import ast
+import difflib
 import hashlib
 import json
 import os
@@ -416,14 +418,14 @@ class Neutraliser:
         for path in to_revert:
             self.revert(path, base)
         self.remove_new_empty_dirs(base)
-        kept = []
+        kept, lines = [], {}
         for path in changed:
             if path in to_revert or path not in work or not path.endswith((".py", ".pyw")):
                 continue
             kept.append(self.full(path))
-            self.scan(path, base)
+            lines[self.full(path)] = self.scan(path, base)
         return {"findings": self.findings, "counts": self.counts, "reverted": self.reverted[:MAX_NOTES],
-                "kept": kept}
+                "kept": kept, "changed_lines": lines}
 
     # -- reverting, safely: no path is ever followed through a link ---------------------------
 
@@ -492,6 +494,7 @@ class Neutraliser:
     # -- reaching into the runner ------------------------------------------------------------
 
     def scan(self, path, base):
+        """Report the reaches ``path`` adds; return the lines it changed (``changed_lines``)."""
         with open(self.full(path), "rb") as f:
             new = f.read(4_000_000)
         old = git(self.spec, "cat-file", "blob", base[path][1]) if path in base else b""
@@ -499,6 +502,23 @@ class Neutraliser:
         added = sorted(m for m, n in after.items() if n > before.get(m, 0))
         if added:
             self.flag("runner_patching", "%s: new use of %s" % (path, ", ".join(added)))
+        return changed_lines(old, new) if path in base else "*"
+
+
+def changed_lines(old, new):
+    """The lines of ``new`` (1-based) the change from ``old`` wrote, as "a-b,c-d"; a deletion marks
+    the lines on both sides of it; "*" when the file is too big to compare. The grading plugin
+    treats the code objects holding these lines as the patch's code."""
+    if len(old) >= 4_000_000 or len(new) >= 4_000_000:
+        return "*"
+    a, b = old.splitlines(), new.splitlines()
+    spans = []
+    for tag, _, _, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag in ("replace", "insert"):
+            spans.append((j1 + 1, j2))
+        elif tag == "delete":
+            spans.append((max(j1, 1), j1 + 1))
+    return ",".join("%d-%d" % span for span in spans)
 
 
 def site_dirs():
@@ -510,8 +530,9 @@ def site_dirs():
 
 
 def main():
-    """``SPEC [KEPT SITES]``: prints the JSON report; with KEPT and SITES also writes the kept paths
-    NUL-separated to KEPT and ``site_dirs()`` to SITES, so grade.sh starts no other Python for them."""
+    """``SPEC [KEPT SITES]``: prints the JSON report; with KEPT and SITES also writes each kept path
+    and its changed lines, NUL-separated, to KEPT and ``site_dirs()`` to SITES, so grade.sh starts no
+    other Python for them."""
     sites = site_dirs()  # before anything here touches sys.path
     with open(sys.argv[1]) as f:
         spec = json.load(f)
@@ -521,8 +542,9 @@ def main():
         sys.stderr.write("evolve: could not neutralise the work tree: %s\n" % e)
         return 1
     if len(sys.argv) > 3:
-        with open(sys.argv[2], "wb") as f:
-            f.write(b"\0".join(os.fsencode(p) for p in result["kept"]))
+        with open(sys.argv[2], "wb") as f:  # path, its changed lines, path, ... NUL-separated
+            f.write(b"\0".join(os.fsencode(p) + b"\0" + result["changed_lines"][p].encode()
+                               for p in result["kept"]))
         with open(sys.argv[3], "w") as f:
             f.write(sites)
     sys.stdout.write(json.dumps(result) + "\n")

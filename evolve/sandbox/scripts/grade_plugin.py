@@ -5,44 +5,122 @@ module name and loaded with ``-p <name>`` (through ``PYTEST_ADDOPTS``), before
 any conftest or module of /testbed is imported. At load it takes its channel
 from the environment variable ``EVOLVE_GRADE_CHANNEL`` ("<fd> <token file>"),
 removes the variable, reads the token file and deletes it: its first line is
-the per-run nonce, the rest names the source files the patch changed (NUL-separated). It
+the per-run nonce, the rest names the source files the patch changed, each followed by the
+lines it changed ("a-b,c-d", or "*" for all; NUL-separated). It
 moves the descriptor to a random high number and writes JSON lines to it; root
 opened it on a file in a root-only directory, so nothing in the test process
 can open that file by name.
 
-Its state lives in closures, not in module globals, and an audit hook
-(``sys.addaudithook``, which cannot be removed) reports what the changed source
-files do to the process: read frames (``sys._getframe``), walk the heap
-(``gc.get_objects``), replace a function's code or a runner class's attribute
-(``object.__setattr__``), read a function's code or a frame, load native code, trace, send signals, look into
-``/proc/self``. None of this makes the record unforgeable (code under test runs
-in this process); it makes forging it visible.
+Its state lives in closures, not in module globals. It watches the runner two ways:
+
+- Snapshots. At configure it records the functions of every namespace of the
+  runner (each module of pytest, _pytest and pluggy, and each class they
+  define) and the plugins registered; after each report it reports any of
+  those functions replaced or deleted, a function added to a runner class,
+  and each hook function of untrusted code that pluggy would call: in a
+  plugin registered since, or put into an implementation of a hook that runs
+  or reports tests (``HookImpl.function``). The implementations the run
+  started with are the runner's and the suite's; when the project under test
+  is pytest or pluggy, their changed files are the runner's own.
+- An audit hook (``sys.addaudithook``, which cannot be removed) that reports
+  what untrusted code does to the process: read frames (``sys._getframe``,
+  ``sys._current_frames``), walk the heap (``gc.get_objects``), trace
+  (``sys.settrace``), replace a function's code, read a traceback's,
+  generator's or coroutine's frame, build code objects, load native code, send
+  signals, look into ``/proc/self``. Reading a function's code or defaults, or
+  a frame's code, hands over no frame and is not reported.
+
+Attribution (who did it) is by provenance. Untrusted code is: a code object
+(a function, a class body, a module body; not the code nested in it) that runs
+a line the patch changed, so a fixed file's untouched helpers are as trusted as
+an untouched file's (an untouched helper that hands frames back is a gadget
+either way); code whose file (``co_filename``) was written while the tests ran
+(its ctime is not before the plugin loaded; ``os.utime`` cannot set a ctime
+back) or no longer exists; code under a file name untrusted code compiled or ran
+code under (``compile``, ``exec``, ``function.__new__`` taint the name, and the
+names of the code nested in it; compiling a file's own text taints nothing);
+and the source of, and every name inside, bytecode (``*.pyc``) written while
+the tests ran that is read. Other names, "<string>" and "<frozen ...>"
+included, are trusted until tainted. ``exec`` and ``compile`` are no evidence
+themselves, so a fixed module may run code at import (six does); what that
+code does is attributed to it. An event is attributed to:
+
+- the code that made the call, for frames, code objects, signals and audit
+  hooks; the standard library's helpers that hand frames to their caller
+  (inspect.currentframe/stack/trace/getouterframes/getinnerframes/getframeinfo,
+  traceback.walk_stack/walk_tb, logging.currentframe, ...) are looked through,
+  while its other users of frames (logging's findCaller, enum, typing,
+  collections.namedtuple, warnings, traceback formatting) are its own;
+- the first frame outside the standard library, for tracing, the heap, ctypes,
+  special attributes of runner classes and ``/proc``: bdb's ``settrace`` or
+  unittest.mock's ``setattr`` on behalf of untrusted code count. A standard
+  library module's own import-time code, and the import system running a file
+  with a loader the standard library defines, are the standard library's own.
+
+Known false positives: a changed function that reads frames, walks the heap or
+traces for good reasons; bytecode the test process wrote and reads again
+(``importlib.reload`` of a module first imported during the tests, a
+subprocess's ``__pycache__``) taints its source; code the tests generate while
+they run (pytester) is untrusted.
+
+The hook filters by event name before it walks a frame and caches each code
+object's trust (one ``stat`` per code object that raises a watched event). It
+runs no code of the objects it is given (no ``str``, ``==`` or attribute lookup
+that a class could override), and binds what it uses at load, so it works at
+interpreter exit too. None of this makes the record unforgeable (code under test
+runs in this process); it makes forging it visible.
 
 Records (each carries ``"n": nonce`` and ``"s": sequence number``):
   {"t": "start", "pytest": version}
   {"t": "report", "id": nodeid, "when": setup|call|teardown, "outcome": passed|failed|skipped,
    "xfail": bool, "raised": bool|null}       raised: whether the test call itself raised
-  {"t": "tamper", "what": [evidence]}         runner functions replaced, audited events
+  {"t": "tamper", "what": [evidence]}         runner functions replaced, late plugins, audited events
   {"t": "end", "exitstatus": int}             at the very end of the session
 
 Runs inside the container with whatever Python the tests use: standard
 library only, Python 3.6+ (the audit hook needs 3.8).
 """
 
+import _thread
 import builtins
 import json
+import marshal
 import os
+from itertools import chain
+from operator import is_not, itemgetter
 import random
+import stat
 import sys
+import time
 
 import pytest
+
+
+def _now_as_ctime():
+    """The kernel's time as a file written now records it (its coarse clock), in nanoseconds."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile() as f:
+            return os.fstat(f.fileno()).st_ctime_ns
+    except OSError as e:  # no temporary file: the clock, a tick early
+        sys.stderr.write("evolve grading plugin: no temporary file (%s); files are dated by the clock\n" % e)
+        return int((time.time() - 0.05) * 1e9)
+
+
+def _spans(text):
+    """"a-b,c-d" -> [(a, b), (c, d)]; "*" (the whole file) -> None."""
+    if text == "*":
+        return None
+    return [tuple(int(n) for n in part.split("-")) for part in text.split(",") if part]
 
 
 def _install():
     """Read the channel, then return the hook functions, closed over the plugin's state."""
     channel = os.environ.pop("EVOLVE_GRADE_CHANNEL", "")
-    state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": frozenset(), "baseline": {},
-             "reported": set(), "auditing": False}
+    state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": {}, "baseline": {}, "namespaces": {},
+             "plugins_seen": {}, "hooks_seen": {}, "runner_dirs": ("\0",),
+             "reported": set()}
     if channel:
         fd_text, _, token_path = channel.partition(" ")
         try:
@@ -50,7 +128,9 @@ def _install():
                 nonce, _, changed = f.read().partition(b"\n")
             os.unlink(token_path)
             state["nonce"] = nonce.decode("ascii").strip()
-            state["changed"] = frozenset(os.fsdecode(p) for p in changed.split(b"\0") if p)
+            fields = changed.split(b"\0")
+            state["changed"] = {os.fsdecode(p): _spans(r.decode("ascii")) for p, r in zip(fields[0::2], fields[1::2])
+                                if p}
             fd = int(fd_text)
             for _ in range(50):  # a descriptor number nobody can guess
                 target = random.SystemRandom().randrange(300, 1000)
@@ -128,84 +208,446 @@ def _install():
             found["pluggy._manager.PluginManager._hookexec"] = manager.PluginManager.__dict__.get("_hookexec")
         return found
 
+    def namespaces():
+        """The namespace of every runner module (pytest, _pytest, pluggy, this plugin) and of each
+        class it defines: [(label, mapping, is_class)]."""
+        out = []
+        for name in sorted(list(sys.modules)):
+            if not (name in ("pytest", "_pytest", "pluggy", __name__) or name.startswith(("_pytest.", "pluggy."))):
+                continue
+            names = getattr(sys.modules.get(name), "__dict__", None)
+            if type(names) is not dict:
+                continue
+            out.append((name, names, False))
+            for value in list(names.values()):
+                if isinstance(value, type) and value.__dict__.get("__module__") == name:
+                    out.append(("%s.%s" % (name, value.__qualname__), value.__dict__, True))
+        return out
+
+    function_type = type(_install)
+    call_getter = itemgetter.__call__
+    outcome_hooks = ("pytest_runtest", "pytest_pyfunc_call", "pytest_report", "pytest_collection",
+                     "pytest_make", "pytest_itemcollected", "pytest_deselected", "pytest_sessionfinish",
+                     "pytest_terminal_summary", "pytest_exception_interact", "pytest_unconfigure")
+    method_kinds = (function_type, classmethod, staticmethod, property)
+
+    def code_like(value):
+        """A function, method or property: what running the runner calls (not its data)."""
+        return type(value) in method_kinds
+
+    def snapshot():
+        """What ``replaced`` compares against: per namespace, the keys holding the runner's
+        functions and what they hold, and all its keys; and the same flattened, so that the
+        common case (nothing changed) is compared without a Python loop."""
+        entries = []
+        for label, names, is_class in namespaces():
+            keys = tuple(k for k, v in list(names.items()) if code_like(v) or isinstance(v, type))
+            entries.append([label, names, is_class, keys, tuple(map(names.get, keys)), frozenset(names)])
+        return flatten(entries)
+
+    def flatten(entries):
+        tracked = [e for e in entries if e[3]]
+        # itemgetter of one key returns the value, not a 1-tuple: ask for it twice
+        getters = [itemgetter(*(e[3] * 2 if len(e[3]) == 1 else e[3])) for e in tracked]
+        classes = [e[1] for e in entries if e[2]]
+        return {"entries": entries, "getters": getters, "maps": [e[1] for e in tracked],
+                "ids": tuple(map(id, chain.from_iterable(g(e[1]) for g, e in zip(getters, tracked)))),
+                "classes": classes, "sizes": tuple(map(len, classes))}
+
+    def replaced(snap):
+        """Evidence of runner functions replaced or deleted, or added to a runner class (shadowing
+        what it inherits), since ``snap``; each is reported once."""
+        if not snap:
+            return []
+        try:
+            # ids, not ==: a replacement could say it equals what it replaced (the originals are
+            # held by the entries, so their ids are not reused)
+            same = tuple(map(id, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])))) == snap["ids"]
+        except KeyError:  # a function was deleted
+            same = False
+        if same and tuple(map(len, snap["classes"])) == snap["sizes"]:
+            return []
+        out = []
+        for entry in snap["entries"]:
+            label, names, is_class, keys, values, known = entry
+            if any(map(is_not, map(names.get, keys), values)):
+                out += ["replaced: %s.%s" % (label, k) for k, v in zip(keys, values) if names.get(k) is not v]
+                entry[4] = tuple(map(names.get, keys))
+            if is_class and len(names) != len(known):
+                out += ["replaced: %s.%s (added)" % (label, k) for k, v in list(names.items())
+                        if k not in known and code_like(v)]
+                entry[5] = frozenset(names)
+        for entry in snap["entries"]:  # what was deleted stays reported; compare what is there now
+            entry[3] = tuple(k for k in entry[3] if k in entry[1])
+            entry[4] = tuple(map(entry[1].get, entry[3]))
+        snap.update(flatten(snap["entries"]))
+        return out
+
+    def hook_code(fn):
+        fn = getattr(fn, "__func__", fn)
+        code = getattr(fn, "__code__", None)
+        return code if type(code) is code_type else None
+
+    def runners_own(code):
+        """Changed code of pytest, _pytest or pluggy themselves, when the project under test is the
+        runner: its changes are the runner's, and no hook of it can be told from the runner's."""
+        name = code.co_filename
+        return (name in state["changed"] and name not in tainted and name.startswith(state["runner_dirs"])
+                and file_trusted(name))
+
+    def foreign_hooks(everything):
+        """Evidence of hook functions of untrusted code: in a plugin registered after the run
+        started (a conftest is test code; a plugin the run started with is the runner's), and,
+        when ``everything``, in any plugin's implementation of a hook that runs or reports tests
+        (an implementation's function replaced)."""
+        config = state.get("config")
+        manager = getattr(config, "pluginmanager", None)
+        if manager is None:
+            return []
+        out = []
+        for plugin in list(manager.get_plugins()):
+            if id(plugin) in state["plugins_seen"]:
+                continue
+            state["plugins_seen"][id(plugin)] = plugin
+            for caller in getattr(manager, "get_hookcallers", lambda plugin: ())(plugin) or ():
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is not plugin:
+                        continue
+                    code = hook_code(impl.function)
+                    if code is None:
+                        out.append("%s: a hook that is no function, of a plugin registered while the tests ran"
+                                   % caller.name)
+                    elif not trusted(code) and not runners_own(code):
+                        out.append("%s of a plugin registered while the tests ran, from %s"
+                                   % (caller.name, code.co_filename))
+        if everything:
+            for name, caller in list(vars(manager.hook).items()):
+                if not name.startswith(outcome_hooks):
+                    continue
+                for impl in caller.get_hookimpls():
+                    fn = impl.function
+                    if state["hooks_seen"].get(id(fn)) is fn:
+                        continue
+                    code = hook_code(fn)
+                    if code is None or not (trusted(code) or runners_own(code)):
+                        out.append("%s: its implementation in %s is %s" % (
+                            name, getattr(impl, "plugin_name", "?"),
+                            "no function" if code is None else "from " + code.co_filename))
+                    state["hooks_seen"][id(fn)] = fn
+        return out
+
     def tamper(evidence):
         fresh = [e for e in evidence if e not in state["reported"]]
         if fresh:
             state["reported"].update(fresh)
             send({"t": "tamper", "what": sorted(fresh)})
 
-    def check():
+    def check(everything):
+        """Report what changed in the runner: the watched objects and late plugins at every report,
+        all of the runner's namespaces when ``everything`` (each test's call, and the end)."""
         try:
             now = watched()
         except Exception as e:  # the runner's own modules became unimportable: that is tampering too
             now = {"import of the runner's modules: %s" % type(e).__name__: object()}
-        tamper(["replaced: " + k for k, v in now.items() if state["baseline"].get(k) is not v])
+        tamper(["replaced: " + k for k, v in now.items() if state["baseline"].get(k) is not v]
+               + (replaced(state["namespaces"]) if everything else []) + foreign_hooks(everything))
 
-    # -- the audit hook: what the changed source files do --------------------------------------
-    runner_tops = ("_pytest", "pytest", "pluggy", "builtins", __name__.split(".")[0])
-    # Events that count when the changed file itself causes them (a standard-library helper in
-    # between, such as logging reading frames, does not count), and events that count through the
-    # standard library too (looking into /proc/self with pathlib, say).
-    direct_events = {"sys._getframe", "sys._current_frames", "gc.get_objects", "gc.get_referrers",
-                     "gc.get_referents", "sys.settrace", "sys.setprofile", "sys.addaudithook",
-                     "ctypes.dlopen", "ctypes.dlsym", "ctypes.addressof", "ctypes.cdata", "ctypes.string_at",
-                     "ctypes.wstring_at", "ctypes.call_function", "code.__new__", "function.__new__",
-                     "os.kill", "os.killpg", "signal.pthread_kill", "object.__delattr__",
-                     "object.__setattr__", "object.__getattr__", "exec", "compile"}
-    proc_events = {"open", "os.listdir", "os.scandir"}
-    getframe = getattr(sys, "_getframe")
+    # -- the audit hook: what untrusted code does (the rule is in the module docstring) ----------
+    code_type = type(_install.__code__)
+    plain_functions = (type(_install), classmethod, staticmethod)
+    type_module = type.__dict__["__module__"].__get__
+    type_qualname = type.__dict__["__qualname__"].__get__
+    runner_tops = ("_pytest", "pytest", "pluggy", "builtins", "importlib", "_frozen_importlib", "zipimport",
+                   __name__.split(".")[0])
+    # Evidence when untrusted code makes the call; the caller is seen through the standard
+    # library's helpers that hand frames to their caller (hands_frames).
+    direct_events = frozenset({"sys._getframe", "sys._current_frames", "sys.addaudithook", "code.__new__",
+                               "os.kill", "os.killpg", "signal.pthread_kill", "object.__getattr__"})
+    # Evidence when untrusted code causes them, even through the standard library (bdb's settrace,
+    # ctypes's dlopen, unittest.mock's setattr, pathlib's open): the cause is the first frame
+    # outside it.
+    through_events = frozenset({"sys.settrace", "sys.setprofile", "sys._settraceallthreads",
+                                "sys._setprofileallthreads", "gc.get_objects", "gc.get_referrers",
+                                "gc.get_referents", "ctypes.dlopen", "ctypes.dlsym", "ctypes.addressof",
+                                "ctypes.cdata", "ctypes.string_at", "ctypes.wstring_at", "ctypes.call_function",
+                                "object.__setattr__", "object.__delattr__", "open", "os.listdir", "os.scandir"})
+    # No evidence themselves: what untrusted code compiles or runs becomes untrusted (tainted).
+    taint_events = frozenset({"compile", "exec", "function.__new__"})
+    watched_events = direct_events | through_events | taint_events
+    # Standard-library functions that return frames (or a frame's locals) to their caller.
+    hands_frames = {
+        "inspect.py": frozenset({"currentframe", "stack", "trace", "getouterframes", "getinnerframes",
+                                 "getframeinfo", "getgeneratorlocals", "getcoroutinelocals", "getasyncgenlocals",
+                                 "getclosurevars"}),
+        "traceback.py": frozenset({"walk_stack", "walk_tb"}),
+        "logging/__init__.py": frozenset({"currentframe", "<lambda>"}),
+        "asyncio/base_tasks.py": frozenset({"_task_get_stack"}),
+    }
+    importers = ("<frozen importlib._bootstrap_external>", "<frozen zipimport>")
+    loader_parts = ("get_code", "get_data", "get_source", "source_to_code", "path_stats", "exec_module",
+                    "get_filename")
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    # Bound now: at interpreter exit the module's globals are gone while the hook still runs.
+    getframe, stat_of, get_ident, is_regular = getattr(sys, "_getframe"), os.stat, _thread.get_ident, stat.S_ISREG
+    dirname, join, sep, fsdecode, fspath = os.path.dirname, os.path.join, os.sep, os.fsdecode, os.fspath
+    unmarshal = marshal.loads
+    line_starts = None if hasattr(code_type, "co_lines") else __import__("dis").findlinestarts
+    loaded = _now_as_ctime()
+    tainted = set()  # file names of code untrusted code compiled or ran, or of bytecode written while the tests ran
+    codes = {}       # id(code) -> (code, its file is trusted, its path in the standard library or None)
+    busy = set()     # threads inside the hook (its own calls raise events, and must run no foreign code)
 
-    def caller_file(depth, skip_stdlib):
-        """The file of the first frame above the audit hook (past the standard library if asked)."""
-        frame = getframe(depth)
-        stdlib = os.path.dirname(os.__file__)
+    def file_trusted(name):
+        """Whether the file ``name`` is code as graded: not changed by the patch, not written while
+        the tests ran (ctime, which os.utime cannot set back), not gone. Pseudo-names ("<string>",
+        "<frozen ...>") are trusted until tainted."""
+        if name.startswith("<"):
+            return True
+        path = name
+        while True:
+            try:
+                st = stat_of(path)
+                break
+            except (OSError, ValueError):
+                parent = dirname(path)
+                if not parent or parent == path:
+                    return False
+                path = parent
+        if path != name and not is_regular(st.st_mode):
+            return False  # gone from a directory that exists (a zip archive that holds it is a file)
+        return st.st_ctime_ns < loaded
+
+    def info(code):
+        """(trusted, path in the standard library or None) of a code object, cached per object."""
+        got = codes.get(id(code))
+        if got is not None and got[0] is code:
+            return got[1], got[2]
+        name = code.co_filename
+        if type(name) is not str:
+            return False, None
+        lib = None
+        if name.startswith("<frozen "):
+            lib = name
+        elif name.startswith(stdlib) and "-packages" + sep not in name:
+            lib = name[len(stdlib):]
+        if len(codes) > 20000:
+            codes.clear()
+        spans = state["changed"].get(name, ())
+        ok = not (spans is None or (spans and runs_lines(code, spans))) and file_trusted(name)
+        codes[id(code)] = (code, ok, lib)
+        return ok, lib
+
+    def runs_lines(code, spans):
+        """Whether ``code`` itself (not the code nested in it) runs a line in ``spans``."""
+        if line_starts is None:
+            lines = set(line for _, _, line in code.co_lines() if line is not None)
+        else:  # Python < 3.10
+            lines = set(line for _, line in line_starts(code))
+        return any(a <= line <= b for line in lines for a, b in spans)
+
+    def trusted(code):
+        ok, _ = info(code)
+        return ok and code.co_filename not in tainted
+
+    def caller(frame):
+        """The code that made the audited call: past the standard library's frame-handing helpers."""
         while frame is not None:
-            name = frame.f_code.co_filename
-            if not skip_stdlib or not (name.startswith(stdlib) or name.startswith("<frozen")):
-                return name
+            code = frame.f_code
+            ok, lib = info(code)
+            if lib is None or not ok or code.co_filename in tainted or code.co_name not in hands_frames.get(lib, ()):
+                return code
             frame = frame.f_back
-        return ""
+        return None
+
+    def static_attr(obj, name):
+        """``name`` looked up on ``obj`` without running any of its code (instance dict, then class)."""
+        try:
+            own = object.__getattribute__(obj, "__dict__")
+        except AttributeError:
+            own = None
+        if type(own) is dict and name in own:
+            return own[name]
+        for cls in type.__dict__["__mro__"].__get__(type(obj)):
+            d = type.__dict__["__dict__"].__get__(cls)
+            if name in d:
+                return d[name]
+        return None
+
+    def loader_trusted(loader):
+        """A loader runs the code of the file it was made for, unless untrusted code defined a part of it."""
+        for part in loader_parts:
+            fn = static_attr(loader, part)
+            if fn is None:
+                continue
+            if type(fn) not in plain_functions:
+                return False
+            if type(fn) is not plain_functions[0]:
+                fn = fn.__func__
+            if type(fn) is not plain_functions[0] or not trusted(fn.__code__):
+                return False
+        return True
+
+    def cause(frame):
+        """The code of the first frame outside the standard library, or None when the standard
+        library acts on its own (a module's import-time code, the import system running a file)."""
+        while frame is not None:
+            code = frame.f_code
+            ok, lib = info(code)
+            if lib is None or not ok or code.co_filename in tainted:
+                return code
+            if code.co_name == "<module>":
+                return None
+            if lib in importers and code.co_name in ("exec_module", "get_code"):
+                loader = frame.f_locals.get("self")
+                if loader is not None:
+                    return None if loader_trusted(loader) else code
+            frame = frame.f_back
+        return None
+
+    def taint_code(code):
+        todo, seen = [code], set()
+        while todo:
+            c = todo.pop()
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            if type(c.co_filename) is str:
+                tainted.add(c.co_filename)
+            todo.extend(k for k in c.co_consts if type(k) is code_type)
+
+    def regular_bytes(path, limit=64 << 20):
+        """The content of the regular file ``path`` (None for anything else or anything bigger)."""
+        try:
+            st = stat_of(path)
+            if not is_regular(st.st_mode) or st.st_size > limit:
+                return None, st
+            with open(path, "rb") as f:
+                return f.read(limit + 1), st
+        except OSError:
+            return None, None
+
+    def fresh_bytecode(path):
+        """Bytecode written while the tests ran is being read: its source and every file name
+        inside it become untrusted."""
+        try:
+            if stat_of(path).st_ctime_ns < loaded:
+                return
+        except OSError:
+            return
+        head, _, base = path.rpartition(sep)
+        if head.endswith("__pycache__"):
+            tainted.add(join(dirname(head), base.split(".")[0] + ".py"))
+        data, _ = regular_bytes(path)
+        try:
+            code = unmarshal(data[16:]) if data else None
+        except Exception:  # not bytecode this Python reads: it runs nothing here
+            return
+        if type(code) is code_type:
+            taint_code(code)
+
+    def own_source(name, source):
+        """Whether ``source`` is the text of the file ``name`` (compiling a file's own text taints nothing)."""
+        if name.startswith("<") or type(source) not in (str, bytes):
+            return False
+        data, _ = regular_bytes(name)
+        if data is None:
+            return False
+        return data == (source.encode("utf-8", "surrogateescape") if type(source) is str else source)
+
+    def as_text(value):
+        """A path or name as text, without running code of the value's own (a pathlib path is
+        the standard library's)."""
+        if type(value) is str:
+            return value
+        if type(value) is bytes:
+            return fsdecode(value)
+        if type_module(type(value)) == "pathlib":
+            return fspath(value)
+        return None
 
     def audit(event, args):
-        if state["auditing"] or not state["changed"]:
+        if event not in watched_events or not state["changed"]:
             return
-        state["auditing"] = True
+        me = get_ident()
+        if me in busy:
+            return
+        busy.add(me)
         try:
-            if event in direct_events:
-                origin = caller_file(2, False)
-            elif event in proc_events:
-                origin = caller_file(2, True)
-            else:
-                return
-            if origin not in state["changed"]:
-                return
-            if event == "object.__setattr__":
-                target, name = args[0], args[1]
-                owner = getattr(target, "__module__", "") or ""
-                if name != "__code__" and not str(owner).startswith(runner_tops):
-                    return  # the code's own classes may set their attributes
-                event = "object.__setattr__(%s, %r)" % (getattr(target, "__qualname__", type(target).__name__),
-                                                         name)
-            elif event == "object.__getattr__":
-                # Reading a function's code or a frame (tracebacks, generators) from changed code.
-                event = "read of %r" % (args[1],)
-            elif event in ("open", "os.listdir", "os.scandir"):
-                path = str(args[0]) if args else ""
+            what = event
+            if event in ("open", "os.listdir", "os.scandir"):
+                path = as_text(args[0]) if args else None
+                if path is None:
+                    return  # a descriptor, or a path object (whose own code ran before the call)
+                if event == "open" and path.endswith(".pyc"):
+                    fresh_bytecode(path)
+                    return
                 if not path.startswith(("/proc", "/dev/fd")):
                     return
-                event = "%s(%s)" % (event, path)
-            tamper(["%s from %s" % (event, origin)])
+                what = "%s(%s)" % (event, path)
+            try:
+                frame = getframe(1)
+            except ValueError:  # no Python code made this call
+                return
+            if event in taint_events:
+                origin = cause(frame)
+                if origin is None or trusted(origin):
+                    return
+                if event == "compile":
+                    name = as_text(args[1]) if len(args) > 1 else None
+                    if name is None:
+                        tamper(["compile under a file name that is no text from %s" % origin.co_filename])
+                    elif not own_source(name, args[0]):
+                        tainted.add(name)
+                elif args and type(args[0]) is code_type:
+                    taint_code(args[0])
+                return
+            if event in ("object.__setattr__", "object.__delattr__"):
+                target, name = args[0], args[1]
+                if type(name) is not str:
+                    name = "<%s>" % type(name).__name__
+                if issubclass(type(target), type):
+                    owner, label = type_module(target), type_qualname(target)
+                else:
+                    owner, label = "", type(target).__name__
+                if type(owner) is not str:
+                    owner = ""
+                if name != "__code__" and not owner.startswith(runner_tops):
+                    return  # the code's own classes may set their attributes
+                what = "%s(%s, %r)" % (event, label if type(label) is str else "?", name)
+            elif event == "object.__getattr__":
+                name = args[1] if len(args) > 1 else None
+                if type(name) is str and not name.endswith("_frame"):
+                    return  # a function's code or defaults, a frame's code: reading them hands over no frame
+                what = "read of %r" % (name if type(name) is str else "?",)
+            if event in direct_events:
+                origin = caller(frame)
+            else:
+                origin = cause(frame)
+            if origin is None or trusted(origin):
+                return
+            tamper(["%s from %s" % (what, origin.co_filename)])
         except Exception as e:  # an audit hook must never break the run; the evidence says so
             tamper(["audit hook error %s on %s" % (type(e).__name__, event)])
         finally:
-            state["auditing"] = False
+            busy.discard(me)
 
     if hasattr(sys, "addaudithook"):
         sys.addaudithook(audit)
 
     # -- pytest hooks ----------------------------------------------------------------------------
     def pytest_configure(config):
-        state["baseline"].update(watched())
+        if state.get("config") is None:  # a pytest run inside the tests (pytester) is not the one graded
+            state["baseline"].update(watched())
+            state["namespaces"] = snapshot()
+            state["config"] = config
+            state["plugins_seen"].update((id(p), p) for p in config.pluginmanager.get_plugins())
+            # The hook implementations the run started with are the runner's and the test suite's.
+            for caller in list(vars(config.pluginmanager.hook).values()):
+                for impl in getattr(caller, "get_hookimpls", lambda: ())():
+                    state["hooks_seen"][id(impl.function)] = impl.function
+            state["runner_dirs"] = tuple(os.path.dirname(m.__file__) + os.sep for m in
+                                         (sys.modules.get("_pytest"), sys.modules.get("pluggy"))
+                                         if getattr(m, "__file__", None)) or ("\0",)
         send({"t": "start", "pytest": getattr(pytest, "__version__", "?")})
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -221,7 +663,7 @@ def _install():
         raised = state.pop(("raised", report.nodeid), None) if report.when == "call" else None
         send({"t": "report", "id": report.nodeid, "when": report.when, "outcome": report.outcome,
               "xfail": hasattr(report, "wasxfail"), "raised": raised})
-        check()
+        check(report.when == "call")
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(session, exitstatus):
@@ -229,7 +671,7 @@ def _install():
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(config):
-        check()
+        check(True)
         send({"t": "end", "exitstatus": state.get("exitstatus")})
 
     return (pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_sessionfinish,
