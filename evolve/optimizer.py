@@ -65,7 +65,7 @@ class Optimizer:
             OSError: the traces cannot be read or written.
         """
         from evolve.gateway import append_trace
-        from evolve.roles import _next_call
+        from evolve.roles import _next_call, _trace_lock
 
         with self._agent_lock:
             self._agent_usage = self._agent_usage.add(usage)
@@ -80,12 +80,11 @@ class Optimizer:
                     record = {"unreadable_line": line[:1000]}
                 if not isinstance(record, dict):
                     record = {"value": record}
-                call, lock = _next_call(self.trace_path)
-                with lock:
+                with _trace_lock(self.trace_path):  # numbered and appended in the file's order
                     append_trace(self.trace_path, {**{k: v for k, v in record.items()
                                                       if k not in ("request", "response")},
-                                                   "call": call, "step": step, "agent_call": record.get("call"),
-                                                   "agent_trace": where})
+                                                   "call": _next_call(self.trace_path), "step": step,
+                                                   "agent_call": record.get("call"), "agent_trace": where})
 
     def ask(self, step: str, messages: list[dict]) -> str:
         """The reply's text; a cached reply if this exact request was answered before in this run.
