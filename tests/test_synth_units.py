@@ -312,3 +312,40 @@ def test_relevant_output_quotes_the_error_not_only_the_tail():
     said = relevant_output(output)
     assert "No module named 'freezegun'" in said and "200 passed, 1 error" in said
     assert len(said.split("\n")) <= 42
+
+
+def _mut(i: int, op: str, project: str) -> Task:
+    return Task(instance_id=f"{project}__mut-{i:04d}", repo=project, base_commit="0" * 40, problem_statement="x",
+                FAIL_TO_PASS=["t.py::t"], repo_path=f"repos/{project}",
+                synth={"kind": "mutation", "operator": op})
+
+
+def test_no_kind_of_bug_exceeds_its_share_of_the_whole_set():
+    from evolve.synth.balance import cap_kind_share, kind_of
+
+    # Each project is within its own cap (4 of a quota of 16), but two fell short of the quota:
+    # change_return is 12 of 28 tasks in the set, over a quarter.
+    tasks = ([_mut(i, "change_return", "a") for i in range(4)] + [_mut(10 + i, OPERATORS[i], "a") for i in range(4)]
+             + [_mut(20 + i, "change_return", "b") for i in range(4)] + [_mut(30, "off_by_one", "b")]
+             + [_mut(40 + i, "change_return", "c") for i in range(4)]
+             + [_mut(50 + i, op, "c") for i, op in enumerate(OPERATORS) if op != "change_return"] * 1
+             + [_mut(60 + i, "flip_operator", "d") for i in range(3)] + [_mut(70 + i, "swap_arguments", "e") for i in range(2)])
+    history = Task(instance_id="h__1", repo="h", base_commit="0" * 40, problem_statement="x",
+                   FAIL_TO_PASS=["t.py::t"], repo_path="repos/h", synth={"kind": "history"})
+    tasks.append(history)
+    assert sum(kind_of(t) == "change_return" for t in tasks) * 4 > len(tasks)
+    kept, dropped = cap_kind_share(tasks, 0.25)
+    counts: dict[str, int] = {}
+    for t in kept:
+        counts[kind_of(t) or "-"] = counts.get(kind_of(t) or "-", 0) + 1
+    assert max(n for k, n in counts.items() if k != "-") * 4 <= len(kept), counts
+    assert dropped and all(kind_of(t) == "change_return" for t in dropped)
+    # The fewest: putting back any dropped task breaks the cap again.
+    assert sum(kind_of(t) == "change_return" for t in kept) + 1 > 0.25 * (len(kept) + 1)
+    assert history in kept and len(kept) + len(dropped) == len(tasks)
+    assert [t.instance_id for t in kept] == [t.instance_id for t in tasks if t not in dropped]  # order kept
+    assert cap_kind_share(tasks, 0.25) == (kept, dropped)  # deterministic
+    # A set already within the share is untouched.
+    assert cap_kind_share(kept, 0.25) == (kept, [])
+    with pytest.raises(ValueError):
+        cap_kind_share(tasks, 0)

@@ -8,6 +8,7 @@ their tests; nothing third-party is committed, the build downloads it::
     seed: 0                 # same seed, same tasks
     per_project: 6          # mutation tasks per project
     holdout_fraction: 0.3
+    max_kind_share: 0.25    # no mutation operator over this share of a project's quota nor of the set
     test_cmd: python3 -m pytest -rA -p no:cacheprovider --rootdir=. -o addopts=
     projects:
       - {name: toolz, version: 1.2.0, sha256: 9667a0...}
@@ -19,7 +20,9 @@ The build downloads every sdist first (``pip download --no-deps --no-binary
 :all:``, cached under ``$EVOLVE_HOME/cache/sdists`` and checked against
 ``sha256``), so a project that cannot be had stops the build before any
 container starts; then it synthesizes mutation tasks per project
-(``evolve.synth.mutation``), verifies them all with the real grader and
+(``evolve.synth.mutation``), verifies them all with the real grader, leaves
+out the fewest tasks needed so that no operator makes more than
+``max_kind_share`` of the whole set (``evolve.synth.balance``) and
 writes the eval set atomically (default ``$EVOLVE_HOME/evals/<name>``).
 """
 
@@ -44,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from evolve import owner
 from evolve.errors import DownloadError, RecipeError, SynthError
 from evolve.evalsets.registry import evalset_dirs, evolve_home
+from evolve.synth.balance import cap_kind_share, kind_of
 from evolve.synth.env import DEFAULT_TEST_CMD, ProjectSource, SynthEnv, SynthOptions, SynthProgress
 from evolve.synth.mutation import mutation_tasks
 from evolve.synth.output import EvalSetWriter, check_destination
@@ -88,6 +92,8 @@ class Recipe(BaseModel):
     seed: int = 0
     per_project: int = Field(default=6, ge=1)
     holdout_fraction: float = Field(default=0.3, gt=0, lt=1)
+    max_kind_share: float = Field(default=0.25, gt=0, le=1)
+    """No mutation operator makes more than this share of a project's quota, nor of the whole set."""
     test_cmd: str | None = None
     projects: list[ProjectSpec] = Field(min_length=1)
 
@@ -204,6 +210,14 @@ def unpack_sdist(sdist: Path, dest: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else dest
 
 
+def _kind_counts(tasks: list[Task]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in tasks:
+        k = kind_of(t) or "other"
+        counts[k] = counts.get(k, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def _test_cmd(spec: ProjectSpec, recipe: Recipe, root: Path) -> str:
     if spec.test_cmd:
         return spec.test_cmd
@@ -275,6 +289,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
                     require_tests(source, where=f"the sdist of {spec.name}=={spec.version}")
                     opts = SynthOptions(seed=seed, max_tasks=per_project or spec.per_project or recipe.per_project,
                                         workers=workers, holdout_fraction=recipe.holdout_fraction,
+                                        max_kind_share=recipe.max_kind_share,
                                         install=spec.wants_env(), extras=tuple(spec.extras),
                                         requirement_files=tuple(spec.requirements) if spec.requirements is not None
                                         else None, setup_cmd=spec.setup)
@@ -305,7 +320,16 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
             if not kept:
                 raise SynthError(f"no task of recipe {recipe.name!r} passed the grader's check: "
                                  + "; ".join(f"{k}: {v}" for k, v in list(dropped.items())[:3]))
+            # The per-project cap leaves a kind over its share when projects fall short of their quota.
+            kept, over_share = cap_kind_share(kept, recipe.max_kind_share)
+            if over_share:
+                progress.note(f"{len(over_share)} task(s) left out so that no mutation operator makes more than "
+                              f"{100 * recipe.max_kind_share:.0f}% of the set: "
+                              + ", ".join(t.instance_id for t in over_share[:5])
+                              + (" ..." if len(over_share) > 5 else ""))
             for name, stats in meta_projects.items():
+                stats["dropped_for_kind_share"] = [t.instance_id for t in over_share
+                                                   if t.repo_path == f"repos/{name}"]
                 stats["tasks"] = sum(1 for t in kept if t.repo_path == f"repos/{name}")
                 stats["dropped_by_grader"] = {k: v for k, v in dropped.items() if k.startswith(f"{name}__")}
             tried = sum(s.get("tried", 0) for s in meta_projects.values())
@@ -315,6 +339,7 @@ def build(recipe_ref: str, *, dest: Path | None = None, seed: int | None = None,
                     "tasks": len(kept), "mutants_tried": tried, "mutants_valid": valid,
                     "mutants_valid_share": round(valid / tried, 3) if tried else 0.0,
                     "mutants_kept_share": round(len(kept) / tried, 3) if tried else 0.0,
+                    "max_kind_share": recipe.max_kind_share, "kinds": _kind_counts(kept),
                     "download_seconds": round(download_seconds, 1),
                     "grading_wait_seconds": round(verify_seconds, 1),
                     "seconds": round(time.monotonic() - started, 1)}
