@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.console import Console
@@ -33,9 +35,15 @@ def plain(text: object, style: str = "") -> None:
     console.print(Text(str(text), style=style))
 
 
-def interrupted(message: str) -> None:
-    """Say on stderr what a Ctrl-C (or SIGTERM) left behind; the caller exits 130."""
-    err_console.print(Text.assemble(("interrupted", "yellow"), ": ", message))
+@contextmanager
+def interruptible(left_behind: str) -> Iterator[None]:
+    """A Ctrl-C (or SIGTERM) inside the block ends the command: ``interrupted: LEFT_BEHIND`` on stderr
+    (what the interruption kept, and that it left nothing running), exit 130 as a shell does."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print(Text.assemble(("interrupted", "yellow"), ": ", left_behind))
+        raise typer.Exit(130) from None
 
 
 def option_default(model, name: str) -> str:

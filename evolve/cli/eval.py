@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from evolve.cli.common import (EXECUTOR_HELP, RAY_ADDRESS_HELP, console, interrupted, option_default,
+from evolve.cli.common import (EXECUTOR_HELP, RAY_ADDRESS_HELP, console, interruptible, option_default,
                                parse_params, plain)
 from evolve.config import EvalsConfig, EvalSettings, Limits, SandboxLimits
 
@@ -71,12 +71,8 @@ def eval_cmd(
                                     f"{session.workers} workers ({where.kind}) -> {evaluation.run_dir}"))
         view = EvalProgressView(console, len(evaluation.tasks) * repeats, "eval")
         evaluation.progress = view
-        try:
-            with view:
-                report = evaluation.run()
-        except KeyboardInterrupt:
-            interrupted(f"finished results kept in {evaluation.run_dir}; no containers left behind.")
-            raise typer.Exit(130) from None
+        with interruptible(f"finished results kept in {evaluation.run_dir}; no containers left behind."), view:
+            report = evaluation.run()
     if show_tasks:
         console.print(results_table(report))
     console.print(summary_table(report))

@@ -8,8 +8,10 @@ from typing import Optional
 
 import typer
 
-from evolve.cli.common import EXECUTOR_HELP, RAY_ADDRESS_HELP, console, interrupted, plain
+from evolve.cli.common import EXECUTOR_HELP, RAY_ADDRESS_HELP, console, interruptible, plain
 from evolve.errors import ConfigError
+
+NOTHING_WRITTEN = "nothing was written; no containers left behind."  # what Ctrl-C in synth or build leaves
 
 
 def evals_list() -> None:
@@ -59,11 +61,6 @@ def evals_import_swebench(
                          log_parser=log_parser, namespace=namespace, hf_split=hf_split)
     imported = import_swebench(source, out or evolve_home() / "evals" / eval_name, opts, name=eval_name)
     print_import(console, imported)
-
-
-def _synth_interrupted() -> None:
-    interrupted("nothing was written; no containers left behind.")
-    raise typer.Exit(130)
 
 
 def evals_synth(
@@ -126,11 +123,8 @@ def evals_synth(
                         executor=executor, ray_address=ray_address, install=install,
                         extras=tuple(e.strip() for e in (extras or "").split(",") if e.strip()),
                         requirement_files=tuple(requirements) if requirements else None, setup_cmd=setup)
-    try:
-        with RichProgress(console) as progress:
-            meta = synthesize(repo, dest, sources=sources, name=name, opts=opts, progress=progress)
-    except KeyboardInterrupt:
-        _synth_interrupted()
+    with interruptible(NOTHING_WRITTEN), RichProgress(console) as progress:
+        meta = synthesize(repo, dest, sources=sources, name=name, opts=opts, progress=progress)
     print_synth_summary(console, meta, Path(dest))
     if statement == "llm":
         from evolve.synth.statements import TRACE_FILE, rewrite_statements
@@ -157,12 +151,9 @@ def evals_build(
     from evolve.synth.progress import RichProgress
 
     only = [p.strip() for p in projects.split(",") if p.strip()] if projects else None
-    try:
-        with RichProgress(console) as progress:
-            meta = build(recipe, dest=out, seed=seed, per_project=per_project, projects=only, workers=workers,
-                         progress=progress, executor=executor, ray_address=ray_address)
-    except KeyboardInterrupt:
-        _synth_interrupted()
+    with interruptible(NOTHING_WRITTEN), RichProgress(console) as progress:
+        meta = build(recipe, dest=out, seed=seed, per_project=per_project, projects=only, workers=workers,
+                     progress=progress, executor=executor, ray_address=ray_address)
     print_synth_summary(console, meta, Path(meta["path"]))
     plain(f"mutants tried {meta['mutants_tried']}, tasks kept {meta['tasks']} "
                   f"({100 * meta['mutants_kept_share']:.0f}%)")

@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from evolve.cli.common import (CONFIG_HELP, EXECUTOR_HELP, RAY_ADDRESS_HELP, RUN_HELP, RUNS_HELP, console,
-                               err_console, interrupted, option_default, plain)
+                               err_console, interruptible, option_default, plain)
 from evolve.errors import EvolveError
 from evolve.session import DryRunAssumptions
 
@@ -80,12 +80,8 @@ def run_cmd(
                                                     solver_params=session.solver.params, runs_dir=runs,
                                                     workers=session.workers),
                     session.optimizer_backend, run_id=resume, view=view)
-        try:
-            with view:
-                state = loop.run()
-        except KeyboardInterrupt:
-            interrupted(f"finished work kept; continue with `evolve run --resume {loop.run_id}`")
-            raise typer.Exit(130) from None
+        with interruptible(f"finished work kept; continue with `evolve run --resume {loop.run_id}`"), view:
+            state = loop.run()
     refresh_report(state)
     console.print(generations_table(RunStore(runs, state.run_id).gens()))
     console.print(run_summary(state, cfg.budget.budget_usd))
