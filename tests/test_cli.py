@@ -102,6 +102,19 @@ def test_dry_run_from_a_subdirectory_reads_the_projects_eval_set(project, mini_e
     assert nothing_started(project)
 
 
+def test_the_cli_and_each_command_module_import_no_litellm_ray_or_docker():
+    """`evolve --help` stays fast: every module of evolve/cli imports its heavy libraries inside its commands."""
+    code = ("import importlib, pkgutil, sys, evolve.cli\n"
+            "names = [m.name for m in pkgutil.iter_modules(evolve.cli.__path__)]\n"
+            "assert {'common', 'eval', 'evals', 'run'} <= set(names), names\n"
+            "for name in names:\n"
+            "    importlib.import_module(f'evolve.cli.{name}')\n"
+            "heavy = sorted({'litellm', 'ray', 'docker'} & {m.split('.')[0] for m in sys.modules})\n"
+            "assert not heavy, f'imported at import time: {heavy}'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_find_project_walks_up_but_not_past_the_git_root(tmp_path, project):
     assert find_project(project / "harness" / "prompts").root == project
     inner = tmp_path / "outer-has-yaml"
