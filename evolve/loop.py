@@ -606,6 +606,15 @@ class Loop:
         return self.meter.evaluated(self.evaluator.evaluate(harness, ids, repeat, label,
                                                             split or self.cfg.evals.search))
 
+    def _evaluate_many(self, requests: list[tuple[Harness, list[str], int, str]]) -> list[EvalReport]:
+        """Several search-split evaluations, ``(harness, instance_ids, repeat, label)`` each, at once
+        when the evaluator can (``evaluate_many``, e.g. ``DockerEvaluator``), else one after another;
+        the reports in the order asked. Errors as ``Evaluator.evaluate``."""
+        many = getattr(self.evaluator, "evaluate_many", None)
+        if many is None or len(requests) < 2:
+            return [self._evaluate(*r) for r in requests]
+        return [self.meter.evaluated(r) for r in many(requests, self.cfg.evals.search)]
+
     def _step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
         rec.cost_usd = self._cost()
         self.recorder.step(state, rec, step)

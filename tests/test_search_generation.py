@@ -99,6 +99,9 @@ def test_two_candidates_the_one_that_helps_wins_and_the_other_is_a_lost_stone(tm
     parent_runs = [(i, rep) for label, _, ids, rep in loop.evaluator.calls if label.startswith("g001-parent-r")
                    for i in ids]
     assert len(parent_runs) == len(set(parent_runs))
+    # stages together: the race's first round asks the parent and both candidates at once
+    assert sorted(loop.evaluator.batches[0]) == ["g001-c1-r0", "g001-c2-r0", "g001-parent-r0"]
+    assert all(len(b) == len(set(b)) for b in loop.evaluator.batches)
 
     env = {**os.environ, "COLUMNS": "200"}
     shown = subprocess.run([EVOLVE, "status"], cwd=repo, capture_output=True, text=True, timeout=120, env=env)
