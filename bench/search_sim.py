@@ -255,8 +255,8 @@ def night(strategy: str, k: int, args, cfg: AcceptanceConfig, kw: dict, rng: np.
         else:
             nodes = [n for n, _ in archive]
             w = dgm_weights(nodes)
-            gens = sorted(w)
-            pick = int(rng.choice(gens, p=[w[g] for g in gens])) if gens else 0
+            gens = sorted(g for g, _ in w)  # the bench's archive has no lost candidates: refs are (gen, None)
+            pick = int(rng.choice(gens, p=[w[(g, None)] for g in gens])) if gens else 0
             parent_gen, parent = pick, dict((n.gen, h) for n, h in archive)[pick]
         child = make_child(rng, parent)
         out.nulls += child.rate <= best.rate

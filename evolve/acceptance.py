@@ -131,7 +131,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property, lru_cache
@@ -447,6 +447,14 @@ class _Pairs:
                           tuple(self.one_sided), tuple(self.losses))
 
 
+Request = tuple[str, list[str], int]
+"""``(who, instance_ids, repeat)``: one evaluation the procedure asks for (``EvaluateFn``'s arguments)."""
+
+Steps = Generator[list[Request], list[Mapping[str, RunOutcome]], "Verdict"]
+"""``acceptance_steps``: yields the requests it needs answered together, is sent their outcomes (one
+mapping per request, in order), returns the verdict."""
+
+
 def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: AcceptanceConfig, *,
                    stages: Sequence[float] | None = None, futility_z: float | str | None = "auto",
                    estimator: str = "rao-blackwell") -> Verdict:
@@ -469,6 +477,28 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
         estimator: how a task's pairs become d_i: ``rao-blackwell`` (the default, unbiased)
             or ``mean`` (plain mean difference: biased, kept for the benchmark's comparison).
     """
+    steps = acceptance_steps(instance_ids, cfg, stages=stages, futility_z=futility_z, estimator=estimator)
+    answers: list[Mapping[str, RunOutcome]] | None = None
+    while True:
+        try:
+            requests = steps.send(answers)  # type: ignore[arg-type]  (the first send is None)
+        except StopIteration as done:
+            return done.value
+        answers = [evaluate(who, ids, rep) or {} for who, ids, rep in requests]
+
+
+def acceptance_steps(instance_ids: list[str], cfg: AcceptanceConfig, *, stages: Sequence[float] | None = None,
+                     futility_z: float | str | None = "auto", estimator: str = "rao-blackwell") -> Steps:
+    """``run_acceptance``'s procedure, one round of requests at a time, so a caller can answer the
+    rounds of several procedures together (``evolve.search.race``). Arguments as for
+    ``run_acceptance``, which is this generator answered one request after another.
+
+    Each round yields a list of ``Request`` s answerable together (the parent's and the child's
+    outcomes on one stage and repeat, or one side's infra re-asks) and is sent one outcome mapping
+    per request, in order (missing ids are infra failures). After each stage's last round it yields
+    ``[]`` once (the interim look; it is sent ``[]``), except after the last stage. A request is never
+    empty. Returns the ``Verdict``.
+    """
     ids = list(dict.fromkeys(instance_ids))
     if not ids:
         return decide([], cfg, tasks_total=0)
@@ -478,24 +508,33 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
     futility_z = proc.futility_z if futility_z == "auto" else futility_z
     runs = {PARENT: 0, CHILD: 0}
 
-    def call(who: str, batch: list[str], rep: int) -> dict[str, RunOutcome]:
-        if not batch:
-            return {}
-        runs[who] += len(batch)
-        got = evaluate(who, list(batch), rep) or {}
-        return {i: got.get(i) for i in batch}
+    def calls(asks: list[Request]):
+        """The outcomes of the non-empty ``asks``, each ``{id: outcome}`` over its batch ({} for an empty one)."""
+        real = [(who, list(batch), rep) for who, batch, rep in asks if batch]
+        got: list[Mapping[str, RunOutcome]] = (yield real) if real else []
+        out, it = [], iter(got)
+        for who, batch, rep in asks:
+            if not batch:
+                out.append({})
+                continue
+            runs[who] += len(batch)
+            g = next(it) or {}
+            out.append({i: g.get(i) for i in batch})
+        return out
 
-    def ask(batch: list[str], rep: int, pairs: dict[str, _Pairs]) -> None:
+    def ask(batch: list[str], rep: int, pairs: dict[str, _Pairs]):
         """Both sides on ``batch`` at repeat ``rep``, into ``pairs``. An infra failure on one side
         only is asked again, up to ``cfg.infra_reruns`` times."""
-        first = {PARENT: call(PARENT, batch, rep), CHILD: call(CHILD, batch, rep)}
+        p0, c0 = yield from calls([(PARENT, batch, rep), (CHILD, batch, rep)])
+        first = {PARENT: p0, CHILD: c0}
         got = {who: dict(out) for who, out in first.items()}
         for who, other in ((PARENT, CHILD), (CHILD, PARENT)):
             for _ in range(cfg.infra_reruns):
                 again = [i for i in batch if got[who][i] is None and got[other][i] is not None]
                 if not again:
                     break
-                got[who].update({i: o for i, o in call(who, again, rep).items() if o is not None})
+                (out,) = yield from calls([(who, again, rep)])
+                got[who].update({i: o for i, o in out.items() if o is not None})
         for iid in batch:
             pairs.setdefault(iid, _Pairs()).add(rep, (first[PARENT][iid], first[CHILD][iid]),
                                                 (got[PARENT][iid], got[CHILD][iid]))
@@ -509,15 +548,18 @@ def run_acceptance(evaluate: EvaluateFn, instance_ids: list[str], cfg: Acceptanc
     for k, end in enumerate(ends):
         batch = order[done:end]
         done = end
-        ask(batch, 0, pairs)
+        yield from ask(batch, 0, pairs)
         rerun = [i for i in batch if pairs[i].parent and pairs[i].parent[0] != pairs[i].child[0]]
         for rep in range(1, proc.rerun_discordant + 1):
-            ask(rerun, rep, pairs)
+            if rerun:
+                yield from ask(rerun, rep, pairs)
         records = [pairs[i].record(i) for i in order[:done]]
-        if k < len(ends) - 1 and futility_z is not None:
-            z = z_score([r for r in records if r.n], estimator)
-            if z < futility_z:
-                return verdict(records, stopped_early=True,
-                               note=f"futility after {done} of {len(order)} tasks, child behind "
-                                    f"(z={z:+.2f} < {futility_z:+.2f})")
+        if k < len(ends) - 1:
+            yield []  # the interim look: a race takes every candidate's at once
+            if futility_z is not None:
+                z = z_score([r for r in records if r.n], estimator)
+                if z < futility_z:
+                    return verdict(records, stopped_early=True,
+                                   note=f"futility after {done} of {len(order)} tasks, child behind "
+                                        f"(z={z:+.2f} < {futility_z:+.2f})")
     return verdict(records)

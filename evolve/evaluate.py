@@ -136,13 +136,16 @@ class Evaluation:
         use_cache: reuse finished results with the same key.
         cache_dir: where finished results are cached (default ``runs_dir/cache``).
         executor: where task-runs execute (``evolve.executors``); default the local one.
+        slots: shared with other evaluations running at the same time
+            (``evolve.evaluator.DockerEvaluator.evaluate_many``): a task-run holds one while it
+            runs, so together they run at most as many task-runs at once as it has.
     """
 
     def __init__(self, *, evalset: EvalSet, split: str, harness: Harness, settings: EvalSettings,
                  runs_dir: Path, workers: int = 2, repeats: int = 1, instance_ids: list[str] | None = None,
                  use_cache: bool = True, run_id: str | None = None, progress: EvalProgress | None = None,
                  first_repeat: int = 0, cache_dir: Path | None = None,
-                 executor: "Executor | None" = None) -> None:
+                 executor: "Executor | None" = None, slots: threading.Semaphore | None = None) -> None:
         if workers < 1 or repeats < 1:
             raise ConfigError("--workers and --repeats must be at least 1")
         self.evalset, self.split, self.harness, self.settings = evalset, split, harness, settings
@@ -162,6 +165,7 @@ class Evaluation:
             executor = LocalExecutor()
         self.executor = executor
         self._fresh = Usage()
+        self.slots = slots
 
     def _select(self, instance_ids: list[str] | None) -> list[Task]:
         tasks = self.evalset.tasks(self.split)
@@ -275,6 +279,15 @@ class Evaluation:
         if cached is not None:
             self._record(cached, self.cache.entry(job.key), cached=True)
             return
+        if self.slots is None:
+            self._run(job)
+            return
+        with self.slots:
+            if not self.stop.is_set():
+                self._run(job)
+
+    def _run(self, job: Job) -> None:
+        """A cache miss: run ``job`` on the executor, store and record its result."""
         self.progress.started(job.task.instance_id, job.repeat)
         # The task's trace stays a file in `scratch` until it is stored: streamed, never read whole.
         with owner.temp_dir("task") as scratch:  # swept once this process is dead (kill -9)

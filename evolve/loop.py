@@ -230,8 +230,9 @@ class Loop:
         """
         gen = state.generations + 1
         earlier = self.store.gen(gen)  # a redo after a resume: the spend of the killed attempt still counts
-        parent_gen, parent, explore_from = self._start(state, gen)
-        rec = GenerationRecord(gen=gen, parent=parent, parent_gen=parent_gen, best_before=state.best,
+        (parent_gen, parent_cand), parent, explore_from = self._start(state, gen)
+        rec = GenerationRecord(gen=gen, parent=parent, parent_gen=parent_gen, parent_cand=parent_cand,
+                               best_before=state.best,
                                explore_from=explore_from,
                                cost_usd=earlier.cost_usd if earlier else 0.0)
         self.recorder.begin(state, rec)
@@ -408,15 +409,16 @@ class Loop:
         return replace(against, reason=f"against the accepted head: {against.reason} "
                                        f"(it beat its parent: {v.reason})"), seen
 
-    def _start(self, state: RunState, gen: int) -> tuple[int | None, str, Literal["best", "pending"]]:
-        """(generation, commit, which) the next candidate branches from: with ``approval: manual`` and
+    def _start(self, state: RunState, gen: int) -> tuple[tuple[int | None, int | None], str,
+                                                          Literal["best", "pending"]]:
+        """((generation, lost candidate or None), commit, which) the next candidate branches from: with ``approval: manual`` and
         ``approval_explore: pending``, the latest candidate still waiting for a person; otherwise the
         parent ``search.parent`` picks (``_parent``)."""
         acc = self.cfg.acceptance
         if acc.approval == "manual" and acc.approval_explore == "pending":
             waiting = [g for g in self.store.gens() if g.status == "pending" and g.verdict_commit]
             if waiting:
-                return waiting[-1].gen, waiting[-1].verdict_commit, "pending"
+                return (waiting[-1].gen, None), waiting[-1].verdict_commit, "pending"
         return (*self._parent(state, gen), "best")
 
     def _decide(self, state: RunState, rec: GenerationRecord, v: Verdict) -> None:
@@ -569,22 +571,24 @@ class Loop:
         kill_point("holdout")
         return state.holdout
 
-    def _parent(self, state: RunState, gen: int) -> tuple[int | None, str]:
-        """(generation, commit) of the next candidate's parent (``search.parent``; the draw is seeded
-        with the run and the generation, so a redone generation draws the same). An accepted head
-        that is no node of the archive (``evolve rollback --gen`` made it) is the parent, generation None."""
+    def _parent(self, state: RunState, gen: int) -> tuple[tuple[int | None, int | None], str]:
+        """((generation, lost candidate or None), commit) of the next candidate's parent
+        (``search.parent``; dgm may draw a lost candidate, a stepping stone on ``gNNN-cJ``; the draw is
+        seeded with the run and the generation, so a redone generation draws the same). An accepted
+        head that is no node of the archive (``evolve rollback --gen`` made it) is the parent,
+        generation None."""
         nodes = archive.load(self.store.dir)
-        by_gen = {n.gen: n for n in nodes if not n.lost}
+        by_ref = {archive.ref(n): n for n in nodes}
         best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best and not n.lost), None)
         if best_gen is None:
-            return None, state.best
+            return (None, None), state.best
         search = self.cfg.search
         seed = f"{self.run_id if search.seed is None else search.seed}/{gen}"
         chosen = choose_parent(search.parent, nodes, best_gen=best_gen, seed=seed, lam=search.dgm_lambda,
                                midpoint=search.dgm_midpoint)
-        if chosen == best_gen or chosen not in by_gen:
-            return best_gen, state.best
-        return chosen, by_gen[chosen].commit
+        if chosen == (best_gen, None) or chosen not in by_ref:
+            return (best_gen, None), state.best
+        return chosen, by_ref[chosen].commit
 
     def _stop_reason(self, state: RunState, limit: int | None) -> str | None:
         budget = self.cfg.budget
@@ -605,6 +609,15 @@ class Loop:
                   split: str | None = None) -> EvalReport:
         return self.meter.evaluated(self.evaluator.evaluate(harness, ids, repeat, label,
                                                             split or self.cfg.evals.search))
+
+    def _evaluate_many(self, requests: list[tuple[Harness, list[str], int, str]]) -> list[EvalReport]:
+        """Several search-split evaluations, ``(harness, instance_ids, repeat, label)`` each, at once
+        when the evaluator can (``evaluate_many``, e.g. ``DockerEvaluator``), else one after another;
+        the reports in the order asked. Errors as ``Evaluator.evaluate``."""
+        many = getattr(self.evaluator, "evaluate_many", None)
+        if many is None or len(requests) < 2:
+            return [self._evaluate(*r) for r in requests]
+        return [self.meter.evaluated(r) for r in many(requests, self.cfg.evals.search)]
 
     def _step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
         rec.cost_usd = self._cost()

@@ -184,6 +184,7 @@ def node_of(rec: GenerationRecord, run_id: str) -> archive.Node:
     """The archive node of the final generation ``rec``."""
     commit = rec.verdict_commit or rec.candidate
     return archive.Node(gen=rec.gen, commit=commit, cand=rec.cand, parent=rec.parent, parent_gen=rec.parent_gen,
+                        parent_cand=rec.parent_cand,
                         branch=f"evolve/{run_id}/g{rec.gen:03d}" if commit else None, status=rec.status,
                         stone=rec.stone, rate=rec.child_rate, delta=rec.delta, p_value=rec.p_value,
                         p_worse=rec.p_worse, hypothesis=rec.hypothesis, category=rec.category,
@@ -194,7 +195,8 @@ def lost_nodes(rec: GenerationRecord, run_id: str) -> list[archive.Node]:
     """The archive nodes of a K > 1 generation's other candidates (``lost``), from ``rec.candidates``;
     their cost is in the generation's node (one spend for the whole generation)."""
     return [archive.Node(gen=rec.gen, cand=c.cand, lost=True, commit=c.candidate, parent=rec.parent,
-                         parent_gen=rec.parent_gen, branch=f"evolve/{run_id}/g{rec.gen:03d}-c{c.cand}"
+                         parent_gen=rec.parent_gen, parent_cand=rec.parent_cand,
+                         branch=f"evolve/{run_id}/g{rec.gen:03d}-c{c.cand}"
                          if c.candidate else None, status=c.status, stone=c.stone, rate=c.child_rate,
                          delta=c.delta, p_value=c.p_value, p_worse=c.p_worse, hypothesis=c.hypothesis,
                          category=c.category, outcomes=c.outcomes, task_runs=c.task_runs)

@@ -166,11 +166,11 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
     hypothesis. ``on_path`` (the generations from the base to the accepted head) is marked ``*`` in
     bold; the accepted head says so; stepping stones are marked ``stone``."""
     tree = Tree(Text(title, "bold"))
-    from evolve.search.archive import key, name
+    from evolve.search.archive import key, name, parent_ref, ref
 
-    kids: dict[int | None, list] = {}
+    kids: dict[tuple | None, list] = {}
     for n in nodes:
-        kids.setdefault(n.parent_gen, []).append(n)
+        kids.setdefault(parent_ref(n), []).append(n)
 
     def label(n) -> Text:
         on = n.gen in on_path and not n.lost
@@ -188,14 +188,13 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
             text.append(f"  {n.hypothesis[:70]}", "dim")
         return text
 
-    def grow(branch: Tree, parent_gen: int | None, seen: set[int]) -> None:
-        for n in kids.get(parent_gen, []):
+    def grow(branch: Tree, parent: tuple | None, seen: set[tuple]) -> None:
+        for n in kids.get(parent, []):
             if key(n) in seen:
                 continue
             seen.add(key(n))
             node = branch.add(label(n))
-            if not n.lost:  # a lost candidate is never a parent
-                grow(node, n.gen, seen)
+            grow(node, ref(n), seen)  # a lost candidate may be a parent too (search.parent: dgm)
 
     seen: set[tuple] = set()
     grow(tree, None, seen)
@@ -203,8 +202,7 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
         if key(n) not in seen:
             seen.add(key(n))
             node = tree.add(label(n))
-            if not n.lost:
-                grow(node, n.gen, seen)
+            grow(node, ref(n), seen)
     return tree
 
 

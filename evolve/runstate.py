@@ -77,6 +77,9 @@ class GenerationRecord(BaseModel):
     stone of the archive (``dgm``)."""
     parent_gen: int | None = None
     """The parent's generation (0 = the base); None in records written before the archive."""
+    parent_cand: int | None = None
+    """With ``search.parent: dgm``, the parent's candidate number when the parent is a candidate that
+    lost its generation's race (a stepping stone on ``evolve/<run>/gNNN-cJ``); None otherwise."""
     best_before: str | None = None
     """The accepted head when the generation began: ``best`` moves from it only on a paired win
     against it. None in records written before the archive (then it is ``parent``)."""

@@ -38,6 +38,8 @@ class MarkerEvaluator:
     def __init__(self, out_dir: Path, marker: str = WIDE_MARKER) -> None:
         self.out_dir, self.marker = out_dir, marker
         self.calls: list[tuple[str, str, list[str], int]] = []
+        self.batches: list[list[str]] = []
+        """The labels of each ``evaluate_many`` call (a race's round)."""
 
     def evaluate(self, harness: Harness, instance_ids: list[str], repeat: int, label: str,
                  split: str) -> EvalReport:
@@ -50,6 +52,11 @@ class MarkerEvaluator:
                    for i in instance_ids]
         return EvalReport(run_id=label, run_dir=self.out_dir / label, evalset="wide", split=split,
                           harness=harness.source, harness_tree=harness.tree_hash, model="marker", results=results)
+
+    def evaluate_many(self, requests: list[tuple[Harness, list[str], int, str]], split: str) -> list[EvalReport]:
+        """``evaluate`` of each request, one after another (deterministic ``calls``); ``batches`` records the round."""
+        self.batches.append([label for _, _, _, label in requests])
+        return [self.evaluate(h, ids, rep, label, split) for h, ids, rep, label in requests]
 
     def compile(self, harness: Harness) -> str | None:
         for path in sorted(harness.root.rglob("*.py")):

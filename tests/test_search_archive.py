@@ -57,9 +57,9 @@ def test_every_generation_is_a_node_and_the_tree_marks_the_accepted_path(tmp_pat
     assert set(g1.outcomes) == set(loop.search_ids)
     assert all(o["parent"][0] is False and o["child"][0] is True for o in g1.outcomes.values())
     assert archive.accepted_path(nodes, state.best) == {0, 1}
-    assert loop._parent(state, 4) == (1, state.best)  # greedy: the accepted head's node
+    assert loop._parent(state, 4) == ((1, None), state.best)  # greedy: the accepted head's node
     moved = state.model_copy(update={"best": "f" * 40})  # a head made outside the archive (rollback --gen)
-    assert loop._parent(moved, 4) == (None, "f" * 40)
+    assert loop._parent(moved, 4) == ((None, None), "f" * 40)
     # append-only and idempotent: a second write of a generation changes nothing
     before = archive.path_of(loop.store.dir).read_text()
     assert not archive.append_once(loop.store.dir, g2.model_copy(update={"status": "accepted"}))
@@ -102,13 +102,13 @@ def test_dgm_weights_follow_the_published_rule():
     w = dgm_weights(nodes)
     raw = {0: 1 / (1 + math.exp(-10 * (0.3 - 0.5))) / 2, 1: 1 / (1 + math.exp(-10 * (0.6 - 0.5))) / 4,
            2: 1 / (1 + math.exp(-10 * (0.55 - 0.5))) / 2}
-    assert w == pytest.approx({g: x / sum(raw.values()) for g, x in raw.items()})
+    assert w == pytest.approx({(g, None): x / sum(raw.values()) for g, x in raw.items()})
     draws = [choose_parent("dgm", nodes, best_gen=5, seed=f"s/{i}") for i in range(3000)]
     for g, p in w.items():
         assert draws.count(g) / len(draws) == pytest.approx(p, abs=0.03)
     assert choose_parent("dgm", nodes, best_gen=5, seed="x") == choose_parent("dgm", nodes, best_gen=5, seed="x")
-    assert choose_parent("greedy", nodes, best_gen=5, seed="x") == 5
-    assert choose_parent("dgm", nodes[4:5], best_gen=0, seed="x") == 0  # nothing eligible: the accepted head
+    assert choose_parent("greedy", nodes, best_gen=5, seed="x") == (5, None)
+    assert choose_parent("dgm", nodes[4:5], best_gen=0, seed="x") == (0, None)  # nothing eligible: the accepted head
     with pytest.raises(ValueError, match="greedy or dgm"):
         choose_parent("random", nodes, best_gen=0, seed="x")
 
@@ -117,7 +117,7 @@ def test_dgm_builds_on_a_stepping_stone_and_best_moves_only_on_a_win_against_bes
     # the archive after generation 1 (a neutral change, both at 0%): base with one child, g1 with none
     after_g1 = [Node(gen=0, commit="a", status="base", stone=True, rate=0.0),
                 Node(gen=1, commit="b", parent_gen=0, status="rejected", stone=True, rate=0.0)]
-    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == 1)
+    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == (1, None))
     repo = make_project(tmp_path)
     configure(repo, parent="dgm", seed=seed)
     loop, state = run(repo)
@@ -200,7 +200,7 @@ def test_dgm_killed_mid_generation_resumes_to_the_same_parent_and_verdict(tmp_pa
     was compared with (not from its parent)."""
     after_g1 = [Node(gen=0, commit="a", status="base", stone=True, rate=0.0),
                 Node(gen=1, commit="b", parent_gen=0, status="rejected", stone=True, rate=0.0)]
-    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == 1)
+    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == (1, None))
     repo = make_project(tmp_path)
     configure(repo, parent="dgm", seed=seed)
     support = Path(__file__).parent / "loop_support.py"
@@ -220,3 +220,28 @@ def test_dgm_killed_mid_generation_resumes_to_the_same_parent_and_verdict(tmp_pa
     assert g2.parent_gen == 1 and g2.status == "accepted" and state.best == g2.verdict_commit
     assert git.Repo(repo).git.rev_parse(f"evolve/{run_id}/best") == g2.verdict_commit
     assert [n.gen for n in archive.load(store.dir)] == [0, 1, 2]
+
+
+def test_dgm_draws_lost_stepping_stones_as_their_own_nodes():
+    """A lost candidate that is a stepping stone is drawn as DGM draws any kept agent: its own rate,
+    its own children (``parent_cand``); one significantly worse (no stone) never is."""
+    from evolve.search.archive import accepted_path, children, children_by_ref
+
+    nodes = [Node(gen=0, commit="a", status="base", stone=True, rate=0.3),
+             Node(gen=1, cand=1, commit="b", parent_gen=0, status="accepted", stone=True, rate=0.6),
+             Node(gen=1, cand=2, lost=True, commit="c", parent_gen=0, status="rejected", stone=True, rate=0.5),
+             Node(gen=1, cand=3, lost=True, commit="d", parent_gen=0, status="rejected", stone=False, rate=0.1),
+             Node(gen=2, commit="e", parent_gen=1, parent_cand=2, status="accepted", stone=True, rate=0.7)]
+    assert children_by_ref(nodes) == {(0, None): 3, (1, None): 0, (1, 2): 1, (1, 3): 0, (2, None): 0}
+    assert children(nodes) == {0: 3, 1: 0, 2: 0}
+    w = dgm_weights(nodes)
+    raw = {(0, None): sigmoid(0.3) / 4, (1, None): sigmoid(0.6) / 1, (1, 2): sigmoid(0.5) / 2, (2, None): sigmoid(0.7)}
+    assert w == pytest.approx({r: x / sum(raw.values()) for r, x in raw.items()})
+    draws = [choose_parent("dgm", nodes, best_gen=2, seed=f"s/{i}") for i in range(2000)]
+    assert (1, 3) not in draws and draws.count((1, 2)) / len(draws) == pytest.approx(w[(1, 2)], abs=0.03)
+    # the accepted path runs through the lost candidate to the base; only generations' own nodes are on it
+    assert accepted_path(nodes, "e") == {0, 2}
+
+
+def sigmoid(rate: float) -> float:
+    return 1 / (1 + math.exp(-10 * (rate - 0.5)))

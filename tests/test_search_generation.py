@@ -99,6 +99,9 @@ def test_two_candidates_the_one_that_helps_wins_and_the_other_is_a_lost_stone(tm
     parent_runs = [(i, rep) for label, _, ids, rep in loop.evaluator.calls if label.startswith("g001-parent-r")
                    for i in ids]
     assert len(parent_runs) == len(set(parent_runs))
+    # stages together: the race's first round asks the parent and both candidates at once
+    assert sorted(loop.evaluator.batches[0]) == ["g001-c1-r0", "g001-c2-r0", "g001-parent-r0"]
+    assert all(len(b) == len(set(b)) for b in loop.evaluator.batches)
 
     env = {**os.environ, "COLUMNS": "200"}
     shown = subprocess.run([EVOLVE, "status"], cwd=repo, capture_output=True, text=True, timeout=120, env=env)
@@ -288,22 +291,7 @@ def test_with_manual_approval_the_winner_waits_and_approving_it_moves_best(tmp_p
 def test_a_race_from_a_stepping_stone_must_also_beat_the_accepted_head(tmp_path):
     """search.parent: dgm draws generation 1 (three null candidates; its own node a stone) as the
     parent of generation 2, whose winner beats that parent and then the accepted head (the base)."""
-    from evolve.search.archive import Node
-    from evolve.search.parents import choose_parent
-
-    after_g1 = [Node(gen=0, commit="a", status="base", stone=True, rate=0.0),
-                Node(gen=1, cand=1, commit="b", parent_gen=0, status="rejected", stone=True, rate=0.0),
-                Node(gen=1, cand=2, lost=True, commit="c", parent_gen=0, status="rejected", stone=True, rate=0.0),
-                Node(gen=1, cand=3, lost=True, commit="d", parent_gen=0, status="rejected", stone=True, rate=0.0)]
-    seed = next(s for s in range(100) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == 1)
-    repo = make_project(tmp_path)
-    configure(repo, 3, "null.yaml", generations=2)
-    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
-    cfg["search"].update(parent="dgm", seed=seed)
-    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    git.Repo(repo).git.commit("-qam", "dgm", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                                                  "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
-    loop, state = run(repo)
+    loop, state = run_dgm_from(tmp_path, (1, None))
     g1, g2 = loop.store.gens()
     assert g1.status == "rejected" and g1.stone and g2.parent_gen == 1 and g2.parent == g1.verdict_commit
     assert g2.status == "accepted" and g2.winner == 1 and g2.hypothesis.startswith("PLAN-A")
@@ -351,3 +339,50 @@ def test_the_dry_run_counts_k_candidates(tmp_path):
     runs = [int(re.search(r"estimate: (\d+) task runs", text).group(1)) for text in (one, three)]
     assert runs[1] == 3 * runs[0] > 0
     assert "candidates per generation" not in one and "3 candidates per generation" in three
+
+
+def test_dgm_draws_a_lost_candidate_and_its_child_branches_from_gNNN_cJ(tmp_path):
+    """search.parent: dgm draws candidate 2 of generation 1 (it lost the race, a stepping stone on
+    ``g001-c2``) as generation 2's parent: generation 2 is made from that commit, records
+    ``parent_cand``, must beat that parent and then the accepted head, and the tree shows it under
+    ``g001-c2``."""
+    loop, state = run_dgm_from(tmp_path, (1, 2))
+    g1, g2 = loop.store.gens()
+    stone = next(c for c in g1.candidates if c.cand == 2)
+    assert stone.status == "rejected" and stone.stone and stone.candidate
+    assert (g2.parent_gen, g2.parent_cand, g2.parent) == (1, 2, stone.candidate)
+    assert loop.lineage.sha(loop.lineage.refs.gen(1, 2)) == stone.candidate  # its branch is kept
+    assert loop.lineage.sha(f"{g2.candidate}^") == stone.candidate  # the child is made on top of it
+    assert g2.status == "accepted" and "against the accepted head" in g2.reason
+    assert state.best == g2.verdict_commit
+    nodes = archive.load(loop.store.dir)
+    (n2,) = [n for n in nodes if n.gen == 2 and not n.lost]
+    assert (n2.parent_gen, n2.parent_cand) == (1, 2)  # and its 2 lost candidates: 3 children of g001-c2
+    assert archive.children_by_ref(nodes)[(1, 2)] == 3 and archive.accepted_path(nodes, state.best) == {0, 2}
+    tree = subprocess.run([EVOLVE, "status", "--tree"], cwd=loop.repo_root, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if "g001-c2" in line)
+    assert "g002" in lines[at + 1] and lines[at + 1].index("g002") > lines[at].index("g001-c2")
+
+
+def run_dgm_from(tmp_path: Path, pick: tuple[int, int | None]):
+    """(loop, state) of a 2-generation dgm run with 3 null candidates (``null.yaml``), seeded so that
+    generation 2's parent is ``pick`` (``archive.ref``) of generation 1's archive."""
+    from evolve.search.archive import Node
+    from evolve.search.parents import choose_parent
+
+    after_g1 = [Node(gen=0, commit="a", status="base", stone=True, rate=0.0),
+                Node(gen=1, cand=1, commit="b", parent_gen=0, status="rejected", stone=True, rate=0.0),
+                Node(gen=1, cand=2, lost=True, commit="c", parent_gen=0, status="rejected", stone=True, rate=0.0),
+                Node(gen=1, cand=3, lost=True, commit="d", parent_gen=0, status="rejected", stone=True, rate=0.0)]
+    seed = next(s for s in range(200) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == pick)
+    repo = make_project(tmp_path)
+    configure(repo, 3, "null.yaml", generations=2)
+    cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
+    cfg["search"].update(parent="dgm", seed=seed)
+    (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    git.Repo(repo).git.commit("-qam", "dgm", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                                                  "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    return run(repo)

@@ -85,3 +85,50 @@ def test_stages_in_evolve_yaml_are_validated(tmp_path):
         path.write_text(f"acceptance:\n  stages: {bad}\n")
         with pytest.raises(ConfigError, match="acceptance.stages"):
             load_project_config(path)
+
+
+@pytest.mark.parametrize("seed,stages,rerun,infra", [(0, (0.3, 0.6, 1.0), 1, 0.0), (1, (0.5, 1.0), 2, 0.1),
+                                                     (2, None, 1, 0.05), (3, (1.0,), 0, 0.0)])
+def test_stages_together_reach_each_candidates_own_verdict(seed, stages, rerun, infra):
+    """The lockstep race gives every candidate exactly the verdict ``run_acceptance`` gives it alone
+    (same tasks in the same order, same re-runs and infra re-asks, same p-value), on scripted
+    outcomes fixed per (side, task, repeat), infra failures included; and each round holds every
+    surviving candidate's runs with the parent's."""
+    rng = random.Random(seed)
+    ids = [f"t{i:02d}" for i in range(40)]
+    rates = [0.4, 0.4, 0.75, 0.1, 0.55]  # the parent, then 4 candidates: neutral, better, worse, a little better
+    table = {(who, i, rep): None if rng.random() < infra else rng.random() < rates[0 if who is None else who + 1]
+             for who in (None, 0, 1, 2, 3) for i in ids for rep in range(3)}
+    cfg = AcceptanceConfig(confidence=0.95, rerun_discordant=rerun, infra_reruns=1)
+    rounds: list[list[tuple]] = []
+
+    def many(reqs):
+        rounds.append([(j, tuple(b), rep) for j, b, rep in reqs])
+        return [{i: table[(j, i, rep)] for i in b} for j, b, rep in reqs]
+
+    race = run_race(None, ids, 4, cfg, stages=stages, futility_z=0.0, evaluate_many=many)
+    for j in range(4):
+        alone = run_acceptance(lambda who, b, rep: {i: table[(None if who == "parent" else j, i, rep)] for i in b},
+                               ids, cfg, stages=stages, futility_z=0.0)
+        got = race.verdicts[j]
+        assert (got.p_value, got.delta, got.records, got.stopped_early, got.reason, got.child_runs,
+                got.parent_runs, got.accepted) == (alone.p_value, alone.delta, alone.records, alone.stopped_early,
+                                                   alone.reason, alone.child_runs, alone.parent_runs, alone.accepted)
+    # round 1: the parent's and all 4 candidates' first stage at repeat 0, in one batch
+    first = rounds[0]
+    assert sorted((j for j, _, _ in first), key=lambda j: -1 if j is None else j) == [None, 0, 1, 2, 3]
+    assert all(rep == 0 for _, _, rep in first) and len({b for _, b, _ in first}) == 1
+    for r in rounds:  # at most one request per candidate, and the parent's once per repeat
+        cands = [j for j, _, _ in r if j is not None]
+        assert len(cands) == len(set(cands))
+        assert len([rep for j, _, rep in r if j is None]) == len({rep for j, _, rep in r if j is None})
+    assert race.rounds == len(rounds) and race.task_runs == sum(len(b) for r in rounds for _, b, _ in r)
+    # the same race asked one request at a time reaches the same result with the same runs
+    one = run_race(lambda j, b, rep: {i: table[(j, i, rep)] for i in b}, ids, 4, cfg, stages=stages, futility_z=0.0)
+    assert [v.reason for v in one.verdicts] == [v.reason for v in race.verdicts]
+    assert (one.winner, one.passed, one.task_runs) == (race.winner, race.passed, race.task_runs)
+    if infra == 0:  # each parent (task, repeat) asked once: the parent costs what it costs one candidate
+        parent_runs = [(i, rep) for r in rounds for j, b, rep in r if j is None for i in b]
+        assert len(parent_runs) == len(set(parent_runs))
+    if stages and len(stages) > 1:
+        assert any(v.stopped_early for v in race.verdicts)  # the worse candidate is dropped at a look

@@ -22,6 +22,8 @@ tools (reports, dashboards) read it with ``load`` or as plain JSON lines. Schema
                         candidate was made (a refused or failed patch)
     parent       str?   commit of the harness it was made from (null for the base)
     parent_gen   int?   that parent's generation (0 = base; null for the base)
+    parent_cand  int?   the parent's candidate number when the parent is a lost candidate
+                        (``gNNN-cJ``, drawn by ``search.parent: dgm``); null otherwise
     branch       str?   where the commit lives: "evolve/<run>/gNNN", "evolve/<run>/gNNN-cJ" (a lost
                         candidate) or "evolve/<run>/base"
     status       str    "base" | "accepted" | "rejected" | "refused" | "failed"
@@ -71,6 +73,7 @@ class Node(BaseModel):
     lost: bool = False
     parent: str | None = None
     parent_gen: int | None = None
+    parent_cand: int | None = None
     branch: str | None = None
     status: Literal["base", "accepted", "pending", "rejected", "refused", "failed"]
     stone: bool = False
@@ -123,6 +126,21 @@ def key(node: Node) -> tuple[int, bool, int]:
     return node.gen, node.lost, node.cand or 0
 
 
+Ref = tuple[int, "int | None"]
+"""What a node is as a parent: ``(gen, None)`` for a generation's own node, ``(gen, cand)`` for a
+lost candidate; a node's parent is ``(parent_gen, parent_cand)``."""
+
+
+def ref(node: Node) -> Ref:
+    """``node`` as a parent (``Ref``)."""
+    return node.gen, node.cand if node.lost else None
+
+
+def parent_ref(node: Node) -> Ref | None:
+    """The ``Ref`` of the node ``node`` was made from; None for the base."""
+    return None if node.parent_gen is None else (node.parent_gen, node.parent_cand)
+
+
 def name(node: Node) -> str:
     """``gNNN`` for a generation's node, ``gNNN-cJ`` for a lost candidate (its branch's last part)."""
     return f"g{node.gen:03d}" + (f"-c{node.cand}" if node.lost else "")
@@ -162,21 +180,31 @@ def outcomes_of(records: list[TaskRecord]) -> dict[str, dict]:
 
 
 def children(nodes: list[Node]) -> dict[int, int]:
-    """``{gen: number of nodes made from it}``, for every generation's node (0 when none); lost
-    candidates count as children of their parent (they explored it) and are never parents here."""
-    out = {n.gen: 0 for n in nodes if not n.lost}
+    """``{gen: number of nodes made from it}``, for every generation's own node (0 when none); lost
+    candidates count as children of their parent (they explored it). ``children_by_ref`` counts
+    the lost candidates' children too."""
+    return {g: n for (g, cand), n in children_by_ref(nodes).items() if cand is None}
+
+
+def children_by_ref(nodes: list[Node]) -> dict[Ref, int]:
+    """``{ref: number of nodes made from it}`` for every node, lost candidates included (0 when none)."""
+    out = {ref(n): 0 for n in nodes}
     for n in nodes:
-        if n.parent_gen is not None and n.parent_gen in out:
-            out[n.parent_gen] += 1
+        p = parent_ref(n)
+        if p is not None and p in out:
+            out[p] += 1
     return out
 
 
 def accepted_path(nodes: list[Node], best_commit: str) -> set[int]:
     """Generations on the path from the base to the node whose commit is ``best_commit``."""
     by_commit = {n.commit: n for n in nodes if n.commit and not n.lost}
-    by_gen = {n.gen: n for n in nodes if not n.lost}
-    node, path = by_commit.get(best_commit), set()
-    while node is not None and node.gen not in path:
-        path.add(node.gen)
-        node = by_gen.get(node.parent_gen) if node.parent_gen is not None else None
+    by_ref = {ref(n): n for n in nodes}
+    node, path, seen = by_commit.get(best_commit), set(), set()
+    while node is not None and ref(node) not in seen:
+        seen.add(ref(node))
+        if not node.lost:  # a lost candidate on the path (a dgm parent) is not its generation's node
+            path.add(node.gen)
+        p = parent_ref(node)
+        node = by_ref.get(p) if p is not None else None
     return path

@@ -12,9 +12,11 @@
         check     each compiles and runs the smoke task, one after another; a candidate whose
                   plan, patch or check fails or is refused drops out
         race      the survivors against the shared parent (``evolve.search.race.run_race``: staged,
-                  losers dropped by the futility stop, Holm's procedure). Evaluations run one after
-                  another (each one parallel over tasks inside the evaluator): the race asks
-                  candidate by candidate, and the verdicts do not depend on the order
+                  losers dropped by the futility stop, Holm's procedure), stage by stage together:
+                  each round's evaluations (the parent's missing runs, every surviving candidate's
+                  runs) go to the evaluator at once (``Loop._evaluate_many``), so the K candidates'
+                  task-runs share its ``workers``; the verdicts are each candidate's own
+                  ``run_acceptance`` verdict on the same outcomes
         tampering per candidate (``evolve.loop.new_tampering``): a candidate with new tampering
                   cannot win, whatever its scores
         pick      the winner (of those Holm passes and without tampering, the largest gain); with
@@ -198,19 +200,24 @@ def _checked(loop: "Loop", state: RunState, rec: GenerationRecord, cands: list[_
 
 def _race(loop: "Loop", gen: int, parent_h: Harness, alive: list[_Candidate]):
     """(``run_race``'s result, the parent's results seen); each candidate's results go to its ``seen``.
-    Evaluations run one after another, labelled ``gNNN-parent-rR`` and ``gNNN-cJ-rR``."""
+    Each round of the race (the parent's missing runs and every surviving candidate's runs of a
+    stage and repeat) is one ``Loop._evaluate_many`` call: the evaluations run at once, within the
+    evaluator's ``workers``. Labelled ``gNNN-parent-rR`` and ``gNNN-cJ-rR``."""
     parent_seen: list[TaskResult] = []
 
-    def evaluate(j: int | None, ids: list[str], repeat: int) -> dict[str, bool | None]:
-        c = None if j is None else alive[j]
-        report = loop._evaluate(parent_h if c is None else c.harness, ids, repeat,
-                                f"g{gen:03d}-parent-r{repeat}" if c is None else f"{label(gen, c.n)}-r{repeat}")
-        (parent_seen if c is None else c.seen).extend(report.results)
-        return {r.instance_id: None if r.is_infra else r.resolved for r in report.results}
+    def evaluate_many(requests) -> list[dict[str, bool | None]]:
+        asks = [(parent_h if j is None else alive[j].harness, ids, repeat,
+                 f"g{gen:03d}-parent-r{repeat}" if j is None else f"{label(gen, alive[j].n)}-r{repeat}")
+                for j, ids, repeat in requests]
+        out = []
+        for (j, _, _), report in zip(requests, loop._evaluate_many(asks), strict=True):
+            (parent_seen if j is None else alive[j].seen).extend(report.results)
+            out.append({r.instance_id: None if r.is_infra else r.resolved for r in report.results})
+        return out
 
     acc = loop.cfg.acceptance
-    return run_race(evaluate, loop.search_ids, len(alive), acc, stages=acc.stages,
-                    futility_z=acc.futility_z), parent_seen
+    return run_race(None, loop.search_ids, len(alive), acc, stages=acc.stages, futility_z=acc.futility_z,
+                    evaluate_many=evaluate_many), parent_seen
 
 
 def _pick(race: RaceResult, tampering: list[list[str]], alive: list[_Candidate]) -> tuple[int, Verdict]:

@@ -18,9 +18,10 @@ every stone fully again would cost what racing saves. The draw is seeded with th
 generation, so a resumed run draws the same parent.
 
 With ``search.candidates`` K > 1 the candidates that lost their generation's race (archive nodes
-with ``lost``) are kept as stepping stones on their branches and counted as children of their
-parent, but are not drawn as parents: a generation offers one node (its winner, or its largest
-estimated gain). DGM draws among all its agents; drawing lost candidates too is future work.
+with ``lost``) that are stepping stones are drawn too, as in DGM, which draws among all its kept
+agents: each is its own node (``archive.ref``: ``(gen, cand)``), with its own estimated rate and
+its own children; a child made from one branches from ``evolve/<run>/gNNN-cJ`` and records
+``parent_cand``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import hashlib
 import math
 import random
 
-from evolve.search.archive import Node, children
+from evolve.search.archive import Node, Ref, children_by_ref, ref
 
 
 def sigmoid_weight(rate: float, lam: float, midpoint: float) -> float:
@@ -37,19 +38,21 @@ def sigmoid_weight(rate: float, lam: float, midpoint: float) -> float:
     return 1.0 / (1.0 + math.exp(-lam * (rate - midpoint)))
 
 
-def dgm_weights(nodes: list[Node], *, lam: float = 10.0, midpoint: float = 0.5) -> dict[int, float]:
-    """``{gen: probability}`` over the eligible nodes (stepping stones with a commit and a rate
-    below 1); empty when none is eligible."""
-    kids = children(nodes)
-    eligible = [n for n in nodes if n.stone and not n.lost and n.commit and n.rate is not None and n.rate < 1.0]
-    raw = {n.gen: sigmoid_weight(n.rate, lam, midpoint) / (1 + kids[n.gen]) for n in eligible}
+def dgm_weights(nodes: list[Node], *, lam: float = 10.0, midpoint: float = 0.5) -> dict[Ref, float]:
+    """``{ref: probability}`` (``archive.ref``: ``(gen, None)`` for a generation's node, ``(gen, cand)``
+    for a lost candidate) over the eligible nodes (stepping stones with a commit and a rate below 1,
+    lost candidates included); empty when none is eligible."""
+    kids = children_by_ref(nodes)
+    eligible = [n for n in nodes if n.stone and n.commit and n.rate is not None and n.rate < 1.0]
+    raw = {ref(n): sigmoid_weight(n.rate, lam, midpoint) / (1 + kids[ref(n)]) for n in eligible}
     total = sum(raw.values())
     return {g: w / total for g, w in raw.items()} if total > 0 else {}
 
 
 def choose_parent(strategy: str, nodes: list[Node], *, best_gen: int, seed: str, lam: float = 10.0,
-                  midpoint: float = 0.5) -> int:
-    """The generation whose harness the next candidate is made from.
+                  midpoint: float = 0.5) -> Ref:
+    """The node whose harness the next candidate is made from, as ``archive.ref``: ``(gen, None)``,
+    or ``(gen, cand)`` for a lost candidate (dgm only).
 
     Args:
         strategy: ``greedy`` or ``dgm``.
@@ -62,12 +65,12 @@ def choose_parent(strategy: str, nodes: list[Node], *, best_gen: int, seed: str,
         ValueError: an unknown strategy.
     """
     if strategy == "greedy":
-        return best_gen
+        return best_gen, None
     if strategy != "dgm":
         raise ValueError(f"unknown search.parent {strategy!r}: use greedy or dgm")
     weights = dgm_weights(nodes, lam=lam, midpoint=midpoint)
     if not weights:
-        return best_gen
+        return best_gen, None
     rng = random.Random(int.from_bytes(hashlib.sha256(seed.encode()).digest()[:8], "big"))
-    gens = sorted(weights)
-    return rng.choices(gens, weights=[weights[g] for g in gens])[0]
+    refs = sorted(weights, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
+    return rng.choices(refs, weights=[weights[r] for r in refs])[0]
