@@ -75,6 +75,9 @@ and must survive a reset; files the tests write under ignore rules are no part o
 _VISIBLE_MESSAGE = "evolve: snapshot at base_commit"
 _SETUP_PATCH = f"{PRIVATE}/setup.patch"
 _SETUP_FAILED = "evolve-setup-patch-failed"
+_REPACK = ["repack", "-a", "-d", "-q", "-n", "--window=0", "--no-write-bitmap-index"]
+"""Git arguments that put a host-built repository's loose objects into one pack (no delta search,
+no bitmap, no ``objects/info/packs``): two files in the sandbox instead of one per object."""
 SNAPSHOT_CACHE_BYTES = 1 << 30
 """Snapshot archives kept in memory per process, least recently used dropped first."""
 
@@ -216,21 +219,29 @@ def _build_snapshot(repo_dir: Path, commit: str, uid: int, gid: int) -> Snapshot
                     dest.chmod(0o755 if member.mode & 0o111 else 0o644)
                 out.append(tar_entry(f"testbed/{name}", content, uid=uid, gid=gid, info=member))
         # The same commands the sandbox runs (see scripts/snapshot.sh, visible_snapshot.sh), run here.
+        # Each file the archive holds costs the sandbox about a millisecond of CPU to create (overlayfs),
+        # twice per task-run (agent and grading containers), so the repositories go in lean: no template
+        # files (sample hooks, which never run: core.hooksPath=/dev/null) and every object in one pack.
         shadow = tmp_path / "base.git"
-        _host_git(["init", "-q", "--bare", str(shadow)], tmp_path, tmp_path)
+        _host_git(["init", "-q", "--bare", "--template=", str(shadow)], tmp_path, tmp_path)
         (shadow / "info").mkdir(exist_ok=True)
         (shadow / "info" / "exclude").write_text(_EXCLUDE)
         shadow_git = [f"--git-dir={shadow}", f"--work-tree={tree}"]
         # Everything in the snapshot, ignored or not (an sdist's egg-info, an image's __pycache__):
         # the base the grader compares the work tree with must be the whole of it.
         _host_git([*shadow_git, "add", "-A", "-f", "."], tree, tmp_path)
-        _host_git([*shadow_git, "commit", "-q", "--no-verify", "--allow-empty", "-m", "base"], tree, tmp_path)
+        # Nobody reads the shadow's reflog: it is not made.
+        _host_git([*shadow_git, "-c", "core.logAllRefUpdates=false", "commit", "-q", "--no-verify", "--allow-empty",
+                   "-m", "base"], tree, tmp_path)
         sha = _host_git([*shadow_git, "rev-parse", "HEAD"], tree, tmp_path).strip()
-        _host_git(["init", "-q"], tree, tmp_path)
+        _host_git([*shadow_git, *_REPACK], tree, tmp_path)
+        _host_git(["init", "-q", "--template="], tree, tmp_path)
+        (tree / ".git" / "info").mkdir(exist_ok=True)
         with open(tree / ".git" / "info" / "exclude", "a") as f:
             f.write(_EXCLUDE)
         _host_git(["add", "-A", "."], tree, tmp_path)
         _host_git(["commit", "-q", "--no-verify", "--allow-empty", "-m", _VISIBLE_MESSAGE], tree, tmp_path)
+        _host_git(_REPACK, tree, tmp_path)
         if not re.fullmatch(r"[0-9a-f]{40}", sha):
             raise InfraError("docker", f"unexpected base commit id from git on the host: {sha!r}")
         out += _tree_entries(tree / ".git", "testbed/.git", uid, gid)

@@ -43,9 +43,7 @@ import difflib
 import hashlib
 import json
 import os
-import pkgutil
 import re
-import shutil
 import stat
 import subprocess
 import sys
@@ -134,6 +132,8 @@ def work_tree(root):
 
 def importable_outside(testbed):
     """Top-level module names Python finds without /testbed: builtin, standard library, installed."""
+    import pkgutil  # here, not at the top: most patches add no module, and the import costs a sandbox ~3 ms
+
     names = set(sys.builtin_module_names) | set(getattr(sys, "stdlib_module_names", ()))
     for entry in sys.path:
         if entry and os.path.isdir(entry) and not (entry + "/").startswith(testbed.rstrip("/") + "/"):
@@ -438,6 +438,8 @@ class Neutraliser:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
+            import shutil  # here, not at the top: only a reverted directory needs it
+
             shutil.rmtree(full)
         else:
             os.unlink(full)

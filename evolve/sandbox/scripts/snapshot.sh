@@ -14,9 +14,12 @@ shadow_git() {
   GIT_CONFIG_GLOBAL=/dev/null git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c 'safe.directory=*' \
     --git-dir="$evolve_shadow" --work-tree="$evolve_testbed" "$@"
 }
-mkdir -p "$evolve_shadow" && chmod 700 "$evolve_private" && git init -q --bare "$evolve_shadow" \
-  && printf '%s' "$evolve_exclude" > "$evolve_shadow/info/exclude" && shadow_git add -A -f . \
-  && shadow_git -c user.name=evolve -c user.email=evolve@localhost commit -q --no-verify --allow-empty -m base \
+# No template files (sample hooks never run) and no reflog: fewer files, as in the host-built snapshot.
+mkdir -p "$evolve_shadow" && chmod 700 "$evolve_private" && git init -q --bare --template= "$evolve_shadow" \
+  && mkdir -p "$evolve_shadow/info" && printf '%s' "$evolve_exclude" > "$evolve_shadow/info/exclude" \
+  && shadow_git add -A -f . \
+  && shadow_git -c user.name=evolve -c user.email=evolve@localhost -c core.logAllRefUpdates=false \
+     commit -q --no-verify --allow-empty -m base \
   && shadow_git rev-parse HEAD || exit 1
 if [ -n "$evolve_uid" ]; then
   if command -v setpriv > /dev/null 2>&1; then
