@@ -338,11 +338,11 @@ def _install():
         if everything:
             hooks, seen = vars(manager.hook), state["hooks_seen"]
             names = list(filter(methodcaller("startswith", outcome_hooks), list(hooks)))
-            fns = map(function_of, chain.from_iterable(map(impls_of, map(hooks.get, names))))
+            callers = list(map(hooks.get, names))
+            fns = map(function_of, chain.from_iterable(map(impls_of, callers)))
             if seen.keys() >= set(map(key_of, fns)):  # no implementation's function changed (in C)
                 names = []
-            for name in names:
-                caller = hooks[name]
+            for name, caller in zip(names, callers):
                 for impl in caller.get_hookimpls():
                     fn = impl.function
                     if seen.get(key_of(fn)) is fn:
