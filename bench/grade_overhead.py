@@ -39,7 +39,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from evolve.sandbox.docker import docker_client  # noqa: E402
+from evolve.sandbox.docker import docker_client, run_labels  # noqa: E402
 from evolve.sandbox.image import ensure_image  # noqa: E402
 from evolve.synth.build import fetch_sdist, load_recipe, sdist_cache, unpack_sdist  # noqa: E402
 
@@ -131,8 +131,9 @@ def bench_project(client, image: str, name: str, plugins: dict[str, bytes], roun
         for side, src in plugins.items():
             files[f"plugin_{side}/evolve_grade_bench.py"] = src
         archive = tar_bytes(files, root)
+    # Labelled as evolve's own, so a bench killed midway leaves nothing `evolve`'s sweep does not remove.
     container = client.containers.run(image, ["sleep", "infinity"], detach=True, network_mode="none", init=True,
-                                      working_dir="/bench")
+                                      working_dir="/bench", labels=run_labels("bench-grade-overhead"))
     try:
         container.exec_run(["mkdir", "-p", "/bench"])
         container.put_archive("/bench", archive)
