@@ -64,7 +64,11 @@ subprocess's ``__pycache__``) taints its source; code the tests generate while
 they run (pytester) is untrusted.
 
 The hook filters by event name before it walks a frame and caches each code
-object's trust (one ``stat`` per code object that raises a watched event). It
+object's trust (one ``stat`` per code object that raises a watched event). The
+plugin never calls ``id()``: each call raises the audit event "builtins.id" and
+so runs the hook; it compares by identity (``is``) and keys by ``object.__hash__``
+(an address too, and no class can change it), in C loops where nothing changed
+(bench/grade_overhead.py measures what it costs a suite). It
 runs no code of the objects it is given (no ``str``, ``==`` or attribute lookup
 that a class could override), and binds what it uses at load, so it works at
 interpreter exit too. None of this makes the record unforgeable (code under test
@@ -87,7 +91,7 @@ import json
 import marshal
 import os
 from itertools import chain
-from operator import is_not, itemgetter
+from operator import attrgetter, is_not, itemgetter, methodcaller
 import random
 import stat
 import sys
@@ -226,6 +230,12 @@ def _install():
 
     function_type = type(_install)
     call_getter = itemgetter.__call__
+    # An object's address as a number, as id() gives it, but without raising the audit event
+    # "builtins.id": id() would run the audit hook once per object compared (thousands per test).
+    # object's own slot, so no class can change what it returns; unique while the object lives.
+    key_of = object.__hash__
+    impls_of = methodcaller("get_hookimpls")
+    function_of = attrgetter("function")
     outcome_hooks = ("pytest_runtest", "pytest_pyfunc_call", "pytest_report", "pytest_collection",
                      "pytest_make", "pytest_itemcollected", "pytest_deselected", "pytest_sessionfinish",
                      "pytest_terminal_summary", "pytest_exception_interact", "pytest_unconfigure")
@@ -251,7 +261,7 @@ def _install():
         getters = [itemgetter(*(e[3] * 2 if len(e[3]) == 1 else e[3])) for e in tracked]
         classes = [e[1] for e in entries if e[2]]
         return {"entries": entries, "getters": getters, "maps": [e[1] for e in tracked],
-                "ids": tuple(map(id, chain.from_iterable(g(e[1]) for g, e in zip(getters, tracked)))),
+                "values": tuple(chain.from_iterable(g(e[1]) for g, e in zip(getters, tracked))),
                 "classes": classes, "sizes": tuple(map(len, classes))}
 
     def replaced(snap):
@@ -260,9 +270,10 @@ def _install():
         if not snap:
             return []
         try:
-            # ids, not ==: a replacement could say it equals what it replaced (the originals are
-            # held by the entries, so their ids are not reused)
-            same = tuple(map(id, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])))) == snap["ids"]
+            # "is", not ==: a replacement could say it equals what it replaced. One C loop over
+            # every value (no id(): each call would raise an audit event)
+            same = not any(map(is_not, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])),
+                               snap["values"]))
         except KeyError:  # a function was deleted
             same = False
         if same and tuple(map(len, snap["classes"])) == snap["sizes"]:
@@ -305,10 +316,14 @@ def _install():
         if manager is None:
             return []
         out = []
-        for plugin in list(manager.get_plugins()):
-            if id(plugin) in state["plugins_seen"]:
+        seen = state["plugins_seen"]
+        plugins = list(manager.get_plugins())
+        # The common case (no plugin registered since) in C: addresses of live objects (``seen``
+        # holds every plugin it names, so no address is reused) compared as numbers.
+        for plugin in ([] if seen.keys() >= set(map(key_of, plugins)) else plugins):
+            if seen.get(key_of(plugin)) is plugin:
                 continue
-            state["plugins_seen"][id(plugin)] = plugin
+            seen[key_of(plugin)] = plugin
             for caller in getattr(manager, "get_hookcallers", lambda plugin: ())(plugin) or ():
                 for impl in caller.get_hookimpls():
                     if impl.plugin is not plugin:
@@ -321,19 +336,23 @@ def _install():
                         out.append("%s of a plugin registered while the tests ran, from %s"
                                    % (caller.name, code.co_filename))
         if everything:
-            for name, caller in list(vars(manager.hook).items()):
-                if not name.startswith(outcome_hooks):
-                    continue
+            hooks, seen = vars(manager.hook), state["hooks_seen"]
+            names = list(filter(methodcaller("startswith", outcome_hooks), list(hooks)))
+            callers = list(map(hooks.get, names))
+            fns = map(function_of, chain.from_iterable(map(impls_of, callers)))
+            if seen.keys() >= set(map(key_of, fns)):  # no implementation's function changed (in C)
+                names = []
+            for name, caller in zip(names, callers):
                 for impl in caller.get_hookimpls():
                     fn = impl.function
-                    if state["hooks_seen"].get(id(fn)) is fn:
+                    if seen.get(key_of(fn)) is fn:
                         continue
                     code = hook_code(fn)
                     if code is None or not (trusted(code) or runners_own(code)):
                         out.append("%s: its implementation in %s is %s" % (
                             name, getattr(impl, "plugin_name", "?"),
                             "no function" if code is None else "from " + code.co_filename))
-                    state["hooks_seen"][id(fn)] = fn
+                    seen[key_of(fn)] = fn
         return out
 
     def tamper(evidence):
@@ -394,7 +413,7 @@ def _install():
     line_starts = None if hasattr(code_type, "co_lines") else __import__("dis").findlinestarts
     loaded = _now_as_ctime()
     tainted = set()  # file names of code untrusted code compiled or ran, or of bytecode written while the tests ran
-    codes = {}       # id(code) -> (code, its file is trusted, its path in the standard library or None)
+    codes = {}       # key_of(code) -> (code, its file is trusted, its path in the standard library or None)
     busy = set()     # threads inside the hook (its own calls raise events, and must run no foreign code)
 
     def file_trusted(name):
@@ -419,7 +438,7 @@ def _install():
 
     def info(code):
         """(trusted, path in the standard library or None) of a code object, cached per object."""
-        got = codes.get(id(code))
+        got = codes.get(key_of(code))
         if got is not None and got[0] is code:
             return got[1], got[2]
         name = code.co_filename
@@ -434,7 +453,7 @@ def _install():
             codes.clear()
         spans = state["changed"].get(name, ())
         ok = not (spans is None or (spans and runs_lines(code, spans))) and file_trusted(name)
-        codes[id(code)] = (code, ok, lib)
+        codes[key_of(code)] = (code, ok, lib)
         return ok, lib
 
     def runs_lines(code, spans):
@@ -508,9 +527,9 @@ def _install():
         todo, seen = [code], set()
         while todo:
             c = todo.pop()
-            if id(c) in seen:
+            if key_of(c) in seen:
                 continue
-            seen.add(id(c))
+            seen.add(key_of(c))
             if type(c.co_filename) is str:
                 tainted.add(c.co_filename)
             todo.extend(k for k in c.co_consts if type(k) is code_type)
@@ -584,6 +603,11 @@ def _install():
                 if not path.startswith(("/proc", "/dev/fd")):
                     return
                 what = "%s(%s)" % (event, path)
+            elif event == "object.__getattr__":
+                name = args[1] if len(args) > 1 else None
+                if type(name) is str and not name.endswith("_frame"):
+                    return  # a function's code or defaults, a frame's code: reading them hands over no frame
+                what = "read of %r" % (name if type(name) is str else "?",)
             try:
                 frame = getframe(1)
             except ValueError:  # no Python code made this call
@@ -614,11 +638,6 @@ def _install():
                 if name != "__code__" and not owner.startswith(runner_tops):
                     return  # the code's own classes may set their attributes
                 what = "%s(%s, %r)" % (event, label if type(label) is str else "?", name)
-            elif event == "object.__getattr__":
-                name = args[1] if len(args) > 1 else None
-                if type(name) is str and not name.endswith("_frame"):
-                    return  # a function's code or defaults, a frame's code: reading them hands over no frame
-                what = "read of %r" % (name if type(name) is str else "?",)
             if event in direct_events:
                 origin = caller(frame)
             else:
@@ -640,11 +659,11 @@ def _install():
             state["baseline"].update(watched())
             state["namespaces"] = snapshot()
             state["config"] = config
-            state["plugins_seen"].update((id(p), p) for p in config.pluginmanager.get_plugins())
+            state["plugins_seen"].update((key_of(p), p) for p in config.pluginmanager.get_plugins())
             # The hook implementations the run started with are the runner's and the test suite's.
             for caller in list(vars(config.pluginmanager.hook).values()):
                 for impl in getattr(caller, "get_hookimpls", lambda: ())():
-                    state["hooks_seen"][id(impl.function)] = impl.function
+                    state["hooks_seen"][key_of(impl.function)] = impl.function
             state["runner_dirs"] = tuple(os.path.dirname(m.__file__) + os.sep for m in
                                          (sys.modules.get("_pytest"), sys.modules.get("pluggy"))
                                          if getattr(m, "__file__", None)) or ("\0",)
