@@ -495,3 +495,12 @@ def test_name_found_via_cwd_evals(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     # A path is a path: no lookup.
     assert "no task files" in str(raises(load_evalset, "./local"))
     assert any(i.name == "local" for i in list_evalsets())
+
+
+def test_a_missing_eval_set_evolve_has_a_recipe_for_says_how_to_build_it(tmp_path: Path) -> None:
+    empty = tmp_path / "none"
+    empty.mkdir()
+    e = raises(load_evalset, "default", search_dirs=[empty])
+    assert "no eval set named 'default'" in str(e) and "evolve evals build default" in str(e)
+    e = raises(load_evalset, "nosuchset", search_dirs=[empty])
+    assert "no eval set named 'nosuchset'" in str(e) and "evals build" not in str(e)

@@ -219,7 +219,16 @@ def load_evalset(name_or_path: str | Path, *, search_dirs: list[Path] | None = N
         f"no eval set named {name!r}. Looked in: "
         + ", ".join(str(d) for d in dirs)
         + (". Eval sets there: " + ", ".join(names) if names else ". No eval sets there")
-        + ". Pass a directory or .jsonl path, or put the eval set in one of those directories.")
+        + ". Pass a directory or .jsonl path, or put the eval set in one of those directories."
+        + (f" evolve ships a recipe for it: build it with `evolve evals build {name}` (README \"Eval sets\")."
+           if _shipped_recipe(name) else ""))
+
+
+def _shipped_recipe(name: str) -> bool:
+    """Whether evolve's own recipes (package data, ``evolve/recipes/``) include ``name``."""
+    from importlib import resources
+
+    return "/" not in name and (resources.files("evolve") / "recipes" / f"{name}.yaml").is_file()
 
 
 def list_evalsets(search_dirs: list[Path] | None = None) -> list[EvalSetInfo]:
