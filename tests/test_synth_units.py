@@ -349,3 +349,17 @@ def test_no_kind_of_bug_exceeds_its_share_of_the_whole_set():
     assert cap_kind_share(kept, 0.25) == (kept, [])
     with pytest.raises(ValueError):
         cap_kind_share(tasks, 0)
+
+
+def test_the_whole_set_kind_cap_never_empties_a_small_set():
+    from evolve.synth.balance import cap_kind_share
+    from evolve.types import Task
+
+    def task(i, op):
+        return Task(instance_id=f"p__{i}", repo="p", base_commit="0" * 40, problem_statement="x",
+                    repo_path="repos/p", FAIL_TO_PASS=["t::a"], PASS_TO_PASS=[], synth={"kind": "mutation", "operator": op})
+
+    kept, dropped = cap_kind_share([task(0, "flip_operator")], 0.25)
+    assert [t.instance_id for t in kept] == ["p__0"] and dropped == []
+    kept, dropped = cap_kind_share([task(0, "a"), task(1, "b"), task(2, "a")], 0.25)
+    assert [t.instance_id for t in kept] == ["p__0", "p__1"] and [t.instance_id for t in dropped] == ["p__2"]

@@ -21,7 +21,9 @@ def kind_of(task: Task) -> str | None:
 
 def cap_kind_share(tasks: list[Task], max_share: float) -> tuple[list[Task], list[Task]]:
     """``(kept, dropped)``: ``tasks`` without the fewest tasks needed so that no mutation operator makes
-    more than ``max_share`` of the kept tasks (all tasks count in the denominator, capped or not).
+    more than ``max_share`` of the kept tasks (all tasks count in the denominator, capped or not), and
+    never fewer than one task of a kind: like the per-project cap, which never goes below 1, the cap
+    shapes a set and never empties it (a one-task build keeps its task).
 
     While a kind is over, one task of the kind furthest over is dropped: the last one, in ``tasks``'
     order, of the project (``repo_path``) holding most of that kind, so projects keep their spread.
@@ -41,7 +43,7 @@ def cap_kind_share(tasks: list[Task], max_share: float) -> tuple[list[Task], lis
             k = kind_of(t)
             if k is not None:
                 counts[k] = counts.get(k, 0) + 1
-        limit = max_share * len(kept) + 1e-9
+        limit = max(1.0, max_share * len(kept)) + 1e-9
         over = [(n - limit, k) for k, n in counts.items() if n > limit]
         if not over:
             break
