@@ -1,7 +1,7 @@
 """Git on the host, run one safe way.
 
 Every call gets only git's defaults: no system or user config (``GIT_CONFIG_NOSYSTEM``,
-``GIT_CONFIG_GLOBAL=/dev/null``, ``HOME`` and ``XDG_CONFIG_HOME`` a private scratch directory), no
+``GIT_CONFIG_GLOBAL=/dev/null``, ``HOME`` and ``XDG_CONFIG_HOME`` a path that cannot exist, ``NO_HOME``), no
 hooks, no fsmonitor, no commit signing, no prompts and a fixed identity (``evolve <evolve@localhost>``),
 so nothing on the host can run a command of its own or make git fail. A repository's own
 ``.git/config`` still counts, as it must. A failure raises ``HostGitError`` with git's output.
@@ -13,11 +13,9 @@ the repository's own settings decide them (``pinned=False``), since they describ
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from evolve.errors import EvolveError
@@ -30,8 +28,6 @@ SAFE = ("core.hooksPath=/dev/null", "core.fsmonitor=false", "safe.directory=*", 
 PINNED = ("core.autocrlf=false", "core.symlinks=true", "core.filemode=true")
 """``-c`` settings added unless ``pinned=False``: the content of a tree never depends on the host."""
 CONFIG = SAFE + PINNED
-
-_home: str | None = None
 
 
 class HostGitError(EvolveError):
@@ -48,15 +44,15 @@ def run(args: list[str], *, cwd: Path | str | None = None, env: dict[str, str] |
         only: Path | str | None = None, pinned: bool = True) -> bytes:
     """Run ``git ARGS`` on the host (see the module) and return its standard output.
 
-    ``env`` adds variables (``GIT_INDEX_FILE``, say); ``home`` is ``HOME`` (default: an empty private
-    directory made once per process); ``date`` fixes the author and committer dates; ``only`` makes
+    ``env`` adds variables (``GIT_INDEX_FILE``, say); ``home`` is ``HOME`` (default: ``NO_HOME``, where
+    no file can exist); ``date`` fixes the author and committer dates; ``only`` makes
     git use the repository at that path and never search its parent directories; ``pinned=False``
     leaves line endings, symlinks and file modes to the repository's own config.
 
     Raises:
         HostGitError: git exited nonzero, or could not be run.
     """
-    home = str(home or _scratch_home())
+    home = str(home or NO_HOME)
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "XDG_CONFIG_HOME": home,
                 "LANG": "C", "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
                 "GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": IDENTITY[0], "GIT_AUTHOR_EMAIL": IDENTITY[1],
@@ -82,14 +78,11 @@ def text(args: list[str], **kwargs) -> str:
     return run(args, **kwargs).decode("utf-8", "replace")
 
 
-def _scratch_home() -> str:
-    """An empty directory of this process only (removed at exit): git finds no ignore or attributes file
-    of anyone's there, as it could in a shared ``/tmp``."""
-    global _home
-    if _home is None or not os.path.isdir(_home):
-        _home = tempfile.mkdtemp(prefix="evolve-git-home-")
-        atexit.register(shutil.rmtree, _home, True)
-    return _home
+NO_HOME = os.path.join(os.devnull, "evolve-no-home")
+"""``HOME`` and ``XDG_CONFIG_HOME`` of every git call: a path under the null device, which can never be
+a directory, so git finds no ignore, attributes or config file of anyone's there (git treats ENOTDIR as
+a missing file), and nothing is created that a killed process would leave behind (a scratch directory
+per process was, in /tmp)."""
 
 
 class Repo:

@@ -111,3 +111,16 @@ def test_repo_keeps_the_repositorys_own_file_mode_setting(tmp_path: Path) -> Non
     assert git(repo, "diff", "--name-only", "HEAD", sha) == "harness/prompt.txt"
     assert Repo(repo).trailers(sha) == {"Evolve-Run": "x"}
     assert Repo.find(repo / "harness") is not None and Repo.find(repo / "harness", search_parents=False) is None
+
+
+def test_git_calls_leave_nothing_behind_in_tmp_even_when_the_process_is_killed(tmp_path):
+    """A killed evolve process (kill -9, os._exit) must not leave a scratch directory per process."""
+    import sys
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    code = ("import os; from evolve import hostgit; hostgit.text(['init', '-q', %r]); "
+            "hostgit.text(['status'], cwd=%r); os._exit(0)" % (str(tmp_path / "r"), str(tmp_path / "r")))
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(scratch)}, check=True)
+    assert (tmp_path / "r" / ".git").is_dir()
+    assert list(scratch.iterdir()) == []
