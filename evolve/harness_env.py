@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -40,6 +41,8 @@ from evolve.wheelhouse import MAX_WHEELHOUSE_BYTES, Target, glibc_platforms, res
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
+
+_log = logging.getLogger(__name__)
 
 ENV_PATH = "/evolve/env"
 """Where an env is mounted in the agent sandbox (read-only)."""
@@ -154,10 +157,9 @@ def probe_image(client: "docker.DockerClient", image: str, *, home: Path) -> Ima
 
     image_id = _image_id(client, image)
     cache = home / "images" / f"{image_id.replace(':', '-')}.json"
-    try:
-        return ImagePython(**json.loads(cache.read_text()))
-    except (OSError, ValueError, TypeError):
-        pass
+    cached = _cached_probe(cache)
+    if cached is not None:
+        return cached
     with _sandbox(client, image, {}, SandboxLimits(), "probe") as box:
         res = box.exec("command -v python3 >/dev/null || { echo evolve-no-python3; exit 3; }; python3 -I -",
                        timeout_s=PROBE_TIMEOUT_S, stdin=script("probe_python.py").encode())
@@ -174,6 +176,19 @@ def probe_image(client: "docker.DockerClient", image: str, *, home: Path) -> Ima
     tmp.write_text(json.dumps(py.__dict__))
     tmp.replace(cache)  # atomic: a concurrent probe writes the same content
     return py
+
+
+def _cached_probe(cache: Path) -> ImagePython | None:
+    """The probe saved in ``cache``, or None when there is none (never probed) or it cannot be used
+    (unreadable, or written by an evolve whose ``ImagePython`` had other fields): said in the log,
+    and the caller probes again and overwrites it."""
+    try:
+        return ImagePython(**json.loads(cache.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as e:
+        _log.warning("ignoring the python3 probe cache %s (%s); probing the image again", cache, e)
+        return None
 
 
 def _image_id(client: "docker.DockerClient", image: str) -> str:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -251,9 +252,9 @@ def _apply_one(f: _File, block: EditBlock, harness_real: Path, root_real: Path, 
                       f"REPLACE in full; to keep a long stretch unchanged, end the block before it and start "
                       f"another after it.")
     try:
-        return _join(_replace(whole, part, repl))
-    except _NoMatch:
-        pass
+        # Expected: no exact or whitespace-tolerant match; the `...` rung and the message below come next.
+        with contextlib.suppress(_NoMatch):
+            return _join(_replace(whole, part, repl))
     except _Ambiguous as e:
         raise _Failed(f"The SEARCH text matches {len(e.starts)} places in {f.rel} (starting at lines "
                       f"{', '.join(str(s + 1) for s in e.starts[:5])}). Add more context lines around the change "

@@ -12,6 +12,7 @@ where there is one, the field.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -102,10 +103,8 @@ def dump_tasks(tasks: Iterable[Task], path: Path) -> None:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):  # expected: os.replace already moved it
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 

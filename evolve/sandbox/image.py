@@ -14,6 +14,7 @@ sources (``/etc/apt/sources.list``, ``sources.list.d/*.list`` and deb822
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -68,11 +69,9 @@ def ensure_image(client: "docker.DockerClient", image: str | None = None,
     from docker.errors import DockerException, ImageNotFound
 
     ref = image or base_image_tag()
-    try:
+    with contextlib.suppress(ImageNotFound):  # expected: not here yet, so pull or build it below
         client.images.get(ref)
         return ref
-    except ImageNotFound:
-        pass
     try:
         log(f"pulling {ref} ...")
         client.images.pull(ref)

@@ -17,6 +17,7 @@ Environment (set by evolve inside the sandbox):
   EVOLVE_MODEL           model name for the gateway   (default "default")
   EVOLVE_OUTPUT_DIR      where trajectory.json goes   (default /evolve/output)
 """
+import contextlib
 import http.client
 import json
 import os
@@ -117,10 +118,9 @@ def run(command):
         out, _ = proc.communicate(timeout=CONFIG["command_timeout_s"])
         return proc.returncode, out.decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, not just bash
-        except ProcessLookupError:
-            pass
+        # The whole process group, not just bash; expected to be gone already if it ended just now.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         try:
             out, _ = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:  # a daemon escaped the group and holds the pipe
@@ -129,10 +129,9 @@ def run(command):
 
 
 def log(line):
-    try:  # progress goes to evolve's harness.log; never let a closed pipe stop the run
+    # Progress goes to evolve's harness.log; a closed pipe is expected at the end and must not stop the run.
+    with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
-    except OSError:
-        pass
 
 
 def save(traj):
