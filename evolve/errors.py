@@ -8,7 +8,7 @@ What each error stops (each class says who catches it and what the user does):
 
 * **the command** (the CLI prints it, exit 1): ``ConfigError``, ``EvalSetError``,
   ``HarnessError`` (outside a generation), ``SandboxError``, ``ModelError`` and
-  its ``ServeError``, ``StopRun``, ``SynthError`` and its subclasses, ``OutputError``.
+  its ``ServeError``, ``StopRun``, ``SynthError`` and its subclasses, ``OutputError``, ``RunFileError``.
 * **one generation** of ``evolve run`` (recorded as failed; the run goes on):
   ``PlanError``, ``HarnessError``, ``ContextWindowError`` and ``RequestError``
   from an optimizer call, ``InfraError``.
@@ -135,6 +135,11 @@ class RecipeError(SynthError):
 class DownloadError(SynthError):
     """A recipe's source distribution that pip cannot download, or whose sha256 differs from the
     recipe's: the user checks the network (or proxy) and the recipe's pin."""
+
+
+class RunFileError(EvolveError):
+    """A run file cannot be read or written (``evolve.runstate``), or a JSON-lines log has a damaged
+    line (``evolve.store.read_jsonl``); the message names the file (and line) and how to recover."""
 
 
 class OutputError(EvolveError):

@@ -258,19 +258,12 @@ def _usage_of(trace: Path):
     from evolve.types import Usage
 
     total = Usage()
-    if not trace.exists():
-        return total
-    with open(trace, encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(rec, dict) or "call" not in rec:
-                continue
-            usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
-            total = total.add(Usage(calls=1, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                    completion_tokens=int(usage.get("completion_tokens") or 0),
-                                    cost_usd=float(rec.get("cost_usd") or 0.0),
-                                    errors=int(rec.get("status", 200) != 200)))
+    for rec in store.read_jsonl(trace, fix="The patch agent's cost cannot be counted; delete that line."):
+        if "call" not in rec:
+            continue
+        usage = rec.get("usage") if isinstance(rec.get("usage"), dict) else {}
+        total = total.add(Usage(calls=1, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                completion_tokens=int(usage.get("completion_tokens") or 0),
+                                cost_usd=float(rec.get("cost_usd") or 0.0),
+                                errors=int(rec.get("status", 200) != 200)))
     return total

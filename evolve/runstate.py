@@ -17,7 +17,6 @@ Unreadable files raise ``RunFileError`` (an ``EvolveError``) naming the file and
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -25,17 +24,13 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, Field, ValidationError
 
 from evolve import store
-from evolve.errors import ConfigError, EvolveError
+from evolve.errors import ConfigError, EvolveError, RunFileError  # noqa: F401 (RunFileError: re-exported)
 from evolve.owner import pid_alive
 
 Status = Literal["running", "pending", "accepted", "rejected", "refused", "failed"]
 FINAL = ("pending", "accepted", "rejected", "refused", "failed")
 """Statuses a generation ends with; ``pending`` (``acceptance.approval: manual``) waits for a person,
 who turns it into ``accepted`` or ``rejected`` (``evolve.approval``)."""
-
-
-class RunFileError(EvolveError):
-    """A run file cannot be read or written; the message names the file and how to recover."""
 
 
 class CandidateRecord(BaseModel):
@@ -246,20 +241,8 @@ class RunStore:
 
     def events(self) -> list[dict]:
         """Every event, in order; a torn last line (a kill during an append) is left out."""
-        path = self.dir / "events.jsonl"
-        if not path.exists():
-            return []
-        out, lines = [], path.read_text().splitlines()
-        for i, line in enumerate(lines):
-            try:
-                if line.strip():
-                    out.append(json.loads(line))
-            except json.JSONDecodeError:
-                if i == len(lines) - 1:
-                    break
-                raise RunFileError(f"{path}, line {i + 1}: not JSON. Delete that line (the log is informational)."
-                                   ) from None
-        return out
+        return list(store.read_jsonl(self.dir / "events.jsonl",
+                                     fix="Delete that line (the log is informational)."))
 
     def _write(self, write) -> None:
         try:

@@ -38,9 +38,10 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from evolve import owner
+from evolve.errors import RunFileError
 from evolve.types import TaskResult
 
 
@@ -141,6 +142,47 @@ def append_jsonl(path: Path, obj: Any) -> None:
         f.write(json.dumps(obj, sort_keys=True, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path, *, fix: str = "Delete that line.") -> Iterator[dict]:
+    """``read_jsonl_lines`` without the line numbers."""
+    return (obj for _, obj in read_jsonl_lines(path, fix=fix))
+
+
+def read_jsonl_lines(path: Path, *, fix: str = "Delete that line.") -> Iterator[tuple[int, dict]]:
+    """``(line number from 1, JSON object)`` for each record of the log ``path``, in file order; a
+    missing file has none.
+    The reader for what ``append_jsonl`` and the gateway's ``append_trace`` write.
+
+    Lines end at ``"\n"`` only (JSON allows U+2028 unescaped in strings, and traces are written
+    with ``ensure_ascii=False``); blank lines are skipped; bytes that are not UTF-8 read as U+FFFD.
+    Logs are append-only and each line is written whole, so a kill during an append can leave only
+    a partial *last* line, without its newline: such a line, when it is not a JSON object, is left
+    out (it was never a record; the same rule as ``evolve.lessons.load``). Any other line that is
+    not a JSON object was damaged or edited by hand and is an error, never skipped: a reader that
+    skipped it would undercount costs or lose events without a word.
+
+    Raises:
+        RunFileError: a line other than a torn last one is not a JSON object; the message names
+            the file and the 1-based line, followed by ``fix`` (what the user should do).
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8", "replace"))
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                yield n, obj
+            elif raw.endswith(b"\n"):
+                raise RunFileError(f"{path}, line {n}: not a JSON object. {fix}")
+            # else: the last line, torn by a kill during its append (see above)
 
 
 def now_iso() -> str:

@@ -82,6 +82,26 @@ def test_a_bad_lesson_line_in_the_middle_is_an_error(tmp_path):
         load(path)
 
 
+def test_the_jsonl_reader_leaves_out_only_a_torn_last_line(tmp_path):
+    from evolve.store import append_jsonl, read_jsonl, read_jsonl_lines
+
+    path = tmp_path / "log.jsonl"
+    assert list(read_jsonl(path)) == []  # missing: empty
+    append_jsonl(path, {"n": 1, "text": "a\u2028b\rc"})  # JSON may hold U+2028 unescaped
+    with open(path, "ab") as f:
+        f.write('{"n": 2, "text": "a\u2028b"}\n\n'.encode())  # as the trace writes it; a blank line
+        f.write(b'{"n": 3, "tex')  # a kill during the third append
+    assert [(n, r["n"], r["text"]) for n, r in read_jsonl_lines(path)] == [(1, 1, "a\u2028b\rc"),
+                                                                          (2, 2, "a\u2028b")]
+    with open(path, "ab") as f:
+        f.write(b't": "x"}')  # the same line, whole but without its newline: a record
+    assert [r["n"] for r in read_jsonl(path)] == [1, 2, 3]
+    with open(path, "ab") as f:
+        f.write(b'\n[1, 2]\n{"n": 5}\n')  # a damaged line before the end: never skipped
+    with pytest.raises(RunFileError, match=r"log.jsonl, line 5: not a JSON object. Delete it, please"):
+        list(read_jsonl(path, fix="Delete it, please."))
+
+
 def test_lessons_are_appended_once_per_generation(tmp_path):
     path = tmp_path / "lessons.jsonl"
     assert append_once(path, Lesson(generation=1, outcome="accepted"))

@@ -24,28 +24,11 @@ import re
 from pathlib import Path
 
 from evolve.runstate import GenerationRecord, RunState, RunStore
-from evolve.store import now_iso
+from evolve.store import now_iso, read_jsonl
 
 _STAMP = re.compile(r"^(?P<label>.+?)(-\d{8}-\d{6}-[0-9a-f]{4})?$")
 TASK_FILES = ("trajectory.json", "trace.jsonl", "test_output.txt", "harness.log", "model.patch")
 """A task's files that the report links (as written by ``evolve.evaluate.Evaluation``)."""
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The JSON objects of ``path``, one a line; a torn or non-object line is left out (logs are
-    append-only and a kill can tear the last line). A missing file is empty."""
-    if not path.exists():
-        return []
-    out = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-    return out
 
 
 def eval_dirs(run_dir: Path) -> dict[str, list[Path]]:

@@ -98,25 +98,21 @@ def load(run_dir: Path) -> list[Node]:
     first (the first line of each (gen, cand) wins; a torn last line is left out).
 
     Raises:
-        RunFileError: a line other than the last is not a node (the file was edited by hand).
+        RunFileError: a line other than a torn last one is not a node (the file was edited by hand;
+            ``evolve.store.read_jsonl`` says which lines are torn).
     """
     from evolve.runstate import RunFileError
 
     path = path_of(run_dir)
     if not path.exists():
         return []
+    fix = "Delete that line; `evolve run --resume` writes it again from the generation's record."
     nodes: dict[tuple[int, bool, int], Node] = {}
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
+    for n, obj in store.read_jsonl_lines(path, fix=fix):
         try:
-            node = Node.model_validate_json(line)
+            node = Node.model_validate(obj)
         except ValueError:  # pydantic's ValidationError is one
-            if i == len(lines) - 1:
-                break
-            raise RunFileError(f"{path}, line {i + 1}: not an archive node. Delete that line; `evolve run --resume` "
-                             "writes it again from the generation's record.") from None
+            raise RunFileError(f"{path}, line {n}: not an archive node. {fix}") from None
         nodes.setdefault(key(node), node)
     return [nodes[k] for k in sorted(nodes)]
 
