@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from evolve.diffwalk import walk
 from evolve.errors import InfraError
 from evolve.sandbox.docker import TAR_TRAILER, Sandbox, tar_entry
 from evolve.testbed import (PRIVATE, SHADOW, TESTBED, TREE_RESET, kill_all_script, run_as_root, sandbox_ids, script,
@@ -121,9 +122,6 @@ Baseline = Callable[[], Grade]
 
 # -- patches as bytes: header paths only ----------------------------------------------------------
 
-_HUNK = re.compile(rb"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
-
-
 def _unquote(name: bytes) -> bytes:
     """A C-quoted git path (``"a/t\\tx"``) as bytes; others unchanged."""
     if not name.startswith(b'"') or not name.endswith(b'"') or len(name) < 2:
@@ -151,44 +149,18 @@ def _unquote(name: bytes) -> bytes:
 def patch_paths(diff: bytes | str) -> list[str]:
     """Paths a unified (or git) diff names in its file headers, in order, without duplicates.
 
-    Lines inside hunks are skipped by counting each hunk's lines, so a ``+++`` line
-    of content is never taken for a header. Prefixes ``a/`` and ``b/`` are removed;
-    C-quoted names are decoded (as bytes, shown with ``surrogateescape``).
-
-    Why not ``unidiff`` (which ``evolve.edits.parse_unified_diff`` uses): this reads a
-    candidate's patch, hostile bytes, to find every path ``git apply`` will touch.
-    unidiff 1.0 decodes the patch as UTF-8 (a Latin-1 patch raises
-    ``UnicodeDecodeError``), and it keeps git's C-quoted names quoted and escaped
-    (``"a/\\056\\056/x"`` would hide a ``..`` from ``malformed``). Counting hunk lines
-    the way git does, here, is what keeps a ``+++`` line of content from passing for
-    a header.
+    Only header lines count (``evolve.diffwalk`` counts each hunk's lines as git does), so a
+    ``+++`` line of content is never taken for a header. Prefixes ``a/`` and ``b/`` are removed;
+    C-quoted names are decoded (as bytes, shown with ``surrogateescape``): this reads a
+    candidate's patch, hostile bytes, to find every path ``git apply`` will touch, and a quoted
+    ``"a/\\056\\056/x"`` must not hide a ``..`` from ``malformed``.
     """
     data = diff.encode("utf-8", "surrogateescape") if isinstance(diff, str) else diff
     names: list[bytes] = []
-    lines = data.split(b"\n")
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        m = _HUNK.match(line)
-        if m:
-            old = int(m.group(1)) if m.group(1) is not None else 1
-            new = int(m.group(2)) if m.group(2) is not None else 1
-            i += 1
-            while i < len(lines) and (old > 0 or new > 0):
-                body = lines[i]
-                if body.startswith(b"\\"):
-                    i += 1
-                    continue
-                tag = body[:1]
-                if tag == b"-":
-                    old -= 1
-                elif tag == b"+":
-                    new -= 1
-                else:  # context (a blank line is a context line whose space was stripped)
-                    old -= 1
-                    new -= 1
-                i += 1
+    for d in walk(data):
+        if d.kind != "header":
             continue
+        line = d.text
         if line.startswith(b"diff --git "):
             rest = line[len(b"diff --git "):]
             if rest.startswith(b'"'):
@@ -200,10 +172,9 @@ def patch_paths(diff: bytes | str) -> list[str]:
                     names += [rest[:half], rest[half + 1:]]
         for head in (b"--- ", b"+++ ", b"rename from ", b"rename to ", b"copy from ", b"copy to "):
             if line.startswith(head):
-                name = line[len(head):]
-                name = _unquote(name) if name.startswith(b'"') else name.split(b"\t", 1)[0]
-                names.append(name)
-        i += 1
+                # git ends a name holding a space with a tab (quoted or not); a quoted name has no raw tab
+                name = line[len(head):].split(b"\t", 1)[0]
+                names.append(_unquote(name) if name.startswith(b'"') else name)
     out: list[str] = []
     for raw in names:
         name = raw.rstrip(b"\r")

@@ -41,83 +41,96 @@ from __future__ import annotations
 
 import re
 
+from evolve.diffwalk import HUNK, DiffLine, walk
+
 __all__ = ["DEFAULT_TEST_CMD", "reverse_diff", "swesmith_fields"]
 
 DEFAULT_ENV = ["source /opt/miniconda3/bin/activate", "conda activate testbed"]
 DEFAULT_TEST_CMD = "pytest --disable-warnings --color=no --tb=no --verbose -rA"
 """SWE-smith's ``PythonProfile.test_cmd`` (after its conda lines, ``DEFAULT_ENV``), plus ``-rA``."""
 
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@(.*)$")
+_REFUSED = (b"rename ", b"copy ", b"similarity ", b"Binary files ", b"GIT binary patch")
+_SWAPPED = ((b"new file mode ", b"deleted file mode "), (b"deleted file mode ", b"new file mode "),
+            (b"old mode ", b"new mode "), (b"new mode ", b"old mode "))
 
 
 def reverse_diff(diff: str) -> str | None:
     """The unified (git) diff that undoes ``diff``, or None if it renames, copies or changes binary files
-    (which evolve does not reverse). Headers are swapped, hunk ranges swapped, ``-``/``+`` lines
-    exchanged (within each changed run the removed lines come first, as git writes them)."""
-    lines = diff.split("\n")
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        m = _HUNK.match(line)
-        if m:
-            old_n = int(m.group(2)) if m.group(2) is not None else 1
-            new_n = int(m.group(4)) if m.group(4) is not None else 1
-            old = f"{m.group(1)}" + (f",{m.group(2)}" if m.group(2) is not None else "")
-            new = f"{m.group(3)}" + (f",{m.group(4)}" if m.group(4) is not None else "")
-            out.append(f"@@ -{new} +{old} @@{m.group(5)}")
-            i += 1
-            run: list[list[str]] = []  # one changed run: [line, optional "\ No newline" marker]
-            while i < len(lines) and (old_n > 0 or new_n > 0 or lines[i].startswith("\\")):
-                body = lines[i]
-                if body.startswith("\\"):
-                    (run[-1] if run else out).append(body)  # stays with the line it belongs to
-                    i += 1
-                    continue
-                tag = body[:1]
-                if tag in ("-", "+"):
-                    old_n -= tag == "-"
-                    new_n -= tag == "+"
-                    run.append([("+" if tag == "-" else "-") + body[1:]])
-                else:
-                    out.extend(_flush(run))
-                    old_n, new_n = old_n - 1, new_n - 1
-                    out.append(body)
-                i += 1
-            out.extend(_flush(run))
-            continue
-        if line.startswith(("rename ", "copy ", "similarity ", "Binary files ", "GIT binary patch")):
-            return None
-        if line.startswith("diff --git a/") and " b/" in line:
-            a, b = line[len("diff --git a/"):].split(" b/", 1)
-            out.append(f"diff --git a/{b} b/{a}")
-        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
-            src, dst = line[4:].split("\t", 1)[0], lines[i + 1][4:].split("\t", 1)[0]
-            out.append("--- " + (dst if dst == "/dev/null" else "a/" + dst.removeprefix("b/")))
-            out.append("+++ " + (src if src == "/dev/null" else "b/" + src.removeprefix("a/")))
-            i += 1
-        elif line.startswith("new file mode "):
-            out.append("deleted file mode " + line[len("new file mode "):])
-        elif line.startswith("deleted file mode "):
-            out.append("new file mode " + line[len("deleted file mode "):])
-        elif line.startswith("old mode "):
-            out.append("new mode " + line[len("old mode "):])
-        elif line.startswith("new mode "):
-            out.append("old mode " + line[len("new mode "):])
-        elif line.startswith("index ") and ".." in line:
-            ids, _, mode = line[len("index "):].partition(" ")
-            a, b = ids.split("..", 1)
-            out.append(f"index {b}..{a}" + (f" {mode}" if mode else ""))
+    (which evolve does not reverse). Headers are swapped (git's C-quoted names too), hunk ranges
+    swapped, ``-``/``+`` lines exchanged (within each changed run the removed lines come first, as
+    git writes them); hunk lines are told from headers by ``evolve.diffwalk``. ``diff --git a/X b/X``
+    stays as it is: without renames both names are the same."""
+    out: list[bytes] = []
+    run: list[bytes] = []  # one changed run, each line with any "\ No newline" marker after it
+    after_old_name = False  # the line before was a "---" file header
+    for d in walk(diff.encode("utf-8", "surrogateescape")):
+        line = d.text
+        if d.kind in ("-", "+"):
+            run.append((b"+" if d.kind == "-" else b"-") + line[1:])
+        elif d.kind == "\\" and run:
+            run[-1] += b"\n" + line  # stays with the line it belongs to
         else:
-            out.append(line)
-        i += 1
-    return "\n".join(out)
+            out += _flush(run)
+            reversed_line = _reverse_line(d)
+            if reversed_line is None:
+                return None
+            out.append(reversed_line)
+            if after_old_name and line.startswith(b"+++ "):
+                _swap_names(out)
+        after_old_name = d.kind == "header" and line.startswith(b"--- ")
+    out += _flush(run)
+    return b"\n".join(out).decode("utf-8", "surrogateescape")
 
 
-def _flush(run: list[list[str]]) -> list[str]:
-    ordered = [x for x in run if x[0].startswith("-")] + [x for x in run if x[0].startswith("+")]
+def _reverse_line(d: DiffLine) -> bytes | None:
+    """A line that is not part of a changed run, reversed (the ``---``/``+++`` pair is swapped by
+    ``_swap_names`` after); None for one evolve does not reverse."""
+    line = d.text
+    if d.kind == "hunk":
+        m = HUNK.match(line)
+        old = m.group(1) + (b"," + m.group(2) if m.group(2) is not None else b"")
+        new = m.group(3) + (b"," + m.group(4) if m.group(4) is not None else b"")
+        return b"@@ -" + new + b" +" + old + b" @@" + m.group(5)
+    if d.kind != "header":
+        return line
+    if line.startswith(_REFUSED):
+        return None
+    for a, b in _SWAPPED:
+        if line.startswith(a):
+            return b + line[len(a):]
+    if line.startswith(b"index ") and b".." in line:
+        ids, _, mode = line[len(b"index "):].partition(b" ")
+        a, b = ids.split(b"..", 1)
+        return b"index " + b + b".." + a + (b" " + mode if mode else b"")
+    return line
+
+
+def _swap_names(out: list[bytes]) -> None:
+    """``out`` ends with a ``---`` and a ``+++`` line: make them the reversed pair."""
+    (src, src_tail), (dst, dst_tail) = (_name(x[4:]) for x in out[-2:])
+    out[-2:] = [b"--- " + _prefixed(dst, b"b/", b"a/") + dst_tail, b"+++ " + _prefixed(src, b"a/", b"b/") + src_tail]
+
+
+def _name(field: bytes) -> tuple[bytes, bytes]:
+    """A ``---``/``+++`` name and what follows it from its tab on (git ends a name holding a space
+    with a tab; a C-quoted name has no raw tab)."""
+    name, tab, tail = field.partition(b"\t")
+    return name, tab + tail
+
+
+def _prefixed(name: bytes, old: bytes, new: bytes) -> bytes:
+    """``name`` with its ``old`` prefix (``a/``/``b/``) made ``new``, inside git's quotes if quoted."""
+    if name == b"/dev/null":
+        return name
+    if name.startswith(b'"'):
+        return b'"' + new + name[1:].removeprefix(old)
+    return new + name.removeprefix(old)
+
+
+def _flush(run: list[bytes]) -> list[bytes]:
+    ordered = [x for x in run if x.startswith(b"-")] + [x for x in run if x.startswith(b"+")]
     run.clear()
-    return [part for x in ordered for part in x]
+    return ordered
 
 
 def swesmith_fields(row: dict, test_cmd: str | None, log_parser: str) -> dict | str:
