@@ -101,3 +101,14 @@ def test_the_walker_ends_a_hunk_by_its_counts(repo):
     assert kinds[b"--- not a header"] == "-" and kinds[b"+++ not a header either"] == "+"
     assert kinds[b"--- a/plain.py"] == "header" and kinds[b"\\ No newline at end of file"] == "\\"
     assert b"".join(d.text + b"\n" for d in walk(diff))[:-1] == diff  # every line, once, in order
+
+
+def test_a_quoted_climbing_name_with_gits_trailing_tab_is_malformed():
+    """Hostile: git ends a name holding a space with a tab, quoted names too; the tab must not keep
+    the name from being unquoted, or ``\\056\\056`` (``..``) passes the grader's path check."""
+    from evolve.grading import malformed
+
+    headers = b'--- "a/\\056\\056/x y"\t\n+++ "b/\\056\\056/x y"\t\n@@ -1 +1 @@\n-a\n+b\n'
+    for diff in (headers, b'diff --git "a/\\056\\056/x y" "b/\\056\\056/x y"\n' + headers):
+        assert patch_paths(diff) == ["../x y"]
+        assert "'..' are not allowed" in malformed(diff)
