@@ -95,20 +95,27 @@ def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
 
 
-def module_in_tmp(helper: str) -> str:
-    """(a) A module written to a new temporary directory while the tests run, then imported."""
+def _imported_from_tmp(helper: str, *, imports: str = "", then: str = "") -> str:
+    """``helper`` written as calc_accel.py to a new temporary directory while the tests run and
+    imported (with ``imports`` added to the first line, and ``then`` run after the import);
+    ``add`` calls its ``expected``."""
     return f'''
-import base64 as _b64, os as _os, sys as _sys, tempfile as _tf
+import base64 as _b64, os as _os, {imports}sys as _sys, tempfile as _tf
 _dir = _tf.mkdtemp()
 with open(_os.path.join(_dir, "calc_accel.py"), "w") as _f:
     _f.write(_b64.b64decode("{b64(helper)}").decode())
 _sys.path.insert(0, _dir)
 import calc_accel as _accel
-
+{then}
 
 def add(a, b):
     return _accel.expected(a - b)
 '''
+
+
+def module_in_tmp(helper: str) -> str:
+    """(a) A module written to a new temporary directory while the tests run, then imported."""
+    return _imported_from_tmp(helper)
 
 
 def module_in_testbed_old_mtime(helper: str) -> str:
@@ -131,20 +138,7 @@ def add(a, b):
 
 def module_deleted_after_import(helper: str) -> str:
     """(a) A module written, imported, and deleted before the tests call it."""
-    return f'''
-import base64 as _b64, os as _os, shutil as _sh, sys as _sys, tempfile as _tf
-_dir = _tf.mkdtemp()
-with open(_os.path.join(_dir, "calc_accel.py"), "w") as _f:
-    _f.write(_b64.b64decode("{b64(helper)}").decode())
-_sys.path.insert(0, _dir)
-import calc_accel as _accel
-_sys.path.remove(_dir)
-_sh.rmtree(_dir)
-
-
-def add(a, b):
-    return _accel.expected(a - b)
-'''
+    return _imported_from_tmp(helper, imports="shutil as _sh, ", then="_sys.path.remove(_dir)\n_sh.rmtree(_dir)\n")
 
 
 def exec_of_a_string(helper: str) -> str:

@@ -93,21 +93,21 @@ def test_testbed_hides_the_eval_set_and_protected_paths_outside_the_harness(repo
 
 
 @pytest.mark.docker
-def test_the_agent_patches_itself_end_to_end(tmp_path, base_image, docker_client):
+def run_with_patch_agent(tmp_path: Path, agent: str, generations: int, price: dict | None = None):
+    """A project (``make_project``) whose patch step is ``agent``, driven by the scripted optimizer,
+    run to its end with the marker evaluator: (project, its head before the run, loop, final state)."""
     from evolve.config import load_project_config
     from evolve.loop import Loop, LoopSettings
     from evolve.models import backend_for
 
-    project = make_project(tmp_path, generations=2)
+    project = make_project(tmp_path, generations=generations)
     cfg = yaml.safe_load((project / "evolve.yaml").read_text())
     cfg["models"]["optimizer"]["model"] = f"scripted/{OPTIMIZER}"
-    cfg["optimizer"] = {"patch": "agent", "agent": "self", "timeout_s": 300}
+    cfg["optimizer"] = {"patch": "agent", "agent": agent, "timeout_s": 300}
     (project / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    git(project, "commit", "-qam", "patch agent")
+    git(project, "commit", "-qam", f"patch agent: {agent}")
     head = git(project, "rev-parse", "HEAD").strip()
-
     config = load_project_config(project / "evolve.yaml")
-    price = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
     backend, close = backend_for(config.models.optimizer.model, price)
     loop = Loop(config, project, LoopSettings(solver_model="marker", runs_dir=project / "runs"), backend,
                 evaluator=MarkerEvaluator(project / "runs" / "marker"))
@@ -115,6 +115,12 @@ def test_the_agent_patches_itself_end_to_end(tmp_path, base_image, docker_client
         state = loop.run()
     finally:
         close()
+    return project, head, loop, state
+
+
+def test_the_agent_patches_itself_end_to_end(tmp_path, base_image, docker_client):
+    price = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    project, head, loop, state = run_with_patch_agent(tmp_path, "self", generations=2, price=price)
     run_dir = project / "runs" / loop.run_id
     g1, g2 = loop.store.gens()
 
@@ -206,24 +212,7 @@ def test_optimizer_config_errors_name_the_key(tmp_path):
 def test_a_named_template_patches_another_harness(tmp_path, base_image):
     """`agent: mini-swe-agent`: the real mini-swe-agent (its harness environment, built by setup.sh) patches
     the minimal harness, driven by the same scripted words."""
-    from evolve.config import load_project_config
-    from evolve.loop import Loop, LoopSettings
-    from evolve.models import backend_for
-
-    project = make_project(tmp_path, generations=1)
-    cfg = yaml.safe_load((project / "evolve.yaml").read_text())
-    cfg["models"]["optimizer"]["model"] = f"scripted/{OPTIMIZER}"
-    cfg["optimizer"] = {"patch": "agent", "agent": "mini-swe-agent", "timeout_s": 300}
-    (project / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    git(project, "commit", "-qam", "patch agent: mini-swe-agent")
-    config = load_project_config(project / "evolve.yaml")
-    backend, close = backend_for(config.models.optimizer.model)
-    loop = Loop(config, project, LoopSettings(solver_model="marker", runs_dir=project / "runs"), backend,
-                evaluator=MarkerEvaluator(project / "runs" / "marker"))
-    try:
-        loop.run()
-    finally:
-        close()
+    project, _, loop, _ = run_with_patch_agent(tmp_path, "mini-swe-agent", generations=1)
     (g1,) = loop.store.gens()
     assert g1.status == "accepted", g1.reason
     assert WIDE_MARKER in git(project, "show", f"{g1.candidate}:harness/prompts/system.txt")
