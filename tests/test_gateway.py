@@ -278,22 +278,28 @@ def test_cost_limit_always_counts_and_a_free_model_never_reaches_it(make_gateway
         Limits(max_cost_usd=0)  # a task that may spend nothing could not call the model at all
 
 
-def test_concurrent_calls_are_counted_exactly(make_gateway, scripted):
-    gw = make_gateway(scripted, Limits(max_calls=1000))
+def concurrent_statuses(gw, threads: int, calls_each: int) -> list[int]:
+    """The HTTP statuses of ``threads`` threads each making ``calls_each`` calls to ``gw`` at once."""
     results: list[int] = []
     lock = threading.Lock()
 
     def worker():
-        for _ in range(5):
+        for _ in range(calls_each):
             status, _ = call(gw, chat())
             with lock:
                 results.append(status)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join(60)
+    return results
+
+
+def test_concurrent_calls_are_counted_exactly(make_gateway, scripted):
+    gw = make_gateway(scripted, Limits(max_calls=1000))
+    results = concurrent_statuses(gw, threads=8, calls_each=5)
     assert results == [200] * 40
     usage, lines = gw.usage, trace(gw)
     assert usage.calls == 40 and usage.errors == 0
@@ -304,20 +310,7 @@ def test_concurrent_calls_are_counted_exactly(make_gateway, scripted):
 
 def test_concurrent_calls_never_exceed_the_call_limit(make_gateway, scripted):
     gw = make_gateway(scripted, Limits(max_calls=13))
-    results: list[int] = []
-    lock = threading.Lock()
-
-    def worker():
-        for _ in range(4):
-            status, _ = call(gw, chat())
-            with lock:
-                results.append(status)
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = concurrent_statuses(gw, threads=6, calls_each=4)
     assert results.count(200) == 13 and results.count(403) == 11
     assert gw.usage.calls == 13 and gw.usage.errors == 11 and len(trace(gw)) == 24
 

@@ -341,16 +341,13 @@ class Sandbox:
         return files
 
     def put_tar(self, dest: str, data: bytes, *, owned: bool = True) -> None:
-        """Extract a tar archive into ``dest`` (created; owned by the sandbox user if ``owned``, else root)."""
-        from docker.errors import DockerException
+        """Extract a tar archive into ``dest`` (created; owned by the sandbox user if ``owned``, else root).
 
+        Raises:
+            InfraError: ``kind="docker"`` when the copy fails.
+        """
         self.exec(f"mkdir -p {shlex.quote(dest)}", timeout_s=30, user="root")
-        try:
-            ok = self.container.put_archive(dest, data)
-        except DockerException as e:
-            raise InfraError("docker", f"copy into {dest} failed: {e}") from None
-        if not ok:
-            raise InfraError("docker", f"copy into {dest} failed")
+        self.put_archive(data, dest)
         if self.user and owned:
             self.exec(f"chown -R {self.user} {shlex.quote(dest)}", timeout_s=120, user="root")
 
