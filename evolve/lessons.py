@@ -12,14 +12,13 @@ the latest few so the model knows what was just tried.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from evolve import store
-from evolve.errors import EvolveError
+from evolve.errors import RunFileError
 
 
 class Lesson(BaseModel):
@@ -59,31 +58,22 @@ def append_once(path: Path, lesson: Lesson) -> bool:
 def load(path: Path, *, repair: bool = False) -> list[Lesson]:
     """The lessons in generation order, one per generation (its last line wins).
 
-    A last line without its newline that is not valid JSON was torn by a kill during an append:
-    it is skipped, and cut off the file when ``repair`` is set.
+    Lines are read by ``store.read_jsonl_lines``: a last line torn by a kill during an append is
+    left out, and with ``repair`` cut off the file first (``store.end_torn_line``).
 
     Raises:
-        EvolveError: a line other than a torn last one is not a valid lesson.
+        EvolveError: a line other than a torn last one is not a valid lesson (``RunFileError``).
     """
-    if not path.exists():
-        return []
-    text = path.read_text()
-    lines = text.split("\n")
+    if repair:
+        store.end_torn_line(path)
+    what = "a valid lesson"
+    fix = "Delete that line; `evolve run --resume` writes a missing generation's lesson again from its record."
     by_gen: dict[int, Lesson] = {}
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
+    for n, obj in store.read_jsonl_lines(path, what=what, fix=fix):
         try:
-            lesson = Lesson.model_validate(json.loads(line))
-        except (ValueError, TypeError) as e:
-            if i == len(lines) - 1:  # no newline after it: torn
-                if repair:
-                    with open(path, "r+b") as f:
-                        f.truncate(len(text.encode()) - len(line.encode()))
-                break
-            raise EvolveError(f"{path}, line {i + 1}: not a valid lesson ({str(e).splitlines()[0][:200]}). Delete "
-                              "that line; `evolve run --resume` writes a missing generation's lesson again "
-                              "from its record.") from None
+            lesson = Lesson.model_validate(obj)
+        except ValueError as e:  # pydantic's ValidationError is one
+            raise RunFileError(f"{path}, line {n}: not {what} ({str(e).splitlines()[0][:200]}). {fix}") from None
         by_gen[lesson.generation] = lesson
     return [by_gen[g] for g in sorted(by_gen)]
 

@@ -234,7 +234,7 @@ class RunStore:
         path = self.dir / "events.jsonl"
 
         def write() -> None:
-            _cut_torn_line(path)
+            store.end_torn_line(path)
             store.append_jsonl(path, {"ts": store.now_iso(), "event": event, **fields})
 
         self._write(write)
@@ -251,29 +251,6 @@ class RunStore:
             raise RunFileError(f"cannot write the run's files in {self.dir}: {e.strerror or e}. Make the folder "
                                f"writable (e.g. `chmod -R u+w {self.dir}`) or free some space, then "
                                f"`evolve run --resume {self.run_id}`.") from None
-
-
-def _cut_torn_line(path: Path) -> None:
-    """Cut off a last line left without its newline (a kill during an append), so the log stays
-    one whole JSON object per line."""
-    if not path.exists() or not path.stat().st_size:
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        pos = size
-        while pos > 0:
-            step = min(4096, pos)
-            f.seek(pos - step)
-            chunk = f.read(step)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                f.truncate(pos - step + nl + 1)
-                return
-            pos -= step
-        f.truncate(0)
 
 
 M = TypeVar("M", bound=BaseModel)

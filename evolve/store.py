@@ -144,12 +144,48 @@ def append_jsonl(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: Path, *, fix: str = "Delete that line.") -> Iterator[dict]:
+def end_torn_line(path: Path) -> None:
+    """Make ``path`` end in a whole line before an append after a kill, under ``read_jsonl``'s rule:
+    a last line without its newline that is a JSON object is a record (its newline is added); any
+    other is torn (cut off). Without this, the next append would join the torn piece into a line
+    that is damaged for good. Writers of one log must be serialized around it, as around appends."""
+    try:
+        f = open(path, "rb+")
+    except FileNotFoundError:
+        return
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        pos = size
+        while pos > 0:  # back to the last newline, a piece at a time (a trace line can be large)
+            step = min(64 * 1024, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            if pos == size and chunk.endswith(b"\n"):
+                return
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                pos = pos - step + nl + 1
+                break
+            pos -= step
+        f.seek(pos)
+        try:
+            whole = isinstance(json.loads(f.read().decode("utf-8", "replace")), dict)
+        except ValueError:
+            whole = False
+        if whole:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(pos)
+
+
+def read_jsonl(path: Path, *, what: str = "a JSON object", fix: str = "Delete that line.") -> Iterator[dict]:
     """``read_jsonl_lines`` without the line numbers."""
-    return (obj for _, obj in read_jsonl_lines(path, fix=fix))
+    return (obj for _, obj in read_jsonl_lines(path, what=what, fix=fix))
 
 
-def read_jsonl_lines(path: Path, *, fix: str = "Delete that line.") -> Iterator[tuple[int, dict]]:
+def read_jsonl_lines(path: Path, *, what: str = "a JSON object",
+                     fix: str = "Delete that line.") -> Iterator[tuple[int, dict]]:
     """``(line number from 1, JSON object)`` for each record of the log ``path``, in file order; a
     missing file has none.
     The reader for what ``append_jsonl`` and the gateway's ``append_trace`` write.
@@ -158,13 +194,15 @@ def read_jsonl_lines(path: Path, *, fix: str = "Delete that line.") -> Iterator[
     with ``ensure_ascii=False``); blank lines are skipped; bytes that are not UTF-8 read as U+FFFD.
     Logs are append-only and each line is written whole, so a kill during an append can leave only
     a partial *last* line, without its newline: such a line, when it is not a JSON object, is left
-    out (it was never a record; the same rule as ``evolve.lessons.load``). Any other line that is
+    out (it was never a record), and ``end_torn_line`` cuts it off before the next append. Any other
+    line that is
     not a JSON object was damaged or edited by hand and is an error, never skipped: a reader that
     skipped it would undercount costs or lose events without a word.
 
     Raises:
         RunFileError: a line other than a torn last one is not a JSON object; the message names
-            the file and the 1-based line, followed by ``fix`` (what the user should do).
+            the file and the 1-based line, calls the line "not ``what``", and ends with ``fix``
+            (what the user should do). A caller that checks each object's shape says the same.
     """
     try:
         f = open(path, "rb")
@@ -181,7 +219,7 @@ def read_jsonl_lines(path: Path, *, fix: str = "Delete that line.") -> Iterator[
             if isinstance(obj, dict):
                 yield n, obj
             elif raw.endswith(b"\n"):
-                raise RunFileError(f"{path}, line {n}: not a JSON object. {fix}")
+                raise RunFileError(f"{path}, line {n}: not {what}. {fix}")
             # else: the last line, torn by a kill during its append (see above)
 
 

@@ -102,6 +102,28 @@ def test_the_jsonl_reader_leaves_out_only_a_torn_last_line(tmp_path):
         list(read_jsonl(path, fix="Delete it, please."))
 
 
+def test_a_torn_last_line_is_ended_before_the_next_append(tmp_path):
+    from evolve.store import append_jsonl, end_torn_line, read_jsonl
+
+    path = tmp_path / "log.jsonl"
+    end_torn_line(path)  # missing: nothing to do
+    assert not path.exists()
+    append_jsonl(path, {"n": 1})
+    with open(path, "ab") as f:
+        f.write(b'{"n": 2, "big": "' + b"x" * 200_000)  # torn, longer than one piece read back
+    end_torn_line(path)
+    append_jsonl(path, {"n": 3})
+    assert [r["n"] for r in read_jsonl(path)] == [1, 3]
+    with open(path, "ab") as f:
+        f.write(b'{"n": 4}')  # whole but without its newline: a record, kept
+    end_torn_line(path)
+    append_jsonl(path, {"n": 5})
+    assert [r["n"] for r in read_jsonl(path)] == [1, 3, 4, 5]
+    path.write_bytes(b'{"n": 6')  # a torn first and only line
+    end_torn_line(path)
+    assert path.read_bytes() == b""
+
+
 def test_lessons_are_appended_once_per_generation(tmp_path):
     path = tmp_path / "lessons.jsonl"
     assert append_once(path, Lesson(generation=1, outcome="accepted"))

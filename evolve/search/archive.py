@@ -108,7 +108,7 @@ def load(run_dir: Path) -> list[Node]:
         return []
     fix = "Delete that line; `evolve run --resume` writes it again from the generation's record."
     nodes: dict[tuple[int, bool, int], Node] = {}
-    for n, obj in store.read_jsonl_lines(path, fix=fix):
+    for n, obj in store.read_jsonl_lines(path, what="an archive node", fix=fix):
         try:
             node = Node.model_validate(obj)
         except ValueError:  # pydantic's ValidationError is one
@@ -144,10 +144,8 @@ def name(node: Node) -> str:
 
 def append_once(run_dir: Path, node: Node) -> bool:
     """Append ``node`` unless a node with its ``key`` is already written; True if appended."""
-    from evolve.runstate import _cut_torn_line
-
     path = path_of(run_dir)
-    _cut_torn_line(path)
+    store.end_torn_line(path)
     if any(key(n) == key(node) for n in load(run_dir)):
         return False
     store.append_jsonl(path, json.loads(node.model_dump_json()))
