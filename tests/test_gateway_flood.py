@@ -227,7 +227,7 @@ class GatewayDirWatcher:
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            for root in self.tmp.glob("evolve-gw-*"):
+            for root in self.tmp.glob("evolve-*/gw-*"):  # owner.temp_dir("gw") in a process's scratch directory
                 try:
                     if root.stat().st_mtime < self.since:
                         continue
