@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 from functools import lru_cache
@@ -219,11 +220,14 @@ def remove_tree(path: Path, what: str) -> bool:
     nothing failed. Refuses a symlink at ``path`` (reported), as ``shutil.rmtree`` does."""
     failures: list[str] = []
 
-    def onerror(func, failed, exc_info) -> None:
-        if not isinstance(exc_info[1], FileNotFoundError):
-            failures.append(f"{failed}: {exc_info[1]}")
+    def onexc(func, failed, exc) -> None:
+        if not isinstance(exc, FileNotFoundError):
+            failures.append(f"{failed}: {exc}")
 
-    shutil.rmtree(path, onerror=onerror)
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=onexc)
+    else:  # onerror, deprecated since 3.12, gets (type, value, traceback)
+        shutil.rmtree(path, onerror=lambda func, failed, info: onexc(func, failed, info[1]))
     if failures:
         more = f" (and {len(failures) - 3} more)" if len(failures) > 3 else ""
         log.warning("could not remove %s (%s): %s%s", path, what, "; ".join(failures[:3]), more)
