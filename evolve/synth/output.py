@@ -99,7 +99,8 @@ class SnapshotRepo:
         self.close()
 
     def close(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        """Drop the temporary indexes (a failure is logged; the scratch directory goes at exit)."""
+        owner.remove_tree(self._tmp, "temporary git indexes")
 
 
 class EvalSetWriter:
