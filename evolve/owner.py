@@ -43,6 +43,7 @@ OWNED = re.compile(rf"^evolve-(?:[a-z]+-)?({TOKEN})-")
 ``evolve-<kind>-<owner>-XXXX`` (one directory each, as evolve made them before ``scratch``)."""
 
 
+@lru_cache(maxsize=None)
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8] or "00000000"
