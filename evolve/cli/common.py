@@ -103,11 +103,16 @@ class _ClosedPipe:
 
     def trip(self, stream) -> None:
         """``stream``'s reader is gone: silence it and, the first time, stop the command."""
-        devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, stream.fileno())
-        finally:
-            os.close(devnull)
+            fd = stream.fileno()
+        except (OSError, ValueError):  # no descriptor (a test's capture): nothing to point elsewhere
+            fd = None
+        if fd is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, fd)
+            finally:
+                os.close(devnull)
         with self._lock:
             first, self.tripped = not self.tripped, True
         if first and self.running:
