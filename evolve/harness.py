@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from evolve import hostgit
+from evolve import hostgit, owner
 from evolve.errors import HarnessError
 
 SPEC_FILE = "harness.yaml"
@@ -141,7 +141,7 @@ def resolve_harness(ref_or_path: str, *, workdir: Path, repo: Path | None = None
 
 def _from_directory(directory: Path, workdir: Path) -> Harness:
     source = str(directory)
-    with tempfile.TemporaryDirectory(prefix="evolve-hash-") as tmp:
+    with owner.temp_dir("hash") as tmp:
         gitdir = Path(tmp) / "git"
         # Hash the content alone: no user or system git config (autocrlf, global excludes,
         # attributes) may change which bytes get hashed (``evolve.hostgit`` pins them).

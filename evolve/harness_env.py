@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from evolve import owner
 from evolve.config import SandboxLimits
 from evolve.errors import HarnessError, InfraError
 from evolve.harness import Harness
@@ -230,7 +231,6 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m evolve.harness_env HARNESS_DIR [IMAGE]``: build (or find) the harness's environment
     for ``IMAGE`` (default: the base image) ahead of time, e.g. so that later runs need no index."""
     import sys
-    import tempfile
 
     from evolve.errors import EvolveError
     from evolve.evalsets.registry import evolve_home
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         client = docker_client()
-        with tempfile.TemporaryDirectory(prefix="evolve-harness-") as tmp:
+        with owner.temp_dir("harness") as tmp:
             harness = resolve_harness(args[0], workdir=Path(tmp))
             image = ensure_image(client, args[1] if len(args) == 2 else None)
             env = prepare(client, harness, image, home=evolve_home(), log=print)

@@ -5,10 +5,10 @@ No litellm and no docker here: these commands must stay fast.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from evolve import owner
 from evolve.errors import ConfigError, EvolveError
 from evolve.hostgit import HostGitError
 from evolve.lineage import Lineage, message
@@ -156,7 +156,7 @@ def _revert(lin: Lineage, view: RunReview, g: GenerationRecord, head: str) -> st
         raise ConfigError(f"generation {g.gen} was {g.status}: it changed nothing on the accepted head")
     patch = lin.repo.run("diff", "--no-ext-diff", "--no-textconv", "--binary", g.parent, g.candidate, "--",
                          view.state.harness_dir)
-    with tempfile.TemporaryDirectory(prefix="evolve-revert-") as tmp:
+    with owner.temp_dir("revert") as tmp:
         wt = Path(tmp) / "wt"
         wrepo = lin.repo.add_worktree(wt, head)
         try:

@@ -6,7 +6,8 @@ sandbox's interpreter (``--python-version``, ``--implementation``, ``--abi`` and
 (index, mirror, certificates). Only wheels: a source distribution would have to be
 built, and building runs the package's code. The result is a directory of wheels
 under ``$EVOLVE_HOME/wheelhouses/<key>``, where ``key`` hashes the requirements, the
-target and pip's version, so a second resolve of the same inputs reads the cache.
+target, pip's version and pip's index configuration (``index_config``), so a second
+resolve of the same inputs from the same index reads the cache.
 
 The directory holds ``requirements.txt`` (what was asked), the wheels, ``_installer/``
 (a pip wheel the sandbox runs to install them with no network) and ``wheelhouse.json``
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from evolve.errors import HarnessError
@@ -84,7 +87,7 @@ class Wheelhouse:
 
     root: Path
     key: str
-    """Hex digest of the inputs (requirements, target, pip version)."""
+    """Hex digest of the inputs (requirements, target, pip version, index configuration)."""
     wheels: tuple[str, ...]
     """File names of the wheels resolved for the requirements (the installer excluded)."""
     installer: str
@@ -93,12 +96,56 @@ class Wheelhouse:
     """Size of all the wheels, in bytes."""
 
 
+INDEX_OPTIONS = ("index-url", "extra-index-url", "find-links", "no-index")
+"""pip's options that decide where packages come from (``pip download --help``, "Package Index Options")."""
+
+
 def wheelhouse_key(requirements: list[str], target: Target) -> str:
-    """sha256 of the inputs that decide a wheelhouse's content (the index aside)."""
+    """sha256 of the inputs that decide a wheelhouse's content: the requirements, the target, pip's
+    version and the package index configuration (``index_config``), so wheels resolved from one
+    index are never reused for another.
+
+    Raises:
+        HarnessError: pip cannot read its configuration.
+    """
     import pip
 
-    data = {"requirements": list(requirements), "target": asdict(target), "pip": pip.__version__, "v": 1}
+    data = {"requirements": list(requirements), "target": asdict(target), "pip": pip.__version__,
+            "index": index_config(), "v": 2}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def index_config() -> dict[str, str]:
+    """The index options (``INDEX_OPTIONS``) of pip's own configuration as ``pip download`` here
+    sees it, by ``pip config list`` (its configuration files and ``PIP_*`` environment variables):
+    ``{"global.index-url": "'https://...'", ":env:.find-links": "'/opt/wheels'", ...}``, values as
+    pip prints them. Empty when nothing is configured (pip's default index). Values may hold
+    credentials: they are hashed into keys, never written out. Read once per process for each set
+    of ``PIP_*`` variables (``pip config list`` takes about 0.25 s).
+
+    Raises:
+        HarnessError: ``pip config list`` failed (a broken configuration file).
+    """
+    return dict(_index_config(tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("PIP_")))))
+
+
+@lru_cache(maxsize=8)
+def _index_config(pip_env: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        raise HarnessError("`pip config list` took over 120 s; evolve reads pip's index configuration "
+                           "with it") from None
+    if proc.returncode != 0:
+        raise HarnessError(f"`pip config list` failed (exit {proc.returncode}), so evolve cannot tell which "
+                           f"package index pip uses; fix pip's configuration: {_pip_error(proc.stdout + proc.stderr)}")
+    found = []
+    for line in proc.stdout.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.rpartition(".")[2] in INDEX_OPTIONS:
+            found.append((name, value))
+    return tuple(sorted(found))
 
 
 def resolve(requirements: list[str], target: Target, *, home: Path,

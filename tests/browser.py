@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -35,11 +36,18 @@ class Browser:
     def __enter__(self) -> "Browser":
         import websocket
 
+        from evolve import owner
+
+        # Chromium puts its singleton socket in a directory of its own under TMPDIR
+        # (org.chromium.Chromium.XXXXXX) and a killed browser leaves it there. This process's scratch
+        # directory is removed at exit and swept after a kill; a test's tmp_path would make the
+        # socket's path too long for a Unix socket (108 bytes).
+        env = {**os.environ, "TMPDIR": str(owner.scratch())}
         self.proc = subprocess.Popen(
             [chromium_path(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-extensions", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", f"--window-size={self.width},{self.height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         port_file = self.profile / "DevToolsActivePort"
         for _ in range(300):  # Chromium writes the port once it listens (a bounded wait, not a timing)
             if port_file.exists() and port_file.read_text().strip():

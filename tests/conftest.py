@@ -221,3 +221,11 @@ def write_wide_solver(path: Path, n: int = 8) -> Path:
     script = {"rules": rules, "default": ["THOUGHT: nothing to do.\n\n```bash\necho COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT\n```"]}
     path.write_text(yaml.safe_dump(script, sort_keys=False))
     return path
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """What test processes killed on purpose (kill -9, os._exit) left in the temp directory is
+    swept, as the next evolve command would: a test run leaves no evolve-* directory behind."""
+    from evolve import owner
+
+    owner.sweep_temp_dirs()

@@ -225,9 +225,20 @@ class GatewayDirWatcher:
         self.stop.set()
         self.thread.join(10)
 
+    def _gw_roots(self) -> list[Path]:
+        """The ``owner.temp_dir("gw")`` directories in every process's scratch directory (``evolve-*``),
+        which other processes create and remove meanwhile."""
+        roots = []
+        for scratch in self.tmp.glob("evolve-*"):
+            try:
+                roots += [scratch / name for name in os.listdir(scratch) if name.startswith("gw-")]
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                continue
+        return roots
+
     def _run(self) -> None:
         while not self.stop.is_set():
-            for root in self.tmp.glob("evolve-gw-*"):
+            for root in self._gw_roots():
                 try:
                     if root.stat().st_mtime < self.since:
                         continue

@@ -134,6 +134,48 @@ def test_oversized_wheelhouse_is_refused_and_removed(tmp_path):
     assert list((tmp_path / "wheelhouses").iterdir()) == []
 
 
+def _probe_wheel(folder: Path, version: str) -> Path:
+    """A pure-Python wheel of ``evolve-index-probe-x7q`` (a name no real index has) at ``version``."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"evolve_index_probe_x7q-{version}.dist-info"
+    path = folder / f"evolve_index_probe_x7q-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("evolve_index_probe_x7q/__init__.py", f"VERSION = {version!r}\n")
+        z.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: evolve-index-probe-x7q\nVersion: {version}\n")
+        z.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: evolve-tests\nRoot-Is-Purelib: true\n"
+                                    "Tag: py3-none-any\n")
+        z.writestr(f"{dist}/RECORD", "")
+    return path
+
+
+def test_a_wheelhouse_from_one_index_is_not_reused_for_another(tmp_path, monkeypatch):
+    """Two package sources (pip's find-links, set as pip reads it: PIP_FIND_LINKS) serve different
+    versions of one name: each gets its own wheelhouse; the same source again reads the cache."""
+    from evolve.wheelhouse import index_config, wheelhouse_key
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    _probe_wheel(first, "1.0")
+    _probe_wheel(second, "2.0")
+    target, home = probe_target(), tmp_path / "home"
+
+    monkeypatch.setenv("PIP_FIND_LINKS", str(first))
+    assert any(name.endswith(".find-links") and str(first) in value for name, value in index_config().items())
+    one = resolve(["evolve-index-probe-x7q"], target, home=home)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(second))
+    two = resolve(["evolve-index-probe-x7q"], target, home=home)
+    assert [w for w in one.wheels if "probe" in w] == ["evolve_index_probe_x7q-1.0-py3-none-any.whl"]
+    assert [w for w in two.wheels if "probe" in w] == ["evolve_index_probe_x7q-2.0-py3-none-any.whl"]
+    assert one.key != two.key and one.root != two.root
+
+    monkeypatch.setenv("PIP_FIND_LINKS", str(first))
+    (first / "evolve_index_probe_x7q-1.0-py3-none-any.whl").unlink()  # a cache hit needs no download
+    assert resolve(["evolve-index-probe-x7q"], target, home=home) == one
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # another index, same find-links
+    assert wheelhouse_key(["evolve-index-probe-x7q"], target) != one.key
+
+
 def probe_target():
     """The base image's target, without Docker when the base image tag's Python is known."""
     from evolve.wheelhouse import Target

@@ -20,13 +20,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from evolve import owner
 from evolve.config import Limits, RoleConfig, SandboxLimits, ServeConfig
 from evolve.errors import ConfigError
 from evolve.gateway import Gateway
@@ -101,7 +101,7 @@ def test_sandbox_calls_the_real_model_through_the_gateway(local_server, docker_c
 
     role = resolve_role("solver", RoleConfig(max_tokens=24, temperature=0.0), local_server, env={})
     backend = LiteLLMBackend(role.model, role.params)
-    gw_dir = Path(tempfile.mkdtemp(prefix="evolve-gw-"))
+    gw_dir = owner.mkdtemp("gw")
     gw_dir.chmod(0o777)
     trace_path = tmp_path / "trace.jsonl"
     try:
@@ -136,7 +136,7 @@ def test_context_overflow_reaches_the_harness_as_a_400(local_server, tmp_path):
     from evolve.gateway import UnixHTTPConnection
 
     role = resolve_role("solver", RoleConfig(max_tokens=8), local_server, env={})
-    sock = Path(tempfile.mkdtemp(prefix="evolve-gw-")) / "gateway.sock"
+    sock = owner.mkdtemp("gw") / "gateway.sock"
     try:
         with Gateway(sock, tmp_path / "t.jsonl", LiteLLMBackend(role.model, role.params), Limits()) as gw:
             conn = UnixHTTPConnection(sock, timeout=120)

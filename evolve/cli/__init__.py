@@ -42,6 +42,9 @@ def _main(version: bool = typer.Option(False, "--version", is_eager=True, callba
                                        help="Print the versions of evolve, Python, litellm and Docker, and exit.")
           ) -> None:
     """Let a coding agent improve its own harness."""
+    from evolve import owner
+
+    owner.sweep_temp_dirs()  # what evolve processes killed before their cleanup left in the temp directory
 
 
 # The order below is the order of `evolve --help`.

@@ -34,11 +34,10 @@ validated) and ``dropped`` (candidates validated and not kept, with the reason).
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from pathlib import Path
 
-from evolve import hostgit
+from evolve import hostgit, owner
 from evolve.errors import InfraError, SuiteFailsError
 from evolve.synth.env import (NOT_SOURCE, TEST_FILE, CandidateOutcome, ProjectSource, SynthEnv, SynthOptions,
                               SynthProgress, run_candidates)
@@ -278,7 +277,7 @@ def history_tasks(source: ProjectSource, repo: SnapshotRepo, env: SynthEnv, opts
         shown = [t for t in out.f2p if seen is not None and t in seen.failing()]
         statement = history_statement(commit.message, shown, seen.output if seen is not None else "", commit.patch)
         assert not leaks(statement, commit.patch), instance_id
-        with tempfile.TemporaryDirectory(prefix="evolve-base-") as tmp:
+        with owner.temp_dir("base") as tmp:
             extract_tar(_git_archive(source.git_dir, commit.parent), Path(tmp))
             base = repo.commit(repo.index_of(Path(tmp)), f"tasks/{instance_id}", f"evolve synth: {instance_id}")
         tasks.append(Task(instance_id=instance_id, repo=source.repo, base_commit=base,

@@ -34,7 +34,7 @@ from typing import Iterable
 
 import yaml
 
-from evolve import hostgit
+from evolve import hostgit, owner
 from evolve.errors import OutputError
 from evolve.evalsets.format import dump_tasks
 from evolve.evalsets.registry import DEFAULT_HOLDOUT_FRACTION, assign_split
@@ -55,7 +55,7 @@ class SnapshotRepo:
         if not (self.path / "HEAD").exists():
             self.path.mkdir(parents=True, exist_ok=True)
             hostgit.run(["init", "-q", "--bare", str(self.path)])
-        self._tmp = Path(tempfile.mkdtemp(prefix="evolve-index-"))
+        self._tmp = owner.mkdtemp("index")  # swept once this process is dead (kill -9)
         self._indexes = 0
         self.branches: list[str] = []
 
@@ -99,7 +99,8 @@ class SnapshotRepo:
         self.close()
 
     def close(self) -> None:
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        """Drop the temporary indexes (a failure is logged; the scratch directory goes at exit)."""
+        owner.remove_tree(self._tmp, "temporary git indexes")
 
 
 class EvalSetWriter:
