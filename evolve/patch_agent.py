@@ -43,6 +43,7 @@ from evolve.optimizer import Optimizer
 from evolve.patch import PatchOutcome
 from evolve.plan import Plan
 from evolve.prompting import render
+from evolve.recorder import kill_point
 from evolve.types import Task
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class PatchAgent:
             store.atomic_write_json(cached, {"step": STEP, "gen": gen, "label": label,
                                              "model_patch_b64": base64.b64encode(model_patch).decode(),
                                              "patch_problem": problem})
+            kill_point("patch-cached", gen)  # test-only: a kill here must not cost a second agent run
         report = apply_diff(worktree, harness_dir, model_patch, protected)
         outcome = PatchOutcome(changed_files=report.changed_files, refused=report.refused)
         if not report.changed_files:
