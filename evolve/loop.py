@@ -577,7 +577,7 @@ class Loop:
         seeded with the run and the generation, so a redone generation draws the same). An accepted
         head that is no node of the archive (``evolve rollback --gen`` made it) is the parent,
         generation None."""
-        nodes = archive.load(self.store.dir)
+        nodes = archive.decided(archive.load(self.store.dir), self.store.gens())
         by_ref = {archive.ref(n): n for n in nodes}
         best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best and not n.lost), None)
         if best_gen is None:
