@@ -34,6 +34,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -98,6 +99,11 @@ class RunView:
 
     def eval_progress(self, label: str, total: int) -> EvalProgress | None:
         return None
+
+    def eval_round(self, parts: list[tuple[str, int]]) -> AbstractContextManager:
+        """While the returned context lasts, the evaluations ``parts`` (``(label, task-runs)``) run at
+        once (a race round, ``Loop._evaluate_many``); a view may show them as one."""
+        return nullcontext()
 
     def verdict(self, state: RunState, rec: GenerationRecord) -> None:
         pass
@@ -617,7 +623,8 @@ class Loop:
         many = getattr(self.evaluator, "evaluate_many", None)
         if many is None or len(requests) < 2:
             return [self._evaluate(*r) for r in requests]
-        return [self.meter.evaluated(r) for r in many(requests, self.cfg.evals.search)]
+        with self.view.eval_round([(label, len(ids)) for _, ids, _, label in requests]):
+            return [self.meter.evaluated(r) for r in many(requests, self.cfg.evals.search)]
 
     def _step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
         rec.cost_usd = self._cost()
