@@ -228,6 +228,9 @@ def record_from_git(gen: int, sha: str, trailers: dict[str, str], lineage: Linea
         child_rate=rate("Evolve-Child-Score"), delta=rate("Evolve-Delta"), p_value=rate("Evolve-P-Value"),
         ci_low=float(low) if low.strip() else None, ci_high=float(high) if high.strip() else None,
         n_tasks=int(trailers.get("Evolve-Tasks", "0") or 0), fixed=ids("Evolve-Fixed"), broken=ids("Evolve-Broken"),
+        decision=f"{trailers['Evolve-Decision']} by {trailers.get('Evolve-Decided-By', '?')}" + (
+            f": {trailers['Evolve-Reason']}" if trailers.get("Evolve-Reason", "-") != "-" else "")
+        if "Evolve-Decision" in trailers else "",
         candidates=candidates, cand=cand, winner=winner, stone=bool(own and own.stone),
         files=own.files if own else [], category=own.category if own else "")
 

@@ -404,6 +404,19 @@ def test_manual_approval_of_a_stepping_stones_child_marks_its_path_through_the_l
     assert not any("* " in line[n] for n in ("g001", "g001-c3")), tree.stdout
     assert "g002 accepted" in line["g002"] and "<- accepted head" in line["g002"], tree.stdout
 
+    loop.store.gen_path(2).unlink()  # a damaged record deleted: rebuilt from the approval's verdict commit
+    again, close = make_loop(loop.repo_root, loop.run_id)
+    try:
+        again.run()
+    finally:
+        close()
+    (rebuilt,) = [g for g in again.store.gens() if g.gen == 2]
+    assert (rebuilt.status, rebuilt.decision, rebuilt.verdict_commit) == ("accepted", "approved by t: ok", best)
+    assert [(c.cand, c.status, c.candidate) for c in rebuilt.candidates] == \
+        [(c.cand, c.status, c.candidate) for c in after.candidates]
+    nodes = archive.decided(archive.load(loop.store.dir), again.store.gens())
+    assert archive.accepted_path(nodes, best) == {(0, None), (1, 2), (2, None)}
+
 
 def run_dgm_from(tmp_path: Path, pick: tuple[int, int | None], **acceptance):
     """(loop, state) of a 2-generation dgm run with 3 null candidates (``null.yaml``), seeded so that

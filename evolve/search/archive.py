@@ -222,7 +222,7 @@ def decided(nodes: list[Node], records) -> list[Node]:
     out = []
     for n in nodes:
         r = by_gen.get(n.gen)
-        if n.status == "pending" and not n.lost and r is not None and r.decision and r.verdict_commit \
+        if n.status == "pending" and not n.lost and r is not None and r.verdict_commit \
                 and r.status in ("accepted", "rejected"):
             n = n.model_copy(update={"status": r.status, "commit": r.verdict_commit,
                                      "stone": n.stone or r.status == "accepted"})
