@@ -27,6 +27,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,22 @@ def testbed_tree(repo: Path, commit: str, *, harness_dir: str, protected: list[s
         git.run("update-index", "--force-remove", "-z", "--stdin", env=env,
                 input="\0".join(drop).encode("utf-8", "surrogateescape") + b"\0")
         return git.git("write-tree", env=env)
+
+
+def hidden_paths(repo_root: Path, runs_dir: Path, evalset) -> list[str]:
+    """Repo-relative paths the patch agent never sees (``testbed_tree``'s ``hidden``), when inside the
+    repository at ``repo_root``: the runs folder ``runs_dir`` and the directory of ``evalset``
+    (``evolve.evalsets.EvalSet``; only its split files and evalset.yaml when that is the repository's top)."""
+    root = Path(os.path.realpath(repo_root))
+    places = [runs_dir, evalset.root]
+    if Path(os.path.realpath(evalset.root)) == root:
+        places[1:] = [*evalset.files.values(), evalset.root / "evalset.yaml"]
+    out = []
+    for d in places:
+        real = Path(os.path.realpath(d))
+        if root in real.parents:
+            out.append(real.relative_to(root).as_posix())
+    return out
 
 
 def _scratch():

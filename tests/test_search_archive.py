@@ -165,7 +165,8 @@ def test_a_significantly_worse_or_tampering_candidate_is_no_stepping_stone():
 
 def test_transfer_of_each_accepted_change_on_the_holdout_split(tmp_path):
     from evolve.config import load_project_config
-    from evolve.loop import LoopSettings, run_holdout
+    from evolve.holdout import run_holdout
+    from evolve.loop import LoopSettings
 
     from loop_support import MarkerEvaluator
 
