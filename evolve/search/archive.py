@@ -216,8 +216,8 @@ def decided(nodes: list[Node], records) -> list[Node]:
     (``evolve.runstate.GenerationRecord``s): once a person decided it (``evolve approve``/``reject``,
     ``evolve.approval``) the node takes that verdict and its commit (the decision's verdict commit,
     where ``best`` moves on approval; an approved one is a stepping stone, as every accepted node is).
-    The archive stays as written (append-only, one line per node
-    when its generation ends); this is how it reads after a decision."""
+    The archive stays as written (append-only, one line per node when its generation ends); this is
+    how it reads after a decision."""
     by_gen = {r.gen: r for r in records}
     out = []
     for n in nodes:
