@@ -25,9 +25,10 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
 
     Raises:
         ConfigError: no such run or generation, it is not pending, or no reason for a rejection.
-        EvolveError: a run is active (the lock is held), or ``best`` is neither the candidate's parent
-            nor a person's approval of it (another candidate was approved, or a rollback moved it):
-            nothing is changed.
+        EvolveError: a run is active (the lock is held), or ``best`` is neither the head the candidate
+            was tested against (its parent; for a stepping stone's child, the head it also beat) nor a
+            person's approval of it (another candidate was approved, or a rollback moved it): nothing
+            is changed.
     """
     if not approve and not why.strip():
         raise ConfigError("say why: `evolve reject GEN --why TEXT` (the planner learns from it)")
@@ -42,14 +43,17 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
             raise ConfigError(f"generation {gen} is {rec.status}, not pending: there is nothing to decide")
         lineage = Lineage(root, rid, store.dir / "worktrees")
         best = lineage.sha(lineage.refs.best)
-        if approve and not _stands_on(lineage, best, rec.parent):
-            raise EvolveError(f"the accepted head moved since generation {gen} branched from it (it was tested "
-                              f"against {rec.parent[:10]}, the head is {(best or '?')[:10]}): approving it would "
+        against = _tested_against(rec)
+        if approve and not _stands_on(lineage, best, against):
+            raise EvolveError(f"the accepted head moved since generation {gen} branched (it was tested "
+                              f"against {against[:10]}, the head is {(best or '?')[:10]}): approving it would "
                               "drop what was accepted since. Reject it, or roll back first with `evolve rollback`.")
         verdict = "accepted" if approve else "rejected"
         word = "approved" if approve else "rejected"
         decision = f"{word} by {by}" + (f": {why.strip()}" if why.strip() else "")
-        decided = rec.model_copy(update={"status": verdict, "pending": None})
+        briefs = [c.model_copy(update={"status": verdict}) if c.cand == rec.cand and c.status == "pending" else c
+                  for c in rec.candidates]  # K > 1: the winner's brief takes the decision too
+        decided = rec.model_copy(update={"status": verdict, "pending": None, "candidates": briefs})
         trailers = {**verdict_trailers(rid, decided), "Evolve-Decision": word, "Evolve-Decided-By": by,
                     "Evolve-Reason": why.strip() or "-"}
         sha = lineage.commit_verdict(gen, f"evolve: {word} g{gen:03d} by {by}: {rec.hypothesis}", trailers)
@@ -67,6 +71,16 @@ def decide(runs_dir: Path, run_id: str | None, gen: int, *, approve: bool, by: s
             state.best, state.best_rate = sha, rec.child_rate
         store.save(state)
         return decided
+
+
+def _tested_against(rec: GenerationRecord) -> str:
+    """The accepted head ``rec``'s candidate had to beat: its parent, or, for a candidate made from a
+    stepping stone (``search.parent: dgm``; it beat its parent, then the head: ``Loop._against_best``),
+    the head when it began (``best_before``). A candidate explored from a pending one was tested
+    against that pending verdict commit, its parent."""
+    if rec.explore_from == "pending" or rec.best_before is None:
+        return rec.parent
+    return rec.best_before
 
 
 def _stands_on(lineage: Lineage, best: str | None, parent: str) -> bool:

@@ -213,7 +213,35 @@ def verdict_trailers(run_id: str, rec) -> dict[str, str]:
             "Evolve-Parent-Score": f"{rec.parent_rate:.4f}", "Evolve-Child-Score": f"{rec.child_rate:.4f}",
             "Evolve-Delta": f"{rec.delta:+.4f}", "Evolve-CI": f"[{rec.ci_low:+.4f}, {rec.ci_high:+.4f}]",
             "Evolve-P-Value": f"{rec.p_value:.4g}", "Evolve-Tasks": str(rec.n_tasks),
-            "Evolve-Fixed": ", ".join(rec.fixed) or "-", "Evolve-Broken": ", ".join(rec.broken) or "-"}
+            "Evolve-Fixed": ", ".join(rec.fixed) or "-", "Evolve-Broken": ", ".join(rec.broken) or "-",
+            **candidates_trailers(rec)}
+
+
+def candidates_trailers(rec) -> dict[str, str]:
+    """With K > 1 candidates (``rec.candidates``), the verdict commit's record of every one of them, so a
+    record rebuilt from git keeps its candidate list (``evolve.recorder.record_from_git``)::
+
+        Evolve-Candidate: 1                  the generation's own candidate (the one on gNNN)
+        Evolve-Winner: 1                     the race's winner, or -
+        Evolve-C2: rejected stone rate=0.0000 delta=+0.0000 p=1 commit=<sha>
+        Evolve-C2-Aim: format errors         the failure category its plan aimed at
+        Evolve-C2-Hypothesis: ...
+        Evolve-C2-Files: prompts/system.txt  its plan's files
+
+    ``Evolve-CJ`` is ``STATUS [stone] [rate=R] [delta=D] [p=P] [commit=SHA]``, a field left out when
+    the candidate has none (a refused one has no commit). Nothing for K = 1."""
+    if not rec.candidates:
+        return {}
+    out = {"Evolve-Candidate": str(rec.cand), "Evolve-Winner": str(rec.winner) if rec.winner else "-"}
+    for c in rec.candidates:
+        words = [c.status] + (["stone"] if c.stone else [])
+        words += [f"{k}={fmt.format(v)}" for k, fmt, v in (("rate", "{:.4f}", c.child_rate),
+                                                           ("delta", "{:+.4f}", c.delta),
+                                                           ("p", "{:.4g}", c.p_value), ("commit", "{}", c.candidate))
+                  if v is not None]
+        out |= {f"Evolve-C{c.cand}": " ".join(words), f"Evolve-C{c.cand}-Aim": c.category or "-",
+                f"Evolve-C{c.cand}-Hypothesis": c.hypothesis or "-", f"Evolve-C{c.cand}-Files": ", ".join(c.files) or "-"}
+    return out
 
 
 def message(subject: str, trailers: dict[str, str]) -> str:

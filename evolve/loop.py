@@ -19,7 +19,7 @@
                              then also beat the accepted head, paired
                    decide    accept (best advances) or roll back; a stepping stone or not
                 record, archive node, lesson, event, state: in that order (evolve.recorder)
-        held-out check: baseline and best on the sealed holdout split
+        held-out check: baseline and best on the sealed holdout split (evolve.holdout)
 
 Evaluation goes through an ``evolve.evaluator.Evaluator``: ``DockerEvaluator`` by default,
 any other (tests) when given. Each step returns its outcome or raises ``GenerationFailed``.
@@ -34,6 +34,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -47,14 +48,15 @@ from evolve.errors import (ContextWindowError, EvalSetError, EvolveError, Harnes
 from evolve.evaluate import EvalProgress, EvalReport
 from evolve.evaluator import DockerEvaluator, Evaluator
 from evolve.harness import Harness, resolve_harness
+from evolve.holdout import holdout
 from evolve.leakage import added_lines, task_leaks
 from evolve.lineage import Lineage, candidate_trailers, label, verdict_trailers
 from evolve.optimizer import Optimizer
 from evolve.patch import patch
-from evolve.patch_agent import PatchAgent, PatchContext
+from evolve.patch_agent import PatchAgent, PatchContext, hidden_paths
 from evolve.plan import Plan, plan
 from evolve.recorder import Recorder, kill_point, reconcile
-from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore, latest_run
+from evolve.runstate import GenerationRecord, RunLock, RunState, RunStore
 from evolve.search import archive
 from evolve.search.generation import race_generation
 from evolve.search.parents import choose_parent
@@ -62,7 +64,7 @@ from evolve.store import atomic_write, new_run_id, now_iso, remove_orphans
 from evolve.types import IntegrityFlag, Task, TaskResult
 
 __all__ = ["GenerationFailed", "Loop", "LoopSettings", "Meter", "RunView", "StopRun", "flag_counts",
-           "new_tampering", "run_holdout"]
+           "new_tampering"]
 
 
 def new_tampering(parent_results: Iterable[TaskResult], child_results: Iterable[TaskResult]) -> list[str]:
@@ -98,6 +100,11 @@ class RunView:
 
     def eval_progress(self, label: str, total: int) -> EvalProgress | None:
         return None
+
+    def eval_round(self, parts: list[tuple[str, int]]) -> AbstractContextManager:
+        """While the returned context lasts, the evaluations ``parts`` (``(label, task-runs)``) run at
+        once (a race round, ``Loop._evaluate_many``); a view may show them as one."""
+        return nullcontext()
 
     def verdict(self, state: RunState, rec: GenerationRecord) -> None:
         pass
@@ -207,7 +214,7 @@ class Loop:
                 state.status, state.stop_reason = "stopped", reason
                 self.recorder.event("stop", reason=reason)
                 self.recorder.save(state)
-                self.holdout(state)
+                holdout(self, state)
             except KeyboardInterrupt:
                 state.status, state.stop_reason = "interrupted", "interrupted (Ctrl-C or SIGTERM)"
                 self.recorder.event("interrupted")
@@ -450,7 +457,7 @@ class Loop:
             self.recorder.event("reject", gen=rec.gen, delta=v.delta, reason=v.reason)
         rec.status = rec.pending
 
-    # -- opening, the held-out check, pieces --------------------------------------------
+    # -- opening the run, pieces ----------------------------------------------------------
 
     def open(self) -> RunState:
         """Load the eval set, open the repository, and create the run, or resume it: its files are
@@ -495,29 +502,15 @@ class Loop:
                                        self.store.dir / "optimizer_cache", self.settings.optimizer_params)
             self.meter.optimizer = self.optimizer
             if self.cfg.optimizer.patch == "agent":
+                hidden = hidden_paths(self.repo_root, self.settings.runs_dir, self.evalset)
                 self.patch_agent = PatchAgent(self.cfg, self.optimizer, repo_root=self.repo_root,
-                                              run_dir=self.store.dir, run_id=self.run_id,
-                                              hidden=self._hidden_paths(), harness_workdir=self.settings.runs_dir
-                                              / "harnesses")
+                                              run_dir=self.store.dir, run_id=self.run_id, hidden=hidden,
+                                              harness_workdir=self.settings.runs_dir / "harnesses")
         if self.evaluator is None:
             self.evaluator = DockerEvaluator.for_project(
                 self.cfg, self.evalset, solver_model=self.settings.solver_model,
                 solver_params=self.settings.solver_params, runs_dir=self.settings.runs_dir, run_dir=self.store.dir,
                 run_id=self.run_id, workers=self.settings.workers, progress=self.view.eval_progress)
-
-    def _hidden_paths(self) -> list[str]:
-        """Repo-relative paths the patch agent never sees, when inside the repository: the runs folder and
-        the eval set's directory (only its split files and evalset.yaml when that is the repository's top)."""
-        root = Path(os.path.realpath(self.repo_root))
-        out = []
-        places = [self.settings.runs_dir, self.evalset.root]
-        if Path(os.path.realpath(self.evalset.root)) == root:
-            places[1:] = [*self.evalset.files.values(), self.evalset.root / "evalset.yaml"]
-        for d in places:
-            real = Path(os.path.realpath(d))
-            if root in real.parents:
-                out.append(real.relative_to(root).as_posix())
-        return out
 
     def _create(self) -> RunState:
         base = self.lineage.start("HEAD")
@@ -530,54 +523,13 @@ class Loop:
         self.recorder.event("start", base=base, evalset=self.evalset.name, search=len(self.search_ids))
         return state
 
-    def holdout(self, state: RunState, *, each: bool = True) -> dict:
-        """Evaluate the baseline and the accepted head on the sealed holdout split and, with ``each``,
-        every accepted generation (its transfer: holdout rate against that of the harness it beat);
-        record it in ``state.holdout`` and return it::
-
-            {"baseline": rate, "best": rate, "n": tasks, "best_commit": sha, "at": iso,
-             "each": [{"gen", "commit", "rate", "against", "against_rate", "delta", "search_delta"}]}
-
-        Rates are resolve rates in [0, 1], deltas in rate units (0.05 = 5 points); ``against`` is the
-        accepted head the generation was compared with. Nothing in the loop reads it: the holdout
-        split never influences a decision. Needs no optimizer."""
-        self._prepare()
-        split = self.cfg.evals.holdout
-        ids = [t.instance_id for t in self.evalset.tasks(split)]
-        self.view.step(state, state.generations, "holdout")
-        rates, mark = {}, self.meter.total()
-        for who, sha in (("baseline", state.base), ("best", state.best)):
-            rates[who] = self._evaluate(self._harness(sha), ids, 0, f"holdout-{who}", split=split).resolve_rate
-        transfer = []
-        if each:
-            by_commit = {state.base: rates["baseline"], state.best: rates["best"]}
-
-            def rate(sha: str, label: str) -> float:
-                if sha not in by_commit:
-                    by_commit[sha] = self._evaluate(self._harness(sha), ids, 0, label, split=split).resolve_rate
-                return by_commit[sha]
-
-            for rec in self.store.gens():
-                if rec.status == "accepted" and rec.verdict_commit:
-                    against = rec.best_before or rec.parent
-                    now, before = rate(rec.verdict_commit, f"holdout-g{rec.gen:03d}"), rate(against, "holdout-against")
-                    transfer.append({"gen": rec.gen, "commit": rec.verdict_commit, "rate": now, "against": against,
-                                     "against_rate": before, "delta": now - before, "search_delta": rec.delta})
-        state.spent_usd += self.meter.total() - mark
-        state.holdout = {**rates, "n": len(ids), "best_commit": state.best, "at": now_iso(),
-                         **({"each": transfer} if each else {})}
-        self.recorder.event("holdout", **state.holdout)
-        self.recorder.save(state)
-        kill_point("holdout")
-        return state.holdout
-
     def _parent(self, state: RunState, gen: int) -> tuple[tuple[int | None, int | None], str]:
         """((generation, lost candidate or None), commit) of the next candidate's parent
         (``search.parent``; dgm may draw a lost candidate, a stepping stone on ``gNNN-cJ``; the draw is
         seeded with the run and the generation, so a redone generation draws the same). An accepted
         head that is no node of the archive (``evolve rollback --gen`` made it) is the parent,
         generation None."""
-        nodes = archive.load(self.store.dir)
+        nodes = archive.decided(archive.load(self.store.dir), self.store.gens())
         by_ref = {archive.ref(n): n for n in nodes}
         best_gen = next((n.gen for n in reversed(nodes) if n.commit == state.best and not n.lost), None)
         if best_gen is None:
@@ -617,7 +569,8 @@ class Loop:
         many = getattr(self.evaluator, "evaluate_many", None)
         if many is None or len(requests) < 2:
             return [self._evaluate(*r) for r in requests]
-        return [self.meter.evaluated(r) for r in many(requests, self.cfg.evals.search)]
+        with self.view.eval_round([(label, len(ids)) for _, ids, _, label in requests]):
+            return [self.meter.evaluated(r) for r in many(requests, self.cfg.evals.search)]
 
     def _step(self, state: RunState, rec: GenerationRecord, step: str) -> None:
         rec.cost_usd = self._cost()
@@ -636,24 +589,3 @@ class Loop:
         if self.cfg.evals.max_tasks and len(ids) > self.cfg.evals.max_tasks:
             ids = sorted(ids, key=lambda i: hashlib.sha256(i.encode()).hexdigest())[: self.cfg.evals.max_tasks]
         return sorted(ids)
-
-
-def run_holdout(cfg: ProjectConfig, repo_root: Path, settings: LoopSettings, evaluator: Evaluator | None = None,
-                *, run_id: str | None = None, view: RunView | None = None, each: bool = False) -> RunState:
-    """Evaluate run ``run_id``'s (default: the latest in ``settings.runs_dir``) baseline and accepted
-    head (the ``best`` ref in git) on the sealed holdout split with the solver only: no optimizer is
-    built; with ``each``, every accepted generation too (``Loop.holdout``). Records ``state.holdout``
-    and returns the state. Takes the runs folder's lock itself: the
-    caller must not hold it. ``evaluator`` None means ``DockerEvaluator.for_project``.
-
-    Raises:
-        EvolveError: another run holds the lock. ConfigError: no such run. RunFileError: unreadable files.
-    """
-    with RunLock(settings.runs_dir):
-        loop = Loop(cfg, repo_root, settings, None, run_id=run_id or latest_run(settings.runs_dir), view=view,
-                    evaluator=evaluator)
-        loop._prepare()
-        state = loop.store.load()
-        state.best = loop.lineage.sha(loop.lineage.refs.best) or state.best
-        loop.holdout(state, each=each)
-        return state

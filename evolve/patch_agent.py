@@ -27,6 +27,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from evolve.optimizer import Optimizer
 from evolve.patch import PatchOutcome
 from evolve.plan import Plan
 from evolve.prompting import render
+from evolve.recorder import kill_point
 from evolve.types import Task
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,22 @@ def testbed_tree(repo: Path, commit: str, *, harness_dir: str, protected: list[s
         git.run("update-index", "--force-remove", "-z", "--stdin", env=env,
                 input="\0".join(drop).encode("utf-8", "surrogateescape") + b"\0")
         return git.git("write-tree", env=env)
+
+
+def hidden_paths(repo_root: Path, runs_dir: Path, evalset) -> list[str]:
+    """Repo-relative paths the patch agent never sees (``testbed_tree``'s ``hidden``), when inside the
+    repository at ``repo_root``: the runs folder ``runs_dir`` and the directory of ``evalset``
+    (``evolve.evalsets.EvalSet``; only its split files and evalset.yaml when that is the repository's top)."""
+    root = Path(os.path.realpath(repo_root))
+    places = [runs_dir, evalset.root]
+    if Path(os.path.realpath(evalset.root)) == root:
+        places[1:] = [*evalset.files.values(), evalset.root / "evalset.yaml"]
+    out = []
+    for d in places:
+        real = Path(os.path.realpath(d))
+        if root in real.parents:
+            out.append(real.relative_to(root).as_posix())
+    return out
 
 
 def _scratch():
@@ -186,6 +204,7 @@ class PatchAgent:
             store.atomic_write_json(cached, {"step": STEP, "gen": gen, "label": label,
                                              "model_patch_b64": base64.b64encode(model_patch).decode(),
                                              "patch_problem": problem})
+            kill_point("patch-cached", gen)  # test-only: a kill here must not cost a second agent run
         report = apply_diff(worktree, harness_dir, model_patch, protected)
         outcome = PatchOutcome(changed_files=report.changed_files, refused=report.refused)
         if not report.changed_files:

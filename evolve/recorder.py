@@ -28,10 +28,10 @@ import signal
 
 from evolve import lessons as lessons_log
 from evolve.lineage import Lineage
-from evolve.runstate import FINAL, GenerationRecord, RunState, RunStore
+from evolve.runstate import FINAL, CandidateRecord, GenerationRecord, RunState, RunStore
 from evolve.search import archive
 
-KILL_POINTS = ("start", "analyze", "plan", "patch", "check", "evaluate", "decide", "verdict-committed",
+KILL_POINTS = ("start", "analyze", "plan", "patch", "patch-cached", "check", "evaluate", "decide", "verdict-committed",
                "best-moved", "record-final", "archive-written", "lesson-written", "event-written", "state-saved",
                "holdout")
 """Named instants of a run where ``EVOLVE_TEST_KILL_AT`` can kill it."""
@@ -205,8 +205,9 @@ def lost_nodes(rec: GenerationRecord, run_id: str) -> list[archive.Node]:
 
 def record_from_git(gen: int, sha: str, trailers: dict[str, str], lineage: Lineage) -> GenerationRecord:
     """A final record rebuilt from generation ``gen``'s verdict commit ``sha`` and its trailers
-    (``evolve.lineage.verdict_trailers``); what git does not hold (files, costs, integrity counts)
-    is left empty and ``reason`` says so."""
+    (``evolve.lineage.verdict_trailers``); with K > 1 its candidates, own candidate and winner too
+    (``candidates_from_git``). What git does not hold (costs, integrity counts, outcomes; a K = 1
+    plan's files) is left empty and ``reason`` says so."""
     def rate(key: str) -> float | None:
         try:
             return float(trailers[key])
@@ -218,13 +219,69 @@ def record_from_git(gen: int, sha: str, trailers: dict[str, str], lineage: Linea
         return [] if value == "-" else [i.strip() for i in value.split(",") if i.strip()]
 
     low, _, high = trailers.get("Evolve-CI", "").strip("[]").partition(",")
+    candidates, cand, winner = candidates_from_git(gen, trailers, lineage)
+    own = next((c for c in candidates if c.cand == cand), None)
     return GenerationRecord(
         gen=gen, parent=trailers.get("Evolve-Parent", ""), status=trailers["Evolve-Verdict"], step="decide",
         candidate=lineage.sha(f"{sha}^"), verdict_commit=sha, hypothesis=trailers.get("Evolve-Hypothesis", ""),
         reason="record rebuilt from the verdict commit's trailers", parent_rate=rate("Evolve-Parent-Score"),
         child_rate=rate("Evolve-Child-Score"), delta=rate("Evolve-Delta"), p_value=rate("Evolve-P-Value"),
         ci_low=float(low) if low.strip() else None, ci_high=float(high) if high.strip() else None,
-        n_tasks=int(trailers.get("Evolve-Tasks", "0") or 0), fixed=ids("Evolve-Fixed"), broken=ids("Evolve-Broken"))
+        n_tasks=int(trailers.get("Evolve-Tasks", "0") or 0), fixed=ids("Evolve-Fixed"), broken=ids("Evolve-Broken"),
+        decision=f"{trailers['Evolve-Decision']} by {trailers.get('Evolve-Decided-By', '?')}" + (
+            f": {trailers['Evolve-Reason']}" if trailers.get("Evolve-Reason", "-") != "-" else "")
+        if "Evolve-Decision" in trailers else "",
+        candidates=candidates, cand=cand, winner=winner, stone=bool(own and own.stone),
+        files=own.files if own else [], category=own.category if own else "")
+
+
+def candidates_from_git(gen: int, trailers: dict[str, str], lineage: Lineage
+                        ) -> tuple[list[CandidateRecord], int | None, int | None]:
+    """(candidates, the generation's own candidate, the winner) of a K > 1 generation, from its verdict
+    commit's trailers (``evolve.lineage.candidates_trailers``). A verdict written before those trailers
+    existed: the candidates whose ``gNNN-cJ`` branches remain (the others' are gone), as ``rejected``
+    (what a kept lost candidate is), hypotheses from their commits' subjects, the own candidate and the
+    winner unknown. ``([], None, None)`` for K = 1."""
+    def number(value: str | None) -> int | None:
+        return int(value) if value and value.isdigit() else None
+
+    def text(key: str) -> str:
+        value = trailers.get(key, "-")
+        return "" if value == "-" else value
+
+    why = "rebuilt from the verdict commit's trailers (its reason and outcomes are not in git)"
+    out = []
+    if "Evolve-Candidate" in trailers:
+        for key, value in trailers.items():
+            n = number(key.removeprefix("Evolve-C"))
+            if n is None or not value.split():
+                continue
+            words = value.split()
+            fields = dict(w.split("=", 1) for w in words[1:] if "=" in w)
+            out.append(CandidateRecord(
+                cand=n, status=words[0], stone="stone" in words[1:], candidate=fields.get("commit"),
+                child_rate=_float(fields.get("rate")), delta=_float(fields.get("delta")),
+                p_value=_float(fields.get("p")), category=text(f"Evolve-C{n}-Aim"),
+                hypothesis=text(f"Evolve-C{n}-Hypothesis"),
+                files=[f.strip() for f in text(f"Evolve-C{n}-Files").split(",") if f.strip()], reason=why))
+        return sorted(out, key=lambda c: c.cand), number(trailers["Evolve-Candidate"]), \
+            number(trailers.get("Evolve-Winner"))
+    prefix = lineage.refs.gen(gen) + "-c"
+    for ref in lineage.repo.git("for-each-ref", "--format=%(refname)", prefix + "*").splitlines():
+        if ref.removeprefix(prefix).isdigit():
+            sha = lineage.sha(ref)
+            out.append(CandidateRecord(cand=int(ref.removeprefix(prefix)), status="rejected", candidate=sha,
+                                       hypothesis=lineage.repo.git("log", "-1", "--format=%s", sha, "--"),
+                                       reason="rebuilt from its branch (a verdict commit from before candidates "
+                                              "were recorded in git)"))
+    return sorted(out, key=lambda c: c.cand), None, None
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _rate_of(best: str, gens: list[GenerationRecord], state: RunState) -> float | None:

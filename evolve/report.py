@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -160,11 +161,12 @@ def generations_table(gens, title: str = "generations") -> Table:
     return table
 
 
-def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archive") -> Tree:
+def lineage_tree(nodes, best_commit: str, on_path: set, title: str = "archive") -> Tree:
     """The archive (``evolve.search.archive.Node`` list) as a tree from the base: one line per node with
     its generation, verdict, estimated search rate, delta against what it was compared with, and
-    hypothesis. ``on_path`` (the generations from the base to the accepted head) is marked ``*`` in
-    bold; the accepted head says so; stepping stones are marked ``stone``."""
+    hypothesis. ``on_path`` (``archive.accepted_path``: the nodes from the base to the accepted head,
+    a lost candidate among them when the path goes through it) is marked ``*`` in bold; the accepted
+    head says so; stepping stones are marked ``stone``."""
     tree = Tree(Text(title, "bold"))
     from evolve.search.archive import key, name, parent_ref, ref
 
@@ -173,7 +175,7 @@ def lineage_tree(nodes, best_commit: str, on_path: set[int], title: str = "archi
         kids.setdefault(parent_ref(n), []).append(n)
 
     def label(n) -> Text:
-        on = n.gen in on_path and not n.lost
+        on = ref(n) in on_path
         mark = "* " if on else "  "
         text = Text(f"{mark}{name(n)} ", "bold" if on else "")
         text.append(n.status, _VERDICT_STYLE.get(n.status, "green" if n.status == "base" else ""))
@@ -248,8 +250,7 @@ class _LiveEvalProgress:
         self.live = live
         self.resolved = self.running = 0
         self.task_id = live.progress.add_task(label, total=total, info="")
-        for old in live.progress.task_ids[:-3]:
-            live.progress.remove_task(old)
+        live._keep_latest()
 
     def _info(self) -> None:
         self.live.progress.update(self.task_id, info=f"{self.resolved} resolved, {self.running} running")
@@ -266,6 +267,64 @@ class _LiveEvalProgress:
         self._info()
         self.live.progress.advance(self.task_id)
         self.live.refresh()
+
+
+class _LiveRound:
+    """One race round (``RunLiveView.eval_round``): its evaluations, run at once, as one line of the
+    live view's Progress: a single bar over all their task-runs, and after it each evaluation's
+    done/total and resolved, in the order the round asked them."""
+
+    def __init__(self, live: "RunLiveView", parts: list[tuple[str, int]]) -> None:
+        self.live, self._lock = live, threading.Lock()
+        labels = [label for label, _ in parts]
+        split = [x.split("-") for x in labels]  # gNNN-<who>-rR: the generation and repeat once, in the title
+
+        def shared(i: int) -> str:
+            return split[0][i] if all(len(p) >= 3 and p[i] == split[0][i] for p in split) else ""
+
+        gen, rep = shared(0), shared(-1)
+        live.rounds[gen] = live.rounds.get(gen, 0) + 1
+        self.names = {x: "-".join(p[1 if gen else 0:-1 if rep else None]) for x, p in zip(labels, split)}
+        self.counts = {label: [0, total, 0] for label, total in parts}  # done, total, resolved
+        self.running = 0
+        title = f"{gen} race round {live.rounds[gen]}".lstrip() + (f" ({rep})" if rep else "")
+        self.task_id = live.progress.add_task(title, total=sum(total for _, total in parts), info="")
+        live._keep_latest()
+        self._info()
+
+    def _info(self) -> None:
+        with self._lock:
+            each = [f"{self.names[label]} {done}/{total} ({resolved} resolved)"
+                    for label, (done, total, resolved) in self.counts.items()]
+            info = "  ".join(each) + f"  {self.running} running"
+        self.live.progress.update(self.task_id, info=info)
+
+    def part(self, label: str) -> "_RoundPart":
+        return _RoundPart(self, label)
+
+
+class _RoundPart:
+    """One evaluation of a round (``evolve.evaluate.EvalProgress``), counted into the round's line."""
+
+    def __init__(self, round_: _LiveRound, label: str) -> None:
+        self.round, self.label = round_, label
+
+    def started(self, instance_id: str, repeat: int) -> None:
+        with self.round._lock:
+            self.round.running += 1
+        self.round._info()
+
+    def finished(self, result: TaskResult, cached: bool) -> None:
+        r = self.round
+        with r._lock:
+            r.running -= 0 if cached else 1
+            counts = r.counts[self.label]
+            counts[0] += 1
+            counts[2] += bool(result.resolved)
+            r.live.spent_live += 0.0 if cached else result.usage.cost_usd
+        r._info()
+        r.live.progress.advance(r.task_id)
+        r.live.refresh()
 
 
 class RunLiveView:
@@ -288,6 +347,9 @@ class RunLiveView:
                                  TextColumn("{task.fields[info]}", markup=False),
                                  TimeElapsedColumn(), console=console)
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        self.round: _LiveRound | None = None
+        self.rounds: dict[str, int] = {}
+        """Race rounds shown so far, by generation (``g001``)."""
 
     def __enter__(self) -> "RunLiveView":
         self.live.start()
@@ -319,8 +381,28 @@ class RunLiveView:
         self.refresh()
 
     def eval_progress(self, label: str, total: int):
-        """A new progress line for an evaluation of ``total`` (task, repeat) jobs; the three latest stay shown."""
+        """A new progress line for an evaluation of ``total`` (task, repeat) jobs; the three latest lines stay
+        shown. An evaluation of the race round under way (``eval_round``) is counted into its line instead."""
+        current = self.round
+        if current is not None and label in current.counts:
+            return current.part(label)
         return _LiveEvalProgress(self, label, total)
+
+    @contextmanager
+    def eval_round(self, parts: list[tuple[str, int]]):
+        """A race round: the evaluations ``parts`` (``(label, task-runs)``, e.g. ``g001-parent-r0``,
+        ``g001-c1-r0``, ``g001-c2-r0``) run at once; while it lasts they share one progress line
+        (``g001 race round N (r0)``, one bar, each evaluation's counts after it), not one bar each."""
+        self.round = _LiveRound(self, parts)
+        try:
+            yield
+        finally:
+            self.round = None
+            self.refresh()
+
+    def _keep_latest(self, n: int = 3) -> None:
+        for old in self.progress.task_ids[:-n]:
+            self.progress.remove_task(old)
 
     def verdict(self, state, rec) -> None:
         """Generation ``rec.gen`` is decided: add it to the last verdicts."""

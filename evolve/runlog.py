@@ -78,7 +78,8 @@ class RunLogView:
         self.out, self.every_s, self.after_verdict = out, every_s, after_verdict
         self.run_id = "evolve"
         self.current: tuple[int, str, float] | None = None
-        self.evaluation: _EvalLog | None = None
+        self.evaluations: list[_EvalLog] = []
+        """The step's evaluations so far (a race round runs several at once)."""
         self.spent = ""
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -114,11 +115,12 @@ class RunLogView:
 
     def beat(self) -> None:
         """One heartbeat line on the step in progress (and its evaluation's counts); nothing between steps."""
-        current, evaluation = self.current, self.evaluation
+        current, evaluations = self.current, list(self.evaluations)
         if current is None:
             return
         gen, step, since = current
-        detail = f"; {evaluation.summary()}" if evaluation is not None else ""
+        shown = [e for e in evaluations if e.done < e.total] or evaluations[-1:]  # all of a round, else the last
+        detail = "".join(f"; {e.summary()}" for e in shown)
         self.line(f"generation {gen}: {step} still running after {time.monotonic() - since:.0f}s{detail}; "
                   f"spent {self.spent}")
 
@@ -134,18 +136,25 @@ class RunLogView:
         """The previous step ends, ``step`` of generation ``gen`` starts."""
         self.run_id, self.spent = state.run_id, f"${state.spent_usd:.4f}"
         self._end_step()
-        self.evaluation = None
+        self.evaluations = []
         self.line(f"generation {gen}: {step} started (accepted {_pct(state.best_rate)}, spent {self.spent})")
         self.current = (gen, step, time.monotonic())
 
     def eval_progress(self, label: str, total: int) -> _EvalLog:
-        self.evaluation = _EvalLog(self, label, total)
-        return self.evaluation
+        evaluation = _EvalLog(self, label, total)
+        self.evaluations.append(evaluation)
+        return evaluation
+
+    def eval_round(self, parts: list[tuple[str, int]]):
+        """A race round: its evaluations log their own start and end lines; a heartbeat names each running one."""
+        from contextlib import nullcontext
+
+        return nullcontext()
 
     def verdict(self, state, rec) -> None:
         """The generation's last step ends and its verdict is logged."""
         self._end_step()
-        self.evaluation = None
+        self.evaluations = []
         delta = "" if rec.delta is None else f" ({100 * rec.delta:+.1f} pts)"
         self.line(f"generation {rec.gen}: {rec.status}{delta} {rec.hypothesis[:100]!r}: {rec.reason[:300]}; "
                   f"cost ${rec.cost_usd:.4f}, {rec.seconds:.0f}s")

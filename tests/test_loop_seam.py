@@ -53,7 +53,8 @@ def test_three_generations_accept_reject_refuse(project):
 
 def test_holdout_needs_no_optimizer(project):
     from evolve.config import load_project_config
-    from evolve.loop import LoopSettings, run_holdout
+    from evolve.holdout import run_holdout
+    from evolve.loop import LoopSettings
 
     loop, close = make_loop(project)
     try:

@@ -167,6 +167,63 @@ def test_the_agent_patches_itself_end_to_end(tmp_path, base_image, docker_client
     assert g1.cost_usd + g2.cost_usd >= agent_usd
 
 
+def agent_project(root: Path, generations: int) -> Path:
+    """``make_project`` with ``optimizer.patch: agent`` (``agent: self``) and this file's scripted words."""
+    project = make_project(root, generations=generations)
+    cfg = yaml.safe_load((project / "evolve.yaml").read_text())
+    cfg["models"]["optimizer"]["model"] = f"scripted/{OPTIMIZER}"
+    cfg["optimizer"] = {"patch": "agent", "agent": "self", "timeout_s": 300}
+    (project / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    git(project, "commit", "-qam", "patch agent")
+    return project
+
+
+def agent_calls(run_dir: Path) -> int:
+    """The patch agent's model calls in the optimizer's trace (``"step": "patch-agent"``)."""
+    lines = (run_dir / "optimizer_trace.jsonl").read_text().splitlines()
+    return sum(json.loads(line).get("step") == "patch-agent" for line in lines)
+
+
+@pytest.mark.docker
+def test_a_kill_after_the_model_patch_is_cached_resumes_without_a_second_agent_run(tmp_path, base_image):
+    """kill -9 (a real process, ``EVOLVE_TEST_KILL_AT=patch-cached@1``) right after the agent's model_patch
+    is cached, before it is applied or committed; ``--resume`` applies the cached model_patch (the
+    agent never runs again) and reaches what an uninterrupted run reaches."""
+    import signal
+
+    from test_loop_kill_resume import outcome, run_loop
+
+    reference_repo = agent_project(tmp_path / "reference", generations=1)
+    done = run_loop(reference_repo)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference_run = done.stdout.split()[0]
+    reference = outcome(reference_repo, reference_run)
+    assert [g["status"] for g in reference["gens"]] == ["accepted"]
+    per_run = agent_calls(reference_repo / "runs" / reference_run)
+    assert per_run == 4  # the four scripted replies of PLAN-A
+
+    repo = agent_project(tmp_path / "killed", generations=1)
+    killed = run_loop(repo, kill_at="patch-cached@1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = killed.stdout.split()[0]
+    run_dir = repo / "runs" / run
+    (cached,) = (run_dir / "optimizer_cache").glob("patch-agent-*.json")
+    assert json.loads(cached.read_text())["model_patch_b64"]
+    assert agent_calls(run_dir) == per_run
+    # killed before the apply: no candidate commit, the record still running at its patch step
+    assert git(repo, "rev-list", "--count", f"evolve/{run}/base..evolve/{run}/g001").strip() == "0"
+    assert json.loads((run_dir / "generations" / "g001.json").read_text())["step"] == "patch"
+    trajectory = (run_dir / "patch_agent" / "g001" / "trajectory.json").read_bytes()
+
+    resumed = run_loop(repo, run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert agent_calls(run_dir) == per_run  # the cached model_patch was replayed: no second agent run
+    assert sorted(p.name for p in (run_dir / "patch_agent" / "g001").glob("trace-*.jsonl")) == ["trace-1.jsonl"]
+    assert (run_dir / "patch_agent" / "g001" / "trajectory.json").read_bytes() == trajectory
+    assert outcome(repo, run) == reference
+    assert "REPRODUCE FIRST" in git(repo, "show", f"evolve/{run}/best:harness/prompts/system.txt")
+
+
 def test_the_agent_is_self_a_template_or_a_path(tmp_path):
     from evolve.config import ProjectConfig
     from evolve.errors import HarnessError

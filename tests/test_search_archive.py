@@ -56,7 +56,7 @@ def test_every_generation_is_a_node_and_the_tree_marks_the_accepted_path(tmp_pat
     assert g3.commit is None and not g3.stone and g3.outcomes == {}
     assert set(g1.outcomes) == set(loop.search_ids)
     assert all(o["parent"][0] is False and o["child"][0] is True for o in g1.outcomes.values())
-    assert archive.accepted_path(nodes, state.best) == {0, 1}
+    assert archive.accepted_path(nodes, state.best) == {(0, None), (1, None)}
     assert loop._parent(state, 4) == ((1, None), state.best)  # greedy: the accepted head's node
     moved = state.model_copy(update={"best": "f" * 40})  # a head made outside the archive (rollback --gen)
     assert loop._parent(moved, 4) == ((None, None), "f" * 40)
@@ -130,7 +130,7 @@ def test_dgm_builds_on_a_stepping_stone_and_best_moves_only_on_a_win_against_bes
     assert g2.status == "accepted" and "against the accepted head" in g2.reason and "beat its parent" in g2.reason
     assert state.best == g2.verdict_commit == loop.lineage.sha(loop.lineage.refs.best)
     nodes = archive.load(loop.store.dir)
-    assert archive.accepted_path(nodes, state.best) == {0, 1, 2}
+    assert archive.accepted_path(nodes, state.best) == {(0, None), (1, None), (2, None)}
     assert loop.lineage.sha(loop.lineage.refs.gen(1)) == g1.verdict_commit  # the stone's branch is kept
     (transfer,) = state.holdout["each"]  # compared with the accepted head (the base), not its parent
     assert transfer["gen"] == 2 and transfer["against"] == state.base and transfer["delta"] == 1.0
@@ -165,7 +165,8 @@ def test_a_significantly_worse_or_tampering_candidate_is_no_stepping_stone():
 
 def test_transfer_of_each_accepted_change_on_the_holdout_split(tmp_path):
     from evolve.config import load_project_config
-    from evolve.loop import LoopSettings, run_holdout
+    from evolve.holdout import run_holdout
+    from evolve.loop import LoopSettings
 
     from loop_support import MarkerEvaluator
 
@@ -239,8 +240,8 @@ def test_dgm_draws_lost_stepping_stones_as_their_own_nodes():
     assert w == pytest.approx({r: x / sum(raw.values()) for r, x in raw.items()})
     draws = [choose_parent("dgm", nodes, best_gen=2, seed=f"s/{i}") for i in range(2000)]
     assert (1, 3) not in draws and draws.count((1, 2)) / len(draws) == pytest.approx(w[(1, 2)], abs=0.03)
-    # the accepted path runs through the lost candidate to the base; only generations' own nodes are on it
-    assert accepted_path(nodes, "e") == {0, 2}
+    # the accepted path runs through the lost candidate to the base: it is on the path, its generation's node is not
+    assert accepted_path(nodes, "e") == {(0, None), (1, 2), (2, None)}
 
 
 def sigmoid(rate: float) -> float:

@@ -86,7 +86,7 @@ def test_two_candidates_the_one_that_helps_wins_and_the_other_is_a_lost_stone(tm
         (0, None, False, "base"), (1, 1, False, "accepted"), (1, 2, True, "rejected")]
     assert nodes[2].branch == f"evolve/{loop.run_id}/g001-c2" and nodes[2].category == "format errors"
     assert set(nodes[2].outcomes) <= set(loop.search_ids) and nodes[2].outcomes
-    assert archive.accepted_path(nodes, state.best) == {0, 1}
+    assert archive.accepted_path(nodes, state.best) == {(0, None), (1, None)}
     assert archive.children(nodes) == {0: 2, 1: 0}
     # plans aimed at distinct categories, made concurrently through one optimizer: the trace is whole
     assert sorted(plan_aims(loop.store.dir)) == ["edits without reproduction", "format errors"]
@@ -227,10 +227,14 @@ generation's)."""
 def _race_outcome(repo: Path, run: str) -> dict:
     from test_loop_kill_resume import outcome
 
+    import re
+
     got = outcome(repo, run)
     for g in got["gens"]:  # candidate commits carry their commit time; their trees are compared below
         for c in g.get("candidates", []):
             c.pop("candidate")
+    got["verdicts"] = {ref: [re.sub(r" commit=[0-9a-f]{40}\b", "", t) for t in trailers]
+                       for ref, trailers in got["verdicts"].items()}
     got["trees"] = {ref: git.Repo(repo).git.rev_parse(f"evolve/{run}/{ref}:harness") for ref in got["refs"]}
     return got
 
@@ -299,7 +303,8 @@ def test_a_race_from_a_stepping_stone_must_also_beat_the_accepted_head(tmp_path)
     labels = [label for label, *_ in loop.evaluator.calls]
     assert "g002-best-r0" in labels and "g002-c1-r0" in labels
     assert state.best == g2.verdict_commit == loop.lineage.sha(loop.lineage.refs.best)
-    assert archive.accepted_path(archive.load(loop.store.dir), state.best) == {0, 1, 2}
+    assert archive.accepted_path(archive.load(loop.store.dir), state.best) == {(0, None), (1, None),
+                                                                                    (2, None)}
 
 
 def test_aims_are_distinct_named_categories_and_render_into_the_plan_prompt():
@@ -358,7 +363,8 @@ def test_dgm_draws_a_lost_candidate_and_its_child_branches_from_gNNN_cJ(tmp_path
     nodes = archive.load(loop.store.dir)
     (n2,) = [n for n in nodes if n.gen == 2 and not n.lost]
     assert (n2.parent_gen, n2.parent_cand) == (1, 2)  # and its 2 lost candidates: 3 children of g001-c2
-    assert archive.children_by_ref(nodes)[(1, 2)] == 3 and archive.accepted_path(nodes, state.best) == {0, 2}
+    assert archive.children_by_ref(nodes)[(1, 2)] == 3
+    assert archive.accepted_path(nodes, state.best) == {(0, None), (1, 2), (2, None)}
     tree = subprocess.run([EVOLVE, "status", "--tree"], cwd=loop.repo_root, capture_output=True, text=True,
                           timeout=120, env={**os.environ, "COLUMNS": "200"})
     assert tree.returncode == 0, tree.stderr
@@ -367,9 +373,55 @@ def test_dgm_draws_a_lost_candidate_and_its_child_branches_from_gNNN_cJ(tmp_path
     assert "g002" in lines[at + 1] and lines[at + 1].index("g002") > lines[at].index("g001-c2")
 
 
-def run_dgm_from(tmp_path: Path, pick: tuple[int, int | None]):
+def test_manual_approval_of_a_stepping_stones_child_marks_its_path_through_the_lost_candidate(tmp_path):
+    """K = 3, search.parent: dgm, acceptance.approval: manual: generation 2 grows from g001-c2 (a lost
+    candidate), beats it and the accepted head, and waits; a person approves it (the real CLI) and
+    ``evolve status --tree`` marks the accepted path base -> g001-c2 -> g002, the approval commit as
+    the accepted head, and not g001's own node."""
+    loop, state = run_dgm_from(tmp_path, (1, 2), approval="manual")
+    g1, g2 = loop.store.gens()
+    assert (g2.status, g2.parent_gen, g2.parent_cand, g2.winner) == ("pending", 1, 2, 1), g2.reason
+    assert state.best == state.base
+    env = {**os.environ, "COLUMNS": "200"}
+    approved = subprocess.run([EVOLVE, "approve", "2", "--by", "t", "--why", "ok"], cwd=loop.repo_root,
+                              capture_output=True, text=True, timeout=120, env=env)
+    assert approved.returncode == 0, approved.stderr
+    (after,) = [g for g in loop.store.gens() if g.gen == 2]
+    best = loop.lineage.sha(loop.lineage.refs.best)
+    assert after.status == "accepted" and best == after.verdict_commit != g2.verdict_commit
+    assert [c.status for c in after.candidates if c.cand == after.cand] == ["accepted"]
+    nodes = archive.decided(archive.load(loop.store.dir), loop.store.gens())
+    assert archive.accepted_path(nodes, best) == {(0, None), (1, 2), (2, None)}
+    assert archive.accepted_path(archive.load(loop.store.dir), best) == set()  # as written: still pending
+
+    tree = subprocess.run([EVOLVE, "status", "--tree"], cwd=loop.repo_root, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.splitlines()
+    line = {name: next(x for x in lines if f" {name} " in x) for name in ("g000", "g001", "g001-c2", "g001-c3",
+                                                                          "g002")}
+    assert all("* " in line[n] for n in ("g000", "g001-c2", "g002")), tree.stdout
+    assert not any("* " in line[n] for n in ("g001", "g001-c3")), tree.stdout
+    assert "g002 accepted" in line["g002"] and "<- accepted head" in line["g002"], tree.stdout
+
+    loop.store.gen_path(2).unlink()  # a damaged record deleted: rebuilt from the approval's verdict commit
+    again, close = make_loop(loop.repo_root, loop.run_id)
+    try:
+        again.run()
+    finally:
+        close()
+    (rebuilt,) = [g for g in again.store.gens() if g.gen == 2]
+    assert (rebuilt.status, rebuilt.decision, rebuilt.verdict_commit) == ("accepted", "approved by t: ok", best)
+    assert [(c.cand, c.status, c.candidate) for c in rebuilt.candidates] == \
+        [(c.cand, c.status, c.candidate) for c in after.candidates]
+    nodes = archive.decided(archive.load(loop.store.dir), again.store.gens())
+    assert archive.accepted_path(nodes, best) == {(0, None), (1, 2), (2, None)}
+
+
+def run_dgm_from(tmp_path: Path, pick: tuple[int, int | None], **acceptance):
     """(loop, state) of a 2-generation dgm run with 3 null candidates (``null.yaml``), seeded so that
-    generation 2's parent is ``pick`` (``archive.ref``) of generation 1's archive."""
+    generation 2's parent is ``pick`` (``archive.ref``) of generation 1's archive; ``acceptance``
+    settings as ``configure``'s."""
     from evolve.search.archive import Node
     from evolve.search.parents import choose_parent
 
@@ -379,10 +431,64 @@ def run_dgm_from(tmp_path: Path, pick: tuple[int, int | None]):
                 Node(gen=1, cand=3, lost=True, commit="d", parent_gen=0, status="rejected", stone=True, rate=0.0)]
     seed = next(s for s in range(200) if choose_parent("dgm", after_g1, best_gen=0, seed=f"{s}/2") == pick)
     repo = make_project(tmp_path)
-    configure(repo, 3, "null.yaml", generations=2)
+    configure(repo, 3, "null.yaml", generations=2, **acceptance)
     cfg = yaml.safe_load((repo / "evolve.yaml").read_text())
     cfg["search"].update(parent="dgm", seed=seed)
     (repo / "evolve.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     git.Repo(repo).git.commit("-qam", "dgm", env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
                                                   "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
     return run(repo)
+
+
+def test_a_k_candidate_record_rebuilt_from_git_keeps_every_candidate(tmp_path):
+    """A damaged generation record is deleted (what the RunFileError says to do) and rebuilt from git on
+    resume: with K > 1 it comes back with every candidate (verdict, stone, commit, aim, hypothesis,
+    files, rate, delta, p), which is the generation's own and the winner; the branches and archive
+    stay as they were."""
+    from evolve.runstate import RunFileError
+
+    repo = make_project(tmp_path)
+    configure(repo, 4, keep_rejected=False)  # 3 categories: accepted, rejected (a stone), refused
+    loop, state = run(repo)
+    (original,) = loop.store.gens()
+    assert [c.status for c in original.candidates] == ["accepted", "rejected", "refused"]
+    nodes = (loop.store.dir / "archive.jsonl").read_text()
+    refs = branches(repo, loop.run_id)
+
+    path = loop.store.gen_path(1)
+    path.write_text(path.read_text()[:200])  # a torn record
+    again, close = make_loop(repo, loop.run_id)
+    try:
+        with pytest.raises(RunFileError, match="delete it and run `evolve run --resume"):
+            again.run()
+    finally:
+        close()
+    path.unlink()
+    again, close = make_loop(repo, loop.run_id)
+    try:
+        again.run()
+    finally:
+        close()
+    (rebuilt,) = again.store.gens()
+    assert "rebuilt from the verdict commit" in rebuilt.reason
+    same = ["gen", "status", "parent", "candidate", "verdict_commit", "hypothesis", "files", "category", "cand",
+            "winner", "stone", "child_rate", "delta", "parent_rate", "n_tasks", "fixed", "broken"]
+    assert rebuilt.model_dump(include=set(same)) == original.model_dump(include=set(same))
+    brief = {"cand", "status", "stone", "candidate", "category", "hypothesis", "files", "child_rate", "delta"}
+    assert [c.model_dump(include=brief) for c in rebuilt.candidates] == \
+        [c.model_dump(include=brief) for c in original.candidates]
+    assert [c.p_value for c in rebuilt.candidates] == \
+        [c.p_value and float(f"{c.p_value:.4g}") for c in original.candidates]
+    assert (loop.store.dir / "archive.jsonl").read_text() == nodes and branches(repo, loop.run_id) == refs
+    # a verdict commit from before candidates were in its trailers: the kept branches (g001-c2) are what remain
+    import re
+
+    from evolve.recorder import candidates_from_git
+
+    trailers = again.lineage.verdict_of(1)[1]
+    legacy = {k: v for k, v in trailers.items() if not re.match(r"Evolve-(C\d|Candidate$|Winner$)", k)}
+    assert len(legacy) < len(trailers) and "Evolve-Child-Score" in legacy
+    (kept,), own, winner = candidates_from_git(1, legacy, again.lineage)
+    assert (kept.cand, kept.status, kept.candidate, own, winner) == (2, "rejected", original.candidates[1].candidate,
+                                                                     None, None)
+    assert kept.hypothesis == original.candidates[1].hypothesis

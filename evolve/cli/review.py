@@ -41,7 +41,7 @@ def status_cmd(run: Optional[str] = typer.Argument(None, help=RUN_HELP),
     from evolve.search import archive
 
     view = open_run(runs_dir or find_project().runs_dir, run)
-    nodes = archive.load(view.store.dir)
+    nodes = archive.decided(archive.load(view.store.dir), view.gens)
     if as_json:
         print(json.dumps({"state": view.state.model_dump(mode="json"),
                           "generations": [g.model_dump(mode="json") for g in view.gens],

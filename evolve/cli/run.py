@@ -95,7 +95,8 @@ def holdout_cmd(run: Optional[str] = typer.Argument(None, help=RUN_HELP),
                 each: bool = typer.Option(False, "--each", help="Every accepted generation too: its holdout delta "
                                                                 "beside its search delta.")) -> None:
     """Evaluate the baseline and the accepted head on the sealed held-out split (needs only the solver)."""
-    from evolve.loop import LoopSettings, run_holdout
+    from evolve.holdout import run_holdout
+    from evolve.loop import LoopSettings
     from evolve.project import open_project
     from evolve.report import run_summary
     from evolve.review import open_run

@@ -190,15 +190,35 @@ def children_by_ref(nodes: list[Node]) -> dict[Ref, int]:
     return out
 
 
-def accepted_path(nodes: list[Node], best_commit: str) -> set[int]:
-    """Generations on the path from the base to the node whose commit is ``best_commit``."""
+def accepted_path(nodes: list[Node], best_commit: str) -> set[Ref]:
+    """The nodes (``Ref``) on the path from the base to the node whose commit is ``best_commit``: the
+    generations' own nodes, and a lost candidate the path passes through (a ``search.parent: dgm``
+    parent on ``gNNN-cJ``). Empty when no node has that commit (``decided`` first, for a person's
+    approval commit)."""
     by_commit = {n.commit: n for n in nodes if n.commit and not n.lost}
     by_ref = {ref(n): n for n in nodes}
-    node, path, seen = by_commit.get(best_commit), set(), set()
-    while node is not None and ref(node) not in seen:
-        seen.add(ref(node))
-        if not node.lost:  # a lost candidate on the path (a dgm parent) is not its generation's node
-            path.add(node.gen)
+    node, path = by_commit.get(best_commit), set()
+    while node is not None and ref(node) not in path:
+        path.add(ref(node))
         p = parent_ref(node)
         node = by_ref.get(p) if p is not None else None
     return path
+
+
+def decided(nodes: list[Node], records) -> list[Node]:
+    """``nodes`` with each pending generation's own node brought up to date with its record
+    (``evolve.runstate.GenerationRecord``s): once a person decided it (``evolve approve``/``reject``,
+    ``evolve.approval``) the node takes that verdict and its commit (the decision's verdict commit,
+    where ``best`` moves on approval; an approved one is a stepping stone, as every accepted node is).
+    The archive stays as written (append-only, one line per node when its generation ends); this is
+    how it reads after a decision."""
+    by_gen = {r.gen: r for r in records}
+    out = []
+    for n in nodes:
+        r = by_gen.get(n.gen)
+        if n.status == "pending" and not n.lost and r is not None and r.verdict_commit \
+                and r.status in ("accepted", "rejected"):
+            n = n.model_copy(update={"status": r.status, "commit": r.verdict_commit,
+                                     "stone": n.stone or r.status == "accepted"})
+        out.append(n)
+    return out

@@ -24,9 +24,11 @@
                   exactly as a K = 1 candidate (``Loop._decide``: verdict commit, ``best`` moved or
                   ``pending`` under manual approval); a stepping stone's child must also beat the
                   accepted head (``Loop._against_best``)
-        record    ``rec.candidates``: every candidate in brief; the others become archive nodes
-                  marked ``lost`` (``evolve.recorder``); lost candidates that are stepping stones
-                  keep their branches, the others are deleted as rejected K = 1 candidates are
+        record    ``rec.candidates``: every candidate in brief, also in the verdict commit's trailers
+                  (``evolve.lineage.candidates_trailers``: a record rebuilt from git keeps them); the
+                  others become archive nodes marked ``lost`` (``evolve.recorder``); lost candidates
+                  that are stepping stones keep their branches, the others are deleted as rejected
+                  K = 1 candidates are
 
 Cost: the parent's runs are shared, so a generation costs K plans and patches (concurrent, so
 about one in wall time) and up to K candidates' evaluations; the futility stop drops most losers
