@@ -930,6 +930,102 @@ def _install():
             setattr(case, name, wrapper)
         return case
 
+    # -- the test suite's code, and the libraries it checks with -----------------------------------
+    # Test code is the task's: a test function whose file was written while the tests ran (or that
+    # untrusted code compiled) is not. The modules outside the project that test modules use (and
+    # the modules those hold), with builtins, are snapshot when collection ends: a function of
+    # theirs that is code of the patch's (a lambda put into math.isclose, say) is evidence then,
+    # and so is any replacement found after a test's teardown that is untrusted code or no code
+    # at all (the fixtures that patch them for a test have undone their patches by then). Hooks
+    # made to be replaced (sys.excepthook, warnings.showwarning, ...) and private names (the
+    # runner swaps warnings._showwarnmsg_impl around every test) are not watched.
+    hook_slots = frozenset({"excepthook", "displayhook", "unraisablehook", "breakpointhook", "showwarning",
+                            "formatwarning", "audit"})
+    lib_kinds = (function_type, type(len), type(sys.exit))  # Python functions, builtins
+
+    def test_code_evidence(item):
+        fn, depth = getattr(item, "obj", None), 0
+        while fn is not None and depth < 8:
+            fn = getattr(fn, "__func__", fn)
+            code = getattr(fn, "__code__", None)
+            if type(code) is code_type and not trusted(code) and not runners_own(code):
+                return ["test code of %s was written while the tests ran: %s" % (item.nodeid, code.co_filename)]
+            fn, depth = getattr(fn, "__wrapped__", None), depth + 1
+        return []
+
+    def library_namespaces(config):
+        """[(label, module dict)] of the modules outside the project the test modules use."""
+        root = str(getattr(config, "rootpath", getattr(config, "rootdir", "/"))) + sep
+        found, todo = {}, []
+
+        def project(module):
+            name = getattr(module, "__file__", None)
+            return type(name) is str and name.startswith(root) and "-packages" + sep not in name
+
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__file__", None) if type(module) is module_type else None
+            if type(name) is str and test_file(name) and project(module):
+                todo.extend((v, 1) for v in list(vars(module).values()))
+        todo.append((builtins, 1))
+        while todo and len(found) < 400:
+            value, depth = todo.pop()
+            if type(value) is not module_type:
+                home = value.__dict__.get("__module__") if isinstance(value, type) else \
+                    (value.__module__ if type(value) is function_type else None)
+                value = sys.modules.get(home) if type(home) is str else None
+                if value is None:
+                    continue
+            label = value.__dict__.get("__name__")
+            if type(label) is not str or label in found or project(value) or label == __name__ \
+                    or label in ("pytest", "_pytest", "pluggy") or label.startswith(("_pytest.", "pluggy.")):
+                continue
+            found[label] = value.__dict__
+            if depth < 2:
+                todo.extend((v, depth + 1) for v in list(value.__dict__.values()) if type(v) is module_type)
+        return sorted(found.items())
+
+    def library_snapshot(config):
+        entries, evidence = [], []
+        for label, names in library_namespaces(config):
+            keys = tuple(k for k, v in list(names.items()) if type(v) in lib_kinds and type(k) is str
+                         and not k.startswith("_") and k not in hook_slots)
+            values = tuple(map(names.get, keys))
+            for k, v in zip(keys, values):
+                code = hook_code(v)
+                home = getattr(sys.modules.get(label), "__file__", None)
+                if code is not None and code.co_filename != home and not trusted(code) and not runners_own(code):
+                    evidence.append("%s.%s is code from %s" % (label, k, code.co_filename))
+            entries.append([label, names, False, keys, values, frozenset()])
+        return flatten(entries), evidence
+
+    def library_changes(snap):
+        """Evidence of library functions replaced since ``snap`` by untrusted code or by no code."""
+        if not snap:
+            return []
+        try:
+            same = not any(map(is_not, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])),
+                               snap["values"]))
+        except KeyError:  # one was deleted (whatever calls it fails): compare what is there
+            same = False
+        if same:
+            return []
+        out = []
+        for entry in snap["entries"]:
+            label, names, _, keys, values, _ = entry
+            for k, old in zip(keys, values):
+                new = names.get(k)
+                if new is old or new is None:
+                    continue
+                code = hook_code(new)
+                if code is None:
+                    out.append("%s.%s replaced by %s (no code of its own)" % (label, k, type(new).__name__))
+                elif not trusted(code) and not runners_own(code):
+                    out.append("%s.%s replaced by code from %s" % (label, k, code.co_filename))
+            entry[3] = tuple(k for k in keys if k in names)
+            entry[4] = tuple(map(names.get, entry[3]))
+        snap.update(flatten(snap["entries"]))
+        return out
+
     # -- pytest hooks ----------------------------------------------------------------------------
     def pytest_configure(config):
         if state.get("config") is None:  # a pytest run inside the tests (pytester) is not the one graded
@@ -951,6 +1047,8 @@ def _install():
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_call(item):
         passing.discard(get_ident())
+        if item.config is state.get("config"):
+            tamper(test_code_evidence(item))
         outcome = yield
         excinfo = getattr(outcome, "excinfo", None)
         if excinfo is None and hasattr(outcome, "exception"):
@@ -963,6 +1061,14 @@ def _install():
         send({"t": "report", "id": report.nodeid, "when": report.when, "outcome": report.outcome,
               "xfail": hasattr(report, "wasxfail"), "raised": raised})
         check(report.when == "call")
+        if report.when == "teardown":
+            tamper(library_changes(state.get("libraries")))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(session):
+        if session.config is state.get("config") and "libraries" not in state:
+            state["libraries"], evidence = library_snapshot(session.config)
+            tamper(evidence)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(session, exitstatus):
@@ -971,12 +1077,13 @@ def _install():
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(config):
         check(True)
+        tamper(library_changes(state.get("libraries")))
         send({"t": "end", "exitstatus": state.get("exitstatus")})
 
-    return (pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_sessionfinish,
-            pytest_unconfigure)
+    return (pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_collection_finish,
+            pytest_sessionfinish, pytest_unconfigure)
 
 
-(pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_sessionfinish,
+(pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_collection_finish, pytest_sessionfinish,
  pytest_unconfigure) = _install()
 del _install
