@@ -533,6 +533,9 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
         report, tampered = _from_records(records)
         report = record_names(task, report)  # an R2E-Gym task names its tests without the file
         g.channel = True
+        if not any(r.get("probe") for r in records if r.get("t") == "start"):
+            g.notes.append("passing assertions were not probed for claimed equality: this pytest has no "
+                           "assertion-pass branch (pytest < 5); unittest's asserts were")
         for note in tampered:
             g.flag(IntegrityFlag.RUNNER_PATCHING, note)
         if ended and ended[-1].get("exitstatus") is not None and ended[-1]["exitstatus"] != rc:
