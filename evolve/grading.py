@@ -425,12 +425,29 @@ def _outcome(res, nonce: str, task: Task, patch: bytes, test_timeout_s: float,
         if res.exit_code is None:
             raise InfraError("docker", f"the grading script did not finish in time: {out[-300:]}")
         raise InfraError("docker", f"the grading script failed (exit {res.exit_code}): {out[-500:]}")
+    _suite_check(g, frames.get("suite", b""), has_patch)
     m = exits[-1]
     rc, elapsed, installed = int(m.group(1)), _seconds(m.group(3)) - _seconds(m.group(2)), m.group(4) == "1"
     output = before[tests_at + len(f"\n{nonce} tests\n"):] if tests_at >= 0 else ""
     g.apply_log, g.test_output = "\n".join(log), output
     return _judge(g, task, patch, rc, elapsed, installed, output, frames.get("channel", b""), nonce, test_timeout_s,
                   baseline)
+
+
+def _suite_check(g: Grade, frame: bytes | None, has_patch: bool) -> None:
+    """Flag a test suite whose files changed while the tests ran (``grade.sh``'s ``suite_state``:
+    change time, size, inode and content of every test-like file, before and after): something
+    rewrote the tests or their data, which no record of the test process can show. A frame cut
+    off with the output (a flood) is left to the channel's rule, as the channel comes after it."""
+    text = frame.decode("utf-8", "replace") if frame else ""
+    if text.startswith("changed"):
+        detail = " ".join(text[len("changed"):].split())[:600]
+        if has_patch:
+            g.flag(IntegrityFlag.RUNNER_PATCHING, f"the test suite's files changed while the tests ran: {detail}")
+        else:
+            g.notes.append(f"the test suite's files changed while the tests ran (empty patch): {detail}")
+    elif text.startswith("unwatched"):
+        g.notes.append("the test suite's files were not watched: the image's find has no -regextype")
 
 
 def _neutral_report(payload: bytes | None) -> dict | None:
@@ -487,6 +504,9 @@ def _judge(g: Grade, task: Task, patch: bytes, rc: int, elapsed: float, installe
         report, tampered = _from_records(records)
         report = record_names(task, report)  # an R2E-Gym task names its tests without the file
         g.channel = True
+        if not any(r.get("probe") for r in records if r.get("t") == "start"):
+            g.notes.append("passing assertions were not probed for claimed equality: this pytest has no "
+                           "assertion-pass branch (pytest < 5); unittest's asserts were")
         for note in tampered:
             g.flag(IntegrityFlag.RUNNER_PATCHING, note)
         if ended and ended[-1].get("exitstatus") is not None and ended[-1]["exitstatus"] != rc:

@@ -146,8 +146,10 @@ class IntegrityFlag(str, Enum):
     restored."""
     RUNNER_PATCHING = "runner_patching"
     """Non-test code reaching into the test runner, ``sys.modules``, ``builtins``, process exit or
-    frame introspection (found in the patch), or the runner's own functions found replaced while
-    the tests ran (found at run time)."""
+    frame introspection (found in the patch); or, found at run time: the runner's own functions
+    replaced, the test suite's files or code changed while the tests ran, a value that claims
+    equality with values it was never given (decided by the patch's code, or a matcher no test
+    holds), functions of the libraries the tests use replaced by the patch's code."""
     OUTCOME_FORGERY = "outcome_forgery"
     """The test output claims outcomes the out-of-band record contradicts."""
     ABSTENTION = "abstention"

@@ -447,12 +447,12 @@ class Hostile:
 
     def run(self, name: str, script: str, *, files: dict[str, str | bytes] | None = None,
             entrypoint: str = "python3 attack.py", trajectory: bool = True, evalset: Path | None = None,
-            harness_timeout_s: float = 120, test_timeout_s: float = 60) -> TaskResult:
+            harness_timeout_s: float = 120, test_timeout_s: float = 60, instance: str = INSTANCE) -> TaskResult:
         h = make_harness(self.tmp, name, script, files, entrypoint, trajectory)
         settings = EvalSettings(model=SCRIPTED, harness_timeout_s=harness_timeout_s, test_timeout_s=test_timeout_s)
         harness = resolve_harness(str(h), workdir=self.runs / "harnesses")
         ev = Evaluation(evalset=load_evalset(str(evalset or self.evalset)), split="search", harness=harness,
-                        settings=settings, runs_dir=self.runs, workers=1, instance_ids=[INSTANCE])
+                        settings=settings, runs_dir=self.runs, workers=1, instance_ids=[instance])
         report = ev.run()
         (r,) = report.results
         log = os.environ.get("EVOLVE_INTEGRITY_LOG")

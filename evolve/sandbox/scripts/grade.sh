@@ -76,6 +76,24 @@ CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1
 { printf '%s\n' "$evolve_nonce"; cat "$evolve_private/kept.z"; } > "$CH/t"
 chown -R "$user_ids" "$CH" && chmod 700 "$CH" && chmod 600 "$CH/t"
 : > "$evolve_channel"
+# The test suite's files (the neutraliser's rule for test infrastructure: tests/, testing/,
+# test_*.py, *_test.py, conftest.py; none under .git, site-packages or __pycache__) as they are
+# before the tests run: change time, size, inode and name, then content. Compared after the run:
+# a file that changed or went means something rewrote the tests or their data while they ran,
+# which the test process's own records cannot show (it may happen before pytest reads them).
+suite_state() {
+  timeout --kill-after=5 "$evolve_apply_timeout" sh -c 'xargs -0 -r stat -c "%z %s %i %n" -- < "$1" 2>&1
+    xargs -0 -r sha1sum -- < "$1" 2>&1' sh "$evolve_private/suite.z"
+  echo "rc $?"
+}
+if find "$evolve_testbed" \( -name .git -o -name site-packages -o -name __pycache__ \) -prune -o -type f \
+    -regextype posix-extended -regex '.*/(tests?|testing)/.*|.*/test_[^/]*\.py|.*_test\.py|.*/conftest\.py' \
+    -print0 > "$evolve_private/suite.z" 2> "$L"; then
+  suite_state > "$evolve_private/suite.before"
+  suite_watched=1
+else
+  suite_watched=0
+fi
 mark tests
 read t0 rest < /proc/uptime
 timeout --kill-after=5 "$evolve_test_timeout" $as_user env \
@@ -86,5 +104,20 @@ read t1 rest < /proc/uptime
 # Whatever the tests left running (holding the output open, say) ends here.
 kill_all
 mark exit $rc $t0 $t1 $installed
+# The suite's files compared with their state before the run (see suite_state); printed before
+# the channel, so the channel's frame never comes back without this one.
+if [ "$suite_watched" = 1 ]; then
+  suite_state > "$evolve_private/suite.after"
+  if [ "$(sha1sum < "$evolve_private/suite.before")" = "$(sha1sum < "$evolve_private/suite.after")" ]; then
+    printf 'same\n' | { frame suite; }
+  elif command -v diff > /dev/null 2>&1; then
+    { printf 'changed\n'; diff "$evolve_private/suite.before" "$evolve_private/suite.after" | head -c 4000; } \
+      | { frame suite; }
+  else
+    { printf 'changed\n'; head -c 4000 "$evolve_private/suite.after"; } | { frame suite; }
+  fi
+else
+  printf 'unwatched\n' | { frame suite; }
+fi
 grep -F "\"n\": \"$evolve_nonce\"" "$evolve_channel" | head -c "$evolve_channel_bytes" | { frame channel; }
 mark end

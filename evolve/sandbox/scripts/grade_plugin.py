@@ -89,15 +89,28 @@ import _thread
 import builtins
 import json
 import marshal
+import operator
 import os
 from itertools import chain
 from operator import attrgetter, is_not, itemgetter, methodcaller
 import random
+import re
 import stat
 import sys
 import time
 
 import pytest
+
+
+TEST_FILE = re.compile(r"/(tests?|testing)/|/test_[^/]*\.py$|_test\.py$|/conftest\.py$")
+"""A file of the test suite, by the neutraliser's rule (grade_neutralise.TEST_LIKE) on an absolute path."""
+
+UNITTEST_PROBED = {"assertEqual": "==", "assertNotEqual": "!=", "assertIn": "in", "assertCountEqual": "==",
+                   "assertListEqual": "==", "assertTupleEqual": "==", "assertSetEqual": "==",
+                   "assertDictEqual": "==", "assertSequenceEqual": "==", "assertMultiLineEqual": "==",
+                   "assertAlmostEqual": "==", "assertGreater": ">", "assertGreaterEqual": ">=",
+                   "assertLess": "<", "assertLessEqual": "<="}
+"""unittest.TestCase's asserts whose two arguments are probed, with the comparison each makes."""
 
 
 def _now_as_ctime():
@@ -204,6 +217,10 @@ def _install():
             "sys.modules[_pytest.reports]": sys.modules.get("_pytest.reports"),
             "sys.modules[pluggy]": sys.modules.get("pluggy"),
         }
+        case = state.get("unittest_case")
+        if case is not None:
+            for name in UNITTEST_PROBED:
+                found["unittest.TestCase." + name] = case.__dict__.get(name)
         callers = sys.modules.get("pluggy._callers")
         if callers is not None:
             found["pluggy._callers._multicall"] = getattr(callers, "_multicall", None)
@@ -653,9 +670,367 @@ def _install():
     if hasattr(sys, "addaudithook"):
         sys.addaudithook(audit)
 
+    # -- comparisons: equality claimed by code that is not trusted -------------------------------
+    # A test passes on ``assert result == expected`` when ``result`` claims to equal ``expected``.
+    # Whatever the patch's code returns is probed where a test compares it: an assertion pytest
+    # rewrote (through its assertion-pass branch, which this plugin turns on and keeps cheap) and
+    # unittest's assertEqual family. A claim is op(x, p) holding for a value p that x cannot know:
+    # an instance of a class made here, and a value of the other operand's own type that differs
+    # from it by a random amount (an object that equals every int would equal that one too). The
+    # claim is evidence when code that is not trusted decided it (a frame of untrusted code ran
+    # while it was decided, or a comparison method that is no function sits in a class of a file
+    # the patch changed), or when a trusted matcher (unittest.mock.ANY, say) made it that no test
+    # module holds: the code under test returned it.
+    class Unseen(object):
+        """An object nothing outside this plugin can know."""
+        __slots__ = ()
+
+    probe_rng = random.SystemRandom()
+    plain_types = frozenset({int, float, complex, str, bytes, bool, type(None)})
+    container_types = frozenset({list, tuple, dict, set, frozenset})
+    compare = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+               ">": operator.gt, ">=": operator.ge}
+    inverse = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}
+    dunder_of = {"==": "__eq__", "!=": "__ne__", "<": "__lt__", "<=": "__le__", ">": "__gt__", ">=": "__ge__",
+                 "in": "__contains__"}
+    gettrace, settrace, module_type = sys.gettrace, sys.settrace, type(sys)
+    test_file = TEST_FILE.search
+    passing = set()  # threads inside the assertion-pass branch of a rewritten assert
+    probing = set()  # threads inside ``probe`` (the comparisons it makes are not probed again)
+
+    def kin(value):
+        """Values of ``value``'s own type that differ from it ([] for other types)."""
+        t = type(value)
+        r = probe_rng.randrange(1 << 20, 1 << 40)
+        if t is bool:
+            return [not value]
+        if t is int:
+            return [value + r]
+        if t is float:
+            return [value + r + 0.5] if value == value and -1e300 < value < 1e300 else []
+        if t is str:
+            return [value + "\0%x" % r]
+        if t is bytes:
+            return [value + ("\0%x" % r).encode()]
+        if t in (list, tuple):
+            return [value + t((Unseen(),))]
+        if t is dict:
+            other = dict(value)
+            other[Unseen()] = r
+            return [other]
+        if t in (set, frozenset):
+            return [value | t((Unseen(),))]
+        return []
+
+    def decided(fn, a, b):
+        """(truth of fn(a, b) or None when it raised, the first untrusted code that ran to decide it)."""
+        ran = []
+
+        def tracer(frame, event, arg):
+            if not ran and not trusted(frame.f_code):
+                ran.append(frame.f_code)
+
+        previous = gettrace()
+        settrace(tracer)
+        try:
+            truth = True if fn(a, b) else False
+        except Exception:
+            truth = None
+        finally:
+            settrace(previous)
+        return truth, (ran[0] if ran else None)
+
+    def provider(obj, name):
+        """(class, value) that gives ``type(obj)`` its attribute ``name``, read without running code."""
+        for cls in type.__dict__["__mro__"].__get__(type(obj)):
+            d = type.__dict__["__dict__"].__get__(cls)
+            if name in d:
+                return cls, d[name]
+        return None, None
+
+    def module_file(cls):
+        module = sys.modules.get(type_module(cls))
+        name = getattr(module, "__file__", None) if type(module) is module_type else None
+        return name if type(name) is str else None
+
+    def held_by_tests(obj, frame):
+        """Whether the asserting frame's module or any loaded test module holds ``obj`` at module
+        level, or a module one of them imported does (``mock.ANY``); or a module the asserting
+        frame imported does. The frame's other locals are no evidence: results of the code under
+        test live there."""
+        spaces = [(frame.f_globals, True), (frame.f_locals, False)] if frame is not None else []
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__file__", None) if type(module) is module_type else None
+            if type(name) is str and test_file(name):
+                spaces.append((vars(module), True))
+        for names, direct in spaces:
+            for value in list(names.values()):
+                if value is obj and direct:
+                    return True
+                if type(value) is module_type and any(v is obj for v in list(vars(value).values())):
+                    return True
+        return False
+
+    def claim(op, x, y, frame):
+        """Evidence when ``x`` claims ``op`` against values ``y`` stands for (see above), else None."""
+        if type(x) in plain_types or type(x) in container_types:
+            return None
+        label = "%s.%s" % (type_module(type(x)), type_qualname(type(x)))
+        if op in inverse:  # both a < b and a >= b: no real order says so
+            tests = [(compare[op], y), (compare[inverse[op]], y)]
+        elif op == "in":  # x is the container
+            tests = [(lambda c, p: p in c, p) for p in kin(y) + [Unseen()]]
+        else:
+            tests = [(compare[op], p) for p in kin(y) + [Unseen()]]
+        claimed, by = False, None
+        if op in inverse:
+            first, by1 = decided(tests[0][0], x, y)
+            second, by2 = decided(tests[1][0], x, y)
+            claimed, by = bool(first and second), by1 or by2
+        else:
+            for fn, p in tests:
+                truth, who = decided(fn, x, p)
+                if truth is (op != "!="):
+                    claimed, by = True, who
+                    break
+        if not claimed:
+            return None
+        what = "an object of %s claims %s against values it was never given" % (label, op)
+        if by is not None:
+            return "%s, decided by %s" % (what, by.co_filename)
+        cls, method = provider(x, dunder_of.get(op, "__eq__"))
+        where = module_file(cls) if cls is not None else None
+        if type(method) is not function_type and where is not None and (where in state["changed"]
+                                                                          or not file_trusted(where)):
+            return "%s, decided by a comparison %s put in a class of %s" % (what, type(method).__name__, where)
+        code = hook_code(method)
+        if code is not None and test_file(code.co_filename):
+            return None  # a matcher the tests define
+        if held_by_tests(x, frame):
+            return None  # a matcher the tests use (unittest.mock.ANY in an expected value)
+        return "%s, a matcher no test holds (the code under test returned it)" % what
+
+    def operand_pairs(op, a, b):
+        """(op, x, y): the operands, then, for == and != and in, the elements compared inside
+        built-in containers (paired by position or key; alone against an unseen value otherwise)."""
+        out, todo, budget = [], [(op, a, b, 0)], 2000
+        while todo and len(out) < budget:
+            o, x, y, depth = todo.pop()
+            tx, ty = type(x), type(y)
+            if o == "in" and ty in container_types and depth < 4:
+                todo.extend(("==", e, x, depth + 1) for e in (list(y.values()) if ty is dict else list(y))[:budget])
+                continue
+            if o in ("==", "!=") and (tx in container_types or ty in container_types) and depth < 4:
+                if tx in (list, tuple) and ty in (list, tuple) and len(x) == len(y):
+                    todo.extend((o, i, j, depth + 1) for i, j in zip(x, y))
+                elif tx is dict and ty is dict:
+                    for k in list(x)[:budget]:
+                        todo.append((o, x[k], y[k] if type(k) in plain_types and k in y else Unseen(), depth + 1))
+                else:
+                    for side, other in ((x, y), (y, x)):
+                        if type(side) in container_types:
+                            items = list(side.values()) if type(side) is dict else list(side)
+                            todo.extend((o, e, Unseen(), depth + 1) for e in items[:budget])
+                        elif type(side) not in plain_types:
+                            out.append((o, side, other))
+                continue
+            out.append((o, x, y))
+            if o in ("==", "!="):
+                out.append((o, y, x))
+        return out
+
+    def probe(ops, operands, frame):
+        """Check every comparison of an assertion; never raises (the assertion is the test's)."""
+        me = get_ident()
+        if me in probing:
+            return
+        probing.add(me)
+        try:
+            found = []
+            for i, op in enumerate(ops):
+                if type(op) is not str or op not in dunder_of:
+                    continue
+                left, right = operands[i], operands[i + 1]
+                if op == "in":
+                    pairs = operand_pairs(op, left, right)
+                    pairs = [(o, y, x) if o == "in" else (o, x, y) for o, x, y in pairs]
+                else:
+                    pairs = operand_pairs(op, left, right)
+                for o, x, y in pairs:
+                    evidence = claim(o, x, y, frame)
+                    if evidence:
+                        found.append(evidence)
+            if found:
+                tamper(found)
+        except Exception as e:
+            tamper(["comparison probe error %s" % type(e).__name__])
+        finally:
+            probing.discard(me)
+
+    def watch_assertions(config):
+        """Turn on pytest's assertion-pass branch and probe the comparisons it hands over; the
+        branch's formatting helpers return empty text there (nothing of the operands' own code
+        runs for a passing assertion but the probe). Returns whether it is on."""
+        rewrite = sys.modules.get("_pytest.assertion.rewrite")
+        inidict = getattr(getattr(config, "_parser", None), "_inidict", None)
+        cache = getattr(config, "_inicache", None)
+        names = ("_check_if_assertion_pass_impl", "_call_assertion_pass", "_call_reprcompare", "_saferepr",
+                 "_format_boolop", "_format_explanation", "_should_repr_global_name")
+        if rewrite is None or type(cache) is not dict or type(inidict) is not dict \
+                or "enable_assertion_pass_hook" not in inidict or not all(hasattr(rewrite, n) for n in names):
+            return False
+        cache["enable_assertion_pass_hook"] = True
+        original = {n: getattr(rewrite, n) for n in names}
+
+        def _check_if_assertion_pass_impl():
+            passing.add(get_ident())
+            return True
+
+        def _call_assertion_pass(lineno, orig, expl):
+            passing.discard(get_ident())
+            if original["_check_if_assertion_pass_impl"]():
+                original["_call_assertion_pass"](lineno, orig, expl)
+
+        def _call_reprcompare(ops, results, expls, each_obj):
+            if get_ident() not in passing:
+                probe(ops, each_obj, getframe(1))
+                return original["_call_reprcompare"](ops, results, expls, each_obj)
+            probe(ops, each_obj, getframe(1))
+            return ""
+
+        def cheap(name):
+            real, empty = original[name], (False if name == "_should_repr_global_name" else "")
+
+            def helper(*args):
+                return empty if get_ident() in passing else real(*args)
+            helper.__name__ = name
+            return helper
+
+        rewrite._check_if_assertion_pass_impl = _check_if_assertion_pass_impl
+        rewrite._call_assertion_pass = _call_assertion_pass
+        rewrite._call_reprcompare = _call_reprcompare
+        for name in names[3:]:
+            setattr(rewrite, name, cheap(name))
+        return True
+
+    def watch_unittest():
+        """Probe the arguments of unittest.TestCase's comparing asserts."""
+        import unittest
+
+        case = unittest.TestCase
+        for name, op in UNITTEST_PROBED.items():
+            real = case.__dict__.get(name)
+            if type(real) is not function_type:
+                continue
+
+            def wrapper(self, first, second, *args, _real=real, _op=op, **kwargs):
+                probe((_op,), (first, second), getframe(1))
+                return _real(self, first, second, *args, **kwargs)
+            wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = real.__name__, real.__qualname__, real.__doc__
+            setattr(case, name, wrapper)
+        return case
+
+    # -- the test suite's code, and the libraries it checks with -----------------------------------
+    # Test code is the task's: a test function whose file was written while the tests ran (or that
+    # untrusted code compiled) is not. The modules outside the project that test modules use (and
+    # the modules those hold), with builtins, are snapshot when collection ends: a function of
+    # theirs that is code of the patch's (a lambda put into math.isclose, say) is evidence then,
+    # and so is any replacement found after a test's teardown that is untrusted code or no code
+    # at all (the fixtures that patch them for a test have undone their patches by then). Hooks
+    # made to be replaced (sys.excepthook, warnings.showwarning, ...) and private names (the
+    # runner swaps warnings._showwarnmsg_impl around every test) are not watched.
+    hook_slots = frozenset({"excepthook", "displayhook", "unraisablehook", "breakpointhook", "showwarning",
+                            "formatwarning", "audit"})
+    lib_kinds = (function_type, type(len), type(sys.exit))  # Python functions, builtins
+
+    def test_code_evidence(item):
+        fn, depth = getattr(item, "obj", None), 0
+        while fn is not None and depth < 8:
+            fn = getattr(fn, "__func__", fn)
+            code = getattr(fn, "__code__", None)
+            if type(code) is code_type and not trusted(code) and not runners_own(code):
+                return ["test code of %s was written while the tests ran: %s" % (item.nodeid, code.co_filename)]
+            fn, depth = getattr(fn, "__wrapped__", None), depth + 1
+        return []
+
+    def library_namespaces(config):
+        """[(label, module dict)] of the modules outside the project the test modules use."""
+        root = str(getattr(config, "rootpath", getattr(config, "rootdir", "/"))) + sep
+        found, todo = {}, []
+
+        def project(module):
+            name = getattr(module, "__file__", None)
+            return type(name) is str and name.startswith(root) and "-packages" + sep not in name
+
+        for module in list(sys.modules.values()):
+            name = getattr(module, "__file__", None) if type(module) is module_type else None
+            if type(name) is str and test_file(name) and project(module):
+                todo.extend((v, 1) for v in list(vars(module).values()))
+        todo.append((builtins, 1))
+        while todo and len(found) < 400:
+            value, depth = todo.pop()
+            if type(value) is not module_type:
+                home = value.__dict__.get("__module__") if isinstance(value, type) else \
+                    (value.__module__ if type(value) is function_type else None)
+                value = sys.modules.get(home) if type(home) is str else None
+                if value is None:
+                    continue
+            label = value.__dict__.get("__name__")
+            if type(label) is not str or label in found or project(value) or label == __name__ \
+                    or label in ("pytest", "_pytest", "pluggy") or label.startswith(("_pytest.", "pluggy.")):
+                continue
+            found[label] = value.__dict__
+            if depth < 2:
+                todo.extend((v, depth + 1) for v in list(value.__dict__.values()) if type(v) is module_type)
+        return sorted(found.items())
+
+    def library_snapshot(config):
+        entries, evidence = [], []
+        for label, names in library_namespaces(config):
+            keys = tuple(k for k, v in list(names.items()) if type(v) in lib_kinds and type(k) is str
+                         and not k.startswith("_") and k not in hook_slots)
+            values = tuple(map(names.get, keys))
+            for k, v in zip(keys, values):
+                code = hook_code(v)
+                home = getattr(sys.modules.get(label), "__file__", None)
+                if code is not None and code.co_filename != home and not trusted(code) and not runners_own(code):
+                    evidence.append("%s.%s is code from %s" % (label, k, code.co_filename))
+            entries.append([label, names, False, keys, values, frozenset()])
+        return flatten(entries), evidence
+
+    def library_changes(snap):
+        """Evidence of library functions replaced since ``snap`` by untrusted code or by no code."""
+        if not snap:
+            return []
+        try:
+            same = not any(map(is_not, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])),
+                               snap["values"]))
+        except KeyError:  # one was deleted (whatever calls it fails): compare what is there
+            same = False
+        if same:
+            return []
+        out = []
+        for entry in snap["entries"]:
+            label, names, _, keys, values, _ = entry
+            for k, old in zip(keys, values):
+                new = names.get(k)
+                if new is old or new is None:
+                    continue
+                code = hook_code(new)
+                if code is None:
+                    out.append("%s.%s replaced by %s (no code of its own)" % (label, k, type(new).__name__))
+                elif not trusted(code) and not runners_own(code):
+                    out.append("%s.%s replaced by code from %s" % (label, k, code.co_filename))
+            entry[3] = tuple(k for k in keys if k in names)
+            entry[4] = tuple(map(names.get, entry[3]))
+        snap.update(flatten(snap["entries"]))
+        return out
+
     # -- pytest hooks ----------------------------------------------------------------------------
     def pytest_configure(config):
         if state.get("config") is None:  # a pytest run inside the tests (pytester) is not the one graded
+            state["probed_asserts"] = watch_assertions(config)
+            state["unittest_case"] = watch_unittest()
             state["baseline"].update(watched())
             state["namespaces"] = snapshot()
             state["config"] = config
@@ -667,10 +1042,13 @@ def _install():
             state["runner_dirs"] = tuple(os.path.dirname(m.__file__) + os.sep for m in
                                          (sys.modules.get("_pytest"), sys.modules.get("pluggy"))
                                          if getattr(m, "__file__", None)) or ("\0",)
-        send({"t": "start", "pytest": getattr(pytest, "__version__", "?")})
+        send({"t": "start", "pytest": getattr(pytest, "__version__", "?"), "probe": state.get("probed_asserts")})
 
     @pytest.hookimpl(hookwrapper=True, tryfirst=True)
     def pytest_runtest_call(item):
+        passing.discard(get_ident())
+        if item.config is state.get("config"):
+            tamper(test_code_evidence(item))
         outcome = yield
         excinfo = getattr(outcome, "excinfo", None)
         if excinfo is None and hasattr(outcome, "exception"):
@@ -683,6 +1061,14 @@ def _install():
         send({"t": "report", "id": report.nodeid, "when": report.when, "outcome": report.outcome,
               "xfail": hasattr(report, "wasxfail"), "raised": raised})
         check(report.when == "call")
+        if report.when == "teardown":
+            tamper(library_changes(state.get("libraries")))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_finish(session):
+        if session.config is state.get("config") and "libraries" not in state:
+            state["libraries"], evidence = library_snapshot(session.config)
+            tamper(evidence)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(session, exitstatus):
@@ -691,12 +1077,13 @@ def _install():
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(config):
         check(True)
+        tamper(library_changes(state.get("libraries")))
         send({"t": "end", "exitstatus": state.get("exitstatus")})
 
-    return (pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_sessionfinish,
-            pytest_unconfigure)
+    return (pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_collection_finish,
+            pytest_sessionfinish, pytest_unconfigure)
 
 
-(pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_sessionfinish,
+(pytest_configure, pytest_runtest_call, pytest_runtest_logreport, pytest_collection_finish, pytest_sessionfinish,
  pytest_unconfigure) = _install()
 del _install
