@@ -85,6 +85,9 @@ class RayCluster:
     """``start()`` the head with ``head_slots`` of ``evolve_sandbox``; ``add_node(slots)`` more."""
 
     def __init__(self, head_slots: int = 1) -> None:
+        self.client_port = free_ports(1)[0]
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"
+        """The head's Ray Client server (``ray start --ray-client-server-port``)."""
         self.temp = Path(tempfile.mkdtemp(prefix="evray", dir="/tmp"))  # short: Ray's unix socket paths
         self.port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
@@ -110,7 +113,8 @@ class RayCluster:
         return node
 
     def start(self) -> "RayCluster":
-        self._start(["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp}"],
+        self._start(["--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
+                     "--include-dashboard=false", f"--temp-dir={self.temp}"],
                     self.head_slots)
         self._wait(1)
         return self
