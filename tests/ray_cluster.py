@@ -24,7 +24,10 @@ RAY = str(Path(sys.executable).parent / "ray")
 REPO = Path(__file__).resolve().parent.parent
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-          "RAY_health_check_initial_delay_ms": "1000", "RAY_USAGE_STATS_ENABLED": "0"}
+          "RAY_health_check_initial_delay_ms": "1000", "RAY_USAGE_STATS_ENABLED": "0",
+          # The head's Ray Client server starts a server process per client and waits this long for
+          # it (default 30 s): too short on 2 busy cores.
+          "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
 
 
 def free_ports(n: int) -> list[int]:

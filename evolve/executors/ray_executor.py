@@ -137,7 +137,10 @@ def _no_cluster(address: str, error: BaseException) -> str:
                 "names the head's Ray Client server: port 10001 unless the head was started with "
                 "`ray start --head --ray-client-server-port=PORT`; the GCS port (6379) takes HOST:PORT without "
                 f"ray://. This machine must have the cluster's Ray and Python versions (here Ray {ray.__version__}, "
-                f"Python {platform.python_version()}) and the ray extra (pip install 'evolve[ray]': ray[client]).")
+                f"Python {platform.python_version()}) and the ray extra (pip install 'evolve[ray]': ray[client]). "
+                "\"Starting Ray client server failed\" means the head did not start the server for this client in "
+                "time: on a busy head, start Ray there with RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S=120 "
+                "(seconds; Ray's default is 30).")
     return (f"no Ray cluster at {address!r} ({error}). Start one (`ray start --head "
             f"--resources='{{\"{RESOURCE}\": 2}}'`, see README \"Running on a cluster\") "
             "or set executor.address / --ray-address.")
@@ -150,6 +153,8 @@ class _Shared:
     per executor."""
 
     def __init__(self) -> None:
+        self.connect_lock = threading.Lock()
+        """Held while joining the cluster (``ray.init`` once per process)."""
         self.lock = threading.Lock()
         self.images: dict[tuple[str, str], dict] = {}
         """``{(ref, image id): {"sha256", "size", "chunks": [ObjectRef]}}``: the head's saved copies,
@@ -203,14 +208,15 @@ class RayExecutor:
         """
         if self._connected:
             return
-        if not ray.is_initialized():
-            _probe(self.address)
-            try:
-                env = forwarded_env()  # no runtime env at all when there is nothing to forward: quicker workers
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
-                         **({"runtime_env": {"env_vars": env}} if env else {}))
-            except (ConnectionError, RuntimeError) as e:
-                raise ConfigError(_no_cluster(self.address, e)) from None
+        with _shared.connect_lock:  # evaluate_many opens several executors at once: one ray.init
+            if not ray.is_initialized():
+                _probe(self.address)
+                try:
+                    env = forwarded_env()  # no runtime env at all when there is nothing to forward: quicker workers
+                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
+                             **({"runtime_env": {"env_vars": env}} if env else {}))
+                except (ConnectionError, RuntimeError) as e:
+                    raise ConfigError(_no_cluster(self.address, e)) from None
         if ray.cluster_resources().get(RESOURCE, 0) < 1:
             raise ConfigError(f"no node of the Ray cluster declares the resource {RESOURCE!r}: start nodes that "
                               f"have a Docker engine with `ray start ... --resources='{{\"{RESOURCE}\": N}}'`")
