@@ -488,6 +488,37 @@ print(json.dumps([[(r.instance_id, r.resolved, r.is_infra) for r in rep.results]
 """
 
 
+def test_prune_removes_an_old_load_a_newer_one_untagged_and_trusts_no_unreadable_record(docker_client, tmp_path):
+    """No cluster needed (``loaded_images.prune`` as a node runs it): a tag loaded again at a new
+    image id leaves the old image untagged; once old, it goes and the new one stays. A record file
+    that cannot be read removes nothing."""
+    import uuid
+
+    from evolve.executors import images, loaded_images
+
+    ref, home = f"evolve-test-retag-{uuid.uuid4().hex[:8]}:1", tmp_path / "node"
+    ids = []
+    try:
+        for content in (b"first", b"second"):
+            tiny_image(docker_client, ref, content)
+            ids.append(loaded_by_evolve(docker_client, ref, home, tmp_path / f"head-{content.decode()}"))
+        assert docker_client.images.get(ids[0]).tags == []  # the second load took its tag
+        age(home, ids[0], 100)
+        with images.node_lock(home):
+            done = loaded_images.prune(docker_client, home, 72 * 3600)
+        assert done == [f"removed untagged {ids[0][:19]}"], done
+        assert not any(i.id == ids[0] for i in docker_client.images.list(all=True))
+        assert docker_client.images.get(ref).id == ids[1] and set(loaded_images.read(home)) == {ids[1]}
+        loaded_images.record_path(home).write_text("{not json")
+        with images.node_lock(home):
+            assert loaded_images.prune(docker_client, home, 0) == []
+        assert docker_client.images.get(ref).id == ids[1]
+    finally:
+        untag(docker_client, ref)
+        for image_id in ids:
+            untag(docker_client, image_id)
+
+
 def test_evaluations_run_together_ship_an_image_once(cluster, mini_evalset, shipped, docker_client, tmp_path):
     """``evaluate_many`` (K candidates) on Ray: one executor per evaluation, both starting at once
     on nodes that lack the task image; the head puts its copy into the object store once for both."""

@@ -97,7 +97,8 @@ class Executor(Protocol):
         """Wait for background container removals and sweep the run's leftovers; ``open`` may follow."""
 
 
-def make_executor(kind: str = "local", address: str = "auto", image_ttl_hours: float | None = IMAGE_TTL_HOURS) -> Executor:
+def make_executor(kind: str = "local", address: str = "auto",
+                  image_ttl_hours: float | None = IMAGE_TTL_HOURS) -> Executor:
     """The executor named ``kind`` (``local`` or ``ray``); ``address`` is the Ray cluster's;
     ``image_ttl_hours``: how long an image evolve loaded onto a Ray node may go unused before the
     node removes it (``loaded_images``; None: never).

@@ -20,10 +20,11 @@ engine's, else its saved copy's). A node that lacks one answers ``need_images`` 
 anything; the head then puts its saved copy (``docker save | gzip``, made once per image id and
 kept in ``$EVOLVE_HOME/images/saved/``) into the object store in ``images.CHUNK_BYTES`` pieces, once
 for all the evaluations of this process running at once (``_Shared``: ``evaluate_many``'s executors
-share it; freed when the last of them closes), and submits the task-run again; the node loads it once (a per-node file lock), checks
-the id, and the task-run's events say which node loaded what (``image_loaded``). A load that fails
-(corrupt bytes, another image id, docker refusing) is this node's infrastructure: an
-``infra_retry`` event and the task-run goes to another node; with no node left, ``infra``.
+share it; freed when the last of them closes), and submits the task-run again; the node loads it
+once (a per-node file lock), checks the id, and the task-run's events say which node loaded what
+(``image_loaded``). A load that fails (corrupt bytes, another image id, docker refusing) is this
+node's infrastructure: an ``infra_retry`` event and the task-run goes to another node; with no
+node left, ``infra``.
 Each node records what it loaded and removes it once unused for ``image_ttl_hours``
 (``loaded_images``).
 
@@ -307,7 +308,8 @@ class RayExecutor:
             with _shared.lock:
                 if env.key not in _shared.envs:
                     _shared.envs[env.key] = [ray.put(ray_node.tar_dir(env.root))]
-            out[ref] = {"key": env.key, "tar": _shared.envs[env.key], "image": env.image, "python": dict(env.python.__dict__),
+            out[ref] = {"key": env.key, "tar": _shared.envs[env.key], "image": env.image,
+                        "python": dict(env.python.__dict__),
                         "requirements": list(env.requirements)}
         return out
 

@@ -94,8 +94,8 @@ class _Node:
         if need:
             return {"need_images": need}
         now = time.monotonic()
-        stale = [images[r]["id"] for r in dict.fromkeys(refs) if r not in missing
-                 and now - self.touched.get(images[r]["id"], -_RECHECK_S) >= _RECHECK_S]
+        stale = [i for i in dict.fromkeys(images[r]["id"] for r in refs if r not in missing)
+                 if i not in self.touched or now - self.touched[i] >= _RECHECK_S]
         if stale:  # in use: not to be pruned (at most once per _RECHECK_S per image and process)
             with node_lock(evolve_home()):
                 loaded_images.touch(evolve_home(), stale)
