@@ -118,6 +118,12 @@ def make_executor(kind: str = "local", address: str = "auto",
         except ImportError:
             raise ConfigError("--executor ray needs Ray: pip install 'evolve[ray]' "
                               "(scripts/setup.sh installs it)") from None
+        if address.startswith("ray://"):
+            try:
+                import grpc  # noqa: F401
+            except ImportError:
+                raise ConfigError(f"{address} is a Ray Client address, which needs Ray Client: "
+                                  "pip install 'evolve[ray]' (it brings ray[client])") from None
         from evolve.executors.ray_executor import RayExecutor
 
         return RayExecutor(address, image_ttl_hours)
