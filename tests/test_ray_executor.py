@@ -421,25 +421,28 @@ def test_ray_client_address_runs_like_local_and_prunes_old_loads(cluster, mini_e
 def test_sandbox_sweep_removes_only_old_images_evolve_loaded(cluster, docker_client, tmp_path):
     """`evolve sandbox sweep --images --executor ray` on every node: of the images evolve loaded
     onto a node, the one unused for 100 hours goes; the one used a moment ago stays, as do the one
-    a running container uses and the one the node had before evolve loaded it (only evolve's tag
-    of it goes)."""
+    a running container uses and those the node had before evolve loaded a tag of them (evolve's
+    tag goes only while another tag keeps the image)."""
     import uuid
 
     from evolve.executors import loaded_images
 
     u, node_home, head_home = uuid.uuid4().hex[:8], cluster.temp / "home", tmp_path / "head"
-    refs = {name: f"evolve-test-{name}-{u}:1" for name in ("pre", "old", "used", "fresh")}
+    refs = {name: f"evolve-test-{name}-{u}:1" for name in ("pre", "pre2", "old", "used", "fresh")}
     ids = {name: tiny_image(docker_client, ref, name.encode()) for name, ref in refs.items()}
-    extra = f"evolve-test-pre-{u}:evolve"  # a tag evolve loads for an image the node already had
-    docker_client.images.get(refs["pre"]).tag(extra)
+    # tags evolve loads for images the node already had; pre2's own tag is then removed by its user
+    extra = {name: f"evolve-test-{name}-{u}:evolve" for name in ("pre", "pre2")}
     container = None
     try:
+        for name in ("pre", "pre2"):
+            docker_client.images.get(refs[name]).tag(extra[name])
+            assert loaded_by_evolve(docker_client, extra[name], node_home, head_home) == ids[name]
+        untag(docker_client, refs["pre2"])
         for name in ("old", "used", "fresh"):
             assert loaded_by_evolve(docker_client, refs[name], node_home, head_home) == ids[name]
-        assert loaded_by_evolve(docker_client, extra, node_home, head_home) == ids["pre"]
         records = loaded_images.read(node_home)
         assert records[ids["pre"]]["had_before"] and not records[ids["old"]]["had_before"]
-        for name in ("pre", "old", "used"):
+        for name in ("pre", "pre2", "old", "used"):
             age(node_home, ids[name], 100)
         # A running container of "used": the host's /usr, read-only, gives it a sleep to run.
         mounts = {p: {"bind": p, "mode": "ro"} for p in ("/usr", "/lib", "/lib64") if Path(p).exists()}
@@ -453,6 +456,7 @@ def test_sandbox_sweep_removes_only_old_images_evolve_loaded(cluster, docker_cli
         have = {i.id: i.tags for i in docker_client.images.list(all=True)}
         assert ids["old"] not in have and f"removed {refs['old']}" in proc.stdout
         assert have[ids["pre"]] == [refs["pre"]]  # the node's own image and tag stay; evolve's tag went
+        assert have[ids["pre2"]] == [extra["pre2"]]  # its only tag is evolve's: removing it would remove the image
         assert have[ids["used"]] == [refs["used"]] and "a running container uses it" in proc.stdout
         assert have[ids["fresh"]] == [refs["fresh"]]
         records = loaded_images.read(node_home)
@@ -462,7 +466,7 @@ def test_sandbox_sweep_removes_only_old_images_evolve_loaded(cluster, docker_cli
     finally:
         if container is not None:
             container.remove(force=True)
-        for ref in [*refs.values(), extra]:
+        for ref in [*refs.values(), *extra.values()]:
             untag(docker_client, ref)
         for image_id in ids.values():
             untag(docker_client, image_id)
