@@ -12,6 +12,8 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from evolve.executors.loaded_images import IMAGE_TTL_HOURS
+
 
 class Limits(BaseModel):
     """Per-task limits the model gateway enforces, whatever the harness does."""
@@ -126,7 +128,13 @@ class ExecutorConfig(BaseModel):
     cluster that declare the ``evolve_sandbox`` resource (install ``evolve[ray]``)."""
     address: str = "auto"
     """Ray cluster address, as ``ray.init(address=...)`` takes it: ``auto`` (the cluster this machine
-    belongs to), ``HOST:PORT`` of the head's GCS, or ``ray://HOST:10001``."""
+    belongs to), ``HOST:PORT`` of the head's GCS, or ``ray://HOST:10001`` (Ray Client: evolve need not
+    run on a node of the cluster)."""
+    image_ttl_hours: float | None = Field(default=IMAGE_TTL_HOURS, ge=0)
+    """Hours an image that evolve loaded onto a Ray node (from the head's copy) may go unused before
+    that node removes it, when a worker process there first serves a task-run; null: never.
+    Images a node had before evolve loaded them, or that a container uses, are never removed
+    (``evolve.executors.loaded_images``). ``evolve sandbox sweep --images`` does it at once."""
 
 
 class ServeConfig(BaseModel):

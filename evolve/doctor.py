@@ -356,6 +356,9 @@ def check_executor(raw: dict | None) -> Check:
     if not _installed("ray"):
         return Check("ray executor", "fail", f"executor.kind is ray (address {address}) but ray is not installed",
                      f"`{sys.executable} -m pip install 'ray[default]'`")
+    if address.startswith("ray://") and not _installed("grpc"):
+        return Check("ray executor", "fail", f"executor.address {address} is a Ray Client address, but Ray Client "
+                     "(grpcio) is not installed", f"`{sys.executable} -m pip install 'ray[client]'`")
     refused = _tcp_refused(address)
     if refused:
         return Check("ray executor", "fail", f"nothing answers at {address}: {refused}",

@@ -176,4 +176,5 @@ def _same_kind(executor: "Executor") -> "Executor":
     """A new executor like ``executor``: local, or Ray at the same address."""
     from evolve.executors import make_executor
 
-    return make_executor(executor.kind, getattr(executor, "address", "auto"))
+    return make_executor(executor.kind, getattr(executor, "address", "auto"),
+                         getattr(executor, "image_ttl_hours", None))

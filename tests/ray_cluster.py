@@ -24,7 +24,10 @@ RAY = str(Path(sys.executable).parent / "ray")
 REPO = Path(__file__).resolve().parent.parent
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
 HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-          "RAY_health_check_initial_delay_ms": "1000", "RAY_USAGE_STATS_ENABLED": "0"}
+          "RAY_health_check_initial_delay_ms": "1000", "RAY_USAGE_STATS_ENABLED": "0",
+          # The head's Ray Client server starts a server process per client and waits this long for
+          # it (default 30 s): too short on 2 busy cores.
+          "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}
 
 
 def free_ports(n: int) -> list[int]:
@@ -85,6 +88,9 @@ class RayCluster:
     """``start()`` the head with ``head_slots`` of ``evolve_sandbox``; ``add_node(slots)`` more."""
 
     def __init__(self, head_slots: int = 1) -> None:
+        self.client_port = free_ports(1)[0]
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"
+        """The head's Ray Client server (``ray start --ray-client-server-port``)."""
         self.temp = Path(tempfile.mkdtemp(prefix="evray", dir="/tmp"))  # short: Ray's unix socket paths
         self.port = free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
@@ -110,7 +116,8 @@ class RayCluster:
         return node
 
     def start(self) -> "RayCluster":
-        self._start(["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp}"],
+        self._start(["--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
+                     "--include-dashboard=false", f"--temp-dir={self.temp}"],
                     self.head_slots)
         self._wait(1)
         return self

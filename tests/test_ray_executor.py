@@ -309,6 +309,235 @@ def test_run_decides_the_same_under_both_executors(cluster, base_image, tmp_path
     assert [g[0] for g in decisions["ray"]["gens"]] == ["accepted", "rejected"]
 
 
+@pytest.fixture(scope="module")
+def shipped(docker_client, base_image, tmp_path_factory):
+    """``(ref, image id, head home)``: a tag of the base image that only the head's saved copy
+    holds (made once for the module; each test untags it from the engine before use)."""
+    import uuid
+
+    from evolve.executors import images
+
+    ref, home = f"evolve-test-shipped-{uuid.uuid4().hex[:8]}:1", tmp_path_factory.mktemp("head-home")
+    docker_client.images.get(base_image).tag(ref)
+    try:
+        image_id = docker_client.images.get(ref).id
+        images.saved_copy(docker_client, ref, image_id, home)
+    finally:
+        untag(docker_client, ref)
+    yield ref, image_id, home
+    untag(docker_client, ref)
+
+
+def tiny_image(client, ref: str, content: bytes) -> str:
+    """A one-file image tagged ``ref`` (its id depends on ``content``)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("content")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    repo, tag = ref.split(":")
+    client.api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
+    return client.images.get(ref).id
+
+
+def loaded_by_evolve(client, ref: str, node_home: Path, head_home: Path) -> str:
+    """Ship ``ref`` (present in the engine) as the head does and load it as a node does
+    (``images.load``, recorded in ``node_home``): the engine's tag is gone in between."""
+    from evolve.executors import images
+
+    image_id = client.images.get(ref).id
+    saved = images.saved_copy(client, ref, image_id, head_home)
+    untag(client, ref)
+    assert images.load(client, ref, image_id, saved.sha256, saved.size, saved.chunks(), home=node_home,
+                       have=lambda: False) is not None
+    return image_id
+
+
+def age(node_home: Path, image_id: str, hours: float) -> None:
+    """Make the node's record of ``image_id`` say it was last used ``hours`` ago."""
+    from evolve.executors import images, loaded_images
+
+    with images.node_lock(node_home):
+        path = loaded_images.record_path(node_home)
+        records = json.loads(path.read_text())
+        records[image_id]["last_used"] = time.time() - hours * 3600
+        path.write_text(json.dumps(records))
+
+
+def test_ray_client_address_runs_like_local_and_prunes_old_loads(cluster, mini_evalset, shipped, docker_client,
+                                                                 tmp_path):
+    """``ray://`` (Ray Client: the evolve process is no node of the cluster; everything goes through
+    the head's client server): the same outcomes as the local executor, node ids recorded, the
+    task image shipped from the evolve process's saved copy through the client connection. The
+    node's first task-run removes an image evolve loaded there 100 hours ago (default
+    image_ttl_hours 72) and records the image it just loaded."""
+    import uuid
+
+    from evolve.executors import loaded_images
+
+    ref, image_id, head_home = shipped
+    node_home = cluster.temp / "home"
+    stale_ref = f"evolve-test-stale-{uuid.uuid4().hex[:8]}:1"
+    tiny_image(docker_client, stale_ref, b"stale")
+    stale_id = loaded_by_evolve(docker_client, stale_ref, node_home, tmp_path / "h")
+    age(node_home, stale_id, 100)
+    evalset = with_image(mini_evalset, tmp_path / "mini", ref)
+    untag(docker_client, ref)
+    try:
+        evolve_eval(mini_evalset, template_dir("minimal"), tmp_path / "local", "--repeats", "1")
+        proc = evolve_eval(evalset, template_dir("minimal"), tmp_path / "ray", "--repeats", "1", "--executor", "ray",
+                           "--ray-address", cluster.client_address, home=head_home)
+        assert docker_client.images.get(ref).id == image_id  # loaded from the head's copy
+    finally:
+        untag(docker_client, ref)
+        untag(docker_client, stale_ref)
+    assert "(ray)" in proc.stdout
+    _, local = results(tmp_path / "local")
+    ray_dir, remote = results(tmp_path / "ray")
+    assert set(remote) == set(local) == {("mini__calc-1", 0), ("mini__calc-2", 0)}
+    for key, row in remote.items():
+        assert {k: row[k] for k in COMPARED} == {k: local[key][k] for k in COMPARED}, key
+    assert {r["node"] for r in remote.values()} <= set(cluster.node_ids()) and all(r["node"] for r in remote.values())
+    assert len(events(ray_dir, "image_shipped")) == 1 and events(ray_dir, "image_loaded")
+    # The stale load is gone, with an event saying so; the one just made is recorded as used now.
+    assert not any(i.id == stale_id for i in docker_client.images.list(all=True))
+    pruned = [e["detail"] for e in events(ray_dir, "images_pruned")]
+    assert any(f"removed {stale_ref}" in d for d in pruned), pruned
+    records = loaded_images.read(node_home)
+    assert stale_id not in records and ref in records[image_id]["refs"]
+    assert time.time() - records[image_id]["last_used"] < 3600
+
+
+def test_sandbox_sweep_removes_only_old_images_evolve_loaded(cluster, docker_client, tmp_path):
+    """`evolve sandbox sweep --images --executor ray` on every node: of the images evolve loaded
+    onto a node, the one unused for 100 hours goes; the one used a moment ago stays, as do the one
+    a running container uses and those the node had before evolve loaded a tag of them (evolve's
+    tag goes only while another tag keeps the image)."""
+    import uuid
+
+    from evolve.executors import loaded_images
+
+    u, node_home, head_home = uuid.uuid4().hex[:8], cluster.temp / "home", tmp_path / "head"
+    refs = {name: f"evolve-test-{name}-{u}:1" for name in ("pre", "pre2", "old", "used", "fresh")}
+    ids = {name: tiny_image(docker_client, ref, name.encode()) for name, ref in refs.items()}
+    # tags evolve loads for images the node already had; pre2's own tag is then removed by its user
+    extra = {name: f"evolve-test-{name}-{u}:evolve" for name in ("pre", "pre2")}
+    container = None
+    try:
+        for name in ("pre", "pre2"):
+            docker_client.images.get(refs[name]).tag(extra[name])
+            assert loaded_by_evolve(docker_client, extra[name], node_home, head_home) == ids[name]
+        untag(docker_client, refs["pre2"])
+        for name in ("old", "used", "fresh"):
+            assert loaded_by_evolve(docker_client, refs[name], node_home, head_home) == ids[name]
+        records = loaded_images.read(node_home)
+        assert records[ids["pre"]]["had_before"] and not records[ids["old"]]["had_before"]
+        for name in ("pre", "pre2", "old", "used"):
+            age(node_home, ids[name], 100)
+        # A running container of "used": the host's /usr, read-only, gives it a sleep to run.
+        mounts = {p: {"bind": p, "mode": "ro"} for p in ("/usr", "/lib", "/lib64") if Path(p).exists()}
+        container = docker_client.containers.run(refs["used"], ["/usr/bin/sleep", "300"], detach=True,
+                                                 volumes=mounts, network_mode="none",
+                                                 name=f"evolve-test-used-{u}")
+        proc = subprocess.run([EVOLVE, "sandbox", "sweep", "--images", "--executor", "ray", "--ray-address",
+                               cluster.client_address], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "COLUMNS": "300"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        have = {i.id: i.tags for i in docker_client.images.list(all=True)}
+        assert ids["old"] not in have and f"removed {refs['old']}" in proc.stdout
+        assert have[ids["pre"]] == [refs["pre"]]  # the node's own image and tag stay; evolve's tag went
+        assert have[ids["pre2"]] == [extra["pre2"]]  # its only tag is evolve's: removing it would remove the image
+        assert have[ids["used"]] == [refs["used"]] and "a running container uses it" in proc.stdout
+        assert have[ids["fresh"]] == [refs["fresh"]]
+        records = loaded_images.read(node_home)
+        assert ids["old"] not in records and ids["pre"] not in records
+        assert ids["used"] in records and ids["fresh"] in records
+        assert all(f"node {n}: removed" in proc.stdout for n, alive in cluster.node_ids().items() if alive)
+    finally:
+        if container is not None:
+            container.remove(force=True)
+        for ref in [*refs.values(), *extra.values()]:
+            untag(docker_client, ref)
+        for image_id in ids.values():
+            untag(docker_client, image_id)
+
+
+EVALUATE_MANY = """
+import json, sys
+from pathlib import Path
+from evolve.config import EvalSettings
+from evolve.evalsets.registry import load_evalset
+from evolve.evaluator import DockerEvaluator
+from evolve.executors import make_executor
+from evolve.harness import resolve_harness, template_dir
+
+evalset, address, script, out = sys.argv[1:5]
+settings = EvalSettings(model=f"scripted/{script}", harness_timeout_s=120, test_timeout_s=120)
+evaluator = DockerEvaluator(load_evalset(evalset), settings, out_dir=Path(out) / "evals", cache_dir=Path(out) / "cache",
+                            workers=2, sandbox_run_id="many", executor=make_executor("ray", address))
+harness = resolve_harness(str(template_dir("minimal")), workdir=Path(out) / "harnesses")
+reports = evaluator.evaluate_many([(harness, ["mini__calc-1"], 0, "g001-c1-r0"),
+                                   (harness, ["mini__calc-2"], 0, "g001-c2-r0")], "search")
+print(json.dumps([[(r.instance_id, r.resolved, r.is_infra) for r in rep.results] for rep in reports]))
+"""
+
+
+def test_prune_removes_an_old_load_a_newer_one_untagged_and_trusts_no_unreadable_record(docker_client, tmp_path):
+    """No cluster needed (``loaded_images.prune`` as a node runs it): a tag loaded again at a new
+    image id leaves the old image untagged; once old, it goes and the new one stays. A record file
+    that cannot be read removes nothing."""
+    import uuid
+
+    from evolve.executors import images, loaded_images
+
+    ref, home = f"evolve-test-retag-{uuid.uuid4().hex[:8]}:1", tmp_path / "node"
+    ids = []
+    try:
+        for content in (b"first", b"second"):
+            tiny_image(docker_client, ref, content)
+            ids.append(loaded_by_evolve(docker_client, ref, home, tmp_path / f"head-{content.decode()}"))
+        assert docker_client.images.get(ids[0]).tags == []  # the second load took its tag
+        age(home, ids[0], 100)
+        with images.node_lock(home):
+            done = loaded_images.prune(docker_client, home, 72 * 3600)
+        assert done == [f"removed untagged {ids[0][:19]}"], done
+        assert not any(i.id == ids[0] for i in docker_client.images.list(all=True))
+        assert docker_client.images.get(ref).id == ids[1] and set(loaded_images.read(home)) == {ids[1]}
+        loaded_images.record_path(home).write_text("{not json")
+        with images.node_lock(home):
+            assert loaded_images.prune(docker_client, home, 0) == []
+        assert docker_client.images.get(ref).id == ids[1]
+    finally:
+        untag(docker_client, ref)
+        for image_id in ids:
+            untag(docker_client, image_id)
+
+
+def test_evaluations_run_together_ship_an_image_once(cluster, mini_evalset, shipped, docker_client, tmp_path):
+    """``evaluate_many`` (K candidates) on Ray: one executor per evaluation, both starting at once
+    on nodes that lack the task image; the head puts its copy into the object store once for both."""
+    ref, image_id, head_home = shipped
+    evalset = with_image(mini_evalset, tmp_path / "mini", ref)
+    untag(docker_client, ref)
+    try:
+        proc = subprocess.run([sys.executable, "-c", EVALUATE_MANY, str(evalset), cluster.address, str(SOLVER_SCRIPT),
+                               str(tmp_path / "out")], capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "EVOLVE_HOME": str(head_home)})
+    finally:
+        untag(docker_client, ref)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[["mini__calc-1", True, False]],
+                                                                [["mini__calc-2", False, False]]]
+    runs = sorted((tmp_path / "out" / "evals").iterdir())
+    assert len(runs) == 2
+    shipped_events = [e for run in runs for e in events(run, "image_shipped")]
+    assert len(shipped_events) == 1, shipped_events
+    assert all(e["detail"].split()[1] in cluster.node_ids() for run in runs for e in events(run, "image_loaded"))
+
+
 def test_worker_node_dying_mid_evaluation_loses_nothing(cluster, mini_evalset, docker_client, tmp_path):
     """Runs last in this module: it kills the cluster's worker node."""
     harness = tmp_path / "sleepy"

@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 from rich.text import Text
 
-from evolve.cli.common import console, plain
+from evolve.cli.common import RAY_ADDRESS_HELP, console, plain
 from evolve.errors import ConfigError
+from evolve.executors.loaded_images import IMAGE_TTL_HOURS
 
 
 def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make available; default: "
@@ -38,8 +39,33 @@ def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make 
     console.print(Text.assemble("sandbox image ready: ", (ref, "bold")))
 
 
-def sandbox_sweep() -> None:
-    """Remove containers left by evolve processes that are no longer alive."""
-    from evolve.sandbox.docker import docker_client, sweep_stale
+def sandbox_sweep(
+    images: bool = typer.Option(False, "--images", help="Also remove images that evolve loaded from a head's "
+                                "copy (--executor ray) and that no task-run used for --image-ttl-hours. Images "
+                                "evolve did not load, or that a container uses, are kept."),
+    image_ttl_hours: float = typer.Option(IMAGE_TTL_HOURS, min=0, help="With --images: hours an image evolve "
+                                          "loaded may go unused before it is removed; 0 removes every one no "
+                                          "container uses."),
+    executor: str = typer.Option("local", help="local: this machine's engine; ray: every node of the Ray "
+                                 "cluster that declares evolve_sandbox."),
+    ray_address: str = typer.Option("auto", help=RAY_ADDRESS_HELP),
+) -> None:
+    """Remove containers left by evolve processes that are no longer alive (and, with --images,
+    images evolve loaded that went unused), here or on every node of a Ray cluster."""
+    from evolve.executors import make_executor
+    from evolve.executors.loaded_images import sweep_here
 
-    console.print(f"removed {sweep_stale(docker_client())} stale container(s)")
+    ttl = image_ttl_hours if images else None
+    if executor == "local":
+        done = {"this machine": sweep_here(ttl)}
+    elif executor == "ray":
+        done = make_executor("ray", ray_address).sweep_cluster(ttl)
+    else:
+        raise ConfigError(f"unknown executor {executor!r}: use local or ray")
+    for where, (containers, lines) in done.items():
+        name = where if executor == "local" else f"node {where}"
+        console.print(f"{name}: removed {containers} stale container(s)")
+        for line in lines:
+            plain(f"{name}: {line}")
+        if images and not lines:
+            plain(f"{name}: no image evolve loaded is older than {image_ttl_hours:g} h", "dim")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from evolve.executors.loaded_images import IMAGE_TTL_HOURS
+
 if TYPE_CHECKING:
     from evolve.config import EvalSettings, ExecutorConfig
     from evolve.evalsets.registry import EvalSet
@@ -95,8 +97,11 @@ class Executor(Protocol):
         """Wait for background container removals and sweep the run's leftovers; ``open`` may follow."""
 
 
-def make_executor(kind: str = "local", address: str = "auto") -> Executor:
-    """The executor named ``kind`` (``local`` or ``ray``); ``address`` is the Ray cluster's.
+def make_executor(kind: str = "local", address: str = "auto",
+                  image_ttl_hours: float | None = IMAGE_TTL_HOURS) -> Executor:
+    """The executor named ``kind`` (``local`` or ``ray``); ``address`` is the Ray cluster's;
+    ``image_ttl_hours``: how long an image evolve loaded onto a Ray node may go unused before the
+    node removes it (``loaded_images``; None: never).
 
     Raises:
         ConfigError: an unknown kind, or ``ray`` without Ray installed.
@@ -113,12 +118,18 @@ def make_executor(kind: str = "local", address: str = "auto") -> Executor:
         except ImportError:
             raise ConfigError("--executor ray needs Ray: pip install 'evolve[ray]' "
                               "(scripts/setup.sh installs it)") from None
+        if address.startswith("ray://"):
+            try:
+                import grpc  # noqa: F401
+            except ImportError:
+                raise ConfigError(f"{address} is a Ray Client address, which needs Ray Client: "
+                                  "pip install 'evolve[ray]' (it brings ray[client])") from None
         from evolve.executors.ray_executor import RayExecutor
 
-        return RayExecutor(address)
+        return RayExecutor(address, image_ttl_hours)
     raise ConfigError(f"unknown executor {kind!r}: use one of {', '.join(KINDS)}")
 
 
 def executor_for(cfg: "ExecutorConfig") -> Executor:
     """``make_executor`` for ``executor:`` of evolve.yaml."""
-    return make_executor(cfg.kind, cfg.address)
+    return make_executor(cfg.kind, cfg.address, cfg.image_ttl_hours)

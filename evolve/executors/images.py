@@ -8,6 +8,8 @@ gzip-compressed, kept in ``$EVOLVE_HOME/images/saved/`` and made once per refere
 and the node loads it (``load``): received into a file, its sha256 and size checked against the
 head's, ``docker load``-ed, and the loaded id checked against the head's. One load at a time per
 node (a file lock under the node's ``$EVOLVE_HOME``), so concurrent task-runs load an image once.
+Each load is recorded on the node, and what evolve loaded is removed once unused for long enough
+(``loaded_images``).
 
 Nothing here imports Ray; the Ray executor moves the bytes (``ray_executor``, ``ray_node``).
 """
@@ -192,6 +194,7 @@ def load(client: "docker.DockerClient", ref: str, image_id: str, sha256: str, si
     unless ``have()`` says it is there by now; one load at a time per node (``home/images/load.lock``).
 
     Returns ``{"bytes": size, "seconds": load time}``, or None when ``have()`` was true under the lock.
+    A load is recorded in ``home/images/loaded.json`` (``loaded_images.note_load``).
 
     Raises:
         LoadError: the bytes are not the head's (sha256 or size), ``docker load`` refused them, or
@@ -199,9 +202,12 @@ def load(client: "docker.DockerClient", ref: str, image_id: str, sha256: str, si
     """
     from docker.errors import DockerException
 
+    from evolve.executors import loaded_images
+
     with node_lock(home):
         if have():
             return None
+        had_before = engine_id(client, image_id) is not None  # the load may only add a tag to it
         start = time.monotonic()
         with tempfile.TemporaryFile(dir=home / "images") as f:
             digest, got = hashlib.sha256(), 0
@@ -229,4 +235,5 @@ def load(client: "docker.DockerClient", ref: str, image_id: str, sha256: str, si
             raise LoadError(f"the copy of {ref} from the head loaded as image {loaded}, not the head's "
                             f"{image_id}{untag}: the head's saved copy ($EVOLVE_HOME/images/saved/) does not "
                             "hold the image it claims; remove it and run again")
+        loaded_images.note_load(home, ref, image_id, had_before=had_before)  # for loaded_images.prune
         return {"bytes": size, "seconds": round(time.monotonic() - start, 2)}

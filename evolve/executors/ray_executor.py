@@ -4,10 +4,11 @@ Placement: each task-run asks for one unit of the custom resource ``evolve_sandb
 its work happens in containers), so a node started with ``--resources='{"evolve_sandbox": N}'``
 takes at most N at once, and only nodes that declare it (they have a Docker engine) take any.
 
-What travels: the head puts the harness tree, each task repository (a tar of its directory) and
-the split's task rows into Ray's object store once per evaluation; every task-run references them
-and a worker process unpacks each once (``ray_node``); the harness's environment (built on the
-head, ``taskrun.agent_env``) is put once per executor and unpacked once per node. The model call path stays
+What travels: the head puts the harness tree and the split's task rows into Ray's object store
+once per evaluation, and each task repository (a tar of its directory) once per process; every
+task-run references them and a worker process unpacks each once (``ray_node``); the harness's
+environment (built on the head, ``taskrun.agent_env``) is put once per process and unpacked once
+per node. The model call path stays
 container → unix socket → gateway → litellm → model, with the gateway in the worker process beside
 the container: API keys reach it through the job's runtime env (``env_vars``: the variables of this
 process named in ``forwarded_env``), never a container. Back to the head come the ``TaskResult``,
@@ -18,10 +19,19 @@ Images: the head fixes the image id of every image the evaluation uses (``images
 engine's, else its saved copy's). A node that lacks one answers ``need_images`` before running
 anything; the head then puts its saved copy (``docker save | gzip``, made once per image id and
 kept in ``$EVOLVE_HOME/images/saved/``) into the object store in ``images.CHUNK_BYTES`` pieces, once
-per evaluation, and submits the task-run again; the node loads it once (a per-node file lock), checks
-the id, and the task-run's events say which node loaded what (``image_loaded``). A load that fails
-(corrupt bytes, another image id, docker refusing) is this node's infrastructure: an
-``infra_retry`` event and the task-run goes to another node; with no node left, ``infra``.
+for all the evaluations of this process running at once (``_Shared``: ``evaluate_many``'s executors
+share it; freed when the last of them closes), and submits the task-run again; the node loads it
+once (a per-node file lock), checks the id, and the task-run's events say which node loaded what
+(``image_loaded``). A load that fails (corrupt bytes, another image id, docker refusing) is this
+node's infrastructure: an ``infra_retry`` event and the task-run goes to another node; with no
+node left, ``infra``.
+Each node records what it loaded and removes it once unused for ``image_ttl_hours``
+(``loaded_images``).
+
+Ray Client: ``address`` may be ``ray://HOST:PORT``, so evolve (the head, in these docstrings) need
+not run on a node of the cluster: everything above travels through the client connection, the
+images come from the Docker engine of the machine where evolve runs, and nothing assumes a path
+or file lock shared with a node.
 
 Failures: a task-run whose worker or node died is infrastructure: an ``infra_retry`` event, then
 submitted again on any node with a free ``evolve_sandbox`` (``SYSTEM_RETRIES`` times); when that is
@@ -48,16 +58,17 @@ import ray
 from evolve.errors import ConfigError
 from evolve.executors import EvalWork, ValidationJob
 from evolve.executors import ray_node
+from evolve.executors.loaded_images import IMAGE_TTL_HOURS
 from evolve.taskrun import Cancelled, Files, Job, infra_result
 from evolve.types import TaskResult
 
 log = logging.getLogger(__name__)
 
 RESOURCE = "evolve_sandbox"
+"""The custom resource a node declares for each task-run it may hold at once."""
 CONNECT_TIMEOUT_S = 10.0
 """Seconds to wait for a TCP answer at a ``host:port`` address before ``ray.init`` (which, with no
 cluster there, waits for it without end)."""
-"""The custom resource a node declares for each task-run it may hold at once."""
 SYSTEM_RETRIES = 4
 """Times a task-run whose worker process or node died is submitted again before it is ``infra``."""
 FORWARDED_ENV = re.compile(r"^(?:[A-Z0-9_]+_API_(?:KEY|BASE|VERSION)|[A-Z0-9_]+_BASE_URL|LITELLM_[A-Z0-9_]+|"
@@ -89,6 +100,13 @@ def _sweep(run_id: str) -> int:
     return ray_node.sweep(run_id)
 
 
+@ray.remote(num_cpus=0)
+def _sweep_here(image_ttl_hours: float | None) -> tuple[int, list[str]]:
+    from evolve.executors.loaded_images import sweep_here
+
+    return sweep_here(image_ttl_hours)
+
+
 def _probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
     """Check that something accepts a TCP connection at ``address`` (``host:port`` or ``ray://host:port``;
     ``auto`` means ``$RAY_ADDRESS`` when set) within ``timeout_s`` seconds. Other addresses (``auto``
@@ -109,28 +127,79 @@ def _probe(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                           "\"Running on a cluster\") or set executor.address / --ray-address.") from None
 
 
+def _no_cluster(address: str, error: BaseException) -> str:
+    """What to do when ``ray.init(address)`` failed with ``error``: for a ``ray://`` address (Ray
+    Client), which port it takes and that versions must match; else how to start a cluster."""
+    import platform
+
+    target = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+    if target.startswith("ray://"):
+        return (f"could not connect to the Ray cluster at {target!r} through Ray Client ({error}). A ray:// address "
+                "names the head's Ray Client server: port 10001 unless the head was started with "
+                "`ray start --head --ray-client-server-port=PORT`; the GCS port (6379) takes HOST:PORT without "
+                f"ray://. This machine must have the cluster's Ray and Python versions (here Ray {ray.__version__}, "
+                f"Python {platform.python_version()}) and the ray extra (pip install 'evolve[ray]': ray[client]). "
+                "\"Starting Ray client server failed\" means the head did not start the server for this client in "
+                "time: on a busy head, start Ray there with RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S=120 "
+                "(seconds; Ray's default is 30).")
+    return (f"no Ray cluster at {address!r} ({error}). Start one (`ray start --head "
+            f"--resources='{{\"{RESOURCE}\": 2}}'`, see README \"Running on a cluster\") "
+            "or set executor.address / --ray-address.")
+
+
+class _Shared:
+    """What every ``RayExecutor`` of this process shares in Ray's object store: ``evaluate_many``
+    runs one executor per evaluation of a race's round, at once, and they need the same images,
+    repositories and often the same harness environment. Each is put once per process, not once
+    per executor."""
+
+    def __init__(self) -> None:
+        self.connect_lock = threading.Lock()
+        """Held while joining the cluster (``ray.init`` once per process)."""
+        self.lock = threading.Lock()
+        self.images: dict[tuple[str, str], dict] = {}
+        """``{(ref, image id): {"sha256", "size", "chunks": [ObjectRef]}}``: the head's saved copies,
+        kept while an executor that shipped or used one is open (``holders``), then freed."""
+        self.holders: dict[tuple[str, str], set] = {}
+        self.repos: dict[str, tuple[str, list]] = {}
+        """``{repository path: (key, [ObjectRef of its tar])}``, kept for the process."""
+        self.envs: dict[str, list] = {}
+        """``{harness environment key: [ObjectRef of the tar of its directory]}``, kept for the process."""
+
+    def release(self, holder: object) -> None:
+        """``holder`` (an executor) no longer needs the image copies it held: free those no one holds."""
+        with self.lock:
+            for key in [k for k, held in self.holders.items() if holder in held]:
+                self.holders[key].discard(holder)
+                if not self.holders[key]:
+                    del self.holders[key]
+                    self.images.pop(key, None)
+
+
+_shared = _Shared()
+
+
 class RayExecutor:
     """Task-runs as Ray tasks on a cluster (``address`` as ``ray.init`` takes it). Connects on the
     first ``open``; the connection serves every later evaluation of this process."""
 
     kind = "ray"
 
-    def __init__(self, address: str = "auto") -> None:
+    def __init__(self, address: str = "auto", image_ttl_hours: float | None = IMAGE_TTL_HOURS) -> None:
         self.address = address
+        self.image_ttl_hours = image_ttl_hours
+        """Images evolve loaded onto a node and no task-run used for this long are removed by the
+        node's next worker process (``loaded_images.prune``); None: never."""
         self._work: EvalWork | None = None
         self._spec: dict | None = None
         self._tasks = None
         self._running: dict[str, object] = {}
         self._lock = threading.Lock()
-        self._repos: dict[str, tuple[str, list]] = {}
         self._connected = False
         self._client = None
         self._images: dict[str, dict] = {}
         """``{ref: {"id": image id, "payload": None or {"sha256", "size", "chunks": [ObjectRef]}}}``:
         replaced whole when it changes (jobs being submitted read it without a lock)."""
-        self._ship_lock = threading.Lock()
-        self._envs: dict[str, list] = {}
-        """``{harness environment key: [ObjectRef of the tar of its directory]}``, put once per executor."""
 
     def connect(self) -> None:
         """Join the cluster once per process.
@@ -140,16 +209,15 @@ class RayExecutor:
         """
         if self._connected:
             return
-        if not ray.is_initialized():
-            _probe(self.address)
-            try:
-                env = forwarded_env()  # no runtime env at all when there is nothing to forward: quicker workers
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
-                         **({"runtime_env": {"env_vars": env}} if env else {}))
-            except (ConnectionError, RuntimeError) as e:
-                raise ConfigError(f"no Ray cluster at {self.address!r} ({e}). Start one (`ray start --head "
-                                  f"--resources='{{\"{RESOURCE}\": 2}}'`, see README \"Running on a cluster\") "
-                                  "or set executor.address / --ray-address.") from None
+        with _shared.connect_lock:  # evaluate_many opens several executors at once: one ray.init
+            if not ray.is_initialized():
+                _probe(self.address)
+                try:
+                    env = forwarded_env()  # no runtime env at all when there is nothing to forward: quicker workers
+                    ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING,
+                             **({"runtime_env": {"env_vars": env}} if env else {}))
+                except (ConnectionError, RuntimeError) as e:
+                    raise ConfigError(_no_cluster(self.address, e)) from None
         if ray.cluster_resources().get(RESOURCE, 0) < 1:
             raise ConfigError(f"no node of the Ray cluster declares the resource {RESOURCE!r}: start nodes that "
                               f"have a Docker engine with `ray start ... --resources='{{\"{RESOURCE}\": N}}'`")
@@ -160,13 +228,14 @@ class RayExecutor:
         harness = work.harness
         task_refs = self._resolve_images(work)
         # Put once, referenced by every task-run (wrapped in lists: fetched lazily). A repository is
-        # put once per executor, so every evaluation of an `evolve run` shares it.
+        # put once per process, so every evaluation of an `evolve run` shares it.
         harness_tar = ray_node.tar_dir(harness.root)
         repos = {t.repo_path: self._repo(work.evalset.repo_dir(t)) for t in work.tasks if t.repo_path}
         self._spec = {"run_id": work.run_id, "settings": work.settings, "harness_key": "harness-" + harness.tree_hash,
                       "harness_ref": [ray.put(harness_tar)], "harness_spec": harness.spec.model_dump(),
                       "tree_hash": harness.tree_hash, "source": harness.source, "repos": repos,
-                      "task_refs": task_refs, "envs": self._harness_envs(work, task_refs)}
+                      "task_refs": task_refs, "envs": self._harness_envs(work, task_refs),
+                      "image_ttl_hours": self.image_ttl_hours}
         self._tasks = ray.put({t.instance_id: t for t in work.tasks})
         self._work = work
 
@@ -178,6 +247,7 @@ class RayExecutor:
         Raises:
             SandboxError: as ``taskrun.task_images``: images that cannot be had, named.
         """
+        from evolve.errors import SandboxError
         from evolve.evalsets.registry import evolve_home
         from evolve.executors import images
         from evolve.harness_env import agent_image
@@ -186,7 +256,12 @@ class RayExecutor:
         from evolve.taskrun import task_images
 
         if self._client is None:
-            self._client = docker_client()
+            try:
+                self._client = docker_client()
+            except SandboxError as e:
+                raise SandboxError(f"{e} With --executor ray the machine running evolve needs a Docker engine too "
+                                   "(also with a ray:// address): it fixes the image id of every task and ships "
+                                   "its copies to the nodes that lack them.") from None
         client, home = self._client, evolve_home()
         task_refs = {t.image: t.image or base_image_tag() for t in work.tasks}
         ids = images.head_ids(client, task_refs.values(), home)
@@ -204,7 +279,7 @@ class RayExecutor:
         """``{task image ref: shipped environment}`` (``ray_node._Node.env``): the harness's
         environment for each image, built or found on the head as the local executor does
         (``taskrun.agent_env``; an image the head has only saved is loaded into its engine first)
-        and put once per executor. Empty when the harness declares no requirements.
+        and put once per process (``_Shared``). Empty when the harness declares no requirements.
 
         Raises:
             HarnessError: as ``agent_env``.
@@ -230,14 +305,17 @@ class RayExecutor:
                 except images.LoadError as e:
                     raise SandboxError(f"the head cannot load its own saved copy of {agent_ref}: {e}") from None
             _, env = agent_env(self._client, work.harness, ref, work.settings)
-            if env.key not in self._envs:
-                self._envs[env.key] = [ray.put(ray_node.tar_dir(env.root))]
-            out[ref] = {"key": env.key, "tar": self._envs[env.key], "image": env.image, "python": dict(env.python.__dict__),
+            with _shared.lock:
+                if env.key not in _shared.envs:
+                    _shared.envs[env.key] = [ray.put(ray_node.tar_dir(env.root))]
+            out[ref] = {"key": env.key, "tar": _shared.envs[env.key], "image": env.image,
+                        "python": dict(env.python.__dict__),
                         "requirements": list(env.requirements)}
         return out
 
     def _ship(self, refs: list[str], say=lambda detail: None) -> None:
-        """Put the head's saved copy of each of ``refs`` into the object store (once per evaluation).
+        """Put the head's saved copy of each of ``refs`` into the object store, unless an open
+        executor of this process has put it (``_Shared``); this executor holds it until ``close``.
 
         Raises:
             InfraError: the head cannot make a saved copy (``images.saved_copy``).
@@ -245,18 +323,21 @@ class RayExecutor:
         from evolve.evalsets.registry import evolve_home
         from evolve.executors import images
 
-        with self._ship_lock:
+        with _shared.lock:  # another executor of this process may have put it: then it is shared
             for ref in refs:
                 entry = self._images[ref]
                 if entry["payload"] is not None:
                     continue
-                start = time.monotonic()
-                saved = images.saved_copy(self._client, ref, entry["id"], evolve_home())
-                chunks = [ray.put(block) for block in saved.chunks()]
-                payload = {"sha256": saved.sha256, "size": saved.size, "chunks": chunks}
-                self._images = {**self._images, ref: {**entry, "payload": payload}}
-                say(f"head shipped {ref} ({entry['id']}): {saved.size} bytes in {len(chunks)} pieces, "
-                    f"{time.monotonic() - start:.1f} s to save and put")
+                key = (ref, entry["id"])
+                if key not in _shared.images:
+                    start = time.monotonic()
+                    saved = images.saved_copy(self._client, ref, entry["id"], evolve_home())
+                    chunks = [ray.put(block) for block in saved.chunks()]
+                    _shared.images[key] = {"sha256": saved.sha256, "size": saved.size, "chunks": chunks}
+                    say(f"head shipped {ref} ({entry['id']}): {saved.size} bytes in {len(chunks)} pieces, "
+                        f"{time.monotonic() - start:.1f} s to save and put")
+                _shared.holders.setdefault(key, set()).add(self)
+                self._images = {**self._images, ref: {**entry, "payload": _shared.images[key]}}
 
     def _submit(self, key: str, submit, say) -> dict:
         """``ray.get`` of ``submit()``, shipping images and submitting again while the node
@@ -343,7 +424,7 @@ class RayExecutor:
 
     def validate(self, job: ValidationJob) -> str | None:
         """As ``LocalExecutor.validate``, on a node with a free ``evolve_sandbox``. Each repository
-        is put once per executor (by path: synthesis writes it before validating). A node lost
+        is put once per process (by path: synthesis writes it before validating). A node lost
         ``SYSTEM_RETRIES + 1`` times drops the task with the reason, as a grader infrastructure error does."""
         import dataclasses
 
@@ -386,11 +467,11 @@ class RayExecutor:
         """``(key, [ObjectRef])`` of the tar of ``repo_dir``, put on first need (by path: eval sets
         and synthesized repositories are not rewritten while evolve uses them)."""
         path = str(repo_dir)
-        with self._lock:
-            if path not in self._repos:
+        with _shared.lock:
+            if path not in _shared.repos:
                 data = ray_node.tar_dir(repo_dir)
-                self._repos[path] = ("repo-" + hashlib.sha256(data).hexdigest()[:24], [ray.put(data)])
-            return self._repos[path]
+                _shared.repos[path] = ("repo-" + hashlib.sha256(data).hexdigest()[:24], [ray.put(data)])
+            return _shared.repos[path]
 
     def cancel(self) -> None:
         with self._lock:
@@ -403,7 +484,35 @@ class RayExecutor:
         if self._work is not None:
             self._sweep_nodes()
         self._work = self._spec = self._tasks = None
-        self._images = {ref: {**entry, "payload": None} for ref, entry in self._images.items()}  # frees the copies
+        self._images = {ref: {**entry, "payload": None} for ref, entry in self._images.items()}
+        _shared.release(self)  # frees the copies no other open executor of this process uses
+
+    def sweep_cluster(self, image_ttl_hours: float | None) -> dict[str, tuple[int, list[str]]]:
+        """``loaded_images.sweep_here`` on every live node that declares ``evolve_sandbox``:
+        ``{node id: (containers removed, image lines)}`` (``evolve sandbox sweep --executor ray``).
+
+        Raises:
+            ConfigError: as ``connect``.
+            InfraError: a node's sweep failed or did not answer within 180 s, named.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from evolve.errors import InfraError
+
+        self.connect()
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get(RESOURCE)]
+        refs = {n: _sweep_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False))
+                .remote(image_ttl_hours) for n in nodes}
+        out = {}
+        for node_id, ref in refs.items():
+            try:
+                out[node_id] = ray.get(ref, timeout=180)
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if isinstance(e.cause, BaseException) else e
+                raise InfraError("sweep", f"sweeping node {node_id} failed: {cause}") from None
+            except ray.exceptions.RayError as e:
+                raise InfraError("sweep", f"sweeping node {node_id} failed: {type(e).__name__}: {e}") from None
+        return out
 
     def _sweep_nodes(self) -> None:
         """``ray_node.sweep`` of this run on every live node that declares ``evolve_sandbox``."""

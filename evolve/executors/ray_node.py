@@ -3,7 +3,9 @@
 Runs inside a Ray worker process on a node that declares ``evolve_sandbox``. Per process, on
 first need: a docker client of the node's engine (and a sweep of what dead evolve processes left
 on it), the task images (present with the head's image id, else loaded from the head's saved copy:
-``executors.images``; a node without the head's copy asks for it by answering ``need_images``), the model backend
+``executors.images``; a node without the head's copy asks for it by answering ``need_images``; on its
+first task-run the process removes images evolve loaded here that no task-run used for
+``image_ttl_hours``: ``executors.loaded_images``), the model backend
 (built here from the model string and whatever keys the node's environment holds: the gateway
 runs on this node, beside the container), and the harness trees and repositories the head put in
 Ray's object store, unpacked once into a private temp dir (swept once the process is dead).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +27,9 @@ from evolve.harness import Harness, HarnessSpec
 from evolve.taskrun import Files, Job, TaskContext, run_task
 from evolve.types import Task
 
+_RECHECK_S = 600.0
+"""Seconds a worker process trusts what it saw of an image in the node's engine, and between its
+marks of an image as used (``loaded_images.touch``): far below any useful ``image_ttl_hours``."""
 _CONTEXTS_KEPT = 4
 """Evaluations whose context a worker process keeps (``evolve run`` makes one per candidate)."""
 
@@ -49,8 +55,12 @@ class _Node:
         sweep_stale(self.client)  # leftovers of dead evolve processes on this node (a killed worker)
         self._dir = owner.temp_dir("node")  # removed at exit, swept after a kill -9
         self.root = Path(self._dir.name)
-        self.images: dict[str, str] = {}
-        """``{ref: image id}`` seen in this node's engine."""
+        self.images: dict[str, tuple[str, float]] = {}
+        """``{ref: (image id, time.monotonic() when seen)}`` in this node's engine."""
+        self.touched: dict[str, float] = {}
+        """``{image id: time.monotonic()}`` when this process last marked it used (``loaded_images.touch``)."""
+        self.pruned = False
+        """Whether this process has run ``loaded_images.prune`` (once, on its first task-run)."""
         self.backends: dict[str, Any] = {}
         self.trees: dict[str, Path] = {}
         self.contexts: OrderedDict[str, TaskContext] = OrderedDict()
@@ -59,12 +69,14 @@ class _Node:
         """Whether this node's engine holds ``ref`` as ``image_id``."""
         from evolve.executors.images import engine_id
 
-        if self.images.get(ref) != image_id:
+        seen = self.images.get(ref)
+        if seen is None or seen[0] != image_id or time.monotonic() - seen[1] > _RECHECK_S:
             found = engine_id(self.client, ref)
             if found is None:
+                self.images.pop(ref, None)
                 return False
-            self.images[ref] = found
-        return self.images[ref] == image_id
+            self.images[ref] = (found, time.monotonic())
+        return self.images[ref][0] == image_id
 
     def ensure_images(self, images: dict, refs: list[str], fetch: Callable[[Any], bytes],
                       node_id: str) -> dict:
@@ -74,12 +86,20 @@ class _Node:
         ``{"loaded": [what was loaded, for events]}``."""
         from evolve.errors import InfraError
         from evolve.evalsets.registry import evolve_home
-        from evolve.executors.images import LoadError, load
+        from evolve.executors import loaded_images
+        from evolve.executors.images import LoadError, load, node_lock
 
         missing = [r for r in dict.fromkeys(refs) if not self.has(r, images[r]["id"])]
         need = [r for r in missing if images[r]["payload"] is None]
         if need:
             return {"need_images": need}
+        now = time.monotonic()
+        stale = [i for i in dict.fromkeys(images[r]["id"] for r in refs if r not in missing)
+                 if i not in self.touched or now - self.touched[i] >= _RECHECK_S]
+        if stale:  # in use: not to be pruned (at most once per _RECHECK_S per image and process)
+            with node_lock(evolve_home()):
+                loaded_images.touch(evolve_home(), stale)
+            self.touched.update(dict.fromkeys(stale, now))
         loaded = []
         for ref in missing:
             image_id, p = images[ref]["id"], images[ref]["payload"]
@@ -88,10 +108,29 @@ class _Node:
                             home=evolve_home(), have=lambda: self.has(ref, image_id))
             except (LoadError, InfraError) as e:
                 return {"image_error": f"loading image {ref} on node {node_id} failed: {e}"}
+            self.touched[image_id] = time.monotonic()
             if done is not None:
                 loaded.append(f"node {node_id} loaded {ref} ({image_id}): {done['bytes']} bytes from the head's "
                               f"saved copy in {done['seconds']} s")
         return {"loaded": loaded}
+
+    def prune_once(self, ttl_hours: float | None, node_id: str) -> str | None:
+        """On this process's first call: ``loaded_images.prune`` of images evolve loaded here and
+        no task-run used for ``ttl_hours`` (None: never). Returns what was done, for an event."""
+        from evolve.errors import InfraError
+        from evolve.evalsets.registry import evolve_home
+        from evolve.executors import loaded_images
+        from evolve.executors.images import node_lock
+
+        if self.pruned or ttl_hours is None:
+            return None
+        self.pruned = True
+        try:
+            with node_lock(evolve_home()):
+                done = loaded_images.prune(self.client, evolve_home(), ttl_hours * 3600)
+        except InfraError as e:
+            return f"node {node_id} could not prune the images evolve loaded: {e}"
+        return f"node {node_id}: " + "; ".join(done) if done else None
 
     def backend(self, settings: EvalSettings):
         import json
@@ -197,6 +236,8 @@ def run_remote(spec: dict, tasks: dict[str, Task], instance_id: str, repeat: int
         if "loaded" not in got:
             return got
         events += [("image_loaded", instance_id, repeat, detail) for detail in got["loaded"]]
+        if pruned := n.prune_once(spec.get("image_ttl_hours"), node_id):  # after this job's images were marked used
+            events.append(("images_pruned", instance_id, repeat, pruned))
         ctx.images[task.image] = ref
         if task.image not in ctx.agent_envs:  # the head's environment, unpacked here once
             shipped = spec["envs"].get(ref)
