@@ -79,21 +79,12 @@ def with_image(evalset: Path, dest: Path, image: str) -> Path:
     return dest
 
 
-def tiny_image(client, name: str) -> tuple[str, str]:
+def named_tiny_image(client, name: str) -> tuple[str, str]:
     """A new image ``evolve-test-<name>-<random>:1`` holding one two-byte file: (ref, image id)."""
-    import io
-    import tarfile
     import uuid
 
     ref = f"evolve-test-{name}-{uuid.uuid4().hex[:8]}:1"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("hello")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"hi"))
-    repo, tag = ref.split(":")
-    client.api.import_image_from_data(buf.getvalue(), repository=repo, tag=tag)
-    return ref, client.images.get(ref).id
+    return ref, tiny_image(client, ref, b"hi")
 
 
 def untag(client, ref: str) -> None:
@@ -194,7 +185,7 @@ def test_an_image_copy_that_is_not_the_claimed_image_is_infra(cluster, mini_eval
     ``infra`` with that reason: never the agent's failure, and no image is left behind."""
     from evolve.executors import images
 
-    (ref, other_id), home = tiny_image(docker_client, "bad"), tmp_path / "home"
+    (ref, other_id), home = named_tiny_image(docker_client, "bad"), tmp_path / "home"
     try:  # its copy claims the base image's id
         images.write_saved(home, ref, docker_client.images.get(base_image).id, docker_client.api.get_image(ref))
     finally:
@@ -236,7 +227,7 @@ def test_a_copy_corrupted_on_the_way_is_refused_before_docker_load(docker_client
     """No cluster needed: the bytes a node received differ from the head's copy in one byte."""
     from evolve.executors import images
 
-    ref, image_id = tiny_image(docker_client, "corrupt")
+    ref, image_id = named_tiny_image(docker_client, "corrupt")
     try:
         saved = images.saved_copy(docker_client, ref, image_id, tmp_path)
         assert images.saved_copy(docker_client, ref, image_id, tmp_path) == saved  # made once
