@@ -95,7 +95,8 @@ REACH_NAMES = {"__builtins__", "__import__", "exec", "eval", "compile", "exit", 
 # rewrites shared state no run-time check compares (builtins, writes to sys.modules, import hooks,
 # streams), the runner imported, and always-equal comparisons.
 RECORDED = frozenset({
-    "exec", "eval", "compile", "__import__", "globals", "exit", "quit", "sys.exit",
+    "exec", "eval", "compile", "__import__", "globals", "exit", "quit", "sys.exit", "import builtins",
+    "import __builtin__",
     "importlib.import_module", "importlib.reload", "import importlib", "sys.modules (read)",
     "import atexit", "atexit.register", "atexit.unregister",
     "import gc", "gc.collect", "gc.disable", "gc.enable", "gc.isenabled", "gc.freeze", "gc.unfreeze",
@@ -110,9 +111,32 @@ SYS_MODULES_READS = {"get", "keys", "values", "items", "copy", "__contains__", "
 mapping itself, a write, a deletion, handing it on, is decisive)."""
 
 
+READ_ONLY_MODULES = {"builtins", "__builtin__"}
+"""Modules whose attributes are counted apart when only read (``builtins.open``: recorded); a
+write (``builtins.len = ...``, ``setattr(builtins, ...)``, its ``__dict__``) stays decisive."""
+HEAP_WALKS = {".get_objects", ".get_referrers", ".get_referents"}
+"""Spelled on an object not known to be ``gc`` (``inventory.get_objects()``), recorded: the
+plugin's audit hook sees the heap walked, by whatever name (gc.get_objects stays decisive)."""
+_COMPUTED_ATTR = re.compile(r"^(?:getattr|hasattr)\(([A-Za-z_][A-Za-z0-9_]*), <computed>\)$")
+_MARKER_MODULE = re.compile(r"^(?:import |vars\(|getattr\(|setattr\(|delattr\(|hasattr\(|')?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+RUNNER_PACKAGES = frozenset({"pytest", "_pytest", "pluggy", "py"})
+
+
 def recorded_only(marker):
     """Whether an added use of ``marker`` (a key of ``reach_counts``) is recorded, not decisive."""
-    return marker in RECORDED
+    if marker in RECORDED or marker in HEAP_WALKS or marker.endswith(" (read)"):
+        return True
+    m = _COMPUTED_ATTR.match(marker)  # getattr(numpy, name): a module that reaches nothing named
+    return bool(m) and m.group(1) not in REACH_MODULES and m.group(1) not in REACH_ATTRS
+
+
+def own_package(marker, own):
+    """Whether ``marker`` names one of ``own``, the top-level packages the scanned file belongs to
+    (pytest's own files importing _pytest: the project under test is the runner)."""
+    m = _MARKER_MODULE.match(marker)
+    return bool(m) and m.group(1) in own
 
 
 def git(spec, *args):
@@ -312,7 +336,9 @@ def reach_counts(source):
             if top in REACH_MODULES:
                 add("import " + top)
             for alias in node.names:
-                if alias.name in REACH_ATTRS.get(top, ()) or top in REACH_MODULES:
+                if top in READ_ONLY_MODULES:
+                    add(top + "." + alias.name + " (read)")  # from builtins import open
+                elif alias.name in REACH_ATTRS.get(top, ()) or top in REACH_MODULES:
                     add(top + "." + alias.name)  # from gc import get_objects: as gc.get_objects
         elif isinstance(node, ast.Attribute):
             if node.attr in REACH_ANY_ATTR:
@@ -327,6 +353,8 @@ def reach_counts(source):
                     add(mod + ".__dict__")
                 elif mod == "sys" and node.attr in STREAMS and isinstance(node.ctx, ast.Store):
                     add("sys." + node.attr + " = ...")
+                elif mod in READ_ONLY_MODULES and isinstance(node.ctx, ast.Load):
+                    add(mod + "." + node.attr + " (read)")
                 elif mod in REACH_MODULES:
                     add(mod + "." + node.attr)
         elif isinstance(node, ast.Name) and node.id in REACH_NAMES:
@@ -344,13 +372,16 @@ def reach_counts(source):
             mod = modules[owner].split(".")[0] if owner in modules else None
             if name is not None and (name in suspicious or name in REACH_ATTRS.get(mod, ())):
                 add("%s(..., %r)" % (node.func.id, name))
+            elif name is not None and mod in REACH_MODULES and node.func.id in ("setattr", "delattr"):
+                add("%s(%s, %r)" % (node.func.id, mod, name))  # setattr(builtins, "len", ...)
             elif name is None and owner in modules:
                 add("%s(%s, <computed>)" % (node.func.id, modules[owner].split(".")[0]))
         elif isinstance(node, ast.Subscript):
             key = folded(getattr(node.slice, "value", node.slice))  # Index() before Python 3.9
             if key is not None and key in suspicious:
                 add("[%r]" % key)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in COMPARISONS:
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in COMPARISONS \
+                and not _stub(node):
             if _constant_body(node.body):
                 # An object equal to everything passes any `assert result == expected`.
                 add("%s that always returns %r" % (node.name, _constant_body(node.body)[0]))
@@ -395,6 +426,21 @@ def folded(node):
             parts.append(text)
         return "".join(parts)
     return None
+
+
+def _stub(fn):
+    """A declaration, not an implementation: an ``@overload`` or a body of only a docstring,
+    ``...`` or ``pass`` (it returns None, which equals nothing)."""
+    if any((d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "overload" for d in fn.decorator_list):
+        return True
+    stmts = [b for b in fn.body if not (isinstance(b, ast.Expr) and const_str(b.value) is not None)]
+    if len(stmts) == 1 and isinstance(stmts[0], ast.Return) and isinstance(stmts[0].value, ast.Call):
+        f = stmts[0].value.func  # return super().__eq__(other): the parent's comparison
+        if isinstance(f, ast.Attribute) and f.attr == fn.name and isinstance(f.value, ast.Call) \
+                and isinstance(f.value.func, ast.Name) and f.value.func.id == "super" and not f.value.args:
+            return True
+    return all(isinstance(b, ast.Pass) or (isinstance(b, ast.Expr) and (const_str(b.value) is not None or getattr(
+        b.value, "value", None) is Ellipsis)) for b in fn.body)
 
 
 def _uses(body, name):
@@ -584,7 +630,10 @@ class Neutraliser:
             new = f.read(4_000_000)
         old = git(self.spec, "cat-file", "blob", base[path][1]) if path in base else b""
         before, after = reach_counts(old), reach_counts(new)
-        added = sorted(m for m, n in after.items() if n > before.get(m, 0))
+        # A file of the runner's own packages (the project is pytest or pluggy) may use them.
+        own = top_level_names(path, set(base)) & RUNNER_PACKAGES if path in base else set()
+        own = RUNNER_PACKAGES if own & {"pytest", "_pytest"} else own  # pytest's files use pluggy
+        added = sorted(m for m, n in after.items() if n > before.get(m, 0) and not own_package(m, own))
         decisive = [m for m in added if not recorded_only(m)]
         recorded = [m for m in added if recorded_only(m)]
         if decisive:
