@@ -429,10 +429,9 @@ def folded(node):
 
 
 def _stub(fn):
-    """A declaration, not an implementation: an ``@overload`` or a body of only a docstring,
-    ``...`` or ``pass`` (it returns None, which equals nothing)."""
-    if any((d.id if isinstance(d, ast.Name) else getattr(d, "attr", None)) == "overload" for d in fn.decorator_list):
-        return True
+    """A declaration, not an implementation: a body of only a docstring, ``...`` or ``pass`` (an
+    ``@overload``; it returns None, which equals nothing), or one ``return super().<same>(...)``.
+    A decorator is no evidence (``def overload(f): return f`` is anyone's)."""
     stmts = [b for b in fn.body if not (isinstance(b, ast.Expr) and const_str(b.value) is not None)]
     if len(stmts) == 1 and isinstance(stmts[0], ast.Return) and isinstance(stmts[0].value, ast.Call):
         f = stmts[0].value.func  # return super().__eq__(other): the parent's comparison
