@@ -62,8 +62,9 @@ LEGIT = {
     "comparison-overloads-and-super": (
         BASE, BASE + "from typing import overload\n\n\nclass D(dict):\n    @overload\n"
                      "    def __eq__(self, other: int) -> bool: ...\n\n    def __eq__(self, other):\n"
-                     "        return super().__eq__(other)\n\n    def __ne__(self, other):\n"
-                     "        \"\"\"Not equal.\"\"\"\n        ...\n"),
+                     "        return super().__eq__(other)\n\n    @overload\n    def __ne__(self, other: int) -> bool:\n"
+                     "        \"\"\"Not equal.\"\"\"\n        ...\n\n    def __ne__(self, other):\n"
+                     "        return not self == other\n"),
 }
 
 
@@ -112,6 +113,10 @@ ATTACKS = {
     "always-equal-with-a-docstring-and-super-or": (
         "class A(int):\n    def __eq__(self, other):\n        \"\"\"Equal.\"\"\"\n"
         "        return super().__eq__(other) or True\n"),
+    "never-contains-as-a-lone-stub": "class A(list):\n    def __contains__(self, item):\n        ...\n",
+    "always-equal-through-a-rebound-super": (
+        "from unittest import mock\n\n\ndef super():\n    return mock.ANY\n\n\nclass A(int):\n"
+        "    def __eq__(self, other):\n        return super().__eq__(other)\n"),
     "always-equal-under-a-home-made-overload": (
         "def overload(f):\n    return f\n\n\nclass A(int):\n    @overload\n"
         "    def __eq__(self, other):\n        return True\n"),

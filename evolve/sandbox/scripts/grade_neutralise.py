@@ -317,6 +317,10 @@ def reach_counts(source):
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for alias in node.names:
                 modules.setdefault(alias.asname or alias.name, node.module + "." + alias.name)
+    rebound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
+        n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} | {
+        (a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names}
     for node in ast.walk(tree):  # simple re-bindings: m = sys, m = __import__("sys")
         if isinstance(node, ast.Assign) and (isinstance(node.value, ast.Name) and node.value.id in modules
                                              or imported(node.value)):
@@ -381,7 +385,7 @@ def reach_counts(source):
             if key is not None and key in suspicious:
                 add("[%r]" % key)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in COMPARISONS \
-                and not _stub(node):
+                and not _stub(node, parents.get(node), rebound):
             if _constant_body(node.body):
                 # An object equal to everything passes any `assert result == expected`.
                 add("%s that always returns %r" % (node.name, _constant_body(node.body)[0]))
@@ -428,18 +432,23 @@ def folded(node):
     return None
 
 
-def _stub(fn):
-    """A declaration, not an implementation: a body of only a docstring, ``...`` or ``pass`` (an
-    ``@overload``; it returns None, which equals nothing), or one ``return super().<same>(...)``.
-    A decorator is no evidence (``def overload(f): return f`` is anyone's)."""
+def _stub(fn, parent, rebound):
+    """A declaration, not an implementation: a body of only a docstring, ``...`` or ``pass`` that
+    a later definition of the same name in the same body replaces (``@overload``s before the real
+    one; alone it returns None, which is as constant as ``return False``), or one ``return
+    super().<same>(...)`` in a module that binds no name ``super`` of its own."""
     stmts = [b for b in fn.body if not (isinstance(b, ast.Expr) and const_str(b.value) is not None)]
+    if all(isinstance(b, ast.Pass) or (isinstance(b, ast.Expr) and getattr(b.value, "value", None) is Ellipsis)
+           for b in stmts):
+        body = getattr(parent, "body", [])
+        later = body[next(i for i, b in enumerate(body) if b is fn) + 1:] if any(b is fn for b in body) else []
+        return any(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) and b.name == fn.name for b in later)
     if len(stmts) == 1 and isinstance(stmts[0], ast.Return) and isinstance(stmts[0].value, ast.Call):
-        f = stmts[0].value.func  # return super().__eq__(other): the parent's comparison
-        if isinstance(f, ast.Attribute) and f.attr == fn.name and isinstance(f.value, ast.Call) \
-                and isinstance(f.value.func, ast.Name) and f.value.func.id == "super" and not f.value.args:
-            return True
-    return all(isinstance(b, ast.Pass) or (isinstance(b, ast.Expr) and (const_str(b.value) is not None or getattr(
-        b.value, "value", None) is Ellipsis)) for b in fn.body)
+        f = stmts[0].value.func
+        return isinstance(f, ast.Attribute) and f.attr == fn.name and isinstance(f.value, ast.Call) \
+            and isinstance(f.value.func, ast.Name) and f.value.func.id == "super" and not f.value.args \
+            and "super" not in rebound
+    return False
 
 
 def _uses(body, name):
