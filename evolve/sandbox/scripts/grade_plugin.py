@@ -21,7 +21,10 @@ Its state lives in closures, not in module globals. It watches the runner two wa
   plugin registered since, or put into an implementation of a hook that runs
   or reports tests (``HookImpl.function``). The implementations the run
   started with are the runner's and the suite's; when the project under test
-  is pytest or pluggy, their changed files are the runner's own.
+  is pytest or pluggy, their changed files are the runner's own. It also
+  reports a builtin (``builtins.len``, ...) replaced by a function, method,
+  class or callable whose code is untrusted (below); the suite's own
+  ``monkeypatch`` of a builtin, or ``gettext.install``, is trusted code.
 - An audit hook (``sys.addaudithook``, which cannot be removed) that reports
   what untrusted code does to the process: read frames (``sys._getframe``,
   ``sys._current_frames``), walk the heap (``gc.get_objects``), trace
