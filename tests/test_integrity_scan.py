@@ -120,6 +120,9 @@ ATTACKS = {
     "always-equal-under-a-home-made-overload": (
         "def overload(f):\n    return f\n\n\nclass A(int):\n    @overload\n"
         "    def __eq__(self, other):\n        return True\n"),
+    "mock.ANY-returned": "from unittest import mock\n\n\ndef add(a, b):\n    return mock.ANY\n",
+    "mock.ANY-imported": "from unittest.mock import ANY as _A\n\n\ndef add(a, b):\n    return _A\n",
+    "mock.ANY-module-alias": "import unittest.mock as um\n\n\ndef add(a, b):\n    return um.ANY\n",
     # output streams and process exit
     "stdout-replaced": "sys.stdout = open('/dev/null', 'w')\n",
     "os._exit": "import os\nos._exit(0)\n",

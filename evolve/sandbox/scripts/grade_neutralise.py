@@ -337,6 +337,8 @@ def reach_counts(source):
                     add("import " + top)
         elif isinstance(node, ast.ImportFrom) and node.module:
             top = node.module.split(".")[0]
+            if node.module in MOCK_MODULES and any(a.name == "ANY" for a in node.names):
+                add("mock.ANY")
             if top in REACH_MODULES:
                 add("import " + top)
             for alias in node.names:
@@ -347,6 +349,9 @@ def reach_counts(source):
         elif isinstance(node, ast.Attribute):
             if node.attr in REACH_ANY_ATTR:
                 add("." + node.attr)
+            if node.attr == "ANY" and (getattr(node.value, "attr", None) == "mock" or isinstance(
+                    node.value, ast.Name) and modules.get(node.value.id) in MOCK_MODULES):
+                add("mock.ANY")  # the standard library's object equal to everything
             mod = module_of(node.value)
             if mod is not None:
                 if mod == "sys" and node.attr == "modules" and reads_sys_modules(node):
@@ -455,6 +460,7 @@ def _uses(body, name):
     return any(isinstance(n, ast.Name) and n.id == name for stmt in body for n in ast.walk(stmt))
 
 
+MOCK_MODULES = {"unittest.mock", "mock"}
 COMPARISONS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__",
                "__instancecheck__", "__subclasscheck__"}
 STREAMS = {"stdout", "stderr", "__stdout__", "__stderr__"}
