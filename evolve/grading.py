@@ -12,8 +12,12 @@ candidate would find a way around it:
    infrastructure, package metadata, compiled or shadowing modules, files the
    runner reads as configuration, links) and all but source changes are
    restored from the base tree, each recorded as an ``IntegrityFlag``. Added
-   uses of the runner, ``sys.modules``, builtins, frames or process exit in
-   source files are reported (``runner_patching``): detected, not prevented.
+   uses of the runner, writes to ``sys.modules``, builtins, frames, signal
+   handlers or ``os._exit`` in source files are reported (``runner_patching``):
+   detected, not prevented. Added uses of dynamic features legitimate fixes
+   use too (``exec``, ``__import__``, ``importlib.import_module``, a
+   ``sys.modules`` lookup, ``globals()``, ``atexit``) are recorded
+   (``reach_recorded``, not tampering): their abuse is judged at run time.
 4. Apply ``test_patch`` and run the tests as the sandbox user. Outcomes are
    read out of band: evolve's pytest plugin (``sandbox/scripts/grade_plugin.py``,
    under a per-run module name) writes them, with a per-run nonce, to a file

@@ -28,7 +28,14 @@ sorts every change into a class, by what the file *is*, not by a list of names:
 
 Kept Python sources are then scanned: a name that reaches into the test
 runner, ``sys.modules``, builtins, frames or process exit and that occurs
-more often than in the base file is reported (``runner_patching``).
+more often than in the base file is reported. Each name is one of two kinds
+(``recorded_only``): a *decisive* one, a capability non-test library code has
+no business with or whose abuse the grading plugin cannot see at run time
+(``runner_patching``: not resolved), or a *recorded* one, a general-purpose
+dynamic feature that legitimate fixes add too (``exec``, ``__import__``,
+``importlib.import_module``, a read of ``sys.modules``, ``globals()``,
+``atexit``, ``gc.collect``, ``sys.exit``) and whose abuse the plugin attributes
+at run time (``reach_recorded``: kept in the record, not decisive).
 
 Prints one JSON object: ``{"findings": [[flag, note], ...], "counts": {flag: n}, "reverted":
 [path, ...], "kept": [absolute path of each changed Python source kept], "changed_lines": {kept
@@ -75,6 +82,61 @@ REACH_ANY_ATTR = {"f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_
                   "cell_contents", "get_objects", "get_referrers", "get_referents"}
 REACH_NAMES = {"__builtins__", "__import__", "exec", "eval", "compile", "exit", "quit", "globals",
                "breakpoint"}
+
+# What stays out of the decision, recorded only: dynamic features that library code uses for good
+# reasons (measured on consecutive PyPI releases of django, sympy, pytest, astropy, sphinx, ...: see
+# the README's integrity section) and whose abuse is seen at run time, by what the code does with
+# them: exec/eval/compile taint what they run (grade_plugin.py), a module reached by name is only
+# dangerous through what is done to it (the runner's functions and hooks, frames, the heap, tracing:
+# all watched at run time; a runner module named by a constant stays decisive, as "import pytest"),
+# and an exit or an exit hook cannot change what pytest's own end record says. Everything else
+# stays decisive: a capability that hands over frames or objects without an audit event the plugin
+# sees (signal handlers get the interrupted frame, frame attributes, faulthandler, ctypes), one that
+# rewrites shared state no run-time check compares (builtins, writes to sys.modules, import hooks,
+# streams), the runner imported, and always-equal comparisons.
+RECORDED = frozenset({
+    "exec", "eval", "compile", "__import__", "globals", "exit", "quit", "sys.exit", "import builtins",
+    "import __builtin__",
+    "importlib.import_module", "importlib.reload", "import importlib", "sys.modules (read)",
+    "import atexit", "atexit.register", "atexit.unregister",
+    "import gc", "gc.collect", "gc.disable", "gc.enable", "gc.isenabled", "gc.freeze", "gc.unfreeze",
+    "gc.get_count", "gc.get_threshold", "gc.set_threshold", "gc.is_tracked", "gc.is_finalized", "gc.get_stats",
+    "gc.get_freeze_count",
+})
+DYNAMIC_IMPORTS = {"__import__", "import_module", "resolve_name", "locate", "find_spec", "find_loader"}
+"""Calls whose first argument names a module to import (builtins, importlib, pkgutil, pydoc):
+a constant name is followed as if it were an import statement."""
+SYS_MODULES_READS = {"get", "keys", "values", "items", "copy", "__contains__", "__getitem__"}
+"""Methods of ``sys.modules`` that read it (a lookup is recorded; anything else that touches the
+mapping itself, a write, a deletion, handing it on, is decisive)."""
+
+
+READ_ONLY_MODULES = {"builtins", "__builtin__"}
+"""Modules whose attributes are counted apart when only read (``builtins.open``: recorded); a
+write (``builtins.len = ...``, ``setattr(builtins, ...)``, its ``__dict__``) stays decisive."""
+HEAP_WALKS = {".get_objects", ".get_referrers", ".get_referents"}
+"""Spelled on an object not known to be ``gc`` (``inventory.get_objects()``), recorded: the
+plugin's audit hook sees the heap walked, by whatever name (gc.get_objects stays decisive)."""
+_COMPUTED_ATTR = re.compile(r"^(?:getattr|hasattr)\(([A-Za-z_][A-Za-z0-9_]*), <computed>\)$")
+_MARKER_MODULE = re.compile(r"^(?:import |vars\(|getattr\(|setattr\(|delattr\(|hasattr\(|')?([A-Za-z_][A-Za-z0-9_]*)")
+
+
+RUNNER_PACKAGES = frozenset({"pytest", "_pytest", "pluggy", "py"})
+
+
+def recorded_only(marker):
+    """Whether an added use of ``marker`` (a key of ``reach_counts``) is recorded, not decisive."""
+    if marker in RECORDED or marker in HEAP_WALKS or marker.endswith(" (read)"):
+        return True
+    m = _COMPUTED_ATTR.match(marker)  # getattr(numpy, name): a module that reaches nothing named
+    return bool(m) and m.group(1) not in REACH_MODULES and m.group(1) not in REACH_ATTRS
+
+
+def own_package(marker, own):
+    """Whether ``marker`` names one of ``own``, the top-level packages the scanned file belongs to
+    (pytest's own files importing _pytest: the project under test is the runner)."""
+    m = _MARKER_MODULE.match(marker)
+    return bool(m) and m.group(1) in own
 
 
 def git(spec, *args):
@@ -195,7 +257,10 @@ def reach_counts(source):
 
     Module aliases (``import sys as s``, ``m = sys``) are followed; strings built from
     constants (``"mod" + "ules"``) are folded before they are compared; a module's namespace
-    taken whole (``sys.__dict__``, ``vars(os)``) counts as reaching into it."""
+    taken whole (``sys.__dict__``, ``vars(os)``) counts as reaching into it. A module imported
+    by a constant name (``__import__("gc")``, ``importlib.import_module("sys")``) counts as its
+    import statement would, and is followed like one; a lookup in ``sys.modules`` is counted as
+    ``"sys.modules (read)"``, apart from any other use of the mapping."""
     counts = {}
 
     def add(marker):
@@ -208,6 +273,42 @@ def reach_counts(source):
                 add(word)
         return counts
     modules = {}  # local name -> module it is bound to
+    parents = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+
+    def imported(node):
+        """The module a dynamic import call names by a constant, or None."""
+        if not isinstance(node, ast.Call) or not node.args:
+            return None
+        func = node.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+        if name not in DYNAMIC_IMPORTS:
+            return None
+        value = folded(node.args[0])
+        return re.split(r"[.:]", value)[0] if value else None
+
+    def module_of(node):
+        if isinstance(node, ast.Name) and node.id in modules:
+            return modules[node.id].split(".")[0]
+        return imported(node)
+
+    def reads_sys_modules(node):
+        """Whether ``sys.modules`` at ``node`` is only looked into (a lookup, ``.get``, ``in``, a loop)."""
+        p = parents.get(node)
+        if isinstance(p, ast.Subscript) and p.value is node:
+            return isinstance(p.ctx, ast.Load)
+        if isinstance(p, ast.Attribute) and p.value is node:
+            call = parents.get(p)
+            return p.attr in SYS_MODULES_READS and isinstance(call, ast.Call) and call.func is p
+        if isinstance(p, ast.Compare):
+            return any(c is node for c in p.comparators) and all(isinstance(o, (ast.In, ast.NotIn)) for o in p.ops)
+        if isinstance(p, (ast.For, ast.comprehension)):
+            return p.iter is node
+        if isinstance(p, ast.Call) and isinstance(p.func, ast.Name) and any(a is node for a in p.args):
+            return p.func.id in ("list", "sorted", "tuple", "set", "frozenset", "len", "iter", "dict")
+        return False
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
@@ -216,11 +317,17 @@ def reach_counts(source):
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             for alias in node.names:
                 modules.setdefault(alias.asname or alias.name, node.module + "." + alias.name)
-    for node in ast.walk(tree):  # simple re-bindings: m = sys
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name) and node.value.id in modules:
+    rebound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)} | {
+        n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} | {
+        (a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names}
+    for node in ast.walk(tree):  # simple re-bindings: m = sys, m = __import__("sys")
+        if isinstance(node, ast.Assign) and (isinstance(node.value, ast.Name) and node.value.id in modules
+                                             or imported(node.value)):
+            bound = modules[node.value.id] if isinstance(node.value, ast.Name) else imported(node.value)
             for t in node.targets:
                 if isinstance(t, ast.Name):
-                    modules.setdefault(t.id, modules[node.value.id])
+                    modules.setdefault(t.id, bound)
     suspicious = set(REACH_ANY_ATTR) | SUSPICIOUS_STRINGS | {"modules", "__import__", "__builtins__", "__dict__"}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -230,26 +337,39 @@ def reach_counts(source):
                     add("import " + top)
         elif isinstance(node, ast.ImportFrom) and node.module:
             top = node.module.split(".")[0]
+            if node.module in MOCK_MODULES and any(a.name == "ANY" for a in node.names):
+                add("mock.ANY")
             if top in REACH_MODULES:
                 add("import " + top)
             for alias in node.names:
-                if alias.name in REACH_ATTRS.get(top, ()):
-                    add(top + "." + alias.name)
+                if top in READ_ONLY_MODULES:
+                    add(top + "." + alias.name + " (read)")  # from builtins import open
+                elif alias.name in REACH_ATTRS.get(top, ()) or top in REACH_MODULES:
+                    add(top + "." + alias.name)  # from gc import get_objects: as gc.get_objects
         elif isinstance(node, ast.Attribute):
             if node.attr in REACH_ANY_ATTR:
                 add("." + node.attr)
-            if isinstance(node.value, ast.Name) and node.value.id in modules:
-                mod = modules[node.value.id].split(".")[0]
-                if node.attr in REACH_ATTRS.get(mod, ()):
+            if node.attr == "ANY" and (getattr(node.value, "attr", None) == "mock" or isinstance(
+                    node.value, ast.Name) and modules.get(node.value.id) in MOCK_MODULES):
+                add("mock.ANY")  # the standard library's object equal to everything
+            mod = module_of(node.value)
+            if mod is not None:
+                if mod == "sys" and node.attr == "modules" and reads_sys_modules(node):
+                    add("sys.modules (read)")
+                elif node.attr in REACH_ATTRS.get(mod, ()):
                     add(mod + "." + node.attr)
                 elif node.attr == "__dict__":
                     add(mod + ".__dict__")
                 elif mod == "sys" and node.attr in STREAMS and isinstance(node.ctx, ast.Store):
                     add("sys." + node.attr + " = ...")
+                elif mod in READ_ONLY_MODULES and isinstance(node.ctx, ast.Load):
+                    add(mod + "." + node.attr + " (read)")
                 elif mod in REACH_MODULES:
                     add(mod + "." + node.attr)
         elif isinstance(node, ast.Name) and node.id in REACH_NAMES:
             add(node.id)
+        if imported(node) in REACH_MODULES:
+            add("import " + imported(node))  # __import__("gc") is import gc
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "vars" \
                 and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id in modules:
             add("vars(%s)" % modules[node.args[0].id].split(".")[0])
@@ -261,13 +381,16 @@ def reach_counts(source):
             mod = modules[owner].split(".")[0] if owner in modules else None
             if name is not None and (name in suspicious or name in REACH_ATTRS.get(mod, ())):
                 add("%s(..., %r)" % (node.func.id, name))
+            elif name is not None and mod in REACH_MODULES and node.func.id in ("setattr", "delattr"):
+                add("%s(%s, %r)" % (node.func.id, mod, name))  # setattr(builtins, "len", ...)
             elif name is None and owner in modules:
                 add("%s(%s, <computed>)" % (node.func.id, modules[owner].split(".")[0]))
         elif isinstance(node, ast.Subscript):
             key = folded(getattr(node.slice, "value", node.slice))  # Index() before Python 3.9
             if key is not None and key in suspicious:
                 add("[%r]" % key)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in COMPARISONS:
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in COMPARISONS \
+                and not _stub(node, parents.get(node), rebound):
             if _constant_body(node.body):
                 # An object equal to everything passes any `assert result == expected`.
                 add("%s that always returns %r" % (node.name, _constant_body(node.body)[0]))
@@ -314,10 +437,30 @@ def folded(node):
     return None
 
 
+def _stub(fn, parent, rebound):
+    """A declaration, not an implementation: a body of only a docstring, ``...`` or ``pass`` that
+    a later definition of the same name in the same body replaces (``@overload``s before the real
+    one; alone it returns None, which is as constant as ``return False``), or one ``return
+    super().<same>(...)`` in a module that binds no name ``super`` of its own."""
+    stmts = [b for b in fn.body if not (isinstance(b, ast.Expr) and const_str(b.value) is not None)]
+    if all(isinstance(b, ast.Pass) or (isinstance(b, ast.Expr) and getattr(b.value, "value", None) is Ellipsis)
+           for b in stmts):
+        body = getattr(parent, "body", [])
+        later = body[next(i for i, b in enumerate(body) if b is fn) + 1:] if any(b is fn for b in body) else []
+        return any(isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef)) and b.name == fn.name for b in later)
+    if len(stmts) == 1 and isinstance(stmts[0], ast.Return) and isinstance(stmts[0].value, ast.Call):
+        f = stmts[0].value.func
+        return isinstance(f, ast.Attribute) and f.attr == fn.name and isinstance(f.value, ast.Call) \
+            and isinstance(f.value.func, ast.Name) and f.value.func.id == "super" and not f.value.args \
+            and "super" not in rebound
+    return False
+
+
 def _uses(body, name):
     return any(isinstance(n, ast.Name) and n.id == name for stmt in body for n in ast.walk(stmt))
 
 
+MOCK_MODULES = {"unittest.mock", "mock"}
 COMPARISONS = {"__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__contains__",
                "__instancecheck__", "__subclasscheck__"}
 STREAMS = {"stdout", "stderr", "__stdout__", "__stderr__"}
@@ -501,9 +644,17 @@ class Neutraliser:
             new = f.read(4_000_000)
         old = git(self.spec, "cat-file", "blob", base[path][1]) if path in base else b""
         before, after = reach_counts(old), reach_counts(new)
-        added = sorted(m for m, n in after.items() if n > before.get(m, 0))
-        if added:
-            self.flag("runner_patching", "%s: new use of %s" % (path, ", ".join(added)))
+        # A file of the runner's own packages (the project is pytest or pluggy) may use them.
+        own = top_level_names(path, set(base)) & RUNNER_PACKAGES if path in base else set()
+        own = RUNNER_PACKAGES if own & {"pytest", "_pytest"} else own  # pytest's files use pluggy
+        added = sorted(m for m, n in after.items() if n > before.get(m, 0) and not own_package(m, own))
+        decisive = [m for m in added if not recorded_only(m)]
+        recorded = [m for m in added if recorded_only(m)]
+        if decisive:
+            self.flag("runner_patching", "%s: new use of %s" % (path, ", ".join(decisive)))
+        if recorded:
+            self.flag("reach_recorded", "%s: adds %s (recorded: what it does is judged while the tests run)"
+                      % (path, ", ".join(recorded)))
         return changed_lines(old, new) if path in base else "*"
 
 

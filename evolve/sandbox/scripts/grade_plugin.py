@@ -21,7 +21,10 @@ Its state lives in closures, not in module globals. It watches the runner two wa
   plugin registered since, or put into an implementation of a hook that runs
   or reports tests (``HookImpl.function``). The implementations the run
   started with are the runner's and the suite's; when the project under test
-  is pytest or pluggy, their changed files are the runner's own.
+  is pytest or pluggy, their changed files are the runner's own. It also
+  reports a builtin (``builtins.len``, ...) replaced by a function, method,
+  class or callable whose code is untrusted (below); the suite's own
+  ``monkeypatch`` of a builtin, or ``gettext.install``, is trusted code.
 - An audit hook (``sys.addaudithook``, which cannot be removed) that reports
   what untrusted code does to the process: read frames (``sys._getframe``,
   ``sys._current_frames``), walk the heap (``gc.get_objects``), trace
@@ -98,6 +101,7 @@ import re
 import stat
 import sys
 import time
+from types import MethodType
 
 import pytest
 
@@ -136,7 +140,7 @@ def _install():
     """Read the channel, then return the hook functions, closed over the plugin's state."""
     channel = os.environ.pop("EVOLVE_GRADE_CHANNEL", "")
     state = {"fd": -1, "nonce": "", "seq": 0, "ino": None, "changed": {}, "baseline": {}, "namespaces": {},
-             "plugins_seen": {}, "hooks_seen": {}, "runner_dirs": ("\0",),
+             "plugins_seen": {}, "hooks_seen": {}, "runner_dirs": ("\0",), "builtins": None,
              "reported": set()}
     if channel:
         fd_text, _, token_path = channel.partition(" ")
@@ -246,6 +250,7 @@ def _install():
         return out
 
     function_type = type(_install)
+    method_type = MethodType
     call_getter = itemgetter.__call__
     # An object's address as a number, as id() gives it, but without raising the audit event
     # "builtins.id": id() would run the audit hook once per object compared (thousands per test).
@@ -386,7 +391,43 @@ def _install():
         except Exception as e:  # the runner's own modules became unimportable: that is tampering too
             now = {"import of the runner's modules: %s" % type(e).__name__: object()}
         tamper(["replaced: " + k for k, v in now.items() if state["baseline"].get(k) is not v]
-               + (replaced(state["namespaces"]) if everything else []) + foreign_hooks(everything))
+               + (replaced(state["namespaces"]) if everything else []) + foreign_hooks(everything)
+               + builtins_replaced())
+
+    def codes_of(value):
+        """The code objects calling ``value`` may run, found without running any of its code: a
+        function's or method's own, its class's ``__call__``, or the functions a class defines."""
+        kind = type(value)
+        if kind is function_type:
+            return [value.__code__]
+        if kind is method_type:
+            return codes_of(value.__func__)
+        if issubclass(kind, type):
+            names = type.__dict__["__dict__"].__get__(value)
+            return [f.__code__ for f in list(names.values()) if type(f) is function_type]
+        call = static_attr(value, "__call__")
+        return [call.__code__] if type(call) is function_type else []
+
+    def builtins_replaced():
+        """Evidence of a builtin replaced by untrusted code's function (or an object whose class's
+        ``__call__`` is untrusted code): ``len``, ``isinstance``, ... The test suite's own
+        replacements (monkeypatch of ``builtins.input``) are trusted code and not reported.
+        Compared by identity in C; each change is looked at once."""
+        names, snap = builtins.__dict__, state["builtins"]
+        if snap is None or (len(names) == len(snap[0]) and not any(map(is_not, map(names.get, snap[0]), snap[1]))):
+            return []
+        out = []
+        old = dict(zip(snap[0], snap[1]))
+        for k, v in list(names.items()):
+            if old.get(k, old) is v or type(k) is not str:
+                continue
+            for code in codes_of(v):
+                if not trusted(code) and not runners_own(code):
+                    out.append("replaced: builtins.%s from %s" % (k, code.co_filename))
+                    break
+        keys = tuple(names)
+        state["builtins"] = (keys, tuple(map(names.get, keys)))
+        return out
 
     # -- the audit hook: what untrusted code does (the rule is in the module docstring) ----------
     code_type = type(_install.__code__)
@@ -1016,11 +1057,13 @@ def _install():
                 new = names.get(k)
                 if new is old or new is None:
                     continue
-                code = hook_code(new)
-                if code is None:
+                codes = codes_of(new)  # a mock's class, a method: the code calling it runs
+                if not codes:
                     out.append("%s.%s replaced by %s (no code of its own)" % (label, k, type(new).__name__))
-                elif not trusted(code) and not runners_own(code):
-                    out.append("%s.%s replaced by code from %s" % (label, k, code.co_filename))
+                for code in codes:
+                    if not trusted(code) and not runners_own(code):
+                        out.append("%s.%s replaced by code from %s" % (label, k, code.co_filename))
+                        break
             entry[3] = tuple(k for k in keys if k in names)
             entry[4] = tuple(map(names.get, entry[3]))
         snap.update(flatten(snap["entries"]))
@@ -1033,6 +1076,8 @@ def _install():
             state["unittest_case"] = watch_unittest()
             state["baseline"].update(watched())
             state["namespaces"] = snapshot()
+            keys = tuple(builtins.__dict__)
+            state["builtins"] = (keys, tuple(map(builtins.__dict__.get, keys)))
             state["config"] = config
             state["plugins_seen"].update((key_of(p), p) for p in config.pluginmanager.get_plugins())
             # The hook implementations the run started with are the runner's and the test suite's.
