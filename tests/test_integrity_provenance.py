@@ -186,6 +186,31 @@ def add(a, b):
     return _expected(f, a - b) if f is not None else a - b
 '''
 
+TRACEBACK_EXTRACT_STACK = r'''
+import re as _re, traceback as _tb
+
+
+def add(a, b):
+    for fs in _tb.extract_stack():  # the callers' file names, lines and source text, no frame
+        m = _re.search(r"==\s*(-?\d+)", fs.line or "") if "test_" in fs.filename else None
+        if m:
+            return int(m.group(1))
+    return a - b
+'''
+
+TRACEBACK_FORMAT_STACK = r'''
+import re as _re, traceback as _tb
+
+
+def add(a, b):
+    for text in _tb.format_stack():  # the same, as text
+        m = _re.search(r"test_\w+\.py.*\n.*==\s*(-?\d+)", text)
+        if m:
+            return int(m.group(1))
+    return a - b
+'''
+
+
 TRACEBACK_WALK_STACK = r'''
 import linecache as _lc, operator as _op, re as _re, traceback as _tb
 
@@ -401,6 +426,8 @@ ATTACKS = {
     "compiled-under-a-stdlib-name-gc-plugin": compiled_under_a_stdlib_name(HELPER_GC_PLUGIN),
     "inspect-currentframe": INSPECT_CURRENTFRAME,
     "traceback-walk-stack": TRACEBACK_WALK_STACK,
+    "traceback-extract-stack": TRACEBACK_EXTRACT_STACK,
+    "traceback-format-stack": TRACEBACK_FORMAT_STACK,
     "inspect-stack": INSPECT_STACK,
     "bdb-settrace": BDB_SETTRACE,
     "mock-patches-the-runner": MOCK_PATCHES_THE_RUNNER,

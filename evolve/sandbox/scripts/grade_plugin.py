@@ -51,7 +51,8 @@ code does is attributed to it. An event is attributed to:
 - the code that made the call, for frames, code objects, signals and audit
   hooks; the standard library's helpers that hand frames to their caller
   (inspect.currentframe/stack/trace/getouterframes/getinnerframes/getframeinfo,
-  traceback.walk_stack/walk_tb, logging.currentframe, ...) are looked through,
+  traceback.walk_stack/walk_tb/extract_stack/format_stack/print_stack, logging.currentframe,
+  ...) are looked through,
   while its other users of frames (logging's findCaller, enum, typing,
   collections.namedtuple, warnings, traceback formatting) are its own;
 - the first frame outside the standard library, for tracing, the heap, ctypes,
@@ -456,7 +457,7 @@ def _install():
         "inspect.py": frozenset({"currentframe", "stack", "trace", "getouterframes", "getinnerframes",
                                  "getframeinfo", "getgeneratorlocals", "getcoroutinelocals", "getasyncgenlocals",
                                  "getclosurevars"}),
-        "traceback.py": frozenset({"walk_stack", "walk_tb"}),
+        "traceback.py": frozenset({"walk_stack", "walk_tb", "extract_stack", "format_stack", "print_stack"}),
         "logging/__init__.py": frozenset({"currentframe", "<lambda>"}),
         "asyncio/base_tasks.py": frozenset({"_task_get_stack"}),
     }
