@@ -198,6 +198,16 @@ def add(a, b):
     return a - b
 '''
 
+LOGGING_FIND_CALLER = r'''
+import linecache as _lc, logging as _lg, re as _re
+
+
+def add(a, b):
+    name, line, _, _ = _lg.getLogger("calc").findCaller(stacklevel=2)  # the caller's file and line
+    m = _re.search(r"==\s*(-?\d+)", _lc.getline(name, line))
+    return int(m.group(1)) if m else a - b
+'''
+
 TRACEBACK_FORMAT_STACK = r'''
 import re as _re, traceback as _tb
 
@@ -428,6 +438,7 @@ ATTACKS = {
     "traceback-walk-stack": TRACEBACK_WALK_STACK,
     "traceback-extract-stack": TRACEBACK_EXTRACT_STACK,
     "traceback-format-stack": TRACEBACK_FORMAT_STACK,
+    "logging-find-caller": LOGGING_FIND_CALLER,
     "inspect-stack": INSPECT_STACK,
     "bdb-settrace": BDB_SETTRACE,
     "mock-patches-the-runner": MOCK_PATCHES_THE_RUNNER,

@@ -458,7 +458,7 @@ def _install():
                                  "getframeinfo", "getgeneratorlocals", "getcoroutinelocals", "getasyncgenlocals",
                                  "getclosurevars"}),
         "traceback.py": frozenset({"walk_stack", "walk_tb", "extract_stack", "format_stack", "print_stack"}),
-        "logging/__init__.py": frozenset({"currentframe", "<lambda>"}),
+        "logging/__init__.py": frozenset({"currentframe", "<lambda>", "findCaller"}),
         "asyncio/base_tasks.py": frozenset({"_task_get_stack"}),
     }
     importers = ("<frozen importlib._bootstrap_external>", "<frozen zipimport>")
