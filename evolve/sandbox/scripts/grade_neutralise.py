@@ -135,6 +135,8 @@ def recorded_only(marker):
 def own_package(marker, own):
     """Whether ``marker`` names one of ``own``, the top-level packages the scanned file belongs to
     (pytest's own files importing _pytest: the project under test is the runner)."""
+    if own & {"pytest", "_pytest"} and marker.startswith("'") and names_the_runner(marker[1:-1]):
+        return True
     m = _MARKER_MODULE.match(marker)
     return bool(m) and m.group(1) in own
 
@@ -403,13 +405,22 @@ def reach_counts(source):
                 add("%s = lambda that ignores its object" % node.targets[0].id)
         if node.__class__.__name__ in ("BinOp", "JoinedStr", "Call") and not isinstance(node, ast.Name):
             value = folded(node) if not isinstance(node, ast.Call) else None
-            if value is not None and (value in suspicious or value.split(".")[0] in ("_pytest", "pluggy")):
+            if value is not None and (value in suspicious or value.split(".")[0] in ("_pytest", "pluggy")
+                                      or names_the_runner(value)):
                 add(repr(value))
         value = const_str(node)
         if value is not None and (value in REACH_ANY_ATTR or value in SUSPICIOUS_STRINGS
-                                  or value.split(".")[0] in ("_pytest", "pluggy")):
+                                  or value.split(".")[0] in ("_pytest", "pluggy") or names_the_runner(value)):
             add(repr(value))
     return counts
+
+
+def names_the_runner(value):
+    """Whether a string names the test runner or evolve's grading ("pytest", "PYTEST_CURRENT_TEST",
+    "PYTEST_ADDOPTS", the grading plugin's prefix): what code compares with ``sys.modules``,
+    ``sys.argv`` or the environment to behave differently while the tests run. Non-test code has
+    no business asking (a project of the runner's own is exempt, see ``own_package``)."""
+    return value in ("pytest", "py.test") or value.startswith("PYTEST_") or "evolve_grade" in value.lower()
 
 
 SUSPICIOUS_STRINGS = {"_getframe", "_exit", "meta_path", "path_hooks", "settrace", "setprofile",
