@@ -73,6 +73,7 @@ def wall(args: argparse.Namespace, work: Path, wait_s: float = 0.0, rounds: int 
     setups = {w: Setup(work / f"{tag}w{w}", args.tasks, w, wait_s) for w in (1, 2)}
     sides = [("evolve", 1), ("evolve", 2), ("bare", 1), ("bare", 2)]
     times: dict[tuple[str, int], list[float]] = {}
+    inner: dict[tuple[str, int], list[float]] = {}  # Evaluation.run's seconds, the bare loop's task loop
     for i in range(warmup + rounds):
         order = sides[i % 4:] + sides[:i % 4]
         line = []
@@ -80,16 +81,19 @@ def wall(args: argparse.Namespace, work: Path, wait_s: float = 0.0, rounds: int 
             log = work / f"{tag}{side}-{w}-{i}.log"
             if side == "bare":
                 s = timed(setups[w].bare_cmd, log)
-                if json.loads(log.read_text().strip().splitlines()[-1])["tasks"] != args.tasks:
+                out = json.loads(log.read_text().strip().splitlines()[-1])
+                if out["tasks"] != args.tasks:
                     raise BenchError("the bare loop did not run every task")
+                loop = out["loop_seconds"]
             else:
                 runs = work / f"{tag}runs-{w}-{i}"
                 s = timed(setups[w].evolve_cmd(runs), log)
-                evolve_run_stats(runs, args.tasks)  # raises when a task was infra or missing
+                loop = evolve_run_stats(runs, args.tasks)["run_seconds"]  # raises when a task was infra or missing
                 shutil.rmtree(runs, ignore_errors=True)
             line.append(f"{side}/{w} {s:.1f}s")
             if i >= warmup:
                 times.setdefault((side, w), []).append(s)
+                inner.setdefault((side, w), []).append(loop)
         print(f"  {'warm-up' if i < warmup else f'round {i - warmup + 1}'}: " + "  ".join(line),
               flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -101,6 +105,12 @@ def wall(args: argparse.Namespace, work: Path, wait_s: float = 0.0, rounds: int 
     for side in ("evolve", "bare"):
         print(f"  speed-up 1 -> 2 workers, {side}: {med[(side, 1)] / med[(side, 2)]:.2f}x"
               + (f" (goal >= {TARGET_SPEEDUP})" if side == "evolve" and not wait_s else ""))
+    mid = {k: statistics.median(v) for k, v in inner.items()}
+    print("  without each process's start-up (evolve: Evaluation.run from summary.json; bare: its task loop):")
+    for side in ("evolve", "bare"):
+        print(f"    {side}: {mid[(side, 1)]:.1f}s -> {mid[(side, 2)]:.1f}s, speed-up {mid[(side, 1)] / mid[(side, 2)]:.2f}x;"
+              f" the rest of the process (imports, start-up, exit) {med[(side, 1)] - mid[(side, 1)]:.1f}s at 1 worker,"
+              f" {med[(side, 2)] - mid[(side, 2)]:.1f}s at 2")
     if wait_s:
         print(f"  (the ideal is 2x; {args.tasks} tasks on 2 workers with {wait_s:g} s of waiting each: a serial"
               " part of evolve would show here as a speed-up well under the bare loop's)")
