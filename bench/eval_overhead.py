@@ -51,6 +51,12 @@ NOOP_HARNESS = 'name: noop\ndescription: does nothing; measures evolve\'s own ov
 NOOP_SCRIPT = 'default:\n  - "echo COMPLETE_TASK_AND_SUBMIT_FINAL_OUTPUT"\n'
 
 
+def waiting_harness(wait_s: float) -> str:
+    """A harness that only waits ``wait_s`` seconds in its sandbox, as an agent waits on its model."""
+    return (f"name: wait\ndescription: waits {wait_s:g} s and does nothing else (a task dominated by waiting)\n"
+            f'entrypoint: "sleep {wait_s:g}"\n')
+
+
 class BenchError(Exception):
     """Something broke: the comparison would be meaningless."""
 
@@ -115,8 +121,10 @@ def _tar_of(name: str, data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def bare_task(client, task: dict, evalset: Path, image: str, test_cmd: str, limits: dict) -> dict:
-    """One task the way a minimal evaluator does it. Returns {instance_id, seconds, statuses}."""
+def bare_task(client, task: dict, evalset: Path, image: str, test_cmd: str, limits: dict,
+              wait_s: float = 0.0) -> dict:
+    """One task the way a minimal evaluator does it. Returns {instance_id, seconds, statuses}.
+    With ``wait_s``, the container first runs ``sleep wait_s`` (the waiting harness's counterpart)."""
     import shlex
 
     start = time.perf_counter()
@@ -131,6 +139,8 @@ def bare_task(client, task: dict, evalset: Path, image: str, test_cmd: str, limi
         if not (container.put_archive("/testbed", snapshot)
                 and container.put_archive("/tmp", _tar_of("test.patch", task["test_patch"].encode()))):
             raise BenchError(f"{task['instance_id']}: put_archive failed")
+        if wait_s:
+            container.exec_run(["sleep", f"{wait_s:g}"])
         code, out = container.exec_run(["sh", "-c", "cd /testbed && git apply /tmp/test.patch"])
         if code != 0:
             raise BenchError(f"{task['instance_id']}: test_patch does not apply: {out.decode()[-300:]}")
@@ -148,7 +158,7 @@ def bare_task(client, task: dict, evalset: Path, image: str, test_cmd: str, limi
     return {"instance_id": task["instance_id"], "seconds": time.perf_counter() - start, "statuses": statuses}
 
 
-def run_bare(evalset: Path, workers: int, image: str, test_cmd: str, limits: dict) -> None:
+def run_bare(evalset: Path, workers: int, image: str, test_cmd: str, limits: dict, wait_s: float = 0.0) -> None:
     """Side B as a command: evaluate every task of ``search`` and print one JSON summary line."""
     import docker
 
@@ -156,7 +166,7 @@ def run_bare(evalset: Path, workers: int, image: str, test_cmd: str, limits: dic
     tasks = [json.loads(line) for line in (evalset / f"{SPLIT}.jsonl").read_text().splitlines() if line.strip()]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda t: bare_task(client, t, evalset, image, test_cmd, limits), tasks))
+        results = list(pool.map(lambda t: bare_task(client, t, evalset, image, test_cmd, limits, wait_s), tasks))
     print(json.dumps({"tasks": len(results), "loop_seconds": time.perf_counter() - start,
                       "task_seconds": [r["seconds"] for r in results],
                       "statuses": {r["instance_id"]: r["statuses"] for r in results}}))
@@ -202,18 +212,20 @@ def mean(xs: list[float]) -> float:
 class Setup:
     """The generated eval set, no-op harness and model script under ``work``, and both sides' commands."""
 
-    def __init__(self, work: Path, n_tasks: int, workers: int) -> None:
+    def __init__(self, work: Path, n_tasks: int, workers: int, wait_s: float = 0.0) -> None:
+        """``wait_s``: the harness only waits that long (``waiting_harness``) and the bare loop's
+        container sleeps as long; 0: the no-op harness."""
         self.image, test_cmd, limits = evolve_settings()
         self.workers = workers
         self.evalset = build_evalset(work / "evalset", n_tasks)
         self.harness = work / "noop-harness"
         self.harness.mkdir()
-        (self.harness / "harness.yaml").write_text(NOOP_HARNESS)
+        (self.harness / "harness.yaml").write_text(waiting_harness(wait_s) if wait_s else NOOP_HARNESS)
         self.script = work / "noop-model.yaml"
         self.script.write_text(NOOP_SCRIPT)
         self.bare_cmd = [sys.executable, str(Path(__file__).resolve()), "--bare", str(self.evalset),
                          "--workers", str(workers), "--image", self.image, "--test-cmd", test_cmd,
-                         "--limits", json.dumps(limits)]
+                         "--limits", json.dumps(limits)] + (["--wait", f"{wait_s:g}"] if wait_s else [])
 
     def evolve_cmd(self, runs_dir: Path | str) -> list[str]:
         return [evolve_exe(), "eval", "--harness", str(self.harness), "--evals", str(self.evalset),
@@ -470,6 +482,7 @@ def main() -> int:
     p.add_argument("--image", help=argparse.SUPPRESS)
     p.add_argument("--test-cmd", help=argparse.SUPPRESS)
     p.add_argument("--limits", help=argparse.SUPPRESS)
+    p.add_argument("--wait", type=float, default=0.0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if min(args.tasks, args.workers, args.rounds) < 1 or args.warmup < 0:
         p.error("--tasks, --workers and --rounds must be >= 1, --warmup >= 0")
@@ -477,7 +490,7 @@ def main() -> int:
         if args.bare:
             image, test_cmd, limits = ((args.image, args.test_cmd, json.loads(args.limits))
                                        if args.image and args.test_cmd and args.limits else evolve_settings())
-            run_bare(args.bare, args.workers, image, test_cmd, limits)
+            run_bare(args.bare, args.workers, image, test_cmd, limits, args.wait)
             return 0
         if args.print_commands:
             return print_commands(args.print_commands, args)

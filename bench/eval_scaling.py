@@ -23,10 +23,25 @@ Part 2, CPU per task (``--cpu-rounds``, 0 to skip): in this process, alternating
   within one run.
 
 On a machine with C cores, W workers cannot go faster than C divided by the CPU one task needs, so
-these figures show what sets the ceiling. Exits non-zero only when something broke.
+these figures show what sets the ceiling.
 
-    python bench/eval_scaling.py                       # 8 tasks, 3 rounds, 2 CPU rounds
-    python bench/eval_scaling.py --rounds 5 --cpu-rounds 0
+Part 3, waiting (``--wait-rounds``, 0 to skip): part 1 again, but each task is dominated by waiting,
+as a real agent's task waits on its model: the harness only runs ``sleep --wait`` (default 2 s) in its
+sandbox, and the bare loop's container sleeps as long before its tests. Waiting takes no CPU, so a
+serial part of evolve (a lock, one thread doing every task's host work, serialized Docker calls)
+would keep evolve's speed-up from 1 to 2 workers well below the bare loop's; without one, both
+approach 2x.
+
+Part 4, the timeline (``--no-timeline`` to skip): one in-process ``Evaluation.run`` at 2 workers
+with the no-op harness, with evolve's steps timed where they are called (``Sandbox.start`` for
+the agent's and the grader's container, ``run_agent``, ``grade``, the container's removal;
+wrapped at runtime, nothing in evolve/ changed). Per step it prints how long two tasks were in it
+at the same time: a step serialized by a lock would show none.
+
+Exits non-zero only when something broke.
+
+    python bench/eval_scaling.py                       # 8 tasks, 3 rounds, 2 CPU rounds, 2 waiting rounds
+    python bench/eval_scaling.py --rounds 5 --cpu-rounds 0 --wait-rounds 0 --no-timeline
 """
 
 from __future__ import annotations
@@ -50,37 +65,55 @@ from eval_overhead import (SPLIT, BenchError, Setup, bare_task, evolve_run_stats
 TARGET_SPEEDUP = 1.7
 
 
-def wall(args: argparse.Namespace, work: Path) -> None:
-    setups = {w: Setup(work / f"w{w}", args.tasks, w) for w in (1, 2)}
+def wall(args: argparse.Namespace, work: Path, wait_s: float = 0.0, rounds: int | None = None,
+         warmup: int | None = None) -> None:
+    rounds = args.rounds if rounds is None else rounds
+    warmup = args.warmup if warmup is None else warmup
+    tag = f"wait{wait_s:g}-" if wait_s else ""
+    setups = {w: Setup(work / f"{tag}w{w}", args.tasks, w, wait_s) for w in (1, 2)}
     sides = [("evolve", 1), ("evolve", 2), ("bare", 1), ("bare", 2)]
     times: dict[tuple[str, int], list[float]] = {}
-    for i in range(args.warmup + args.rounds):
+    inner: dict[tuple[str, int], list[float]] = {}  # Evaluation.run's seconds, the bare loop's task loop
+    for i in range(warmup + rounds):
         order = sides[i % 4:] + sides[:i % 4]
         line = []
         for side, w in order:
-            log = work / f"{side}-{w}-{i}.log"
+            log = work / f"{tag}{side}-{w}-{i}.log"
             if side == "bare":
                 s = timed(setups[w].bare_cmd, log)
-                if json.loads(log.read_text().strip().splitlines()[-1])["tasks"] != args.tasks:
+                out = json.loads(log.read_text().strip().splitlines()[-1])
+                if out["tasks"] != args.tasks:
                     raise BenchError("the bare loop did not run every task")
+                loop = out["loop_seconds"]
             else:
-                runs = work / f"runs-{w}-{i}"
+                runs = work / f"{tag}runs-{w}-{i}"
                 s = timed(setups[w].evolve_cmd(runs), log)
-                evolve_run_stats(runs, args.tasks)  # raises when a task was infra or missing
+                loop = evolve_run_stats(runs, args.tasks)["run_seconds"]  # raises when a task was infra or missing
                 shutil.rmtree(runs, ignore_errors=True)
             line.append(f"{side}/{w} {s:.1f}s")
-            if i >= args.warmup:
+            if i >= warmup:
                 times.setdefault((side, w), []).append(s)
-        print(f"  {'warm-up' if i < args.warmup else f'round {i - args.warmup + 1}'}: " + "  ".join(line),
+                inner.setdefault((side, w), []).append(loop)
+        print(f"  {'warm-up' if i < warmup else f'round {i - warmup + 1}'}: " + "  ".join(line),
               flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\nwall time, {args.tasks} tasks, medians of {args.rounds} rounds:")
+    what = f"tasks that wait {wait_s:g} s each" if wait_s else "tasks"
+    print(f"\nwall time, {args.tasks} {what}, medians of {rounds} rounds:")
     for w in (1, 2):
         print(f"  workers {w}: evolve {med[('evolve', w)]:.1f}s  bare {med[('bare', w)]:.1f}s"
               f"  evolve/bare {med[('evolve', w)] / med[('bare', w)]:.2f}")
     for side in ("evolve", "bare"):
         print(f"  speed-up 1 -> 2 workers, {side}: {med[(side, 1)] / med[(side, 2)]:.2f}x"
-              + (f" (goal >= {TARGET_SPEEDUP})" if side == "evolve" else ""))
+              + (f" (goal >= {TARGET_SPEEDUP})" if side == "evolve" and not wait_s else ""))
+    mid = {k: statistics.median(v) for k, v in inner.items()}
+    print("  without each process's start-up (evolve: Evaluation.run from summary.json; bare: its task loop):")
+    for side in ("evolve", "bare"):
+        print(f"    {side}: {mid[(side, 1)]:.1f}s -> {mid[(side, 2)]:.1f}s, speed-up {mid[(side, 1)] / mid[(side, 2)]:.2f}x;"
+              f" the rest of the process (imports, start-up, exit) {med[(side, 1)] - mid[(side, 1)]:.1f}s at 1 worker,"
+              f" {med[(side, 2)] - mid[(side, 2)]:.1f}s at 2")
+    if wait_s:
+        print(f"  (the ideal is 2x; {args.tasks} tasks on 2 workers with {wait_s:g} s of waiting each: a serial"
+              " part of evolve would show here as a speed-up well under the bare loop's)")
 
 
 def _container_cpu(cid: str) -> float | None:
@@ -180,12 +213,89 @@ def cpu(args: argparse.Namespace, work: Path) -> None:
         print(f"  {key:32} {e:8.3f} {b:8.3f}")
 
 
+TIMELINE_STEPS = ("agent container start", "grading container start", "agent phase", "grading",
+                  "container removal")
+
+
+def timeline(args: argparse.Namespace, work: Path) -> None:
+    """One in-process 2-worker run; per step, the seconds during which two tasks were in it at once."""
+    import threading
+
+    import evolve.grading
+    import evolve.runner
+    import evolve.sandbox.docker as sandbox_docker
+    from evolve.config import EvalSettings
+    from evolve.evalsets.registry import load_evalset
+    from evolve.evaluate import Evaluation
+    from evolve.harness import resolve_harness
+
+    setup = Setup(work / "timeline", args.tasks, 2)
+    spans: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def timed_call(step, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                name = step(*a) if callable(step) else step
+                with lock:
+                    spans.append((name, t0, time.perf_counter()))
+        return wrapper
+
+    patches = [(sandbox_docker.Sandbox, "start",
+                lambda box: "agent container start" if box.mounts else "grading container start"),
+               (evolve.runner, "run_agent", "agent phase"), (evolve.grading, "grade", "grading"),
+               (sandbox_docker, "_remove_tracked", "container removal")]
+    originals = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    for obj, name, step in patches:
+        setattr(obj, name, timed_call(step, getattr(obj, name)))
+    try:
+        with tempfile.TemporaryDirectory(prefix="eval-scaling-", dir=work) as tmp:
+            h = resolve_harness(str(setup.harness), workdir=Path(tmp) / "harnesses")
+            t_start = time.perf_counter()
+            report = Evaluation(evalset=load_evalset(str(setup.evalset)), split=SPLIT, harness=h,
+                                settings=EvalSettings(model=f"scripted/{setup.script}"),
+                                runs_dir=Path(tmp), workers=2, use_cache=False).run()
+            t_end = time.perf_counter()
+    finally:
+        for obj, name, fn in originals:
+            setattr(obj, name, fn)
+    if any(r.failure_class == "infra" for r in report.results):
+        raise BenchError("an evolve task was infra")
+    print(f"\ntimeline of one run at 2 workers ({args.tasks} tasks, no-op harness, {t_end - t_start:.1f} s):")
+    print(f"  {'step':26} {'count':>5} {'seconds in it':>14} {'two at once':>12} {'share':>6}")
+    for step in TIMELINE_STEPS:
+        mine = sorted((a, b) for s, a, b in spans if s == step)
+        edges = sorted([(a, 1) for a, _ in mine] + [(b, -1) for _, b in mine])
+        both, depth, last = 0.0, 0, None
+        for t, d in edges:
+            if depth >= 2 and last is not None:
+                both += t - last
+            depth, last = depth + d, t
+        total = sum(b - a for a, b in mine)
+        share = 2 * both / total if total else 0.0  # the share of the step's time spent alongside another task
+        print(f"  {step:26} {len(mine):5d} {total:13.2f}s {both:11.2f}s {share:6.0%}")
+    busy = sorted([(a, 1) for s, a, _ in spans if s in ("agent phase", "grading")]
+                  + [(b, -1) for s, _, b in spans if s in ("agent phase", "grading")])
+    two, depth, last = 0.0, 0, None
+    for t, d in busy:
+        if depth >= 2 and last is not None:
+            two += t - last
+        depth, last = depth + d, t
+    print(f"  two tasks in their agent phase or grading at once: {two:.1f} s of the run's {t_end - t_start:.1f} s")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--cpu-rounds", type=int, default=2)
+    p.add_argument("--wait", type=float, default=2.0, help="seconds each task waits in part 3")
+    p.add_argument("--wait-rounds", type=int, default=2, help="rounds of part 3 (0 to skip)")
+    p.add_argument("--no-timeline", action="store_true", help="skip part 4")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="eval-scaling-"))
     try:
@@ -193,6 +303,11 @@ def main() -> int:
             wall(args, work)
         if args.cpu_rounds:
             cpu(args, work)
+        if args.wait_rounds and args.wait > 0:
+            print(f"\nwaiting tasks (each waits {args.wait:g} s in its sandbox):", flush=True)
+            wall(args, work, wait_s=args.wait, rounds=args.wait_rounds, warmup=0 if args.rounds else args.warmup)
+        if not args.no_timeline:
+            timeline(args, work)
         return 0
     except BenchError as e:
         print(f"eval_scaling: {e}", file=sys.stderr)

@@ -437,3 +437,48 @@ def test_grading_reads_its_frames_with_or_without_gzip_and_base64_in_the_image(d
         for tool in ("base64", "gzip"):
             if f"no {tool}" in images:
                 docker_client.images.remove(f"evolve-test:no{tool}", force=True)
+
+
+# -- the sandbox scripts' own start-up, without Docker -------------------------------------------------
+
+_SCRIPTS = Path(__file__).resolve().parents[1] / "evolve" / "sandbox" / "scripts"
+
+
+def test_the_neutralisers_git_reads_the_shadow_and_a_failing_git_is_its_error(tmp_path):
+    """grade_neutralise.py starts git with fork and exec (not subprocess): the output is git's, a
+    failing git raises GitError (an OSError), and main() then exits 1 with a message."""
+    import git
+
+    sys.path.insert(0, str(_SCRIPTS))
+    try:
+        import grade_neutralise
+    finally:
+        sys.path.pop(0)
+    repo = git.Repo.init(tmp_path / "r")
+    (tmp_path / "r" / "a.py").write_text("x = 1\n")
+    repo.index.add(["a.py"])
+    sha = repo.index.commit("base").hexsha
+    spec = {"shadow": str(tmp_path / "r" / ".git"), "base": sha}
+    tree = grade_neutralise.base_tree(spec)
+    assert tree == {"a.py": ("100644", repo.head.commit.tree["a.py"].hexsha)}
+    assert grade_neutralise.blob_sha(b"x = 1\n") == tree["a.py"][1]  # the SHA-1 git uses
+    with pytest.raises(OSError, match="ls-tree exited"):
+        grade_neutralise.git(spec, "ls-tree", "-r", "0" * 40)
+    (tmp_path / "spec.json").write_text(
+        '{"base": "%s", "shadow": "%s", "testbed": "%s", "test_files": [], "test_patch_paths": []}'
+        % ("0" * 40, spec["shadow"], tmp_path / "r"))
+    res = subprocess.run([sys.executable, "-I", str(_SCRIPTS / "grade_neutralise.py"), str(tmp_path / "spec.json")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "could not neutralise the work tree: git ls-tree exited" in res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--port", "1", "--socket", "s"], "missing --max-connections"),
+    (["--port", "x", "--socket", "s", "--max-connections", "2"], "take integers"),
+    (["--port", "1", "--socket", "s", "--max-connections", "2", "--verbose"], "unexpected argument '--verbose'"),
+    (["--port"], "unexpected argument '--port'"),
+])
+def test_the_bridge_refuses_a_bad_command_line(argv, message):
+    res = subprocess.run([sys.executable, "-I", "-S", str(_SCRIPTS / "bridge.py"), *argv],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and message in res.stderr, res.stderr

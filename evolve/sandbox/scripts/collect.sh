@@ -7,7 +7,7 @@ c=$evolve_collected
 if [ -e "$c" ]; then rm -rf "$c"; fi; mkdir -m 700 "$c" || exit 4
 cd "$evolve_testbed" || exit 4
 # A collect killed half-way (before a restart) may have left git's lock behind.
-rm -f "$evolve_shadow/index.lock" "$p/big.z" "$p/large.z" "$p/spec.z" "$p/noise.z"
+rm -f "$evolve_shadow/index.lock" "$p/big.z" "$p/large.z" "$p/spec.z" "$p/noise.z" "$p/noisy"
 # Git on the shadow, as root: no user config (HOME is /tmp, which the harness can write).
 shadow_git() {
   GIT_CONFIG_GLOBAL=/dev/null git -c core.hooksPath=/dev/null -c core.fsmonitor=false -c 'safe.directory=*' \
@@ -16,8 +16,15 @@ shadow_git() {
 # git's messages may quote the harness's file names: they go to a file, never to the output,
 # where only evolve's own markers may appear.
 nodiff() { { printf '%s: ' "$1"; tail -c 500 "$p/diff.err"; } | tr -c '[:print:]' ' ' > "$c/diff_error"; : > "$c/model.patch"; }
-# Untracked (not in the base, not ignored) regular files over the cap: left out, listed.
-find . -path ./.git -prune -o -type f -size +"$evolve_large_bytes"c -print0 > "$p/big.z" 2> /dev/null
+# Untracked (not in the base, not ignored) regular files over the cap: left out, listed. The same
+# walk (GNU find) notes any name the build-noise pathspecs below can match (noisy): without one, no
+# added file can match them, and git is not asked (a superset: the noise listing itself is git's).
+# Where that walk fails (another find), the plain one runs and git is asked.
+find . -path ./.git -prune -o \( -type f -size +"$evolve_large_bytes"c -fprint0 "$p/big.z" \) , \
+  \( \( -name __pycache__ -o -name '*.py[co]' -o -name .pytest_cache -o -name '*.egg-info' \) -fprint "$p/noisy" \) \
+  2> /dev/null \
+  || { find . -path ./.git -prune -o -type f -size +"$evolve_large_bytes"c -print0 > "$p/big.z" 2> /dev/null
+       echo any > "$p/noisy"; }
 ok=1
 if [ -s "$p/big.z" ]; then
   xargs -0 -r env GIT_CONFIG_GLOBAL=/dev/null GIT_LITERAL_PATHSPECS=1 git -c core.hooksPath=/dev/null \
@@ -38,7 +45,7 @@ fi
 # even where a .gitignore of the harness's re-includes it or the base already had such files
 # (pathspec excludes, unlike ignore rules, cannot be overridden from the work tree). Such noise
 # the harness made visible (a .gitignore re-including *.pyc, say) is listed, never diffed.
-if [ $ok = 1 ]; then
+if [ $ok = 1 ] && [ -s "$p/noisy" ]; then
   shadow_git diff --cached --name-only -z --diff-filter=A "$evolve_base" -- ':(glob)**/__pycache__/**' \
     ':(glob)**/*.py[co]' ':(glob)**/.pytest_cache/**' ':(glob)**/*.egg-info/**' 2> /dev/null \
     | head -c "$evolve_listed_bytes" > "$p/noise.z"

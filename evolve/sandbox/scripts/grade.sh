@@ -69,12 +69,13 @@ installed=0
   fi
 } | sort -u > "$L"
 while IFS= read -r d; do
-  [ -d "$d" ] && [ ! -L "$d" ] && cp "$evolve_plugin_src" "$d/$evolve_plugin.py" && chmod 644 "$d/$evolve_plugin.py" \
-    && installed=1
+  [ -d "$d" ] && [ ! -L "$d" ] && { install -m 644 "$evolve_plugin_src" "$d/$evolve_plugin.py" 2> /dev/null \
+    || { cp "$evolve_plugin_src" "$d/$evolve_plugin.py" && chmod 644 "$d/$evolve_plugin.py"; }; } && installed=1
 done < "$L"
 CH=$(mktemp -d /tmp/.evolve-XXXXXXXXXX) || exit 1
 { printf '%s\n' "$evolve_nonce"; cat "$evolve_private/kept.z"; } > "$CH/t"
-chown -R "$user_ids" "$CH" && chmod 700 "$CH" && chmod 600 "$CH/t"
+# mktemp -d made $CH 0700.
+chown -R "$user_ids" "$CH" && chmod 600 "$CH/t"
 : > "$evolve_channel"
 # The test suite's files (the neutraliser's rule for test infrastructure: tests/, testing/,
 # test_*.py, *_test.py, conftest.py; none under .git, site-packages or __pycache__) as they are

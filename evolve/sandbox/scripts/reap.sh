@@ -26,10 +26,12 @@ if [ "$scope" = 0 ]; then
   (cd / && exec $as_user python3 -I -S -c "$evolve_freeze_py") > "$f" 2>&1 < /dev/null &
   spare=$!
   ans=
-  for i in $(seq 500); do
+  i=0
+  while [ "$i" -lt 500 ]; do  # a counter, not $(seq 500): no subshell, no seq
     read -r ans 2>/dev/null < "$f"
     [ -n "$ans" ] && break
     sleep 0.01
+    i=$((i + 1))
   done
   [ "$ans" = frozen ] || { echo "evolve: could not freeze PID 1: $ans" >&2; exit 3; }
   kill -STOP "$main" 2>/dev/null
