@@ -12,7 +12,9 @@ from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from evolve.executors.loaded_images import IMAGE_TTL_HOURS
+IMAGE_TTL_HOURS = 72.0
+"""Default age (hours since a task-run last used it, or since it was loaded) past which an image
+evolve loaded onto a node is removed (``executor.image_ttl_hours``; ``evolve.executors.loaded_images``)."""
 
 
 class Limits(BaseModel):

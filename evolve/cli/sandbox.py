@@ -9,7 +9,7 @@ from rich.text import Text
 
 from evolve.cli.common import RAY_ADDRESS_HELP, console, plain
 from evolve.errors import ConfigError
-from evolve.executors.loaded_images import IMAGE_TTL_HOURS
+from evolve.config import IMAGE_TTL_HOURS
 
 
 def sandbox_build(image: Optional[str] = typer.Option(None, help="Image to make available; default: "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from evolve.executors.loaded_images import IMAGE_TTL_HOURS
+from evolve.config import IMAGE_TTL_HOURS
 
 if TYPE_CHECKING:
     from evolve.config import EvalSettings, ExecutorConfig

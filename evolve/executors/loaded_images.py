@@ -33,12 +33,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from evolve.config import IMAGE_TTL_HOURS  # noqa: F401  (the default, defined with its setting)
+
 if TYPE_CHECKING:  # pragma: no cover
     import docker
-
-IMAGE_TTL_HOURS = 72.0
-"""Default age (hours since a task-run last used it, or since it was loaded) past which an image
-evolve loaded onto a node is removed (``executor.image_ttl_hours``)."""
 
 
 def record_path(home: Path) -> Path:

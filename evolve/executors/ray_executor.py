@@ -58,7 +58,7 @@ import ray
 from evolve.errors import ConfigError
 from evolve.executors import EvalWork, ValidationJob
 from evolve.executors import ray_node
-from evolve.executors.loaded_images import IMAGE_TTL_HOURS
+from evolve.config import IMAGE_TTL_HOURS
 from evolve.taskrun import Cancelled, Files, Job, infra_result
 from evolve.types import TaskResult
 
