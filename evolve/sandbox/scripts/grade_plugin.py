@@ -287,19 +287,22 @@ def _install():
                 "values": tuple(chain.from_iterable(g(e[1]) for g, e in zip(getters, tracked))),
                 "classes": classes, "sizes": tuple(map(len, classes))}
 
+    def unchanged(snap):
+        """Whether every value ``snap`` tracks is still there and the same object ("is", not ==: a
+        replacement could say it equals what it replaced). One C loop over every value (no id():
+        each call would raise an audit event)."""
+        try:
+            return not any(map(is_not, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])),
+                               snap["values"]))
+        except KeyError:  # one was deleted
+            return False
+
     def replaced(snap):
         """Evidence of runner functions replaced or deleted, or added to a runner class (shadowing
         what it inherits), since ``snap``; each is reported once."""
         if not snap:
             return []
-        try:
-            # "is", not ==: a replacement could say it equals what it replaced. One C loop over
-            # every value (no id(): each call would raise an audit event)
-            same = not any(map(is_not, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])),
-                               snap["values"]))
-        except KeyError:  # a function was deleted
-            same = False
-        if same and tuple(map(len, snap["classes"])) == snap["sizes"]:
+        if unchanged(snap) and tuple(map(len, snap["classes"])) == snap["sizes"]:
             return []
         out = []
         for entry in snap["entries"]:
@@ -545,11 +548,15 @@ def _install():
             own = None
         if type(own) is dict and name in own:
             return own[name]
+        return provider(obj, name)[1]
+
+    def provider(obj, name):
+        """(class, value) that gives ``type(obj)`` its attribute ``name``, read without running code."""
         for cls in type.__dict__["__mro__"].__get__(type(obj)):
             d = type.__dict__["__dict__"].__get__(cls)
             if name in d:
-                return d[name]
-        return None
+                return cls, d[name]
+        return None, None
 
     def loader_trusted(loader):
         """A loader runs the code of the file it was made for, unless untrusted code defined a part of it."""
@@ -782,16 +789,8 @@ def _install():
             settrace(previous)
         return truth, (ran[0] if ran else None)
 
-    def provider(obj, name):
-        """(class, value) that gives ``type(obj)`` its attribute ``name``, read without running code."""
-        for cls in type.__dict__["__mro__"].__get__(type(obj)):
-            d = type.__dict__["__dict__"].__get__(cls)
-            if name in d:
-                return cls, d[name]
-        return None, None
-
-    def module_file(cls):
-        module = sys.modules.get(type_module(cls))
+    def file_of(module):
+        """A module's ``__file__`` as text, or None (no module, a builtin module, a namespace package)."""
         name = getattr(module, "__file__", None) if type(module) is module_type else None
         return name if type(name) is str else None
 
@@ -802,8 +801,8 @@ def _install():
         test live there."""
         spaces = [(frame.f_globals, True), (frame.f_locals, False)] if frame is not None else []
         for module in list(sys.modules.values()):
-            name = getattr(module, "__file__", None) if type(module) is module_type else None
-            if type(name) is str and test_file(name):
+            name = file_of(module)
+            if name is not None and test_file(name):
                 spaces.append((vars(module), True))
         for names, direct in spaces:
             for value in list(names.values()):
@@ -818,19 +817,14 @@ def _install():
         if type(x) in plain_types or type(x) in container_types:
             return None
         label = "%s.%s" % (type_module(type(x)), type_qualname(type(x)))
-        if op in inverse:  # both a < b and a >= b: no real order says so
-            tests = [(compare[op], y), (compare[inverse[op]], y)]
-        elif op == "in":  # x is the container
-            tests = [(lambda c, p: p in c, p) for p in kin(y) + [Unseen()]]
-        else:
-            tests = [(compare[op], p) for p in kin(y) + [Unseen()]]
         claimed, by = False, None
-        if op in inverse:
-            first, by1 = decided(tests[0][0], x, y)
-            second, by2 = decided(tests[1][0], x, y)
+        if op in inverse:  # both a < b and a >= b: no real order says so
+            first, by1 = decided(compare[op], x, y)
+            second, by2 = decided(compare[inverse[op]], x, y)
             claimed, by = bool(first and second), by1 or by2
         else:
-            for fn, p in tests:
+            fn = (lambda c, p: p in c) if op == "in" else compare[op]  # for "in", x is the container
+            for p in kin(y) + [Unseen()]:
                 truth, who = decided(fn, x, p)
                 if truth is (op != "!="):
                     claimed, by = True, who
@@ -841,7 +835,7 @@ def _install():
         if by is not None:
             return "%s, decided by %s" % (what, by.co_filename)
         cls, method = provider(x, dunder_of.get(op, "__eq__"))
-        where = module_file(cls) if cls is not None else None
+        where = file_of(sys.modules.get(type_module(cls))) if cls is not None else None
         if type(method) is not function_type and where is not None and (where in state["changed"]
                                                                           or not file_trusted(where)):
             return "%s, decided by a comparison %s put in a class of %s" % (what, type(method).__name__, where)
@@ -853,8 +847,9 @@ def _install():
         return "%s, a matcher no test holds (the code under test returned it)" % what
 
     def operand_pairs(op, a, b):
-        """(op, x, y): the operands, then, for == and != and in, the elements compared inside
-        built-in containers (paired by position or key; alone against an unseen value otherwise)."""
+        """(op, x, y): the operands (for "in", x is the container), then, for == and != and in, the
+        elements compared inside built-in containers (paired by position or key; alone against an
+        unseen value otherwise)."""
         out, todo, budget = [], [(op, a, b, 0)], 2000
         while todo and len(out) < budget:
             o, x, y, depth = todo.pop()
@@ -876,7 +871,7 @@ def _install():
                         elif type(side) not in plain_types:
                             out.append((o, side, other))
                 continue
-            out.append((o, x, y))
+            out.append((o, y, x) if o == "in" else (o, x, y))
             if o in ("==", "!="):
                 out.append((o, y, x))
         return out
@@ -892,13 +887,7 @@ def _install():
             for i, op in enumerate(ops):
                 if type(op) is not str or op not in dunder_of:
                     continue
-                left, right = operands[i], operands[i + 1]
-                if op == "in":
-                    pairs = operand_pairs(op, left, right)
-                    pairs = [(o, y, x) if o == "in" else (o, x, y) for o, x, y in pairs]
-                else:
-                    pairs = operand_pairs(op, left, right)
-                for o, x, y in pairs:
+                for o, x, y in operand_pairs(op, operands[i], operands[i + 1]):
                     evidence = claim(o, x, y, frame)
                     if evidence:
                         found.append(evidence)
@@ -934,11 +923,10 @@ def _install():
                 original["_call_assertion_pass"](lineno, orig, expl)
 
         def _call_reprcompare(ops, results, expls, each_obj):
-            if get_ident() not in passing:
-                probe(ops, each_obj, getframe(1))
-                return original["_call_reprcompare"](ops, results, expls, each_obj)
             probe(ops, each_obj, getframe(1))
-            return ""
+            if get_ident() in passing:
+                return ""  # no explanation is built for a passing assertion
+            return original["_call_reprcompare"](ops, results, expls, each_obj)
 
         def cheap(name):
             real, empty = original[name], (False if name == "_should_repr_global_name" else "")
@@ -983,7 +971,7 @@ def _install():
     # runner swaps warnings._showwarnmsg_impl around every test) are not watched.
     hook_slots = frozenset({"excepthook", "displayhook", "unraisablehook", "breakpointhook", "showwarning",
                             "formatwarning", "audit"})
-    lib_kinds = (function_type, type(len), type(sys.exit))  # Python functions, builtins
+    lib_kinds = (function_type, type(len))  # Python functions, builtins
 
     def test_code_evidence(item):
         fn, depth = getattr(item, "obj", None), 0
@@ -1001,12 +989,12 @@ def _install():
         found, todo = {}, []
 
         def project(module):
-            name = getattr(module, "__file__", None)
-            return type(name) is str and name.startswith(root) and "-packages" + sep not in name
+            name = file_of(module)
+            return name is not None and name.startswith(root) and "-packages" + sep not in name
 
         for module in list(sys.modules.values()):
-            name = getattr(module, "__file__", None) if type(module) is module_type else None
-            if type(name) is str and test_file(name) and project(module):
+            name = file_of(module)
+            if name is not None and test_file(name) and project(module):
                 todo.extend((v, 1) for v in list(vars(module).values()))
         todo.append((builtins, 1))
         while todo and len(found) < 400:
@@ -1032,9 +1020,9 @@ def _install():
             keys = tuple(k for k, v in list(names.items()) if type(v) in lib_kinds and type(k) is str
                          and not k.startswith("_") and k not in hook_slots)
             values = tuple(map(names.get, keys))
+            home = file_of(sys.modules.get(label))
             for k, v in zip(keys, values):
                 code = hook_code(v)
-                home = getattr(sys.modules.get(label), "__file__", None)
                 if code is not None and code.co_filename != home and not trusted(code) and not runners_own(code):
                     evidence.append("%s.%s is code from %s" % (label, k, code.co_filename))
             entries.append([label, names, False, keys, values, frozenset()])
@@ -1042,14 +1030,7 @@ def _install():
 
     def library_changes(snap):
         """Evidence of library functions replaced since ``snap`` by untrusted code or by no code."""
-        if not snap:
-            return []
-        try:
-            same = not any(map(is_not, chain.from_iterable(map(call_getter, snap["getters"], snap["maps"])),
-                               snap["values"]))
-        except KeyError:  # one was deleted (whatever calls it fails): compare what is there
-            same = False
-        if same:
+        if not snap or unchanged(snap):
             return []
         out = []
         for entry in snap["entries"]:
